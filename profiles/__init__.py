@@ -1,0 +1,1 @@
+"""Hardware profiles (TOML data shipped in the wheel); loaded by edge.hardware."""
