@@ -1,0 +1,128 @@
+"""`edge serve | run | models`: thin commands over edge.server, edge.backends and edge.store.
+
+`main()` maps every error through edge.errors.report_and_exit: a one-line message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edge.errors import report_and_exit
+from edge.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Serve GGUF models offline over the OpenAI and Ollama APIs.")
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Argument(None, help="store name (smollm2, an alias...) or a .gguf path; default: bundled SmolLM2"),
+    host: Optional[str] = typer.Option(None, help="address to bind [env EDGE_HOST; default 127.0.0.1]"),
+    port: Optional[int] = typer.Option(None, help="port [env EDGE_PORT; default 11434, Ollama's]"),
+    models: Optional[Path] = typer.Option(None, "--models", help="model store folder [env EDGE_HOME; default ~/.edge]"),
+    profile: Optional[str] = typer.Option(None, help="hardware profile name or .toml path: default threads and slots"),
+    parallel: Optional[int] = typer.Option(None, help="slots decoded together [env EDGE_PARALLEL]"),
+    ctx: Optional[int] = typer.Option(None, help="context tokens per slot [env EDGE_CTX]"),
+    api_key: Optional[str] = typer.Option(None, help="require this key on every route but /health [env EDGE_API_KEY]"),
+    queue: Optional[int] = typer.Option(None, help="requests that may wait for a slot before 503 [env EDGE_QUEUE]"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads [env EDGE_THREADS; default physical cores]"),
+) -> None:
+    """Serve one model over HTTP (OpenAI /v1/... and Ollama /api/...)."""
+    from edge.server import serve as run_server
+
+    settings = Settings.from_env(model=model, host=host, port=port, home=models, profile=profile,
+                                 parallel=parallel, ctx=ctx, api_key=api_key, queue_size=queue, threads=threads)
+    run_server(_apply_profile(settings))
+
+
+@app.command()
+def run(
+    model: str = typer.Argument(..., help="store name or .gguf path"),
+    prompt: str = typer.Argument(..., help="the user message"),
+    models: Optional[Path] = typer.Option(None, "--models", help="model store folder [env EDGE_HOME]"),
+    max_tokens: int = typer.Option(512, min=1, help="most tokens to generate"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (reproducible)"),
+    ctx: Optional[int] = typer.Option(None, help="context tokens"),
+) -> None:
+    """Answer one prompt, streaming to the terminal (no server)."""
+    settings = Settings.from_env(model=model, home=models, ctx=ctx)
+    asyncio.run(_run_once(settings, prompt, max_tokens, temperature))
+
+
+@app.command("models")
+def list_models(models: Optional[Path] = typer.Option(None, "--models", help="model store folder [env EDGE_HOME]")) -> None:
+    """List the models in the store (name, size, format, file)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge.store import ModelStore
+
+    table = Table("name", "size", "format", "bundled", "path")
+    for e in ModelStore(Settings.from_env(home=models).home).list():
+        table.add_row(e.name, f"{e.size_bytes / 2**20:.1f} MiB", e.format, "yes" if e.bundled else "", str(e.path))
+    Console().print(table)
+
+
+async def _run_once(settings: Settings, prompt: str, max_tokens: int, temperature: float) -> None:
+    from edge.backends import open_engine
+    from edge.backends.base import Delta, Finish, SamplingParams
+    from edge.server.prompts import chat_prompt
+    from edge.server.state import resolve_target
+    from edge.store import ModelStore
+    from edge.templates import ChatTemplate
+
+    target = resolve_target(settings, ModelStore(settings.home))
+    engine = open_engine(target.path, name=target.name, n_ctx=settings.ctx)
+    try:
+        info = engine.info
+        template = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token, family=info.family)
+        ids = chat_prompt(engine, template, [{"role": "user", "content": prompt}])
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
+        async for ev in engine.generate(ids, params):
+            if isinstance(ev, Delta):
+                sys.stdout.write(ev.text)
+                sys.stdout.flush()
+            elif isinstance(ev, Finish):
+                sys.stdout.write("\n")
+                print(f"[{ev.completion_tokens} tokens, {_rate(ev)}, finish: {ev.reason}]", file=sys.stderr)
+    finally:
+        engine.close()
+
+
+def _rate(fin) -> str:
+    return f"{fin.completion_tokens / (fin.eval_ns / 1e9):.1f} tokens/s" if fin.eval_ns else "n/a"
+
+
+def _apply_profile(settings: Settings) -> Settings:
+    """A hardware profile supplies threads and slots the flags did not set."""
+    if not settings.profile:
+        return settings
+    from edge.profiles import get_profile
+
+    rt = get_profile(settings.profile).runtime
+    return settings.with_(threads=settings.threads or rt.threads, parallel=settings.parallel or rt.parallel)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    try:
+        app(args=argv, standalone_mode=False, prog_name="edge")
+    except click.exceptions.Abort:
+        report_and_exit(KeyboardInterrupt())
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the one place a CLI error becomes a message + exit code
+        report_and_exit(exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The FastAPI app: factory, middleware (Host check, body limit, request metrics), auth, the route
+table (one function), and the one exception handler that turns edge.errors into each API's shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+from typing import Callable
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edge.errors import (AuthenticationError, BadRequestError, EdgeError, ForbiddenError, NotFoundError,
+                         PayloadTooLargeError, http_status_for, ollama_error_body, openai_error_body)
+from edge.server import metrics as metrics_mod
+from edge.server import ollama, openai
+from edge.server.state import ServerState, Target, resolve_target
+from edge.server.streaming import ClientGone
+from edge.settings import Settings
+
+log = logging.getLogger("edge.server")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def routes(state: ServerState) -> list[tuple[str, str, Callable, bool]]:
+    """THE route table: (method, path, handler, needs_api_key)."""
+    return [
+        ("GET", "/health", health, False),
+        ("GET", "/metrics", metrics, True),
+        ("POST", "/v1/chat/completions", openai.chat_completions, True),
+        ("POST", "/v1/completions", openai.completions, True),
+        ("GET", "/v1/models", openai.list_models, True),
+        ("POST", "/api/generate", ollama.generate, True),
+        ("POST", "/api/chat", ollama.chat, True),
+        ("GET", "/api/tags", ollama.tags, True),
+        ("POST", "/api/show", ollama.show, True),
+        ("GET", "/api/ps", ollama.ps, True),
+        ("GET", "/api/version", ollama.version, True),
+        ("POST", "/api/pull", ollama.pull, True),
+        ("GET", "/", ollama.root, True),
+        ("HEAD", "/", ollama.root, True),
+    ]
+
+
+def create_app(settings: Settings, *, store=None, target: Target | None = None, opener=None,
+               load_in_background: bool = True) -> FastAPI:
+    """Resolve the model now (a wrong name fails before any socket is bound); load it after startup."""
+    if store is None:
+        from edge.store import ModelStore
+
+        store = ModelStore(settings.home)
+    if opener is None:
+        from edge.backends import open_engine as opener
+    state = ServerState(settings, store, target or resolve_target(settings, store), opener)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # uvicorn binds the socket right after startup, so /health answers 503 while this loads
+        if load_in_background:
+            state.start_loading()
+        else:
+            state.load()
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(title="edge", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.edge = state
+    auth = Depends(_require_api_key)
+    for method, path, handler, needs_key in routes(state):
+        app.add_api_route(path, handler, methods=[method], dependencies=[auth] if needs_key else [],
+                          include_in_schema=False)
+    for exc_type in (Exception, EdgeError, RequestValidationError, StarletteHTTPException, ClientGone):
+        app.add_exception_handler(exc_type, _handle_error)
+    app.add_middleware(_Guard, state=state)
+    return app
+
+
+# -- handlers that belong to no API ------------------------------------------------------------------
+async def health(request: Request):
+    state: ServerState = request.app.state.edge
+    if state.engine is not None:
+        return JSONResponse({"status": "ok", "model": state.target.name, **state.stats()})
+    state.require_engine()  # raises: 503 loading (Retry-After), or the load error
+
+
+async def metrics(request: Request):
+    state: ServerState = request.app.state.edge
+    return Response(state.metrics.render(), media_type=metrics_mod.CONTENT_TYPE_LATEST)
+
+
+def _require_api_key(request: Request) -> None:
+    key = request.app.state.edge.settings.api_key
+    if key is None:
+        return
+    given = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if given is None and auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    if given is None or not hmac.compare_digest(given.encode(), key.encode()):
+        raise AuthenticationError("missing or wrong API key: send `Authorization: Bearer KEY` or `X-Api-Key: KEY`")
+
+
+# -- the one exception handler ------------------------------------------------------------------------
+async def _handle_error(request: Request, exc: Exception) -> Response:
+    return error_response(request.url.path, _as_edge_error(exc))
+
+
+def _as_edge_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, (EdgeError, ClientGone)):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return BadRequestError(_validation_message(exc), param=_validation_param(exc))
+    if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 404:
+            return NotFoundError("no such route: see the README for the OpenAI (/v1/...) and Ollama (/api/...) routes")
+        if exc.status_code == 405:
+            err = BadRequestError("method not allowed on this route")
+            err.http_status = 405
+            return err
+        return BadRequestError(str(exc.detail))
+    log.exception("unexpected error", exc_info=exc)
+    return exc
+
+
+def error_response(path: str, exc: BaseException) -> Response:
+    """Each API's error shape: Ollama routes `{"error": "..."}`, everything else OpenAI's."""
+    if isinstance(exc, ClientGone):
+        return Response(status_code=499)
+    body = ollama_error_body(exc) if path.startswith("/api/") or path == "/" else openai_error_body(exc)
+    headers = exc.headers() if isinstance(exc, EdgeError) else {}
+    return JSONResponse(body, status_code=http_status_for(exc), headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _validation_param(exc: RequestValidationError) -> str | None:
+    errors = exc.errors()
+    loc = [str(x) for x in errors[0].get("loc", ()) if x != "body"] if errors else []
+    return loc[0] if loc else None
+
+
+# -- middleware ------------------------------------------------------------------------------------
+class _Guard:
+    """Pure ASGI: Host allow-list on loopback binds (DNS rebinding), body size limit, request metrics."""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            problem = self._check(scope)
+            if problem is not None:
+                return await error_response(scope["path"], problem)(scope, receive, send_wrapper)
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            self.state.metrics.observe_request(getattr(route, "path", "unmatched"), status["code"])
+
+    def _check(self, scope) -> EdgeError | None:
+        headers = dict(scope.get("headers") or [])
+        if _bound_to_loopback(self.state.settings.host):
+            host = headers.get(b"host", b"").decode("latin-1").rsplit(":", 1)[0] if b"host" in headers else ""
+            if host and host not in LOOPBACK_HOSTS and not host.startswith("[::1]"):
+                return ForbiddenError(f"Host {host!r} is not allowed on a server bound to loopback "
+                                      "(DNS-rebinding guard); bind with --host 0.0.0.0 to serve other names")
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.state.settings.max_body_bytes):
+            return PayloadTooLargeError(f"request body larger than {self.state.settings.max_body_bytes} bytes "
+                                        "(EDGE_MAX_BODY raises the limit)")
+        return None
+
+
+def _bound_to_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _version() -> str:
+    import edge
+
+    return edge.__version__

@@ -1,0 +1,50 @@
+"""Prometheus metrics, one registry per app (no global state: tests run several apps in one process)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the /metrics route)
+
+from edge.backends.base import Finish
+
+# Time to first token: from the request reaching the handler to the first generated text.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Mean time per generated token of one request (decode speed as the client sees it).
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metrics:
+    def __init__(self, stats: Callable[[], dict]):
+        """`stats` returns the engine's {"slots", "busy", "queued"} (zeros while the model loads)."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("edge_requests", "HTTP requests by route template and status", ["route", "status"], registry=r)
+        self.prompt_tokens = Counter("edge_prompt_tokens", "prompt tokens received", registry=r)
+        self.cached_tokens = Counter("edge_prompt_cached_tokens", "prompt tokens served from a slot's KV cache", registry=r)
+        self.generated_tokens = Counter("edge_generated_tokens", "tokens generated", registry=r)
+        self.ttft = Histogram("edge_time_to_first_token_seconds", "time to first token", buckets=TTFT_BUCKETS, registry=r)
+        self.per_token = Histogram("edge_time_per_output_token_seconds", "mean decode time per generated token", buckets=TOKEN_BUCKETS, registry=r)
+        self.cancelled = Counter("edge_generations_cancelled", "generations cancelled by a client disconnect", registry=r)
+        queue = Gauge("edge_queue_depth", "requests waiting for a slot", registry=r)
+        busy = Gauge("edge_busy_slots", "slots generating now", registry=r)
+        slots = Gauge("edge_slots", "slots loaded", registry=r)
+        queue.set_function(lambda: stats().get("queued", 0))
+        busy.set_function(lambda: stats().get("busy", 0))
+        slots.set_function(lambda: stats().get("slots", 0))
+
+    def observe_request(self, route: str, status: int) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+
+    def observe_finish(self, fin: Finish) -> None:
+        self.prompt_tokens.inc(fin.prompt_tokens)
+        self.cached_tokens.inc(fin.cached_tokens)
+        self.generated_tokens.inc(fin.completion_tokens)
+        if fin.completion_tokens > 0 and fin.eval_ns > 0:
+            self.per_token.observe(fin.eval_ns / fin.completion_tokens / 1e9)
+        if fin.reason == "cancelled":
+            self.cancelled.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,260 @@
+"""OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models.
+
+Request models carry the bounds; anything the server cannot honour (n > 1, tools, logprobs...) is a
+clear 400 rather than a silent ignore. Fields OpenAI clients send that do not change the output
+(user, metadata, store...) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.backends.base import Delta, Finish, SamplingParams
+from edge.errors import BadRequestError
+from edge import grammar
+from edge.server import prompts, streaming
+from edge.server.state import ServerState
+
+MAX_TOKENS = 1 << 20
+MAX_TEXT = 1 << 22  # characters in one prompt or message (the body limit applies first)
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Lenient):
+    type: str = Field(max_length=64)
+    text: str | None = Field(None, max_length=MAX_TEXT)
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = Field(None, max_length=MAX_TEXT)
+    name: str | None = Field(None, max_length=256)
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class JsonSchemaSpec(_Lenient):
+    name: str = Field("response", max_length=256)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class _Sampling(_Lenient):
+    model: str = Field("", max_length=512)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=128)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-1, le=2**32 - 1)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+    # llama.cpp server extensions, accepted by many OpenAI-compatible clients
+    top_k: int | None = Field(None, ge=0, le=1_000_000)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(None, ge=0.0, le=10.0)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    tools: list[dict[str, Any]] | None = None
+    logprobs: bool | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(max_length=MAX_TEXT)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1, le=128)
+    logprobs: int | None = None
+
+
+# -- handlers --------------------------------------------------------------------------------------
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    state: ServerState = request.app.state.edge
+    t0 = time.perf_counter()
+    engine = state.engine_for(body.model)
+    _refuse_unsupported(body)
+    if body.tools:
+        raise BadRequestError("tool calling is not supported by this server yet: send the request without `tools`", param="tools")
+    if body.logprobs:
+        raise BadRequestError("logprobs are not supported by this server", param="logprobs")
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
+    prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+    params = _params(body, body.max_completion_tokens or body.max_tokens)
+    run = await streaming.start(engine, prompt, params, request, state.metrics, t0)
+    ident, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = _chat_chunks(run, ident, created, name, include_usage)
+        return streaming.EventStreamResponse(_sse(chunks), "text/event-stream", run.aclose)
+    text, fin = await streaming.collect(run, request)
+    return JSONResponse({
+        "id": ident, "object": "chat.completion", "created": created, "model": name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                     "finish_reason": _finish_reason(fin)}],
+        "usage": _usage(fin), "system_fingerprint": _fingerprint(state),
+    })
+
+
+async def completions(body: CompletionRequest, request: Request):
+    state: ServerState = request.app.state.edge
+    t0 = time.perf_counter()
+    engine = state.engine_for(body.model)
+    _refuse_unsupported(body)
+    if body.best_of not in (None, 1):
+        raise BadRequestError("best_of > 1 is not supported: send one request per completion", param="best_of")
+    if body.logprobs is not None:
+        raise BadRequestError("logprobs are not supported by this server", param="logprobs")
+    if body.suffix:
+        raise BadRequestError("suffix (fill-in-the-middle) is not supported by this server", param="suffix")
+    text_in = _single_prompt(body.prompt)
+    prompt = await asyncio.to_thread(prompts.text_prompt, engine, text_in)
+    run = await streaming.start(engine, prompt, _params(body, body.max_tokens), request, state.metrics, t0)
+    ident, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
+    prefix = text_in if body.echo else ""
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = _completion_chunks(run, ident, created, name, include_usage, prefix)
+        return streaming.EventStreamResponse(_sse(chunks), "text/event-stream", run.aclose)
+    text, fin = await streaming.collect(run, request)
+    return JSONResponse({
+        "id": ident, "object": "text_completion", "created": created, "model": name,
+        "choices": [{"index": 0, "text": prefix + text, "logprobs": None, "finish_reason": _finish_reason(fin)}],
+        "usage": _usage(fin), "system_fingerprint": _fingerprint(state),
+    })
+
+
+async def list_models(request: Request):
+    state: ServerState = request.app.state.edge
+    created = int(state.target.modified)
+    return JSONResponse({"object": "list", "data": [
+        {"id": state.target.name, "object": "model", "created": created, "owned_by": "edge"}]})
+
+
+# -- streaming bodies --------------------------------------------------------------------------------
+async def _chat_chunks(run: streaming.Run, ident: str, created: int, name: str, include_usage: bool) -> AsyncIterator[dict]:
+    base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name}
+    extra = {"usage": None} if include_usage else {}
+    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}], **extra}
+    async for ev in run.events():
+        if isinstance(ev, Delta) and ev.text:
+            yield {**base, "choices": [{"index": 0, "delta": {"content": ev.text}, "logprobs": None, "finish_reason": None}], **extra}
+        elif isinstance(ev, Finish):
+            yield {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": _finish_reason(ev)}], **extra}
+            if include_usage:
+                yield {**base, "choices": [], "usage": _usage(ev)}
+
+
+async def _completion_chunks(run: streaming.Run, ident: str, created: int, name: str, include_usage: bool,
+                             prefix: str) -> AsyncIterator[dict]:
+    base = {"id": ident, "object": "text_completion", "created": created, "model": name}
+    extra = {"usage": None} if include_usage else {}
+    if prefix:
+        yield {**base, "choices": [{"index": 0, "text": prefix, "logprobs": None, "finish_reason": None}], **extra}
+    async for ev in run.events():
+        if isinstance(ev, Delta) and ev.text:
+            yield {**base, "choices": [{"index": 0, "text": ev.text, "logprobs": None, "finish_reason": None}], **extra}
+        elif isinstance(ev, Finish):
+            yield {**base, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": _finish_reason(ev)}], **extra}
+            if include_usage:
+                yield {**base, "choices": [], "usage": _usage(ev)}
+
+
+async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+# -- mapping -------------------------------------------------------------------------------------------
+def _params(body: _Sampling, max_tokens: int | None) -> SamplingParams:
+    given = {
+        "max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
+        "min_p": body.min_p, "repeat_penalty": body.repeat_penalty, "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "seed": None if body.seed in (None, -1) else body.seed,
+        "stop": _stops(body.stop), "grammar": _grammar(body.response_format),
+    }
+    return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+
+def _refuse_unsupported(body: _Sampling) -> None:
+    if body.n != 1:
+        raise BadRequestError(f"n={body.n} is not supported: this server returns one choice per request; "
+                              "send n separate requests (they run in parallel slots)", param="n")
+    if body.logit_bias:
+        raise BadRequestError("logit_bias is not supported by this server", param="logit_bias")
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...] | None:
+    if stop is None:
+        return None
+    stops = [stop] if isinstance(stop, str) else stop
+    if len(stops) > 16:
+        raise BadRequestError("at most 16 stop strings", param="stop")
+    for s in stops:
+        if not s or len(s) > 256:
+            raise BadRequestError("each stop string must have 1 to 256 characters", param="stop")
+    return tuple(stops)
+
+
+def _grammar(fmt: ResponseFormat | None) -> str | None:
+    return grammar.grammar_for_response_format(fmt.model_dump(by_alias=True) if fmt else None)
+
+
+def _text_of(m: ChatMessage) -> str:
+    if m.content is None or isinstance(m.content, str):
+        return m.content or ""
+    for part in m.content:
+        if part.type != "text":
+            raise BadRequestError(f"content parts of type {part.type!r} are not supported (text only)", param="messages")
+    return "".join(p.text or "" for p in m.content)
+
+
+def _single_prompt(prompt: str | list[str]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) != 1:
+        raise BadRequestError("send exactly one prompt per request (a list of several is batching, not supported)", param="prompt")
+    return prompt[0]
+
+
+def _finish_reason(fin: Finish) -> str:
+    return "length" if fin.reason == "length" else "stop"
+
+
+def _usage(fin: Finish) -> dict:
+    return {"prompt_tokens": fin.prompt_tokens, "completion_tokens": fin.completion_tokens,
+            "total_tokens": fin.prompt_tokens + fin.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": fin.cached_tokens}}
+
+
+def _fingerprint(state: ServerState) -> str:
+    return f"edge-{state.target.name}"

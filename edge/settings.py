@@ -1,0 +1,121 @@
+"""Typed server settings: one table of (field, environment variable, default, help).
+
+Precedence: command-line flag > environment variable > default. A bad environment value warns on
+stderr and falls back to the default (a typo in a service file must not stop a kiosk from booting);
+a bad flag is a `BadRequestError` (the person typing it is there to fix it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from edge.errors import BadRequestError
+
+DEFAULT_HOST = "127.0.0.1"  # loopback only, as llama-server; expose on purpose with --host 0.0.0.0
+DEFAULT_PORT = 11434  # Ollama's port: Ollama clients and `curl localhost:11434/api/generate` work unchanged
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    help: str
+
+
+SETTINGS_HELP: tuple[Setting, ...] = (
+    Setting("host", "EDGE_HOST", "address to bind (default 127.0.0.1: this machine only)"),
+    Setting("port", "EDGE_PORT", "TCP port (default 11434, Ollama's)"),
+    Setting("home", "EDGE_HOME", "model store folder; models live in HOME/models (default ~/.edge)"),
+    Setting("api_key", "EDGE_API_KEY", "require this key (Authorization: Bearer or X-Api-Key) on every route but /health"),
+    Setting("model", "EDGE_MODEL", "model to serve: a store name or a .gguf path (default: bundled SmolLM2)"),
+    Setting("parallel", "EDGE_PARALLEL", "slots decoded together (default: from the hardware profile, else 1)"),
+    Setting("ctx", "EDGE_CTX", "context length per slot (default: the model's, capped by the backend)"),
+    Setting("queue_size", "EDGE_QUEUE", "requests that may wait for a slot before 503 (default 16)"),
+    Setting("threads", "EDGE_THREADS", "CPU threads (default: physical cores)"),
+    Setting("profile", "EDGE_PROFILE", "hardware profile name (default: detected)"),
+    Setting("max_body_bytes", "EDGE_MAX_BODY", "largest accepted request body in bytes (default 4 MiB)"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    home: Path | None = None
+    api_key: str | None = None
+    model: str | None = None
+    parallel: int | None = None
+    ctx: int | None = None
+    queue_size: int = 16
+    threads: int | None = None
+    profile: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        _check_range("port", self.port, 0, 65535)
+        _check_range("queue_size", self.queue_size, 0, 1_000_000)
+        _check_range("max_body_bytes", self.max_body_bytes, 1024, 1 << 31)
+        for name in ("parallel", "ctx", "threads"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_range(name, value, 1, 1 << 24)
+        if self.api_key is not None and not self.api_key.strip():
+            raise BadRequestError("the API key is empty: give a non-empty --api-key or unset EDGE_API_KEY", param="api_key")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, then EDGE_* variables, then `overrides` that are not None (the CLI flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for s in SETTINGS_HELP:
+            if s.env in env and env[s.env] != "":
+                parsed = _parse_env(s, env[s.env])
+                if parsed is not None and _valid(s.name, parsed):
+                    values[s.name] = parsed
+        values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+
+def _field_type(name: str) -> str:
+    return next(f.type for f in fields(Settings) if f.name == name)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _field_type(name)
+    if "Path" in kind:
+        return Path(value).expanduser()
+    if "int" in kind and not isinstance(value, int):
+        try:
+            return int(value)
+        except ValueError:
+            raise BadRequestError(f"{name} must be an integer, got {value!r}", param=name) from None
+    return value
+
+
+def _parse_env(s: Setting, raw: str) -> Any:
+    try:
+        return _coerce(s.name, raw)
+    except BadRequestError:
+        print(f"warning: ignoring {s.env}={raw!r}: not an integer; using the default", file=sys.stderr)
+        return None
+
+
+def _valid(name: str, value: Any) -> bool:
+    try:
+        Settings(**{name: value})
+    except BadRequestError as exc:
+        print(f"warning: ignoring the environment value for {name}: {exc.message}; using the default", file=sys.stderr)
+        return False
+    return True
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise BadRequestError(f"{name} must be between {lo} and {hi}, got {value}", param=name)
