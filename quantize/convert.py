@@ -1,0 +1,182 @@
+"""`edge-quantize convert`: HF checkpoint folder or GGUF file -> one GGUF file per requested type.
+
+HF source: checkpoint -> ONE high-precision intermediate GGUF (written by us, tensor by tensor) ->
+every other requested type through llama.cpp's quantizer (quantizer.py). The intermediate is the
+most precise requested float type, else the source's float type; it is deleted at the end unless it
+was requested or `keep_intermediate`. GGUF source: requantized directly, with a warning.
+
+Everything is validated (types, architecture, config, tensor names and shapes, vocabulary, existing
+outputs) before the first byte is written.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from edge.errors import ModelFormatError, NotFoundError
+
+from .archs import get_arch
+from .archs.base import ArchSpec, PlannedTensor
+from .checkpoint import Checkpoint
+from .gguf_out import TMP_PREFIX, OutTensor, refuse_existing, to_storage, write_gguf
+from .progress import Bars, llama_log_to, warn
+from .quantizer import TYPES, QuantType, intermediate_type, parse_types, quantize_file
+
+Q = gguf.GGMLQuantizationType
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    type: str
+    path: Path
+    size_bytes: int
+    bits_per_weight: float
+    seconds: float
+
+
+def convert(src: Path, types: list[str] | str, out_dir: Path, *, force: bool = False, quiet: bool = False,
+            keep_intermediate: bool = False, name: str | None = None) -> list[ConvertResult]:
+    src, out_dir = Path(src), Path(out_dir)
+    qtypes = parse_types(types)
+    if not src.exists():
+        raise NotFoundError(f"{src} does not exist: give a Hugging Face checkpoint folder or a .gguf file")
+    name = name or default_name(src)
+    outputs = {t.name: out_dir / f"{name}-{t.file_suffix}.gguf" for t in qtypes}
+    for path in outputs.values():
+        refuse_existing(path, force)
+    with Bars(quiet) as bars:
+        if src.is_file():
+            return _requantize(src, qtypes, outputs, bars, force)
+        return _from_hf(src, qtypes, outputs, out_dir, name, bars, force, keep_intermediate)
+
+
+def default_name(src: Path) -> str:
+    """Checkpoint folder name, or the GGUF file's stem without a trailing type suffix."""
+    if src.is_dir():
+        return src.resolve().name
+    stem = src.stem
+    for sep in ("-", ".", "_"):
+        head, _, tail = stem.rpartition(sep)
+        if head and tail.upper() in TYPES:
+            return head
+    return stem
+
+
+# -- HF checkpoint -> GGUF ---------------------------------------------------------------------
+
+def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_dir: Path, name: str,
+             bars: Bars, force: bool, keep_intermediate: bool) -> list[ConvertResult]:
+    from . import vocab as vocab_mod  # owned by the vocab stream; imported only for HF sources
+
+    spec = get_arch(_read_config(src).get("model_type"))
+    cfg = spec.load_config(_read_config(src))
+    ckpt = Checkpoint.open(src)
+    plan = spec.plan(cfg, ckpt.shapes())
+    vocab = vocab_mod.load_vocab(src, vocab_size=cfg.vocab_size)
+    inter = intermediate_type(qtypes, ckpt.float_dtype())
+    inter_path = outputs.get(inter.name)
+    if inter_path is None and keep_intermediate:
+        inter_path = out_dir / f"{name}-{inter.file_suffix}.gguf"
+        refuse_existing(inter_path, force)
+    temp_inter = inter_path is None
+    inter_path = inter_path or out_dir / f"{TMP_PREFIX}{name}-{inter.file_suffix}.gguf"
+
+    def add_metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(name)
+        spec.write_metadata(writer, cfg)
+        writer.add_file_type(int(inter.ftype))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        vocab_mod.add_vocab_to_gguf(writer, vocab)
+
+    results: list[ConvertResult] = []
+    try:
+        start = time.perf_counter()
+        task = bars.add(f"convert -> {inter.name}", total=len(plan))
+        tensors = [_out_tensor(t, inter, cfg, ckpt) for t in plan]
+        write_gguf(inter_path, spec.arch_name, add_metadata, tensors, force=force or temp_inter,
+                   on_tensor=lambda t: bars.advance(task))
+        if not temp_inter:
+            results.append(_result(inter.name, inter_path, time.perf_counter() - start))
+        for qtype in qtypes:
+            if qtype is not inter:
+                results.append(_quantize(inter_path, outputs[qtype.name], qtype, bars, force, False))
+    finally:
+        if temp_inter:
+            inter_path.unlink(missing_ok=True)
+    return sorted(results, key=lambda r: qtypes.index(TYPES[r.type]))
+
+
+def _read_config(src: Path) -> dict[str, Any]:
+    path = src / "config.json"
+    if not path.is_file():
+        raise NotFoundError(f"{src} has no config.json: is it a Hugging Face checkpoint folder?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path} is not a JSON object")
+    return data
+
+
+def storage_type(gguf_name: str, shape: tuple[int, ...], wanted: Q) -> Q:
+    """llama.cpp keeps 1-D tensors, norms and non-weights (biases, rope_freqs) in F32."""
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        return Q.F32
+    return wanted
+
+
+def _out_tensor(t: PlannedTensor, inter: QuantType, cfg: Any, ckpt: Checkpoint) -> OutTensor:
+    assert inter.float_type is not None
+    qtype = storage_type(t.gguf_name, t.shape, inter.float_type)
+
+    def load() -> np.ndarray:
+        if t.data is not None:
+            return to_storage(t.data, qtype)
+        data = ckpt.load(t.hf_name)                      # (HF shape) float32
+        if t.rule is not None and t.rule.transform is not None:
+            data = t.rule.transform.forward(data, cfg)    # (GGUF shape)
+        return to_storage(data, qtype)
+
+    return OutTensor(t.gguf_name, t.shape, qtype, load)
+
+
+# -- quantization ------------------------------------------------------------------------------
+
+def _requantize(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], bars: Bars,
+                force: bool) -> list[ConvertResult]:
+    if src.suffix.lower() != ".gguf":
+        raise ModelFormatError(f"{src} is a file but not a .gguf; give a GGUF file or a checkpoint folder")
+    if any(p.resolve() == src.resolve() for p in outputs.values()):
+        raise ModelFormatError(f"output would overwrite the input {src}; choose another -o folder or --name")
+    warn(f"{src.name} is already a GGUF file: requantizing compounds quantization error. "
+         "For best quality convert from the original Hugging Face checkpoint.")
+    return [_quantize(src, outputs[t.name], t, bars, force, True) for t in qtypes]
+
+
+def _quantize(src: Path, dst: Path, qtype: QuantType, bars: Bars, force: bool,
+              requantize: bool) -> ConvertResult:
+    start = time.perf_counter()
+    task = bars.add(f"quantize -> {qtype.name}", total=None)
+    with llama_log_to(bars, task):
+        quantize_file(src, dst, qtype, force=force, allow_requantize=requantize)
+    bars.finish(task)
+    return _result(qtype.name, dst, time.perf_counter() - start)
+
+
+def _result(type_name: str, path: Path, seconds: float) -> ConvertResult:
+    size = path.stat().st_size
+    return ConvertResult(type_name, path, size, size * 8 / max(n_params(path), 1), seconds)
+
+
+def n_params(path: Path) -> int:
+    reader = gguf.GGUFReader(path)
+    return int(sum(int(t.n_elements) for t in reader.tensors))

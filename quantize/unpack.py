@@ -1,0 +1,101 @@
+"""`edge-quantize unpack MODEL.gguf -o DIR`: GGUF -> Hugging Face checkpoint folder.
+
+Writes model.safetensors (quantized tensors dequantized to F32, float tensors kept in their type),
+config.json rebuilt from the GGUF metadata through the architecture's tables, and the tokenizer
+files (vocab.write_hf_tokenizer). The architecture's transforms are undone (q/k permutation,
+Gemma's +1). The folder appears atomically: it is filled under a temp name and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from edge.errors import ModelFormatError, NotFoundError
+
+from .archs import get_arch_for_gguf
+from .archs.base import ArchSpec
+from .checkpoint import OutEntry, write_safetensors
+from .gguf_out import atomic_dir, to_storage
+from .progress import Bars, warn
+
+Q = gguf.GGMLQuantizationType
+KEEP = {Q.F32: "F32", Q.F16: "F16", Q.BF16: "BF16"}   # float types written as they are
+GENERATED = (gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS],)   # made from config, not weights
+
+
+def unpack(gguf_path: Path, out_dir: Path, *, force: bool = False, quiet: bool = False) -> Path:
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    from . import vocab as vocab_mod  # owned by the vocab stream
+
+    reader = open_reader(gguf_path)
+    kv = {f.name: f.contents() for f in reader.fields.values()}
+    spec = get_arch_for_gguf(str(kv.get(gguf.Keys.General.ARCHITECTURE)))
+    tensors = {t.name: t for t in reader.tensors}
+    config = hf_config(spec, kv, tensors)
+    cfg = spec.load_config(config)
+    entries = _entries(spec, cfg, tensors)
+    vocab = vocab_mod.vocab_from_gguf(reader)
+    config.update({f"{k}_token_id": v for k, v in vocab.special_ids.items() if k in ("bos", "eos", "pad")})
+    with Bars(quiet) as bars, atomic_dir(out_dir, force=force) as tmp:
+        task = bars.add(f"unpack {gguf_path.name}", total=len(entries))
+        write_safetensors(tmp / "model.safetensors", entries, on_tensor=lambda e: bars.advance(task))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        vocab_mod.write_hf_tokenizer(vocab, tmp)
+    return out_dir
+
+
+def open_reader(path: Path) -> gguf.GGUFReader:
+    if not path.is_file():
+        raise NotFoundError(f"{path} does not exist")
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, OSError, IndexError, KeyError) as exc:
+        raise ModelFormatError(f"{path} is not a readable GGUF file ({exc})") from None
+
+
+def hf_config(spec: ArchSpec, kv: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+    config = spec.config_from_gguf(kv)
+    embd = tensors.get(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight")
+    if "vocab_size" not in config and embd is not None:
+        config["vocab_size"] = int(embd.shape[-1])        # gguf shapes are (n_embd, n_vocab)
+    config["tie_word_embeddings"] = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight" not in tensors
+    config["torch_dtype"] = "float32"
+    return config
+
+
+def _entries(spec: ArchSpec, cfg: Any, tensors: dict[str, Any]) -> list[OutEntry]:
+    names = spec.hf_names(cfg)
+    out = []
+    for name, t in tensors.items():
+        if name not in names:
+            if name.startswith(GENERATED):
+                warn(f"{name} is derived from rope scaling settings that GGUF does not keep; "
+                     "config.json gets no rope_scaling for it")
+                continue
+            raise ModelFormatError(f"tensor {name!r} is not part of the {spec.model_type} layout; cannot unpack")
+        hf_name, rule = names[name]
+        shape = tuple(int(d) for d in reversed(t.shape))   # numpy order
+        dtype = KEEP.get(t.tensor_type, "F32")
+        out.append(OutEntry(hf_name, dtype, shape, _loader(t, shape, dtype, rule, cfg)))
+    return out
+
+
+def _loader(t: Any, shape: tuple[int, ...], dtype: str, rule: Any, cfg: Any):
+    def load() -> np.ndarray:
+        if rule.transform is None and dtype != "F32":
+            raw = np.asarray(t.data).reshape(-1).view(np.uint8)               # the stored bytes, exact
+            return raw.view("<u2" if dtype == "BF16" else "<f2").reshape(shape)
+        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)   # (GGUF layout) float32
+        if rule.transform is not None:
+            data = rule.transform.inverse(data, cfg)
+        if dtype == "F16":
+            return data.astype(np.float16)
+        if dtype == "BF16":
+            return to_storage(data, Q.BF16)
+        return data.astype(np.float32)
+    return load
