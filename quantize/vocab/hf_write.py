@@ -1,0 +1,169 @@
+"""Vocab -> Hugging Face tokenizer files that tokenize exactly as llama.cpp does on the GGUF.
+
+  * "gpt2" vocabularies: BPE over ByteLevel, with the pre-tokenizer llama.cpp uses for the
+    vocabulary's `pre` (pretokenizers.TABLE) and llama.cpp's ignore_merges for it.
+  * "llama" (SentencePiece) vocabularies: BPE with byte fallback whose merges are every
+    (left, right) split of every token, ranked by the score of the joined token. llama.cpp's SPM
+    tokenizer merges the adjacent pair whose joined text has the best score; HF's BPE merges the
+    pair with the lowest rank; ranking by score makes both take the same pair at every step.
+    llama.cpp prepends a space to every text fragment (after each special token too) when
+    add_space_prefix is set: a Prepend normalizer does the same, where Metaspace(prepend_scheme=
+    "first") would not.
+tokenizer_config.json names PreTrainedTokenizerFast so transformers uses tokenizer.json as is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .model import BPE, SPM, TokenType, Vocab
+from .pretokenizers import BY_PRE, hf_pre_tokenizer, ignore_merges
+
+_ADDED_TYPES = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
+
+
+def write_hf_tokenizer(vocab: Vocab, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tj = tokenizer_json(vocab)
+    _write_json(out_dir / "tokenizer.json", tj)
+    _write_json(out_dir / "tokenizer_config.json", _config(vocab))
+    _write_json(out_dir / "special_tokens_map.json", _special_map(vocab))
+
+
+def tokenizer_json(vocab: Vocab) -> dict:
+    model = _bpe_model(vocab) if vocab.model == BPE else _spm_model(vocab)
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": _added_tokens(vocab),
+        "normalizer": _spm_normalizer(vocab) if vocab.model == SPM else None,
+        "pre_tokenizer": hf_pre_tokenizer(vocab.pre) if vocab.model == BPE else None,
+        "post_processor": _post_processor(vocab),
+        "decoder": _decoder(vocab),
+        "model": model,
+    }
+
+
+def _vocab_map(vocab: Vocab) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for i, t in enumerate(vocab.tokens):
+        out.setdefault(t, i)  # a duplicated text keeps its first id, as llama.cpp's token_to_id
+    return out
+
+
+def _added_tokens(vocab: Vocab) -> list[dict]:
+    return [
+        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": typ != TokenType.USER_DEFINED}
+        for i, (t, typ) in enumerate(zip(vocab.tokens, vocab.token_types)) if typ in _ADDED_TYPES
+    ]
+
+
+def _bpe_model(vocab: Vocab) -> dict:
+    return {
+        "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+        "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+        "ignore_merges": ignore_merges(vocab.pre),
+        "vocab": _vocab_map(vocab),
+        "merges": [m.split(" ", 1) for m in vocab.merges],
+    }
+
+
+def _spm_model(vocab: Vocab) -> dict:
+    return {
+        "type": "BPE", "dropout": None, "unk_token": vocab.token("unk"), "continuing_subword_prefix": None,
+        "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+        "vocab": _vocab_map(vocab),
+        "merges": spm_merges(vocab),
+    }
+
+
+def spm_merges(vocab: Vocab) -> list[list[str]]:
+    """Every split of every token into two tokens, best score (then lowest id) first."""
+    index = _vocab_map(vocab)
+    skip = (TokenType.BYTE, TokenType.UNUSED)
+    found: list[tuple[float, int, int, str, str]] = []
+    for t, i in index.items():
+        if len(t) < 2 or vocab.token_types[i] in skip:
+            continue
+        s = -vocab.scores[i]
+        for k in range(1, len(t)):
+            a, b = t[:k], t[k:]
+            if a in index and b in index:
+                found.append((s, i, k, a, b))
+    found.sort()
+    return [[a, b] for _, _, _, a, b in found]
+
+
+def _spm_normalizer(vocab: Vocab) -> dict:
+    steps = [{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]
+    if vocab.add_space_prefix:
+        steps.insert(0, {"type": "Prepend", "prepend": "\u2581"})
+    return {"type": "Sequence", "normalizers": steps}
+
+
+def _decoder(vocab: Vocab) -> dict:
+    if vocab.model == BPE:
+        return {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    steps = [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteFallback"},
+        {"type": "Fuse"},
+    ]
+    if vocab.add_space_prefix:
+        steps.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    return {"type": "Sequence", "decoders": steps}
+
+
+def _post_processor(vocab: Vocab) -> dict:
+    def special(role):
+        return {"SpecialToken": {"id": vocab.token(role), "type_id": 0}}
+
+    single: list[dict] = [{"Sequence": {"id": "A", "type_id": 0}}]
+    pair: list[dict] = [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}]
+    used = []
+    if vocab.add_bos and vocab.token("bos") is not None:
+        single.insert(0, special("bos")); pair.insert(0, special("bos")); used.append("bos")
+    if vocab.add_eos and vocab.token("eos") is not None:
+        single.append(special("eos")); pair.append(special("eos")); used.append("eos")
+    tokens = {vocab.token(r): {"id": vocab.token(r), "ids": [vocab.special_ids[r]], "tokens": [vocab.token(r)]}
+              for r in used}
+    return {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": tokens}
+
+
+def _config(vocab: Vocab) -> dict:
+    row = BY_PRE.get(vocab.pre or "default")
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": vocab.add_bos,
+        "add_eos_token": vocab.add_eos,
+        "clean_up_tokenization_spaces": bool(row.clean_spaces) if vocab.model == BPE and row else False,
+        "model_max_length": 1 << 30,
+    }
+    cfg.update(_special_map(vocab))
+    if vocab.chat_template:
+        cfg["chat_template"] = vocab.chat_template
+    return cfg
+
+
+def _special_map(vocab: Vocab) -> dict:
+    return {f"{r}_token": vocab.token(r) for r in ("bos", "eos", "unk", "pad") if vocab.token(r) is not None}
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    """Atomic write: temp file in the same folder, fsync, rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=1 if len(obj) < 20 and path.name != "tokenizer.json" else None)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
