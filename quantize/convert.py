@@ -111,7 +111,8 @@ def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_d
     finally:
         if temp_inter:
             inter_path.unlink(missing_ok=True)
-    return sorted(results, key=lambda r: qtypes.index(TYPES[r.type]))
+    order = [t.name for t in qtypes]   # a kept, unrequested intermediate comes first
+    return sorted(results, key=lambda r: order.index(r.type) if r.type in order else -1)
 
 
 def _read_config(src: Path) -> dict[str, Any]:

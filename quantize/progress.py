@@ -55,7 +55,7 @@ class Bars:
 
 def warn(message: str) -> None:
     """A warning that shows even with --quiet (quality or safety matters)."""
-    console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+    console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 # enum ggml_log_level in the vendored ggml.h (llama_cpp/_logger.py's comment is out of date)

@@ -97,7 +97,11 @@ def boolean(key: str, attr: str) -> MetaRow:
     return MetaRow(key, attr, gguf.GGUFValueType.BOOL)
 
 
-_CASTS = {gguf.GGUFValueType.UINT32: int, gguf.GGUFValueType.FLOAT32: float, gguf.GGUFValueType.BOOL: bool}
+def _f32(v: Any) -> float:
+    return float(str(np.float32(v)))  # shortest decimal that round-trips float32: 1e-05, not 9.99e-06
+
+
+_CASTS = {gguf.GGUFValueType.UINT32: int, gguf.GGUFValueType.FLOAT32: _f32, gguf.GGUFValueType.BOOL: bool}
 
 
 def _nothing(*_args: Any) -> Any:
