@@ -32,6 +32,7 @@ ARM_PART_NAMES = {
     0xD4D: "Cortex-A715", 0xD4E: "Cortex-X3", 0xD81: "Cortex-A720", 0xD82: "Cortex-X4",
     **LITTLE_ARM_PARTS,
 }
+SIMD_FLAG_PREFIXES = ("avx", "fma", "f16c", "sse4", "amx")  # the x86 flags worth reporting
 CGROUP_UNLIMITED = 1 << 60  # v1 reports 9223372036854771712 for "no limit"
 MAX_READ = 1 << 20  # never read more than 1 MiB of any probed file
 
@@ -75,6 +76,7 @@ class Detection:
     def to_dict(self) -> dict:
         facts = asdict(self.facts)
         facts["effective_mem_bytes"] = self.facts.effective_mem_bytes
+        facts["cpu_flags"] = [f for f in self.facts.cpu_flags if f.startswith(SIMD_FLAG_PREFIXES)]
         return {
             "profile": self.profile.name,
             "description": self.profile.description,

@@ -185,3 +185,69 @@ def read_hf_config(path: Path) -> ModelShape:
     except json.JSONDecodeError as exc:
         raise ModelFormatError(f"{file} is not valid JSON: {exc}") from exc
     return shape_from_hf_config(data, source=str(file))
+
+
+# --- from a GGUF header -----------------------------------------------------------------------
+
+
+def _gguf_fields(path: Path):
+    """(metadata dict, tensor infos, data offset) from the header; tensor data is never read."""
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except (ValueError, OSError) as exc:
+        raise ModelFormatError(f"{path} is not a readable GGUF file: {exc}") from exc
+    meta = {}
+    for name, fld in reader.fields.items():
+        if fld.types and fld.types[0] == gguf.GGUFValueType.ARRAY:
+            meta[name] = len(fld.data) if name == gguf.Keys.Tokenizer.LIST else [fld.parts[i][0] for i in fld.data][:4096]
+        elif fld.types:
+            meta[name] = fld.contents()
+    tensors = [TensorInfo(t.name, tuple(int(d) for d in t.shape), T(t.tensor_type)) for t in reader.tensors]
+    return meta, tensors, int(reader.data_offset)
+
+
+def shape_from_gguf(path: Path) -> ModelShape:
+    meta, tensors, data_offset = _gguf_fields(Path(path))
+    arch = meta.get(gguf.Keys.General.ARCHITECTURE)
+    if not arch:
+        raise ModelFormatError(f"{path}: no general.architecture in the GGUF header")
+
+    def key(template: str, default=None):
+        value = meta.get(template.format(arch=arch), default)
+        if value is None:
+            raise ModelFormatError(f"{path}: missing {template.format(arch=arch)} in the GGUF header")
+        return value
+
+    def scalar(value):  # per-layer arrays (e.g. head_count_kv) -> the first layer's value
+        return int(value[0]) if isinstance(value, list) else int(value)
+
+    n_layer, n_embd = int(key(gguf.Keys.LLM.BLOCK_COUNT)), int(key(gguf.Keys.LLM.EMBEDDING_LENGTH))
+    n_head = scalar(key(gguf.Keys.Attention.HEAD_COUNT))
+    n_head_kv = scalar(key(gguf.Keys.Attention.HEAD_COUNT_KV, n_head))
+    hd_k = int(key(gguf.Keys.Attention.KEY_LENGTH, n_embd // n_head))
+    names = {t.name for t in tensors}
+    embd = next((t for t in tensors if t.name == gguf.TENSOR_NAMES[MT.TOKEN_EMBD] + ".weight"), None)
+    n_vocab = meta.get(gguf.Keys.Tokenizer.LIST) or (embd.ne[1] if embd else 0)
+    n_swa = int(meta.get(gguf.Keys.Attention.SLIDING_WINDOW.format(arch=arch), 0) or 0)
+    default_pattern = {"gemma2": 2, "gemma3": 6}.get(arch, 0)
+    pattern = meta.get(gguf.Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch), default_pattern)
+    if isinstance(pattern, list):
+        layers = tuple(bool(x) for x in pattern)
+    else:
+        layers = _swa_layers(n_layer, int(pattern)) if n_swa and arch in ("gemma2", "gemma3") else (False,) * n_layer
+    return ModelShape(
+        arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, head_dim_k=hd_k,
+        head_dim_v=int(key(gguf.Keys.Attention.VALUE_LENGTH, hd_k)), n_ff=scalar(key(gguf.Keys.LLM.FEED_FORWARD_LENGTH, 0)),
+        n_vocab=int(n_vocab), n_ctx_train=int(key(gguf.Keys.LLM.CONTEXT_LENGTH, 4096)),
+        tied_embeddings=gguf.TENSOR_NAMES[MT.OUTPUT] + ".weight" not in names,
+        n_swa=n_swa if any(layers) else 0, swa_layers=layers, tensors=tuple(tensors), header_bytes=data_offset,
+        source=str(path),
+    )
+
+
+def read_model_shape(src: Path) -> ModelShape:
+    """A .gguf file, an HF folder with config.json, or a config.json file."""
+    src = Path(src)
+    if src.suffix == ".gguf" or (src.is_file() and src.read_bytes()[:4] == b"GGUF"):
+        return shape_from_gguf(src)
+    return read_hf_config(src)

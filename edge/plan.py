@@ -10,6 +10,7 @@ budget. `plan()` recommends a type and context or raises DoesNotFitError naming 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gguf
 from gguf import GGMLQuantizationType as T
@@ -160,3 +161,155 @@ def file_bytes(shape: ModelShape, ftype: str) -> int:
     """Predicted .gguf file size: header (metadata, tensor infos) + aligned tensor data."""
     data = sum(-(-tensor_bytes(t, q) // GGUF_ALIGNMENT) * GGUF_ALIGNMENT for t, q in tensor_types(shape, ftype))
     return shape.header_bytes + data
+
+
+# --- run-time memory ------------------------------------------------------------------------
+
+
+def _pad(n: int, to: int = KV_PAD) -> int:
+    return -(-n // to) * to
+
+
+def kv_cells(shape: ModelShape, n_ctx: int, n_parallel: int = 1, swa_full: bool = False) -> list[int]:
+    """KV cells per layer: n_ctx, or for sliding-window layers min(n_ctx, n_swa * n_seq + n_ubatch)
+    padded to 256 (llama_kv_cache_iswa); `swa_full` (llama.cpp's context default) gives them n_ctx too."""
+    swa = _pad(min(n_ctx, shape.n_swa * n_parallel + N_UBATCH))
+    return [swa if (is_swa and not swa_full) else n_ctx for is_swa in shape.swa_layers or (False,) * shape.n_layer]
+
+
+def kv_bytes(shape: ModelShape, n_ctx: int, n_parallel: int = 1, swa_full: bool = False) -> int:
+    # per cell and layer: K (n_head_kv * head_dim_k) + V (n_head_kv * head_dim_v), F16
+    per_cell = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * KV_TYPE_BYTES
+    return sum(kv_cells(shape, n_ctx, n_parallel, swa_full)) * per_cell
+
+
+def compute_bytes(shape: ModelShape, n_ctx: int, flash_attn: bool = True) -> int:
+    """llama.cpp's CPU compute buffer as reserved for a full ubatch (fitted on the bundled models,
+    tests/edge/test_plan.py): logits for n_ubatch tokens (f32), or, without flash attention, the
+    KQ scores (n_ubatch x n_ctx x (n_head + 1), f32) when they are larger."""
+    logits = N_UBATCH * 4 * (shape.n_vocab + 2 * shape.n_embd)
+    if flash_attn:
+        return logits
+    return max(logits, N_UBATCH * 4 * ((shape.n_head + 1) * n_ctx + 2 * shape.n_ff))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One quantization type at one context on one profile."""
+
+    type: str
+    n_ctx: int
+    file_bytes: int
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int  # reserved by llama.cpp (worst case: logits for a whole ubatch)
+    memory_bytes: int  # weights + KV + compute + output: what llama.cpp allocates; decides "fits"
+    resident_bytes: int  # expected peak RSS once the context is full (untouched logits rows excluded)
+    tokens_per_s: float  # predicted generation speed at SPEED_AT_TOKENS
+    budget_bytes: int
+    fits: bool
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["memory_gib"] = round(self.memory_bytes / GIB, 3)
+        out["tokens_per_s"] = round(self.tokens_per_s, 1)
+        return out
+
+
+def estimate(shape: ModelShape, ftype: str, n_ctx: int, profile: Profile, *, budget_bytes: int | None = None,
+             n_parallel: int = 1, swa_full: bool = False, flash_attn: bool = True) -> Estimate:
+    weights, read = weights_bytes(shape, ftype)
+    kv = kv_bytes(shape, n_ctx, n_parallel, swa_full)
+    compute = compute_bytes(shape, n_ctx, flash_attn)
+    output = shape.n_vocab * 4 * n_parallel  # logits of the last token of each sequence
+    memory = weights + kv + compute + output
+    resident = memory - N_UBATCH * 4 * shape.n_vocab + output if flash_attn else memory
+    kv_read = kv_bytes(shape, min(n_ctx, SPEED_AT_TOKENS), 1, swa_full)
+    speed = profile.memory.bandwidth_gbs * 1e9 * profile.runtime.efficiency / (read + kv_read)
+    budget = profile.budget_bytes if budget_bytes is None else budget_bytes
+    fits = memory * (1 + profile.runtime.headroom) <= budget
+    return Estimate(ftype, n_ctx, file_bytes(shape, ftype), weights, kv, compute, memory, max(resident, weights + kv),
+                    speed, budget, fits)
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    source: str
+    profile: str
+    budget_bytes: int
+    n_ctx_train: int
+    estimates: list[Estimate]  # the ladder, at the chosen context
+    recommended: Estimate
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "profile": self.profile, "budget_bytes": self.budget_bytes,
+            "n_ctx_train": self.n_ctx_train, "recommended": self.recommended.to_dict(),
+            "estimates": [e.to_dict() for e in self.estimates], "reasons": self.reasons,
+        }
+
+
+def largest_context(shape: ModelShape, ftype: str, profile: Profile, cap: int, **kw) -> int:
+    """The largest context (a multiple of 256, at most `cap`) whose estimate fits; 0 if none."""
+    lo, hi = 0, cap // KV_PAD
+    while lo < hi:  # memory grows monotonically with the context: bisect on multiples of 256
+        mid = (lo + hi + 1) // 2
+        if estimate(shape, ftype, mid * KV_PAD, profile, **kw).fits:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * KV_PAD
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _refuse(shape, profile, n_ctx, preferred, kw) -> DoesNotFitError:
+    need = estimate(shape, preferred[-1], n_ctx, profile, **kw)
+    budget = need.budget_bytes / (1 + profile.runtime.headroom)
+    ways = [t for t in LADDER + tuple(FTYPES) if estimate(shape, t, n_ctx, profile, **kw).fits]
+    ctx = max(((largest_context(shape, t, profile, n_ctx, **kw), t) for t in preferred), default=(0, ""))
+    outs = []
+    if ways:
+        outs.append(f"try {ways[0]}")
+    if ctx[0] >= 256:
+        outs.append(f"--ctx {ctx[0]} with {ctx[1]}")
+    outs.append("a smaller model" if not outs else "or --force to load anyway")
+    return DoesNotFitError(
+        f"{Path(shape.source).name or 'model'} needs {_gib(need.memory_bytes)} as {need.type} at --ctx {n_ctx} "
+        f"(weights {_gib(need.weights_bytes)}, KV {_gib(need.kv_bytes)}, compute {_gib(need.compute_bytes)}), "
+        f"budget {_gib(int(budget))} on {profile.name} (+{profile.runtime.headroom:.0%} headroom); " + "; ".join(outs)
+    )
+
+
+def plan(shape: ModelShape, profile: Profile, *, n_ctx: int | None = None, budget_bytes: int | None = None,
+         types: tuple[str, ...] | None = None, n_parallel: int | None = None, swa_full: bool = False,
+         flash_attn: bool = True) -> Plan:
+    """Recommend the first of the profile's preferred types that fits, at `n_ctx` or, when none is
+    given, at the largest context that fits up to min(model's own, profile's context).
+    Raises DoesNotFitError (message: the numbers and a way out) when nothing preferred fits."""
+    kw = dict(budget_bytes=budget_bytes, n_parallel=n_parallel or profile.runtime.parallel, swa_full=swa_full,
+              flash_attn=flash_attn)
+    preferred = types or profile.runtime.quant_types
+    cap = min(shape.n_ctx_train, profile.runtime.context)
+    want = n_ctx or cap
+    choice = next((t for t in preferred if estimate(shape, t, want, profile, **kw).fits), None)
+    reasons = []
+    if choice is None and n_ctx is None:
+        fallback = [(largest_context(shape, t, profile, cap, **kw), t) for t in preferred]
+        best = next(((c, t) for c, t in fallback if c >= MIN_AUTO_CTX), None)
+        if best:
+            want, choice = best
+            reasons.append(f"no preferred type fits at {cap} tokens; {choice} fits up to {want}")
+    if choice is None:
+        raise _refuse(shape, profile, want, preferred, kw)
+    ladder = [estimate(shape, t, want, profile, **kw) for t in dict.fromkeys(LADDER + tuple(preferred))]
+    rec = estimate(shape, choice, want, profile, **kw)
+    reasons.append(f"{choice}: first of the profile's preferred types {list(preferred)} that fits "
+                   f"({_gib(rec.memory_bytes)} + {profile.runtime.headroom:.0%} headroom <= {_gib(rec.budget_bytes)})")
+    return Plan(shape.source, profile.name, rec.budget_bytes, shape.n_ctx_train, ladder, rec, reasons)
