@@ -72,13 +72,11 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, typer.Abort):               # click's Ctrl-C
             report_and_exit(KeyboardInterrupt())
-        if isinstance(exc, click.ClickException):
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):   # a usage error (typer vendors click)
             exc.show()
-            raise SystemExit(2)
+            raise SystemExit(exc.exit_code)
         report_and_exit(exc)
     raise SystemExit(rc if isinstance(rc, int) else 0)
 
