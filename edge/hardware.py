@@ -107,12 +107,24 @@ def cgroup_cpu_limit(root: Path = Path("/")) -> float | None:
         fields = (_read(d / "cpu.max") or "").split()
         if len(fields) == 2 and fields[0] != "max":
             limits.append(_ratio(fields[0], fields[1]))
-    v1 = root / "sys/fs/cgroup/cpu"
-    quota, period = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
-    if quota and period and quota.strip() != "-1":
-        limits.append(_ratio(quota, period))
+    for v1 in _v1_cpu_dirs(root):
+        quota, period = _read(v1 / "cpu.cfs_quota_us"), _read(v1 / "cpu.cfs_period_us")
+        if quota and period and quota.strip() != "-1":
+            limits.append(_ratio(quota, period))
     limits = [x for x in limits if x]
     return min(limits) if limits else None
+
+
+def _v1_cpu_dirs(root: Path) -> list[Path]:
+    """cgroup v1 cpu controller folders: this process's own (from /proc/self/cgroup) and the mount root."""
+    text = _read(root / "proc/self/cgroup") or ""
+    out = []
+    for line in text.splitlines():
+        _, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if "cpu" in controllers.split(","):
+            for mount in ("cpu", "cpu,cpuacct"):
+                out.append(root / "sys/fs/cgroup" / mount / rel.strip().lstrip("/"))
+    return [*out, root / "sys/fs/cgroup/cpu", root / "sys/fs/cgroup/cpu,cpuacct"]
 
 
 def _ratio(quota: str, period: str) -> float | None:

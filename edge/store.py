@@ -223,7 +223,10 @@ class ModelStore:
         paths = sorted(p for _, p in zip(range(MAX_ENTRIES), self.models_dir.iterdir()))
         found: dict[str, ModelEntry] = {}
         for p in paths:
-            e = _scan_entry(p, self.models_dir)
+            try:
+                e = _scan_entry(p, self.models_dir)
+            except OSError:  # unreadable or vanished while listing: not a usable model
+                continue
             if e is not None and e.name not in found:
                 found[e.name] = e
         return list(found.values())

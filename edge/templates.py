@@ -114,6 +114,11 @@ class ChatTemplate:
         self.timeout, self.max_chars = timeout, max_chars
         self._template = compile_template(self.source, max_chars) if self.source else None
 
+    @classmethod
+    def for_model(cls, info, **limits) -> "ChatTemplate":
+        """From an engine's ModelInfo (edge.backends.base): its template, special tokens and family."""
+        return cls(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token, family=info.family, **limits)
+
     @property
     def is_fallback(self) -> bool:
         return self._template is None

@@ -151,6 +151,20 @@ def test_render_size_memory_and_time_are_bounded(source):
         t.render([{"role": "user", "content": "hi"}])
 
 
+def test_a_timed_out_render_is_stopped_not_left_running():
+    import threading
+    import time
+
+    t = ChatTemplate(RESOURCE_BOMBS["endless-loops"], bos_token="", eos_token="", timeout=0.2)
+    with pytest.raises(BadRequestError, match="did not finish"):
+        t.render([{"role": "user", "content": "hi"}])
+    for _ in range(50):  # the worker gets an async exception between bytecodes; give it a moment
+        if not any(th.name == "edge-chat-template" for th in threading.enumerate()):
+            break
+        time.sleep(0.02)
+    assert not any(th.name == "edge-chat-template" for th in threading.enumerate())
+
+
 def test_limits_leave_real_conversations_alone(smollm2_template):
     long_chat = [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 2000} for i in range(50)]
     text = smollm2_template.render(long_chat)
