@@ -10,6 +10,7 @@ import numpy as np
 from edge.errors import ModelFormatError
 
 from .model import BPE, SPECIAL_ROLES, SPM, Vocab
+from .gguf_meta import read_metadata
 from .safety import check_vocab
 
 K = gguf.Keys.Tokenizer
@@ -43,52 +44,50 @@ def add_vocab_to_gguf(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
 
 
 def vocab_from_gguf(reader_or_path: gguf.GGUFReader | Path | str) -> Vocab:
-    """Read the vocabulary of a GGUF file (or an open GGUFReader)."""
-    reader = reader_or_path if isinstance(reader_or_path, gguf.GGUFReader) else gguf.GGUFReader(reader_or_path, "r")
-    f = reader.fields
-    model = _scalar(f, K.MODEL)
+    """Read the vocabulary of a GGUF file (a path, or an already open GGUFReader)."""
+    if isinstance(reader_or_path, gguf.GGUFReader):
+        f = {k: _field_value(v) for k, v in reader_or_path.fields.items()
+             if k.startswith("tokenizer.") or k == gguf.Keys.General.NAME}
+    else:
+        f = read_metadata(Path(reader_or_path))
+    model = _get(f, K.MODEL)
     if model not in (SPM, BPE):
         raise ModelFormatError(f"GGUF tokenizer model {model!r} is not supported (supported: {SPM!r}, {BPE!r})")
-    tokens = _strings(f, K.LIST)
+    tokens = list(_get(f, K.LIST))
     n = len(tokens)
-    scores = _array(f, K.SCORES, np.float32, n, 0.0)
-    types = _array(f, K.TOKEN_TYPE, np.int32, n, int(gguf.TokenType.NORMAL))
-    special = {r: int(_scalar(f, k)) for r, k in _ROLE_KEYS.items() if k in f}
+    scores = np.asarray(f.get(K.SCORES, np.zeros(n)), dtype=np.float32)  # (n_vocab,)
+    types = np.asarray(f.get(K.TOKEN_TYPE, np.full(n, int(gguf.TokenType.NORMAL))), dtype=np.int32)  # (n_vocab,)
+    if len(scores) != n or len(types) != n:
+        raise ModelFormatError(f"GGUF vocabulary has {n} tokens but {len(scores)} scores and {len(types)} types")
+    special = {r: int(f[k]) for r, k in _ROLE_KEYS.items() if k in f}
     if model == SPM:  # llama.cpp's defaults for SentencePiece when the keys are absent
         for role, default in (("bos", 1), ("eos", 2), ("unk", 0)):
             special.setdefault(role, default)
     return Vocab(
         model=model,
-        pre=_scalar(f, K.PRE) if K.PRE in f else None,
+        pre=f.get(K.PRE),
         tokens=tokens,
         scores=scores.tolist(),
         token_types=types.tolist(),
-        merges=_strings(f, K.MERGES) if K.MERGES in f else [],
-        special_ids=special,
-        add_bos=bool(_scalar(f, K.ADD_BOS)) if K.ADD_BOS in f else model == SPM,
-        add_eos=bool(_scalar(f, K.ADD_EOS)) if K.ADD_EOS in f else False,
-        add_space_prefix=bool(_scalar(f, K.ADD_PREFIX)) if K.ADD_PREFIX in f else (True if model == SPM else None),
-        chat_template=_scalar(f, K.CHAT_TEMPLATE) if K.CHAT_TEMPLATE in f else None,
+        merges=list(f.get(K.MERGES, [])),
+        special_ids={r: i for r, i in special.items() if 0 <= i < n},
+        add_bos=bool(f.get(K.ADD_BOS, model == SPM)),
+        add_eos=bool(f.get(K.ADD_EOS, False)),
+        add_space_prefix=bool(f[K.ADD_PREFIX]) if K.ADD_PREFIX in f else (True if model == SPM else None),
+        chat_template=f.get(K.CHAT_TEMPLATE),
+        model_name=f.get(gguf.Keys.General.NAME),
     )
 
 
-def _scalar(fields, key):
-    if key not in fields:
+def _get(f: dict, key: str):
+    if key not in f:
         raise ModelFormatError(f"GGUF file has no {key}: it carries no tokenizer")
-    return fields[key].contents()
+    return f[key]
 
 
-def _strings(fields, key) -> list[str]:
-    fld = fields[key]
-    # Fast path: decode each string part directly (the Gemma-3 vocabulary has 262144 entries).
-    return [bytes(fld.parts[i]).decode("utf-8", errors="surrogateescape") for i in fld.data]
-
-
-def _array(fields, key, dtype, n, default) -> np.ndarray:
-    if key not in fields:
-        return np.full(n, default, dtype=dtype)
-    fld = fields[key]
-    out = np.concatenate([fld.parts[i] for i in fld.data]).astype(dtype) if fld.data else np.empty(0, dtype)
-    if len(out) != n:
-        raise ModelFormatError(f"GGUF {key} has {len(out)} entries for {n} tokens")
-    return out  # (n_vocab,)
+def _field_value(field):
+    if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
+        if field.types[-1] == gguf.GGUFValueType.STRING:
+            return [bytes(field.parts[i]).decode("utf-8", errors="surrogateescape") for i in field.data]
+        return np.concatenate([field.parts[i] for i in field.data]) if field.data else np.empty(0)
+    return field.contents()

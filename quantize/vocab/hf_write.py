@@ -57,11 +57,21 @@ def _vocab_map(vocab: Vocab) -> dict[str, int]:
 
 
 def _added_tokens(vocab: Vocab) -> list[dict]:
+    rstrip = _rstrip_texts(vocab)
     return [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": t in rstrip,
          "normalized": False, "special": typ != TokenType.USER_DEFINED}
         for i, (t, typ) in enumerate(zip(vocab.tokens, vocab.token_types)) if typ in _ADDED_TYPES
     ]
+
+
+def _rstrip_texts(vocab: Vocab) -> set[str]:
+    """Tokens llama.cpp strips the whitespace after, by model name (llama-vocab.cpp, Phi-3 only)."""
+    name = (vocab.model_name or "").lower()
+    if "phi-3" not in name and "phi3" not in name:
+        return set()
+    out = {t for t, typ in zip(vocab.tokens, vocab.token_types) if typ in _ADDED_TYPES}
+    return (out | {"</s>"}) - {"<unk>", "<s>", "<|endoftext|>"}
 
 
 def _bpe_model(vocab: Vocab) -> dict:

@@ -33,6 +33,9 @@ class Vocab:
     add_eos: bool = False
     add_space_prefix: bool | None = None
     chat_template: str | None = None
+    # general.name of the GGUF it came from: llama.cpp sets some token attributes by model name
+    # (Phi-3's special tokens strip the whitespace after them), and the HF export must do the same.
+    model_name: str | None = None
 
     def __post_init__(self) -> None:
         n = len(self.tokens)

@@ -37,7 +37,7 @@ Steps = tuple[tuple, ...]
 @dataclass(frozen=True)
 class PreTokenizer:
     pre: str  # llama.cpp's tokenizer.ggml.pre
-    steps: Steps  # what a tokenizer.json shows (read direction)
+    steps: tuple[Steps, ...]  # what a tokenizer.json may show (read direction; ours written last)
     hf_steps: Steps  # what we write so HF splits as llama.cpp does (write direction)
     ignore_merges: bool = False  # llama.cpp's ignore_merges for this pre (whole word in vocab wins)
     clean_spaces: bool = True  # llama.cpp's clean_spaces (detokenizer)
@@ -46,22 +46,22 @@ class PreTokenizer:
 _NUM = ("split", r"\p{N}")
 TABLE: tuple[PreTokenizer, ...] = (
     # Llama 3 / 3.1 / 3.2 (and Falcon 3, ...): one Split regex + ByteLevel without its own regex.
-    PreTokenizer("llama-bpe", (("split", LLAMA3_RE), ("bytelevel", False)),
+    PreTokenizer("llama-bpe", ((("split", LLAMA3_RE), ("bytelevel", False)),),
                  (("split", LLAMA3_RE), ("bytelevel", False)), ignore_merges=True),
     # Qwen 2 / 2.5: as Llama 3 but single digits.
-    PreTokenizer("qwen2", (("split", QWEN2_RE), ("bytelevel", False)),
+    PreTokenizer("qwen2", ((("split", QWEN2_RE), ("bytelevel", False)),),
                  (("split", QWEN2_RE), ("bytelevel", False)), clean_spaces=False),
     # GPT-4o / Llama 4 style.
-    PreTokenizer("gpt-4o", (("split", GPT4O_RE), ("bytelevel", False)),
+    PreTokenizer("gpt-4o", ((("split", GPT4O_RE), ("bytelevel", False)),),
                  (("split", GPT4O_RE), ("bytelevel", False))),
     # SmolLM / SmolLM2 (clean_up_tokenization_spaces false): digits isolated, then GPT-2's regex.
-    PreTokenizer("smollm", (("digits", True), ("bytelevel", True)),
+    PreTokenizer("smollm", ((("digits", True), ("bytelevel", True)),),
                  (_NUM, ("bytelevel", True)), clean_spaces=False),
     # StarCoder: the same split, cleaned spaces when detokenizing.
-    PreTokenizer("starcoder", (("digits", True), ("bytelevel", True)),
+    PreTokenizer("starcoder", ((("digits", True), ("bytelevel", True)),),
                  (_NUM, ("bytelevel", True))),
     # GPT-2 itself: ByteLevel with its built-in regex.
-    PreTokenizer("gpt-2", (("bytelevel", True),), (("bytelevel", True),)),
+    PreTokenizer("gpt-2", ((("bytelevel", True),),), (("bytelevel", True),)),
 )
 BY_PRE = {p.pre: p for p in TABLE}
 # llama.cpp aliases of the same splitting.
@@ -90,7 +90,7 @@ def _step(n: dict) -> tuple:
 def detect_pre(tokenizer_json: dict, *, clean_up_spaces: bool | None = None) -> str:
     """llama.cpp's `pre` name for a byte-level BPE tokenizer.json; ModelFormatError if unknown."""
     steps = steps_of(tokenizer_json)
-    rows = [p for p in TABLE if p.steps == steps]
+    rows = [p for p in TABLE if steps in p.steps + (p.hf_steps,)]
     if len(rows) > 1 and clean_up_spaces is not None:  # smollm vs starcoder: only detokenizing differs
         rows = [p for p in rows if p.clean_spaces == clean_up_spaces] or rows
     if rows:
