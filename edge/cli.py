@@ -24,7 +24,7 @@ def serve(
     model: Optional[str] = typer.Argument(None, help="store name (smollm2, an alias...) or a .gguf path; default: bundled SmolLM2"),
     host: Optional[str] = typer.Option(None, help="address to bind [env EDGE_HOST; default 127.0.0.1]"),
     port: Optional[int] = typer.Option(None, help="port [env EDGE_PORT; default 11434, Ollama's]"),
-    models: Optional[Path] = typer.Option(None, "--models", help="model store folder [env EDGE_HOME; default ~/.edge]"),
+    models: Optional[Path] = typer.Option(None, "--models", help="folder holding the model files [env EDGE_MODELS; default ~/.edge/models]"),
     profile: Optional[str] = typer.Option(None, help="hardware profile name or .toml path: default threads and slots"),
     parallel: Optional[int] = typer.Option(None, help="slots decoded together [env EDGE_PARALLEL]"),
     ctx: Optional[int] = typer.Option(None, help="context tokens per slot [env EDGE_CTX]"),
@@ -35,7 +35,7 @@ def serve(
     """Serve one model over HTTP (OpenAI /v1/... and Ollama /api/...)."""
     from edge.server import serve as run_server
 
-    settings = Settings.from_env(model=model, host=host, port=port, home=models, profile=profile,
+    settings = Settings.from_env(model=model, host=host, port=port, models_dir=models, profile=profile,
                                  parallel=parallel, ctx=ctx, api_key=api_key, queue_size=queue, threads=threads)
     run_server(_apply_profile(settings))
 
@@ -44,26 +44,24 @@ def serve(
 def run(
     model: str = typer.Argument(..., help="store name or .gguf path"),
     prompt: str = typer.Argument(..., help="the user message"),
-    models: Optional[Path] = typer.Option(None, "--models", help="model store folder [env EDGE_HOME]"),
+    models: Optional[Path] = typer.Option(None, "--models", help="folder holding the model files [env EDGE_MODELS]"),
     max_tokens: int = typer.Option(512, min=1, help="most tokens to generate"),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (reproducible)"),
     ctx: Optional[int] = typer.Option(None, help="context tokens"),
 ) -> None:
     """Answer one prompt, streaming to the terminal (no server)."""
-    settings = Settings.from_env(model=model, home=models, ctx=ctx)
+    settings = Settings.from_env(model=model, models_dir=models, ctx=ctx)
     asyncio.run(_run_once(settings, prompt, max_tokens, temperature))
 
 
 @app.command("models")
-def list_models(models: Optional[Path] = typer.Option(None, "--models", help="model store folder [env EDGE_HOME]")) -> None:
+def list_models(models: Optional[Path] = typer.Option(None, "--models", help="folder holding the model files [env EDGE_MODELS]")) -> None:
     """List the models in the store (name, size, format, file)."""
     from rich.console import Console
     from rich.table import Table
 
-    from edge.store import ModelStore
-
     table = Table("name", "size", "format", "bundled", "path")
-    for e in ModelStore(Settings.from_env(home=models).home).list():
+    for e in _store(Settings.from_env(models_dir=models)).list():
         table.add_row(e.name, f"{e.size_bytes / 2**20:.1f} MiB", e.format, "yes" if e.bundled else "", str(e.path))
     Console().print(table)
 
@@ -73,10 +71,9 @@ async def _run_once(settings: Settings, prompt: str, max_tokens: int, temperatur
     from edge.backends.base import Delta, Finish, SamplingParams
     from edge.server.prompts import chat_prompt
     from edge.server.state import resolve_target
-    from edge.store import ModelStore
     from edge.templates import ChatTemplate
 
-    target = resolve_target(settings, ModelStore(settings.home))
+    target = resolve_target(settings, _store(settings))
     engine = open_engine(target.path, name=target.name, n_ctx=settings.ctx)
     try:
         info = engine.info
@@ -94,6 +91,12 @@ async def _run_once(settings: Settings, prompt: str, max_tokens: int, temperatur
         engine.close()
 
 
+def _store(settings: Settings):
+    from edge.store import ModelStore
+
+    return ModelStore(settings.home, models_dir=settings.models_dir)
+
+
 def _rate(fin) -> str:
     return f"{fin.completion_tokens / (fin.eval_ns / 1e9):.1f} tokens/s" if fin.eval_ns else "n/a"
 
@@ -109,19 +112,19 @@ def _apply_profile(settings: Settings) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import click
-
     try:
-        app(args=argv, standalone_mode=False, prog_name="edge")
-    except click.exceptions.Abort:
-        report_and_exit(KeyboardInterrupt())
-    except click.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
+        rc = app(args=argv, standalone_mode=False, prog_name="edge")  # click's exit code for --help
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - the one place a CLI error becomes a message + exit code
+        if isinstance(exc, typer.Abort):  # Ctrl-C inside click
+            report_and_exit(KeyboardInterrupt())
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error (typer vendors click)
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
         report_and_exit(exc)
+    if isinstance(rc, int) and rc:
+        raise SystemExit(rc)
 
 
 if __name__ == "__main__":

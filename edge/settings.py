@@ -29,7 +29,8 @@ class Setting:
 SETTINGS_HELP: tuple[Setting, ...] = (
     Setting("host", "EDGE_HOST", "address to bind (default 127.0.0.1: this machine only)"),
     Setting("port", "EDGE_PORT", "TCP port (default 11434, Ollama's)"),
-    Setting("home", "EDGE_HOME", "model store folder; models live in HOME/models (default ~/.edge)"),
+    Setting("home", "EDGE_HOME", "edge's folder: models/, aliases.toml, cache/ (default ~/.edge)"),
+    Setting("models_dir", "EDGE_MODELS", "folder holding the model files (default HOME/models)"),
     Setting("api_key", "EDGE_API_KEY", "require this key (Authorization: Bearer or X-Api-Key) on every route but /health"),
     Setting("model", "EDGE_MODEL", "model to serve: a store name or a .gguf path (default: bundled SmolLM2)"),
     Setting("parallel", "EDGE_PARALLEL", "slots decoded together (default: from the hardware profile, else 1)"),
@@ -46,6 +47,7 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     home: Path | None = None
+    models_dir: Path | None = None
     api_key: str | None = None
     model: str | None = None
     parallel: int | None = None

@@ -52,7 +52,7 @@ def create_app(settings: Settings, *, store=None, target: Target | None = None, 
     if store is None:
         from edge.store import ModelStore
 
-        store = ModelStore(settings.home)
+        store = ModelStore(settings.home, models_dir=settings.models_dir)
     if opener is None:
         from edge.backends import open_engine as opener
     state = ServerState(settings, store, target or resolve_target(settings, store), opener)

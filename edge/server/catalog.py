@@ -1,24 +1,20 @@
 """What /api/tags, /api/show and /api/ps say about a model file, in Ollama's words.
 
 The loaded model is described by its engine; other files in the store by their GGUF header
-(read once per file version, never their weights into memory).
+(edge.gguf_meta's bounded reader, cached per file version; weights are never read).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
 
 from edge.backends.base import ModelInfo
-
-_cache: dict[tuple, "FileFacts"] = {}
-_cache_lock = threading.Lock()
-
-MODEL_INFO_KEYS = ("general.architecture", "general.name", "general.size_label", "general.license", "general.file_type")
+from edge.errors import EdgeError
+from edge.gguf_meta import cached_gguf_meta
 
 
 @dataclass(frozen=True)
@@ -62,53 +58,20 @@ def facts_from_info(info: ModelInfo) -> FileFacts:
 
 
 def facts_from_file(path: Path, fmt: str) -> FileFacts:
-    """GGUF header facts, cached by (path, size, mtime); an unreadable header gives bare facts."""
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime)
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
-    facts = _read_gguf(path) if fmt == "gguf" else FileFacts(format=fmt)
-    with _cache_lock:
-        _cache[key] = facts
-    return facts
-
-
-def _read_gguf(path: Path) -> FileFacts:
+    """Facts from the GGUF header (bounded reader, cached per file version); bare facts when the file
+    is missing (a bundled model not assembled yet) or unreadable: a listing never fails on one file."""
+    if fmt != "gguf" or not path.is_file():
+        return FileFacts(format=fmt)
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except (ValueError, OSError, IndexError, KeyError):
-        return FileFacts(format="gguf")
-    arch = _field(reader, gguf.Keys.General.ARCHITECTURE) or ""
-    ftype = _field(reader, gguf.Keys.General.FILE_TYPE)
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    info = {k: _field(reader, k) for k in MODEL_INFO_KEYS if _field(reader, k) is not None}
-    ctx = _field(reader, gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch)) or 0
-    info.update({gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch): ctx, "general.parameter_count": n_params})
-    return FileFacts(format="gguf", family=arch, parameter_count=n_params, quantization=_ftype_name(ftype),
-                     context_length=int(ctx), chat_template=_field(reader, gguf.Keys.Tokenizer.CHAT_TEMPLATE),
-                     model_info=info)
-
-
-def _field(reader: "gguf.GGUFReader", key: str):
-    f = reader.get_field(key)
-    if f is None:
-        return None
-    try:
-        return f.contents()
-    except (ValueError, IndexError, UnicodeDecodeError):
-        return None
-
-
-def _ftype_name(ftype: int | None) -> str:
-    """gguf.LlamaFileType.MOSTLY_Q4_K_M -> "Q4_K_M", ALL_F32 -> "F32" (as Ollama's quantization_level)."""
-    if ftype is None:
-        return ""
-    try:
-        name = gguf.LlamaFileType(int(ftype)).name
-    except ValueError:
-        return f"ftype_{ftype}"
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        meta = cached_gguf_meta(path)
+    except EdgeError:
+        return FileFacts(format=fmt)
+    arch = meta.architecture
+    ctx_key = gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch)
+    info = {k: v for k, v in meta.kv.items() if k.startswith(("general.", f"{arch}.")) and isinstance(v, (str, int, float, bool))}
+    info["general.parameter_count"] = meta.parameter_count or 0
+    return FileFacts(format="gguf", family=arch, parameter_count=meta.parameter_count or 0, quantization=meta.quantization,
+                     context_length=int(meta.kv.get(ctx_key, 0) or 0), chat_template=meta.chat_template, model_info=info)
 
 
 def _number_or_text(value: str):

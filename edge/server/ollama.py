@@ -90,7 +90,7 @@ class ShowRequest(BaseModel):
 async def generate(body: GenerateRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = state.engine_for(body.model)
+    engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse(body.images, "images", "this server serves text models only")
     _refuse(body.suffix, "suffix", "suffix (fill-in-the-middle) is not supported")
     _refuse(body.template, "template", "per-request templates are not supported; the model's own template is used")
@@ -104,7 +104,7 @@ async def generate(body: GenerateRequest, request: Request):
 async def chat(body: ChatRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = state.engine_for(body.model)
+    engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse(body.tools, "tools", "tool calling is not supported by this server yet")
     if any(m.images for m in body.messages):
         raise BadRequestError("this server serves text models only: send messages without images", param="messages")

@@ -96,7 +96,7 @@ class CompletionRequest(_Sampling):
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = state.engine_for(body.model)
+    engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse_unsupported(body)
     if body.tools:
         raise BadRequestError("tool calling is not supported by this server yet: send the request without `tools`", param="tools")
@@ -123,7 +123,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 async def completions(body: CompletionRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = state.engine_for(body.model)
+    engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse_unsupported(body)
     if body.best_of not in (None, 1):
         raise BadRequestError("best_of > 1 is not supported: send one request per completion", param="best_of")
