@@ -220,7 +220,10 @@ class ModelStore:
     def local(self) -> list[ModelEntry]:
         if not self.models_dir.is_dir():
             return []
-        paths = sorted(p for _, p in zip(range(MAX_ENTRIES), self.models_dir.iterdir()))
+        try:
+            paths = sorted(p for _, p in zip(range(MAX_ENTRIES), self.models_dir.iterdir()))
+        except OSError as e:
+            raise ModelNotFoundError(f"cannot read the models folder {self.models_dir}: {e.strerror or e}; fix its permissions") from None
         found: dict[str, ModelEntry] = {}
         for p in paths:
             try:
