@@ -119,14 +119,13 @@ def _from_spm_json(tj: dict) -> Vocab:
     model = tj["model"]
     unk = model.get("unk_token")
     types = [int(TokenType.NORMAL)] * len(tokens)
-    for i, t in enumerate(tokens):
+    for i, t in enumerate(tokens):  # an added token's own flag wins over its name (Gemma-3's <unk> is CONTROL)
         if _BYTE_RE.match(t):
             types[i] = int(TokenType.BYTE)
+        elif i in added:
+            types[i] = _added_type(added[i])
         elif t == unk:
             types[i] = int(TokenType.UNKNOWN)
-    for i, a in added.items():
-        if types[i] == TokenType.NORMAL:
-            types[i] = _added_type(a)
     scores = _scores_from_merges(tokens, model.get("merges", []))
     return Vocab(model=SPM, pre="default", tokens=tokens, scores=scores, token_types=types,
                  add_space_prefix=_space_prefix(tj, default=False))

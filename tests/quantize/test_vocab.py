@@ -49,6 +49,13 @@ def assert_same_tokens(hf, lc: LlamaCppVocab, strings) -> None:
     assert not diffs, "\n".join(diffs)
 
 
+def same_types(a: list[int], b: list[int]) -> bool:
+    """Token types equal, except that HF has no "unknown" added token: <unk> comes back as control
+    (llama.cpp treats both alike when tokenizing: matched only with parse_special)."""
+    norm = {int(TokenType.UNKNOWN): int(TokenType.CONTROL)}
+    return [norm.get(t, t) for t in a] == [norm.get(t, t) for t in b]
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tok")
@@ -83,7 +90,8 @@ def test_gguf_to_hf_tokenizes_like_llama_cpp(folders, tmp_path, kind):
     assert cfg["bos_token"] == back.token("bos") and cfg["eos_token"] == back.token("eos")
     # ...and loading that folder again gives the same vocabulary as the GGUF's.
     again = load_vocab(tmp_path / "hf")
-    assert (again.model, again.pre, again.tokens, again.token_types) == (back.model, back.pre, back.tokens, back.token_types)
+    assert (again.model, again.pre, again.tokens) == (back.model, back.pre, back.tokens)
+    assert same_types(again.token_types, back.token_types)
     assert again.special_ids.items() >= {k: back.special_ids[k] for k in ("bos", "eos")}.items()
 
 
