@@ -172,6 +172,8 @@ class _Guard:
             problem = self._check(scope)
             if problem is not None:
                 return await error_response(scope["path"], problem)(scope, receive, send_wrapper)
+            if scope["method"] == "POST":
+                _as_json(scope)
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
@@ -189,6 +191,14 @@ class _Guard:
             return PayloadTooLargeError(f"request body larger than {self.state.settings.max_body_bytes} bytes "
                                         "(EDGE_MAX_BODY raises the limit)")
         return None
+
+
+def _as_json(scope) -> None:
+    """Bodies are JSON whatever the Content-Type says, as Ollama and llama-server read them:
+    `curl -d '{...}'` sends application/x-www-form-urlencoded. (The scope is changed in place so
+    the router's `route` lands where the request metric reads it.)"""
+    headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+    scope["headers"] = [*headers, (b"content-type", b"application/json")]
 
 
 def _bound_to_loopback(host: str) -> bool:
