@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,10 @@ def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_d
     spec = get_arch(_read_config(src).get("model_type"))
     cfg = spec.load_config(_read_config(src))
     ckpt = Checkpoint.open(src)
+    vocab = vocab_mod.load_vocab(src, vocab_size=None if spec.trim_vocab else cfg.vocab_size)
+    if spec.trim_vocab:  # Gemma 3: drop embedding rows past the tokenizer's vocabulary
+        cfg = replace(cfg, n_vocab=len(vocab.tokens))   # re-validated by __post_init__
     plan = spec.plan(cfg, ckpt.shapes())
-    vocab = vocab_mod.load_vocab(src, vocab_size=cfg.vocab_size)
     inter = intermediate_type(qtypes, ckpt.float_dtype())
     inter_path = outputs.get(inter.name)
     if inter_path is None and keep_intermediate:
@@ -96,6 +98,7 @@ def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_d
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         vocab_mod.add_vocab_to_gguf(writer, vocab)
 
+    params = sum(int(np.prod(t.shape, dtype=np.int64)) for t in plan)
     results: list[ConvertResult] = []
     try:
         start = time.perf_counter()
@@ -104,10 +107,10 @@ def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_d
         write_gguf(inter_path, spec.arch_name, add_metadata, tensors, force=force or temp_inter,
                    on_tensor=lambda t: bars.advance(task))
         if not temp_inter:
-            results.append(_result(inter.name, inter_path, time.perf_counter() - start))
+            results.append(_result(inter.name, inter_path, params, time.perf_counter() - start))
         for qtype in qtypes:
             if qtype is not inter:
-                results.append(_quantize(inter_path, outputs[qtype.name], qtype, bars, force, False))
+                results.append(_quantize(inter_path, outputs[qtype.name], qtype, bars, force, False, params))
     finally:
         if temp_inter:
             inter_path.unlink(missing_ok=True)
@@ -160,24 +163,26 @@ def _requantize(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], ba
         raise ModelFormatError(f"output would overwrite the input {src}; choose another -o folder or --name")
     warn(f"{src.name} is already a GGUF file: requantizing compounds quantization error. "
          "For best quality convert from the original Hugging Face checkpoint.")
-    return [_quantize(src, outputs[t.name], t, bars, force, True) for t in qtypes]
+    params = n_params(src)
+    return [_quantize(src, outputs[t.name], t, bars, force, True, params) for t in qtypes]
 
 
 def _quantize(src: Path, dst: Path, qtype: QuantType, bars: Bars, force: bool,
-              requantize: bool) -> ConvertResult:
+              requantize: bool, params: int) -> ConvertResult:
     start = time.perf_counter()
     task = bars.add(f"quantize -> {qtype.name}", total=None)
     with llama_log_to(bars, task):
         quantize_file(src, dst, qtype, force=force, allow_requantize=requantize)
     bars.finish(task)
-    return _result(qtype.name, dst, time.perf_counter() - start)
+    return _result(qtype.name, dst, params, time.perf_counter() - start)
 
 
-def _result(type_name: str, path: Path, seconds: float) -> ConvertResult:
+def _result(type_name: str, path: Path, params: int, seconds: float) -> ConvertResult:
     size = path.stat().st_size
-    return ConvertResult(type_name, path, size, size * 8 / max(n_params(path), 1), seconds)
+    return ConvertResult(type_name, path, size, size * 8 / max(params, 1), seconds)
 
 
 def n_params(path: Path) -> int:
+    """Weights in a GGUF file (slow on large vocabularies: gguf's reader parses every token)."""
     reader = gguf.GGUFReader(path)
     return int(sum(int(t.n_elements) for t in reader.tensors))
