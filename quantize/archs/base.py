@@ -132,6 +132,9 @@ class ArchSpec:
     extra_tensors: Callable[[Any], Iterable[tuple[str, np.ndarray]]] = _nothing  # cfg -> (gguf name, f32 array)
     extra_config: Callable[[dict[str, Any], dict[str, Any]], None] = _nothing  # (gguf kv, config) for unpack
     ignored: tuple[str, ...] = field(default=(".rotary_emb.inv_freq",))   # HF name suffixes dropped
+    # Embedding rows past the tokenizer's vocabulary are dropped (Gemma 3): the converter loads the
+    # vocabulary unpadded and rebuilds the config with `n_vocab` = its size before planning.
+    trim_vocab: bool = False
 
     @property
     def arch_name(self) -> str:

@@ -133,4 +133,5 @@ SPEC = ArchSpec(
     extra_metadata=extra_metadata,
     extra_config=extra_config,
     ignored=IGNORED,
+    trim_vocab=True,
 )
