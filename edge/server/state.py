@@ -30,12 +30,15 @@ class Target:
 
 
 def resolve_target(settings: Settings, store) -> Target:
-    """A .gguf path or a store name (None: the store's default, the bundled SmolLM2). Raises at once."""
+    """A .gguf path or a store name (None: the store's default, the bundled SmolLM2). Raises at once.
+
+    A path to a file the store knows is served under the store's name."""
     spec = settings.model
     if spec and (spec.endswith(".gguf") or "/" in spec) and Path(spec).expanduser().exists():
         path = Path(spec).expanduser().resolve()
         st = path.stat()
-        return Target(name=path.stem, path=path, modified=st.st_mtime, size_bytes=st.st_size)
+        known = next((e.name for e in store.list() if Path(e.path).resolve() == path), None)
+        return Target(name=known or path.stem, path=path, modified=st.st_mtime, size_bytes=st.st_size)
     entry = store.resolve(spec) if spec else store.default()
     return Target(name=entry.name, path=Path(entry.path), modified=entry.modified, size_bytes=entry.size_bytes)
 
