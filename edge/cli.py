@@ -44,6 +44,7 @@ def serve(
 def run(
     model: str = typer.Argument(..., help="store name or .gguf path"),
     prompt: str = typer.Argument(..., help="the user message"),
+    system: Optional[str] = typer.Option(None, help="a system message (default: the model template's own)"),
     models: Optional[Path] = typer.Option(None, "--models", help="folder holding the model files [env EDGE_MODELS]"),
     max_tokens: int = typer.Option(512, min=1, help="most tokens to generate"),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (reproducible)"),
@@ -51,7 +52,8 @@ def run(
 ) -> None:
     """Answer one prompt, streaming to the terminal (no server)."""
     settings = Settings.from_env(model=model, models_dir=models, ctx=ctx)
-    asyncio.run(_run_once(settings, prompt, max_tokens, temperature))
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    asyncio.run(_run_once(settings, messages, max_tokens, temperature))
 
 
 @app.command("models")
@@ -66,7 +68,7 @@ def list_models(models: Optional[Path] = typer.Option(None, "--models", help="fo
     Console().print(table)
 
 
-async def _run_once(settings: Settings, prompt: str, max_tokens: int, temperature: float) -> None:
+async def _run_once(settings: Settings, messages: list[dict], max_tokens: int, temperature: float) -> None:
     from edge.backends import open_engine
     from edge.backends.base import Delta, Finish, SamplingParams
     from edge.server.prompts import chat_prompt
@@ -74,11 +76,11 @@ async def _run_once(settings: Settings, prompt: str, max_tokens: int, temperatur
     from edge.templates import ChatTemplate
 
     target = resolve_target(settings, _store(settings))
-    engine = open_engine(target.path, name=target.name, n_ctx=settings.ctx)
+    engine = open_engine(target.path, name=target.name, n_ctx=settings.ctx, n_threads=settings.threads)
     try:
         info = engine.info
         template = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token, family=info.family)
-        ids = chat_prompt(engine, template, [{"role": "user", "content": prompt}])
+        ids = chat_prompt(engine, template, messages)
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
         async for ev in engine.generate(ids, params):
             if isinstance(ev, Delta):

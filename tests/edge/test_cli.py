@@ -1,0 +1,95 @@
+"""`edge serve | run | models` as a user runs them: real processes, exit codes, messages."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from edge.errors import BadRequestError
+from edge.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
+from tests.edge.live import LOAD_TIMEOUT, edge_env, start_server
+
+
+def edge(home, *args: str, timeout: float = LOAD_TIMEOUT, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=edge_env(home, EDGE_THREADS="1", **env))
+
+
+def test_models_lists_the_bundled_models(tmp_path):
+    r = edge(tmp_path, "models")
+    assert r.returncode == 0, r.stderr
+    assert "smollm2:135m-q4_1" in r.stdout and "gemma3:270m-q4_k_m" in r.stdout
+
+
+@pytest.mark.slow
+def test_run_streams_the_answer(tmp_path):
+    r = edge(tmp_path, "run", "smollm2", "What is the capital of Germany?", "--max-tokens", "24")
+    assert r.returncode == 0, r.stderr
+    assert "Berlin" in r.stdout
+    assert "tokens" in r.stderr  # the closing line: tokens, speed, finish reason
+
+
+def test_unknown_model_exits_3_naming_what_is_available(tmp_path):
+    r = edge(tmp_path, "serve", "nope:1b", "--port", "0")
+    assert r.returncode == 3
+    assert "nope:1b" in r.stderr and "smollm2:135m-q4_1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert edge(tmp_path, "serve", "--port", "99999").returncode == 2
+    assert edge(tmp_path, "serve", "--parallel", "zero").returncode == 2
+    r = edge(tmp_path, "serve", "--api-key", " ")
+    assert r.returncode == 2 and "API key is empty" in r.stderr
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        r = edge(tmp_path, "serve", "--port", str(busy.getsockname()[1]))
+    assert r.returncode == 1 and "is in use" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bad_model_file_stops_the_server_with_exit_4(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGML" + b"\0" * 1000)
+    r = edge(tmp_path, "serve", str(bad), "--port", "0")
+    assert r.returncode == 4, r.stderr
+    assert "GGUF" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_serve_defaults_to_the_bundled_model_and_stops_cleanly_on_sigterm(tmp_path):
+    srv = start_server(tmp_path)
+    try:
+        assert httpx.get(srv.url + "/api/ps").json()["models"][0]["model"] == "smollm2:135m-q4_1"
+    finally:
+        srv.proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal (so the exit status says SIGTERM)
+        assert srv.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    log = srv.log_text()
+    assert "ready in" in log and "Application shutdown complete" in log and "Traceback" not in log
+
+
+def test_settings_defaults_env_and_flags():
+    s = Settings.from_env({})
+    assert (s.host, s.port) == (DEFAULT_HOST, DEFAULT_PORT) == ("127.0.0.1", 11434)
+    assert Settings.from_env({"EDGE_PORT": "8080", "EDGE_PARALLEL": "4"}).port == 8080
+    assert Settings.from_env({"EDGE_PORT": "8080"}, port=9000).port == 9000  # a flag beats the environment
+
+
+def test_a_bad_environment_value_warns_and_falls_back(capsys):
+    s = Settings.from_env({"EDGE_PORT": "eleven", "EDGE_PARALLEL": "0"})
+    assert s.port == DEFAULT_PORT and s.parallel is None
+    err = capsys.readouterr().err
+    assert "EDGE_PORT" in err and "parallel" in err
+
+
+def test_a_bad_flag_is_an_error():
+    with pytest.raises(BadRequestError, match="parallel"):
+        Settings.from_env({}, parallel=0)
