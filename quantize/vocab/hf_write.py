@@ -19,6 +19,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from .model import BPE, SPM, TokenType, Vocab
 from .pretokenizers import BY_PRE, hf_pre_tokenizer, ignore_merges
 
@@ -96,18 +98,19 @@ def _spm_model(vocab: Vocab) -> dict:
 def spm_merges(vocab: Vocab) -> list[list[str]]:
     """Every split of every token into two tokens, best score (then lowest id) first."""
     index = _vocab_map(vocab)
-    skip = (TokenType.BYTE, TokenType.UNUSED)
-    found: list[tuple[float, int, int, str, str]] = []
-    for t, i in index.items():
-        if len(t) < 2 or vocab.token_types[i] in skip:
+    known = set(index)
+    skip = {int(TokenType.BYTE), int(TokenType.UNUSED), int(TokenType.CONTROL), int(TokenType.USER_DEFINED)}
+    ids = np.fromiter(index.values(), dtype=np.int64, count=len(index))  # (n_unique,)
+    scores = np.asarray(vocab.scores, dtype=np.float64)[ids]  # (n_unique,)
+    order = ids[np.lexsort((ids, -scores))]  # best score first, ties by id
+    tokens, types = vocab.tokens, vocab.token_types
+    out: list[list[str]] = []
+    for i in order.tolist():
+        t = tokens[i]
+        if len(t) < 2 or types[i] in skip:
             continue
-        s = -vocab.scores[i]
-        for k in range(1, len(t)):
-            a, b = t[:k], t[k:]
-            if a in index and b in index:
-                found.append((s, i, k, a, b))
-    found.sort()
-    return [[a, b] for _, _, _, a, b in found]
+        out.extend([t[:k], t[k:]] for k in range(1, len(t)) if t[:k] in known and t[k:] in known)
+    return out
 
 
 def _spm_normalizer(vocab: Vocab) -> dict:
