@@ -79,7 +79,7 @@ async def _run_once(settings: Settings, messages: list[dict], max_tokens: int, t
     engine = open_engine(target.path, name=target.name, n_ctx=settings.ctx, n_threads=settings.threads)
     try:
         info = engine.info
-        template = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token, family=info.family)
+        template = ChatTemplate.for_model(info)
         ids = chat_prompt(engine, template, messages)
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
         async for ev in engine.generate(ids, params):

@@ -75,8 +75,7 @@ class ServerState:
             engine = self._opener(self.target.path, name=self.target.name, n_ctx=s.ctx, n_parallel=s.parallel or 1,
                                   n_threads=s.threads, queue_size=s.queue_size)
             info = engine.info
-            self.template = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token,
-                                         family=info.family)
+            self.template = ChatTemplate.for_model(info)
             self.engine = engine
         except BaseException as exc:  # noqa: BLE001 - reported through /health and the CLI, never swallowed
             self.load_error = exc

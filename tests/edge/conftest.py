@@ -41,6 +41,6 @@ def oracle(smollm2_path):
 
     engine = open_engine(smollm2_path, name="oracle", n_ctx=CTX, n_parallel=1, n_threads=1)
     info = engine.info
-    template = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token, family=info.family)
+    template = ChatTemplate.for_model(info)
     yield Oracle(engine, template)
     engine.close()

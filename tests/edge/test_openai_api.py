@@ -173,3 +173,25 @@ def _common_prefix(a: str, b: str) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
+
+
+def test_chat_prompts_carry_exactly_one_bos(gemma3_path, smollm2_path):
+    """Gemma-3 adds BOS itself and its (fallback) chat format writes "<bos>" too: never both."""
+    from edge.backends import open_engine
+    from edge.server.prompts import chat_prompt, text_prompt
+    from edge.templates import ChatTemplate
+
+    for path in (gemma3_path, smollm2_path):
+        engine = open_engine(path, name="bos-check", n_ctx=256, n_parallel=1, n_threads=1)
+        try:
+            info = engine.info
+            bos = engine.tokenize(info.bos_token, add_special=False, parse_special=True)
+            assert len(bos) == 1, info.bos_token
+            ids = chat_prompt(engine, ChatTemplate.for_model(info), chat_messages("Hello"))
+            assert ids[:2] != [bos[0], bos[0]]  # (SmolLM2's BOS is <|im_start|>, which opens every turn)
+            if info.add_bos:  # Gemma-3: BOS first, once, for chats and raw prompts alike
+                assert ids[0] == bos[0] and ids.count(bos[0]) == 1
+                raw = text_prompt(engine, "The capital of France is")
+                assert raw[0] == bos[0] and raw.count(bos[0]) == 1
+        finally:
+            engine.close()
