@@ -25,7 +25,8 @@ from .progress import Bars, warn
 
 Q = gguf.GGMLQuantizationType
 KEEP = {Q.F32: "F32", Q.F16: "F16", Q.BF16: "BF16"}   # float types written as they are
-GENERATED = (gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS],)   # made from config, not weights
+GENERATED = tuple(gguf.TENSOR_NAMES[t] for t in (    # made from config, not weights
+    gguf.MODEL_TENSOR.ROPE_FREQS, gguf.MODEL_TENSOR.ROPE_FACTORS_LONG, gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT))
 
 
 def unpack(gguf_path: Path, out_dir: Path, *, force: bool = False, quiet: bool = False) -> Path:
@@ -64,6 +65,10 @@ def hf_config(spec: ArchSpec, kv: dict[str, Any], tensors: dict[str, Any]) -> di
     if "vocab_size" not in config and embd is not None:
         config["vocab_size"] = int(embd.shape[-1])        # gguf shapes are (n_embd, n_vocab)
     config["tie_word_embeddings"] = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight" not in tensors
+    generated = {n: np.asarray(t.data) for n, t in tensors.items() if n.startswith(GENERATED)}
+    for name in sorted(set(generated) - set(spec.tensors_to_config(generated, config))):
+        warn(f"{name} is derived from rope scaling settings that GGUF does not keep; "
+             "config.json gets no rope_scaling for it")
     config["torch_dtype"] = "float32"
     return config
 
@@ -73,9 +78,7 @@ def _entries(spec: ArchSpec, cfg: Any, tensors: dict[str, Any]) -> list[OutEntry
     out = []
     for name, t in tensors.items():
         if name not in names:
-            if name.startswith(GENERATED):
-                warn(f"{name} is derived from rope scaling settings that GGUF does not keep; "
-                     "config.json gets no rope_scaling for it")
+            if name.startswith(GENERATED):   # back in config.json, or warned about, by hf_config
                 continue
             raise ModelFormatError(f"tensor {name!r} is not part of the {spec.model_type} layout; cannot unpack")
         hf_name, rule = names[name]

@@ -131,6 +131,9 @@ class ArchSpec:
     extra_metadata: Callable[[gguf.GGUFWriter, Any], None] = _nothing       # (writer, cfg)
     extra_tensors: Callable[[Any], Iterable[tuple[str, np.ndarray]]] = _nothing  # cfg -> (gguf name, f32 array)
     extra_config: Callable[[dict[str, Any], dict[str, Any]], None] = _nothing  # (gguf kv, config) for unpack
+    # Inverse of extra_tensors for unpack: (generated tensors by GGUF name, config) -> the names it
+    # turned back into config.json fields (e.g. Phi-3's longrope factors); others are dropped with a warning.
+    tensors_to_config: Callable[[dict[str, np.ndarray], dict[str, Any]], Iterable[str]] = _nothing
     ignored: tuple[str, ...] = field(default=(".rotary_emb.inv_freq",))   # HF name suffixes dropped
     # Embedding rows past the tokenizer's vocabulary are dropped (Gemma 3): the converter loads the
     # vocabulary unpadded and rebuilds the config with `n_vocab` = its size before planning.

@@ -148,6 +148,17 @@ def extra_config(kv: dict[str, Any], config: dict[str, Any]) -> None:
     config.setdefault("hidden_act", "silu")
 
 
+def tensors_to_config(generated: dict[str, np.ndarray], config: dict[str, Any]) -> Iterable[str]:
+    """Inverse of extra_tensors: the longrope factors (and attention factor) back into rope_scaling."""
+    long, short = (gguf.TENSOR_NAMES[t] + ".weight" for t in (T.ROPE_FACTORS_LONG, T.ROPE_FACTORS_SHORT))
+    if long not in generated or short not in generated:
+        return ()
+    config["rope_scaling"] = {"type": "longrope",
+                              "long_factor": [float(x) for x in generated[long].reshape(-1)],
+                              "short_factor": [float(x) for x in generated[short].reshape(-1)]}
+    return long, short
+
+
 SPEC = ArchSpec(
     model_type="phi3",
     arch=gguf.MODEL_ARCH.PHI3,
@@ -158,4 +169,5 @@ SPEC = ArchSpec(
     extra_metadata=extra_metadata,
     extra_tensors=extra_tensors,
     extra_config=extra_config,
+    tensors_to_config=tensors_to_config,
 )

@@ -188,9 +188,15 @@ def test_gemma3_trims_out_of_vocabulary_rows(tiny_checkpoint, tiny_gguf):
     assert [int(x) for x in embd.shape] == [128, n_vocab]  # GGUF order: (n_embd, n_vocab)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_unpack_restores_hf_weights(kind, tiny_checkpoint, tiny_gguf, tmp_path):
-    """GGUF -> HF (unpack) undoes every transform: the weights come back as they went in."""
+_NO_LLAMA3_ROPE = pytest.mark.xfail(
+    strict=True, reason="unpack cannot rebuild llama3 rope_scaling from the rope_freqs tensor yet")
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=_NO_LLAMA3_ROPE) if k.startswith("llama3") else k
+                                  for k in KINDS])
+def test_unpack_restores_hf_weights(kind, tiny_checkpoint, tiny_gguf, hf_reference, tmp_path):
+    """GGUF -> HF (unpack) undoes every transform: the weights and config come back as they went
+    in, and transformers computes the same logits from the unpacked folder."""
     from safetensors.numpy import load_file
 
     from quantize.unpack import unpack
@@ -217,4 +223,30 @@ def test_unpack_restores_hf_weights(kind, tiny_checkpoint, tiny_gguf, tmp_path):
                 "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
                 "rope_local_base_freq", "layer_types", "rope_scaling"):
         if cfg_in.get(key) is not None:
-            assert cfg_out.get(key) == cfg_in[key], f"{kind}: config {key}"
+            assert _same(cfg_out.get(key), cfg_in[key]), f"{kind}: config {key}: {cfg_out.get(key)}"
+    ids, n_vocab, hf_logits, greedy = hf_reference(kind)
+    got = _hf_logits(Path(out), ids + greedy)[:, :n_vocab]
+    assert np.abs(got - hf_logits).max() <= 1e-4 * hf_logits.std(), f"{kind}: unpacked model differs"
+
+
+def _hf_logits(hf_dir: Path, ids: list[int]) -> np.ndarray:
+    """transformers' logits (len(ids), vocab) for a checkpoint folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(
+        hf_dir, dtype=torch.float32, attn_implementation="eager", local_files_only=True).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def _same(a, b) -> bool:
+    """Equal up to float32 rounding (GGUF stores floats as f32), recursively."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == pytest.approx(b, rel=1e-6)
+    return a == b
