@@ -22,6 +22,23 @@ MAX_STRING_ITEMS = 1 << 23  # all string-array items of a file together (vocab +
 DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT
 HEADER_BYTES = 4 + 4 + 8 + 8  # magic | version u32 | tensor_count u64 | kv_count u64
 
+# Keys llama.cpp reads with a fixed type (its GGUFMeta refuses any other): "{arch}" filled from the file.
+_L, _A, _R, _T = gguf.Keys.LLM, gguf.Keys.Attention, gguf.Keys.Rope, gguf.Keys.Tokenizer
+KEY_TYPES: dict[str, tuple[int, ...]] = {
+    gguf.Keys.General.ARCHITECTURE: (VT.STRING,),
+    gguf.Keys.General.FILE_TYPE: (VT.UINT32,),
+    gguf.Keys.General.QUANTIZATION_VERSION: (VT.UINT32,),
+    _L.VOCAB_SIZE: (VT.UINT32,), _L.CONTEXT_LENGTH: (VT.UINT32,), _L.EMBEDDING_LENGTH: (VT.UINT32,),
+    _L.BLOCK_COUNT: (VT.UINT32,), _L.FEED_FORWARD_LENGTH: (VT.UINT32, VT.ARRAY),
+    _A.HEAD_COUNT: (VT.UINT32, VT.ARRAY), _A.HEAD_COUNT_KV: (VT.UINT32, VT.ARRAY),
+    _A.KEY_LENGTH: (VT.UINT32,), _A.VALUE_LENGTH: (VT.UINT32,), _A.SLIDING_WINDOW: (VT.UINT32,),
+    _A.LAYERNORM_EPS: (VT.FLOAT32,), _A.LAYERNORM_RMS_EPS: (VT.FLOAT32,),
+    _R.DIMENSION_COUNT: (VT.UINT32,), _R.FREQ_BASE: (VT.FLOAT32,),
+    _T.MODEL: (VT.STRING,), _T.PRE: (VT.STRING,), _T.CHAT_TEMPLATE: (VT.STRING,),
+    _T.ADD_BOS: (VT.BOOL,), _T.ADD_EOS: (VT.BOOL,), _T.ADD_SEP: (VT.BOOL,), _T.ADD_PREFIX: (VT.BOOL,),
+    _T.REMOVE_EXTRA_WS: (VT.BOOL,),
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ArrayRef:
@@ -72,6 +89,7 @@ def read_header(r: _Reader) -> Header:
         header.types[key] = vtype
         header.kv[key] = _value(r, vtype, key, budget)
     _check_alignment(header)
+    _check_key_types(header)
     header.end = r.pos
     return header
 
@@ -115,3 +133,16 @@ def _check_alignment(header: Header) -> None:
     a = header.kv[key]
     if a == 0 or a & (a - 1):
         raise ModelFormatError(f"GGUF {key} is {a}, not a power of two")
+
+
+def _check_key_types(header: Header) -> None:
+    arch = header.kv.get(gguf.Keys.General.ARCHITECTURE)
+    for template, allowed in KEY_TYPES.items():
+        key = template.format(arch=arch) if "{arch}" in template else template
+        if key in header.types and header.types[key] not in allowed:
+            want = " or ".join(VT(t).name.lower() for t in allowed)
+            raise ModelFormatError(f"GGUF {key} must be a {want}, found {_type_name(header.types[key])}; llama.cpp refuses it")
+
+
+def _type_name(vtype: int) -> str:
+    return VT(vtype).name.lower()

@@ -36,6 +36,8 @@ class TensorInfo:
 
 
 def read_tensor_infos(r: _Reader, n_tensors: int) -> list[TensorInfo]:
+    if n_tensors == 0:
+        raise ModelFormatError("GGUF file holds no tensors (a vocabulary-only file?); it cannot be served or converted")
     seen: set[str] = set()
     infos = []
     for i in range(n_tensors):
@@ -61,8 +63,8 @@ def _tensor_info(r: _Reader, i: int) -> TensorInfo:
 
 
 def _nbytes(name: str, shape: tuple[int, ...], ggml_type: int) -> int:
-    if any(d < 0 for d in shape):
-        raise ModelFormatError(f"GGUF tensor {name} has a negative dimension {shape}")
+    if any(d <= 0 for d in shape):
+        raise ModelFormatError(f"GGUF tensor {name} has shape {shape}: a dimension is zero or negative")
     n = 1
     for d in shape:
         n *= d
