@@ -27,7 +27,10 @@ except ImportError:  # bench/anchors.py must run on a bare python, before the ve
 SDIST_VERSION = "0.3.36"  # llama-cpp-python; vendors llama.cpp 0c1e570 (pinned in pyproject.toml)
 ANCHOR_TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize", "llama-cli")
 DEFAULT_ANCHORS = Path("/work/anchors/build")
-DEFAULT_WORK = Path("/tmp/edge-bench")  # converted checkpoints and outputs, reused across runs
+# Converted checkpoints, outputs and logs, reused across runs. On tmpfs when there is one: the
+# disk is shared with other jobs and its noise would swamp the ratios (set EDGE_BENCH_DIR to a
+# disk folder to include the disk in the figures).
+DEFAULT_WORK = Path("/dev/shm/edge-bench") if Path("/dev/shm").is_dir() else Path("/tmp/edge-bench")
 
 console = Console(stderr=True, highlight=False) if Console else None
 
@@ -194,6 +197,21 @@ def sha256(path: Path) -> str:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so `finally` blocks stop the servers we started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def warn_if_busy() -> float:
+    """Load average over the last minute; the figures mean little on a busy machine."""
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if load > 0.5 * cores and console:
+        console.log(f"[yellow]load average {load:.1f} on {cores} cores: other jobs are running, "
+                    "the figures will be noisy (ratios from the same run still compare)[/]")
+    return load
 
 
 # ----------------------------------------------------------------------------- reporting

@@ -152,14 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", "-n", type=int, default=3, help="interleaved repeats (default 3)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     args = ap.parse_args(argv)
+    common.exit_cleanly_on_sigterm()
     work = common.work_dir() / "convert"
     work.mkdir(parents=True, exist_ok=True)
     hf = unpacked_smollm2(common.work_dir())
+    load = [common.warn_if_busy()]
     rows1, extra1 = bench_f16(hf, work, args.repeats)
     rows2, extra2 = bench_q4km(hf, work, args.repeats)
+    load.append(common.warn_if_busy())
     rows = rows1 + rows2
     if args.json:
-        print(common.rows_json(rows, [ANCHOR], {**extra1, **extra2}))
+        print(common.rows_json(rows, [ANCHOR], {**extra1, **extra2, "load_average": load,
+                                                "work_dir": str(work)}))
     else:
         common.print_table("edge-quantize vs llama.cpp (SmolLM2-135M)", rows, [ANCHOR])
     return 0 if extra2["q4_k_m_identical"] else 1

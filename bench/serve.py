@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma list of servers to run (default: all available)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     args = ap.parse_args(argv)
+    common.exit_cleanly_on_sigterm()
     rounds = args.rounds or (1 if args.quick else 3)
     n_comp = 2 if args.quick else 3
     kinds = servers.available_kinds()
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if not kinds:
         raise SystemExit("no server to benchmark")
     fig, warned = Figures(), set()
+    load = [common.warn_if_busy()]
     models = {k: common.bundled_model(k) for k in MODELS}
     for mkey, model in models.items():
         console.rule(f"{MODELS[mkey]}: single client, TTFT, cold start, RSS ({rounds} rounds)")
@@ -179,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(rounds):
         for kind in rotated(kinds, r):
             parallel_round(kind, models["smollm2"], "smollm2", 1 if args.quick else 2, fig, warned)
+    load.append(common.warn_if_busy())
     rows = rows_for("smollm2", fig, kinds, True) + rows_for("gemma3", fig, kinds, False)
     anchors = [a for a in ANCHORS if a in kinds]
     if args.json:
         print(common.rows_json(rows, anchors, {"samples": fig.data, "rounds": rounds,
-                                               "ratio_basis": "client wall time over HTTP"}))
+                                               "ratio_basis": "client wall time over HTTP",
+                                               "load_average": load}))
     else:
         common.print_table("edge serve vs llama-server and llama_cpp.server "
                            "(ratios: ours/anchor, client wall time)", rows, anchors)
