@@ -377,3 +377,80 @@ def test_gguf_reader_hangs_or_blows_up_where_we_refuse_at_once(tmp_path):
     except subprocess.TimeoutExpired:
         return  # hung (growing its field list) for 20 s on a 40-byte file
     assert "returned" not in proc.stdout and "MemoryError" in proc.stderr, proc.stderr[-1000:]
+
+
+# --- ONNX folders -------------------------------------------------------------------------------
+
+
+def _onnx_model(folder: Path, location: str, offset: int = 0, length: int = 16) -> Path:
+    """A one-node ONNX model whose initializer keeps its 16 bytes in `location`."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    w.ClearField("float_data")
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        w.external_data.add(key=k, value=v)
+    node = helper.make_node("Add", ["x", "w"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], initializer=[w])  # fmt: skip
+    path = folder / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def test_onnx_folder_with_data_inside_passes(tmp_path):
+    from edge.validate import validate_onnx_folder
+
+    (tmp_path / "weights.bin").write_bytes(bytes(16))
+    _onnx_model(tmp_path, "weights.bin")
+    assert validate_onnx_folder(tmp_path) == [tmp_path / "model.onnx"]
+
+
+@pytest.mark.parametrize("location,fragment", [
+    ("../outside.bin", "leaves the model folder"),
+    ("sub/../../outside.bin", "leaves the model folder"),
+    ("/etc/passwd", "absolute path"),
+    ("C:\\\\Windows\\\\win.ini", "absolute path"),
+    ("link.bin", "outside the model folder"),  # a symlink pointing out
+    ("missing.bin", "does not exist"),
+    ("", "no location"),
+])  # fmt: skip
+def test_onnx_external_data_leaving_the_folder_is_refused(tmp_path, location, fragment):
+    from edge.validate import validate_onnx_folder
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (tmp_path / "outside.bin").write_bytes(bytes(16))
+    (model_dir / "link.bin").symlink_to(tmp_path / "outside.bin")
+    _onnx_model(model_dir, location)
+    with pytest.raises(ModelFormatError) as e:
+        validate_onnx_folder(model_dir)
+    assert fragment in e.value.message
+
+
+def test_onnx_external_data_range_past_the_end(tmp_path):
+    from edge.validate import validate_onnx_folder
+
+    (tmp_path / "weights.bin").write_bytes(bytes(16))
+    _onnx_model(tmp_path, "weights.bin", offset=8, length=16)
+    with pytest.raises(ModelFormatError, match="past the end of the 16-byte file"):
+        validate_onnx_folder(tmp_path)
+
+
+def test_onnx_model_symlinked_from_outside_is_refused(tmp_path):
+    from edge.validate import validate_onnx_folder
+
+    elsewhere, model_dir = tmp_path / "elsewhere", tmp_path / "model"
+    elsewhere.mkdir(), model_dir.mkdir()
+    (elsewhere / "weights.bin").write_bytes(bytes(16))
+    _onnx_model(elsewhere, "weights.bin")
+    (model_dir / "model.onnx").symlink_to(elsewhere / "model.onnx")
+    with pytest.raises(ModelFormatError, match="outside the model folder"):
+        validate_onnx_folder(model_dir)
+
+
+def test_validating_gguf_does_not_import_onnx():
+    code = "import sys, edge.validate; assert 'onnx' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
