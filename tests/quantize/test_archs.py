@@ -1,15 +1,21 @@
 """One shared runner over every architecture: tiny random HF checkpoint -> our GGUF -> llama.cpp.
 
 For each kind the checkpoint is converted to F32 and F16 by `quantize.convert.convert`, loaded by
-llama-cpp-python, and compared with transformers (eager attention, fp32) on a fixed token
-sequence:
+llama-cpp-python, and compared with transformers (eager attention, fp32) on a fixed prompt of
+N_PROMPT tokens followed by transformers' own N_GEN = 32 greedy tokens (prompt in one batch, then
+one token at a time through llama.cpp's KV cache):
 
-* logits: max |llama.cpp - transformers| over every prompt position and real-vocabulary token
-  must stay below TOLERANCE[type] * std(transformers logits);
-* greedy decoding: 32 tokens, each runtime following its own argmax, must agree token for token.
+* logits: max |llama.cpp - transformers| over every position and real-vocabulary token must stay
+  below tolerance(kind, type) * std(transformers logits);
+* greedy decoding: llama.cpp's argmax equals transformers' greedy token at each of the 32 steps
+  (at most MAX_TIES exact near-ties allowed, see the test).
 
-Measured on these fixtures (see the final report of the archs work): F32 differs by ~1e-3 of the
-std, F16 by ~1e-2 of the std.
+Measured on these fixtures (`pytest tests/quantize/test_archs.py -k matches -s` prints each figure),
+as fractions of the logits' std:
+  F32 file, F32 KV cache: llama/phi3 1.4e-5 .. 4.1e-5; gemma/gemma2/gemma3 1.1e-3 .. 4.3e-3 (ggml
+  evaluates GELU through an fp16 lookup table). F16 file, default F16 KV cache: 5e-3 .. 4.9e-2 (phi3).
+Dropping one conversion detail moves the F32 error to 0.4 .. 2.5 std (query_pre_attn_scalar fold,
+attention soft-cap, Gemma-3 layer pattern, Phi-3 attention factor), far outside the tolerances.
 """
 
 from __future__ import annotations
@@ -24,10 +30,16 @@ from tests.fixtures.checkpoints import KINDS
 
 pytestmark = pytest.mark.slow
 
-TOLERANCE = {"f32": 1e-2, "f16": 5e-2}  # max abs logit diff, as a fraction of the logits' std
+# max |logit diff| as a fraction of the logits' std (measured values in the module docstring)
+TOLERANCE = {"f32": 1e-3, "f16": 1e-1}
+TOLERANCE_GELU_F32 = 1e-2  # Gemma family: ggml's fp16 GELU table alone costs ~4e-3
+
+
+def tolerance(kind: str, qtype: str) -> float:
+    return TOLERANCE_GELU_F32 if qtype == "f32" and kind.startswith("gemma") else TOLERANCE[qtype]
 N_PROMPT = 24  # > SLIDING_WINDOW, so sliding layers see a window that differs from full attention
 N_GEN = 32
-MAX_TIES = 2  # of N_GEN greedy steps
+MAX_TIES = 3  # of N_GEN greedy steps (phi3 F16 has 1-2: top-2 gaps of ~0.003 in its random logits)
 N_CTX = 128  # <= Phi-3 fixture's original context (256): both runtimes use the short factors
 
 
@@ -120,13 +132,14 @@ def test_llamacpp_matches_transformers(kind, qtype, tiny_gguf, hf_reference):
     assert cpp_vocab == n_vocab, "the GGUF vocabulary must be the tokenizer's (no OOV rows)"
     std = float(hf_logits.std())
     assert std > 0.5, f"fixture logits are too flat (std {std:.3f}) to compare greedy decoding"
-    diff = float(np.abs(cpp_logits - hf_logits).max())
-    assert diff <= TOLERANCE[qtype] * std, (
-        f"{kind} {qtype}: max |logit diff| {diff:.4g} > {TOLERANCE[qtype]} * std {std:.4g}")
+    diff, tol = float(np.abs(cpp_logits - hf_logits).max()), tolerance(kind, qtype)
+    assert diff <= tol * std, f"{kind} {qtype}: max |logit diff| {diff:.4g} > {tol} * std {std:.4g}"
     # Greedy: llama.cpp picks transformers' token at each of the N_GEN steps. Where it does not,
     # the logit bound above already implies transformers' own top-2 gap is <= 2 * diff (a near-tie
     # within float error); such steps are reported and at most MAX_TIES are accepted.
     ties = greedy_disagreements(cpp_logits, hf_logits)
+    print(f"\n{kind} {qtype}: max |logit diff| = {diff / std:.2e} std (tolerance {tol:g}), "
+          f"greedy near-ties {len(ties)}/{N_GEN}")
     assert len(ties) <= MAX_TIES, f"{kind} {qtype}: {len(ties)} near-ties in {N_GEN} steps: {ties}"
 
 
