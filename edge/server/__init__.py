@@ -61,6 +61,9 @@ def serve(settings: Settings, *, log_level: str = "info") -> None:
 
     state.on_load_error, state.on_loaded = on_load_error, on_loaded
     host, port = sock.getsockname()[:2]
+    if not settings.api_key and host not in ("127.0.0.1", "::1"):
+        print(f"edge: warning: listening on {host} without --api-key: anyone on the network can use this server",
+              file=sys.stderr, flush=True)
     print(f"edge: serving {state.target.name} ({state.target.path}) on http://{_url_host(host)}:{port} "
           f"- loading the model...", file=sys.stderr, flush=True)
     server.run(sockets=[sock])

@@ -93,3 +93,15 @@ def test_a_bad_environment_value_warns_and_falls_back(capsys):
 def test_a_bad_flag_is_an_error():
     with pytest.raises(BadRequestError, match="parallel"):
         Settings.from_env({}, parallel=0)
+
+
+def test_a_profile_supplies_threads_and_slots_the_flags_did_not(tmp_path):
+    from edge.cli import _apply_profile
+    from edge.profiles import list_profiles
+
+    profile = list_profiles()[0]
+    s = _apply_profile(Settings(profile=profile.name))
+    assert (s.threads, s.parallel) == (profile.runtime.threads, profile.runtime.parallel)
+    assert _apply_profile(Settings(profile=profile.name, parallel=3)).parallel == 3
+    r = edge(tmp_path, "serve", "--profile", "no-such-board", "--port", "0")
+    assert r.returncode == 3 and "no-such-board" in r.stderr

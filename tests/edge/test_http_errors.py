@@ -36,6 +36,18 @@ def test_validation_errors_are_400_in_each_shape(server):
 
 
 @pytest.mark.slow
+def test_what_the_server_cannot_honour_is_refused_not_ignored(server):
+    with server.client() as http:
+        r = http.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]})
+        assert r.status_code == 400 and "images" in r.json()["error"]
+        r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": chat_messages("x"),
+                                                    "tools": [{"type": "function", "function": {"name": "f"}}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+        r = http.post("/api/pull", json={"model": "llama3.1:8b"})
+        assert r.status_code == 400 and "never downloads" in r.json()["error"]
+
+
+@pytest.mark.slow
 def test_bad_json_is_400(server):
     with server.client() as http:
         r = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
@@ -67,6 +79,10 @@ def test_oversized_body_is_413(server):
 
 @pytest.mark.slow
 def test_metrics_count_requests_by_route_and_status(server):
+    before = server.metric("edge_time_to_first_token_seconds_count")
+    httpx.post(server.url + "/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,
+                                                   "options": {"num_predict": 2}}, timeout=HTTP_TIMEOUT)
+    assert server.metric("edge_time_to_first_token_seconds_count") == before + 1
     httpx.get(server.url + "/api/version")
     httpx.post(server.url + "/api/show", json={"model": MODEL})
     httpx.post(server.url + "/api/show", json={"model": "no-such-model"})
