@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import edge
 from edge import grammar
 from edge.backends.base import Delta, Finish, SamplingParams
-from edge.errors import BadRequestError
+from edge.errors import BadRequestError, EdgeError, ollama_error_body
 from edge.server import catalog, prompts, streaming
 from edge.server.state import ServerState
 
@@ -142,6 +142,9 @@ async def _ndjson(run: streaming.Run, state: ServerState, piece) -> AsyncIterato
                 yield _line({**_head(state), **piece(ev.text), "done": False})
             elif isinstance(ev, Finish):
                 yield _line({**_head(state), **piece(""), **_final(ev, run, state)})
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: Ollama reports it as a last line
+        log.error("stream failed: %s", exc, exc_info=not isinstance(exc, EdgeError))
+        yield _line(ollama_error_body(exc))
     finally:
         await events.aclose()
 

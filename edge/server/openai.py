@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import time
 from typing import Any, AsyncIterator, Literal
@@ -17,12 +18,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.backends.base import Delta, Finish, SamplingParams
-from edge.errors import BadRequestError
 from edge import grammar
+from edge.backends.base import Delta, Finish, SamplingParams
+from edge.errors import BadRequestError, EdgeError, openai_error_body
 from edge.server import prompts, streaming
 from edge.server.state import ServerState
 
+log = logging.getLogger("edge.server")
 MAX_TOKENS = 1 << 20
 MAX_TEXT = 1 << 22  # characters in one prompt or message (the body limit applies first)
 
@@ -185,12 +187,20 @@ async def _completion_chunks(run: streaming.Run, ident: str, created: int, name:
 
 
 async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+    """SSE events; an error after the headers went out becomes an `{"error": ...}` event (the SDK raises it)."""
     try:
         async for chunk in chunks:
-            yield b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+            yield _event(chunk)
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: tell the client in the stream
+        log.error("stream failed: %s", exc, exc_info=not isinstance(exc, EdgeError))
+        yield _event(openai_error_body(exc))
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
+    yield b"data: [DONE]\n\n"
+
+
+def _event(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
 # -- mapping -------------------------------------------------------------------------------------------
