@@ -158,10 +158,13 @@ def _head(state: ServerState) -> dict:
 
 
 def _final(fin: Finish, run: streaming.Run, state: ServerState) -> dict:
-    """Ollama's closing statistics; prompt_eval_count counts only tokens evaluated (not reused from cache)."""
+    """Ollama's closing statistics; prompt_eval_count counts only tokens evaluated (not reused from cache).
+
+    load_duration: the model's load time on the first answer after loading (where Ollama would have
+    loaded it for the request), 0 afterwards, as Ollama reports for a model already in memory."""
     return {
         "done": True, "done_reason": "length" if fin.reason == "length" else "stop",
-        "total_duration": run.elapsed_ns(), "load_duration": int(getattr(state.engine, "load_ns", 0)),
+        "total_duration": run.elapsed_ns(), "load_duration": state.take_load_ns(),
         "prompt_eval_count": fin.prompt_tokens - fin.cached_tokens, "prompt_eval_duration": fin.prompt_eval_ns,
         "eval_count": fin.completion_tokens, "eval_duration": fin.eval_ns,
     }

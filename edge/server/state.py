@@ -58,6 +58,8 @@ class ServerState:
         self.metrics = Metrics(self.stats)
         self._digests: dict[tuple, str] = {}
         self._lock = threading.Lock()
+        self._digest_lock = threading.Lock()
+        self._load_reported = False
         self.on_loaded: Callable[[Engine], None] | None = None
         self.on_load_error: Callable[[BaseException], None] | None = None
 
@@ -124,6 +126,14 @@ class ServerState:
         except EdgeError:
             return []
 
+    def take_load_ns(self) -> int:
+        """The engine's load time the first time it is asked for, then 0 (see ollama._final)."""
+        with self._lock:
+            if self._load_reported or self.engine is None:
+                return 0
+            self._load_reported = True
+            return int(getattr(self.engine, "load_ns", 0))
+
     def stats(self) -> dict:
         engine = self.engine
         return engine.stats() if engine is not None else {"slots": 0, "busy": 0, "queued": 0}
@@ -131,7 +141,7 @@ class ServerState:
     def digest(self, path: Path, size: int, modified: float) -> str:
         """sha256 of a model file, as Ollama's digests; computed once per (path, size, mtime)."""
         key = (str(path), size, modified)
-        with self._lock:
+        with self._digest_lock:
             if key not in self._digests:
                 h = hashlib.sha256()
                 with open(path, "rb") as f:
