@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import edge
 from edge import grammar
 from edge.backends.base import Delta, Finish, SamplingParams
-from edge.errors import BadRequestError, EdgeError, ollama_error_body
+from edge.errors import BadRequestError, ContextOverflowError, EdgeError, ollama_error_body
 from edge.server import catalog, prompts, streaming
 from edge.server.state import ServerState
 
@@ -46,7 +46,7 @@ class Options(BaseModel):
     repeat_last_n: int | None = Field(None, ge=-1, le=1 << 20)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    num_ctx: int | None = Field(None, ge=1, le=1 << 24)  # the loaded context is used; see _params
+    num_ctx: int | None = Field(None, ge=1, le=1 << 24)  # bounds this request's window; see _fit_num_ctx
 
 
 class _Request(BaseModel):
@@ -97,7 +97,8 @@ async def generate(body: GenerateRequest, request: Request):
     if not body.prompt and not body.system:
         return JSONResponse({**_head(state), "response": "", "done": True, "done_reason": "load"})
     prompt = await asyncio.to_thread(_generate_prompt, state, body)
-    run = await streaming.start(engine, prompt, _params(body), request, state.metrics, t0)
+    run = await streaming.start(engine, prompt, _params(body, len(prompt), engine.info.n_ctx), request,
+                                 state.metrics, t0)
     return await _respond(run, body.stream, request, state, lambda text: {"response": text})
 
 
@@ -112,7 +113,8 @@ async def chat(body: ChatRequest, request: Request):
         return JSONResponse({**_head(state), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
-    run = await streaming.start(engine, prompt, _params(body), request, state.metrics, t0)
+    run = await streaming.start(engine, prompt, _params(body, len(prompt), engine.info.n_ctx), request,
+                                 state.metrics, t0)
     return await _respond(run, body.stream, request, state,
                           lambda text: {"message": {"role": "assistant", "content": text}})
 
@@ -170,7 +172,7 @@ def _final(fin: Finish, run: streaming.Run, state: ServerState) -> dict:
     }
 
 
-def _params(body: _Request) -> SamplingParams:
+def _params(body: _Request, n_prompt: int, n_ctx: int) -> SamplingParams:
     o = body.options or Options()
     if o.model_extra:
         log.warning("ignoring Ollama options this server does not implement: %s", ", ".join(sorted(o.model_extra)))
@@ -183,7 +185,24 @@ def _params(body: _Request) -> SamplingParams:
         "frequency_penalty": o.frequency_penalty, "stop": tuple(s for s in o.stop if s) if o.stop else None,
         "grammar": _grammar(body.format),
     }
-    return dataclasses.replace(p, **{k: v for k, v in given.items() if v is not None})
+    p = dataclasses.replace(p, **{k: v for k, v in given.items() if v is not None})
+    return _fit_num_ctx(p, o.num_ctx, n_prompt, n_ctx)
+
+
+def _fit_num_ctx(p: SamplingParams, num_ctx: int | None, n_prompt: int, n_ctx: int) -> SamplingParams:
+    """`num_ctx` bounds this request's window (prompt + answer) within the context loaded at start.
+
+    A larger num_ctx than loaded cannot be honoured without a reload: the loaded one is used (logged)."""
+    if num_ctx is None:
+        return p
+    if num_ctx > n_ctx:
+        log.info("num_ctx %d asked; this server loaded %d tokens per slot (edge serve --ctx)", num_ctx, n_ctx)
+        return p
+    if n_prompt >= num_ctx:
+        raise ContextOverflowError(f"the prompt has {n_prompt} tokens, options.num_ctx is {num_ctx}: "
+                                   "raise num_ctx or shorten the prompt", param="options.num_ctx")
+    room = num_ctx - n_prompt
+    return dataclasses.replace(p, max_tokens=min(p.max_tokens or room, room))
 
 
 def _grammar(fmt) -> str | None:

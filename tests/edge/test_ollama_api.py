@@ -147,3 +147,16 @@ def test_prefix_reuse_evaluates_only_new_tokens(client):
                          messages=[{"role": "system", "content": system}, {"role": "user", "content": "Name a fruit."}])
     assert first.prompt_eval_count > 400
     assert second.prompt_eval_count < 20, second.prompt_eval_count
+
+
+def test_num_ctx_bounds_the_window(client):
+    def run(num_ctx: int):
+        return client.generate(model=MODEL, prompt="Once upon a time", raw=True, stream=False,
+                               options={**GREEDY, "num_ctx": num_ctx})
+
+    small, larger = run(16), run(20)
+    assert small.done_reason == larger.done_reason == "length"
+    assert 0 < small.eval_count < 16 and larger.eval_count == small.eval_count + 4
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model=MODEL, prompt="word " * 40, raw=True, options={"num_ctx": 16})
+    assert e.value.status_code == 400 and "num_ctx" in e.value.error
