@@ -122,6 +122,17 @@ def test_json_schema_response_format_is_enforced(client):
     assert list(data) == ["city"] and isinstance(data["city"], str)
 
 
+def test_cached_prompt_tokens_are_reported(client):
+    system = "You are a kiosk assistant. " + " ".join(f"Rule {i}: be brief and kind." for i in range(60))
+    ask = lambda q: client.chat.completions.create(  # noqa: E731
+        model=MODEL, temperature=0, max_tokens=2,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": q}])
+    first, second = ask("What is 2+2?"), ask("Name a fruit.")
+    assert second.usage.prompt_tokens > 400
+    assert second.usage.prompt_tokens_details.cached_tokens >= second.usage.prompt_tokens - 20
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens - 300
+
+
 def test_n_greater_than_one_is_a_clear_400(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=chat_messages("Hi"), n=2)
