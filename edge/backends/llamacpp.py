@@ -73,6 +73,10 @@ def quantization_name(ftype: int) -> str:
     return name.replace(" ", "_")
 
 
+def _penalized(p: SamplingParams) -> bool:
+    return p.repeat_penalty != 1.0 or bool(p.presence_penalty) or bool(p.frequency_penalty)
+
+
 class LlamaCppBatcher:
     """Model + context + one llama_batch: the native half of a GGUF engine (decode thread only,
     except make_sampler/free_sampler/piece/is_eog/tokenize, which touch only the vocabulary)."""
@@ -207,19 +211,24 @@ class LlamaCppBatcher:
         return L.llama_vocab_is_eog(self.vocab, token)
 
     # ---- samplers ---------------------------------------------------------------------------
-    def make_sampler(self, p: SamplingParams):
+    def make_sampler(self, p: SamplingParams) -> "NativeSampler":
+        grammar = None
+        if p.grammar:
+            grammar = L.llama_sampler_init_grammar(self.vocab, p.grammar.encode("utf-8"), b"root")
+            if not grammar:
+                raise BadRequestError("the grammar does not parse (GBNF with a `root` rule expected)", param="grammar")
+        guarded = self._chain(p, grammar) if grammar else None
+        return NativeSampler(self._chain(p, None), guarded, grammar, penalized=_penalized(p))
+
+    def _chain(self, p: SamplingParams, grammar):
         """A native chain: [grammar] [penalties] then greedy, or top_k/top_p/min_p/temp/dist."""
         cparams = L.llama_sampler_chain_default_params()
         cparams.no_perf = True
         chain = L.llama_sampler_chain_init(cparams)
         add = lambda s: L.llama_sampler_chain_add(chain, s)  # noqa: E731  the chain owns what it gets
-        if p.grammar:
-            grammar = L.llama_sampler_init_grammar(self.vocab, p.grammar.encode("utf-8"), b"root")
-            if not grammar:
-                L.llama_sampler_free(chain)
-                raise BadRequestError("the grammar does not parse (GBNF with a `root` rule expected)", param="grammar")
+        if grammar:
             add(grammar)
-        if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+        if _penalized(p):
             add(L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(self.vocab), p.repeat_last_n,
                                                p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
         if p.temperature <= 0:
@@ -236,11 +245,11 @@ class LlamaCppBatcher:
         add(L.llama_sampler_init_dist(seed))
         return chain
 
-    def free_sampler(self, sampler) -> None:
-        L.llama_sampler_free(sampler)
+    def free_sampler(self, sampler: "NativeSampler") -> None:
+        sampler.free()
 
-    def sample(self, sampler, row: int) -> int:
-        return L.llama_sampler_sample(sampler, self.ctx, row)
+    def sample(self, sampler: "NativeSampler", row: int) -> int:
+        return sampler.sample(self.ctx, row)
 
     # ---- KV cache and decoding (decode thread) -----------------------------------------------
     def keep_prefix(self, seq: int, n_keep: int) -> int:
@@ -284,6 +293,44 @@ class LlamaCppBatcher:
             L.llama_free(self.ctx)
             L.llama_model_free(self.model)
             self.ctx = self.model = None
+
+
+class NativeSampler:
+    """A sampler chain, plus grammar-based rejection sampling when a grammar is set.
+
+    Applying a grammar to all ~50k candidates costs more than the forward pass of a small model, so
+    (like llama-server) the token is first sampled without the grammar and only checked against it;
+    only when the grammar rejects it is the step resampled through `guarded` = [grammar, same chain].
+    Exact for greedy (the argmax, when allowed, is the constrained argmax). With repetition
+    penalties the penalty history must see exactly the accepted tokens, so the guarded chain is
+    used for every token then.
+    """
+
+    def __init__(self, chain, guarded=None, grammar=None, *, penalized: bool = False):
+        self.chain, self.guarded, self.grammar = chain, guarded, grammar  # grammar is owned by guarded
+        self.penalized = penalized
+        self._one = (L.llama_token_data * 1)()  # (1,) candidate checked against the grammar
+        self._one_arr = L.llama_token_data_array(self._one, 1, -1, False)
+
+    def sample(self, ctx, row: int) -> int:
+        if self.guarded is None:
+            return L.llama_sampler_sample(self.chain, ctx, row)
+        if self.penalized:
+            return L.llama_sampler_sample(self.guarded, ctx, row)
+        token = L.llama_sampler_sample(self.chain, ctx, row)
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        self._one_arr.size, self._one_arr.selected = 1, -1
+        L.llama_sampler_apply(self.grammar, ctypes.byref(self._one_arr))
+        if self._one[0].logit != float("-inf"):
+            L.llama_sampler_accept(self.grammar, token)
+            return token
+        return L.llama_sampler_sample(self.guarded, ctx, row)  # accepts into the grammar too
+
+    def free(self) -> None:
+        for chain in (self.chain, self.guarded):
+            if chain:
+                L.llama_sampler_free(chain)
+        self.chain = self.guarded = self.grammar = None
 
 
 class LlamaCppEngine(Engine):

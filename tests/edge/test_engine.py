@@ -267,3 +267,27 @@ def test_gemma3_sliding_window_model_reuses_prefix_correctly(gemma3_path):
         assert reused == fresh
     finally:
         eng.close()
+
+
+def test_grammar_rejection_sampling_equals_grammar_first(engine):
+    """The fast path (sample, then check the token against the grammar) must pick what applying the
+    grammar to every candidate first picks (greedy)."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]}
+    params = SamplingParams(temperature=0, max_tokens=32, grammar=json_schema_to_gbnf(schema))
+    prompt = chat_prompt(engine, "Which city is the capital of Italy? Answer in JSON.")
+    fast, fin, _ = gen(engine, prompt, params)
+    batcher = engine._batcher
+    make = batcher.make_sampler
+
+    def grammar_first(p):
+        sampler = make(p)
+        sampler.penalized = True  # forces the [grammar, ...] chain for every token
+        return sampler
+
+    batcher.make_sampler = grammar_first
+    try:
+        slow, _, _ = gen(engine, prompt, params)
+    finally:
+        batcher.make_sampler = make
+    assert fast == slow and fin.reason == "stop"
+    assert isinstance(json.loads(fast)["city"], str)
