@@ -114,7 +114,8 @@ def extra_metadata(writer: gguf.GGUFWriter, cfg: Gemma3Config) -> None:
 
 def extra_config(kv: dict[str, Any], config: dict[str, Any]) -> None:
     gemma_extra_config(kv, config)
-    config["vocab_size"] = config.pop("n_vocab", config.get("vocab_size"))
+    if "n_vocab" in config:  # absent in files llama.cpp's converter wrote: unpack takes token_embd's rows
+        config["vocab_size"] = config.pop("n_vocab")
     read_swa_and_query_scale(kv, config, ARCH, LAYERS_OF_27B)
     if kv.get(K.Rope.SCALING_TYPE.format(arch=ARCH)) == "linear":
         config["rope_scaling"] = {"rope_type": "linear",

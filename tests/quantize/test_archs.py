@@ -263,3 +263,18 @@ def _same(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == pytest.approx(b, rel=1e-6)
     return a == b
+
+
+def test_config_errors_name_the_problem():
+    from edge.errors import ModelFormatError, UnsupportedArchitectureError
+    from quantize.archs import get_arch
+
+    with pytest.raises(UnsupportedArchitectureError, match="Gemma3ForCausalLM"):
+        get_arch("gemma3").load_config({"model_type": "gemma3", "text_config": {"hidden_size": 640}})
+    phi3 = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "vocab_size": 1024,
+            "rope_scaling": {"type": "longrope", "long_factor": [1.0] * 3, "short_factor": [1.0] * 16}}
+    with pytest.raises(ModelFormatError, match="long_factor has 3 values, expected 16"):
+        get_arch("phi3").load_config(phi3)
+    with pytest.raises(ModelFormatError, match="not supported for Phi-3"):
+        get_arch("phi3").load_config({**phi3, "rope_scaling": {"type": "dynamic"}})
