@@ -10,6 +10,14 @@
     add_space_prefix is set: a Prepend normalizer does the same, where Metaspace(prepend_scheme=
     "first") would not.
 tokenizer_config.json names PreTrainedTokenizerFast so transformers uses tokenizer.json as is.
+
+Why transformers' own GGUF loading (transformers/integrations/ggml.py, 4.57) differs from llama.cpp:
+  * SentencePiece (Gemma-3): it builds a Unigram model from the scores, i.e. a Viterbi search for
+    the best total score, where llama.cpp greedily merges the best-scoring adjacent pair
+    ("Café" -> "Ca|fé" vs llama.cpp's "Caf|é").
+  * Byte-level BPE (SmolLM2): it ignores tokenizer.ggml.pre and uses ByteLevel's GPT-2 regex
+    (" ?\p{N}+"), so " ٣٤" stays one pre-token and the space merges with the digit; llama.cpp's
+    "smollm" isolates every \p{N} first.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def test_f16_greedy_agrees_with_transformers(unpacked, tmp_path):
 
     source, folder = unpacked
     if "gemma" in source.name:
-        pytest.skip("Gemma-3 greedy check not run: the Gemma-3 logits comparison lives in the archs tests")
+        pytest.skip("Gemma-3 greedy check not written yet (time); its logits are compared in the archs runner")
     (f16,) = convert(folder, ["f16"], tmp_path / "out", quiet=True)
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     prompt = "The capital of France is"
@@ -114,6 +114,7 @@ def test_f16_greedy_agrees_with_transformers(unpacked, tmp_path):
     got = []
     for t in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
         got.append(t)
-        if len(got) == 32:
+        if len(got) == len(want):  # 32, or fewer when transformers stopped at end-of-sequence
             break
-    assert got == want[: len(got)], (tok.decode(got), tok.decode(want))
+    assert got == want, (tok.decode(got), tok.decode(want))
+    assert len(want) == 32 or want[-1] in (model.generation_config.eos_token_id, tok.eos_token_id)
