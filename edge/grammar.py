@@ -30,7 +30,9 @@ def json_schema_to_gbnf(schema: dict | str) -> str:
 
     Raises BadRequestError when the schema is not JSON or uses something the converter cannot express.
     """
-    from llama_cpp.llama_grammar import json_schema_to_gbnf as convert
+    from edge.backends._lightimport import llama_module
+
+    convert = llama_module("llama_grammar").json_schema_to_gbnf
 
     if isinstance(schema, dict):
         text = json.dumps(schema)

@@ -18,11 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-import llama_cpp.llama_cpp as L
-
+from edge.backends._lightimport import llama_module
 from edge.backends.base import Engine, ModelInfo, SamplingParams
 from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError
 from edge.scheduler import GenerationStream, Scheduler
+
+L = llama_module("llama_cpp")  # the ctypes API only, not the high-level package (see _lightimport)
 
 DEFAULT_CTX_CAP = 4096  # per slot when the caller gives none (the model's own may be 128k)
 GGML_LOG_LEVEL_ERROR = 4
