@@ -191,19 +191,35 @@ def read_hf_config(path: Path) -> ModelShape:
 
 
 def _gguf_fields(path: Path):
-    """(metadata dict, tensor infos, data offset) from the header; tensor data is never read."""
+    """(metadata dict, tensor infos, data offset) from the header; tensor data is never read.
+
+    Uses edge.gguf_meta's bounded reader (every length checked) for the key/values, then reads the
+    tensor infos that follow with the same reader. Long arrays (the vocabulary) come back as
+    ArrayInfo (type and count only)."""
+    from edge import gguf_meta
+
+    with gguf_meta._mapped(path) as r:  # noqa: SLF001 - same bounds for the tensor infos (ask: a public API)
+        meta = gguf_meta._read(r, tensors=False)  # noqa: SLF001
+        tensors = [_tensor_info(r) for _ in range(meta.tensor_count)]
+        align = int(meta.kv.get(gguf.Keys.General.ALIGNMENT, 32))
+        data_offset = -(-r.pos // align) * align
+    kv = {k: (v.count if isinstance(v, gguf_meta.ArrayInfo) and k == gguf.Keys.Tokenizer.LIST else v)
+          for k, v in meta.kv.items()}
+    return kv, tensors, data_offset
+
+
+def _tensor_info(r) -> TensorInfo:
+    """name: string | n_dims u32 | n_dims x u64 | ggml_type u32 | offset u64"""
+    name = r.string(1024, "tensor name")
+    n_dims = r.unpack("<I", name)
+    if not 0 < n_dims <= 4:
+        raise ModelFormatError(f"GGUF tensor {name} has {n_dims} dimensions; expected 1 to 4")
+    ne = tuple(r.unpack("<Q", name) for _ in range(n_dims))
+    type_id, _offset = r.unpack("<I", name), r.unpack("<Q", name)
     try:
-        reader = gguf.GGUFReader(path, "r")
-    except (ValueError, OSError) as exc:
-        raise ModelFormatError(f"{path} is not a readable GGUF file: {exc}") from exc
-    meta = {}
-    for name, fld in reader.fields.items():
-        if fld.types and fld.types[0] == gguf.GGUFValueType.ARRAY:
-            meta[name] = len(fld.data) if name == gguf.Keys.Tokenizer.LIST else [fld.parts[i][0] for i in fld.data][:4096]
-        elif fld.types:
-            meta[name] = fld.contents()
-    tensors = [TensorInfo(t.name, tuple(int(d) for d in t.shape), T(t.tensor_type)) for t in reader.tensors]
-    return meta, tensors, int(reader.data_offset)
+        return TensorInfo(name, ne, T(type_id))
+    except ValueError:
+        raise ModelFormatError(f"GGUF tensor {name} has unknown ggml type {type_id}") from None
 
 
 def shape_from_gguf(path: Path) -> ModelShape:

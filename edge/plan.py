@@ -10,6 +10,7 @@ budget. `plan()` recommends a type and context or raises DoesNotFitError naming 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import gguf
@@ -148,19 +149,24 @@ def tensor_bytes(t: TensorInfo, qtype: T) -> int:
 
 def weights_bytes(shape: ModelShape, ftype: str) -> tuple[int, int]:
     """(bytes of all tensors, bytes read per generated token: token_embd is a row lookup)."""
-    total = read = 0
-    for t, qtype in tensor_types(shape, ftype):
-        size = tensor_bytes(t, qtype)
-        total += size
-        is_lookup = t.name == f"{TOKEN_EMBD}.weight" and not shape.tied_embeddings
-        read += size // t.ne[1] if is_lookup else size
-    return total, read
+    return _sizes(shape, ftype)[:2]
 
 
 def file_bytes(shape: ModelShape, ftype: str) -> int:
     """Predicted .gguf file size: header (metadata, tensor infos) + aligned tensor data."""
-    data = sum(-(-tensor_bytes(t, q) // GGUF_ALIGNMENT) * GGUF_ALIGNMENT for t, q in tensor_types(shape, ftype))
-    return shape.header_bytes + data
+    return _sizes(shape, ftype)[2]
+
+
+@lru_cache(maxsize=256)
+def _sizes(shape: ModelShape, ftype: str) -> tuple[int, int, int]:
+    total = read = data = 0
+    for t, qtype in tensor_types(shape, ftype):
+        size = tensor_bytes(t, qtype)
+        total += size
+        data += -(-size // GGUF_ALIGNMENT) * GGUF_ALIGNMENT
+        is_lookup = t.name == f"{TOKEN_EMBD}.weight" and not shape.tied_embeddings
+        read += size // t.ne[1] if is_lookup else size
+    return total, read, shape.header_bytes + data
 
 
 # --- run-time memory ------------------------------------------------------------------------

