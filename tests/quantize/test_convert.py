@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +18,6 @@ from quantize.quantizer import TYPES, intermediate_type, parse_types, quantize_f
 
 ALL_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1",
              "Q3_K_M", "Q3_K_L", "Q2_K", "IQ4_XS", "IQ4_NL"]
-LLAMA_QUANTIZE = Path(os.environ.get("LLAMA_QUANTIZE", "/work/anchors/build/bin/llama-quantize"))
 
 
 def sha256(path: Path) -> str:
@@ -96,7 +94,7 @@ def test_intermediate_is_removed_unless_kept(tiny_checkpoint, tmp_path):
     assert [r.type for r in kept] == ["F32", "Q8_0"]
 
 
-def test_quantized_type_is_made_from_the_requested_f16(tiny_checkpoint, tmp_path):
+def test_quantized_type_is_made_from_the_requested_f16(tiny_checkpoint, tmp_path, anchor_tool):
     """`--to f16,q4_k_m` == llama-quantize on our F16 file, byte for byte."""
     results = {r.type: r for r in convert(tiny_checkpoint("llama3"), "f16,q4_k_m", tmp_path, name="m", quiet=True)}
     assert gguf.GGUFReader(results["F16"].path).fields[gguf.Keys.General.FILE_TYPE].contents() == 1
@@ -108,11 +106,10 @@ def test_quantized_type_is_made_from_the_requested_f16(tiny_checkpoint, tmp_path
     from_f32 = tmp_path / "again" / "from-f32.gguf"
     quantize_file(f32, from_f32, TYPES["Q4_K_M"])
     assert sha256(from_f32) != sha256(results["Q4_K_M"].path)
-    if LLAMA_QUANTIZE.is_file():      # the anchor binary, when bench has built it
-        ref = tmp_path / "ref.gguf"
-        subprocess.run([str(LLAMA_QUANTIZE), str(results["F16"].path), str(ref), "Q4_K_M"],
-                       check=True, capture_output=True)
-        assert sha256(ref) == sha256(results["Q4_K_M"].path)
+    ref = tmp_path / "ref.gguf"  # llama.cpp's own llama-quantize (the anchor), built on first use
+    subprocess.run([str(anchor_tool("llama-quantize")), str(results["F16"].path), str(ref), "Q4_K_M"],
+                   check=True, capture_output=True)
+    assert sha256(ref) == sha256(results["Q4_K_M"].path)
 
 
 def test_requantize_gguf_warns(tiny_checkpoint, tmp_path, capsys):
