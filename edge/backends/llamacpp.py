@@ -35,15 +35,16 @@ META_MAX_VALUE = 512  # characters of one metadata value kept for /api/show
 _init_lock = threading.Lock()
 _initialized = False
 _last_log_level = 0
+_VERBOSE = os.environ.get("EDGE_LLAMA_LOG", "") not in ("", "0")  # 1: show all of llama.cpp's log
 
 
 @L.llama_log_callback
 def _quiet_log(level: int, text: bytes, _user_data) -> None:
-    """Drop llama.cpp's chatter, keep its errors (on stderr)."""
+    """Drop llama.cpp's chatter, keep its errors (on stderr); EDGE_LLAMA_LOG=1 keeps everything."""
     global _last_log_level
     if level != GGML_LOG_LEVEL_CONT:
         _last_log_level = level
-    if _last_log_level >= GGML_LOG_LEVEL_ERROR and _last_log_level != GGML_LOG_LEVEL_CONT and text:
+    if (_VERBOSE or _last_log_level == GGML_LOG_LEVEL_ERROR) and text:
         sys.stderr.write("llama.cpp: " + text.decode("utf-8", "replace"))
 
 
@@ -121,6 +122,9 @@ class LlamaCppBatcher:
         params.n_ctx = per_slot * n_parallel  # non-unified KV: every sequence gets n_ctx / n_seq_max
         params.n_batch = params.n_ubatch = max(n_batch, n_parallel)
         params.n_seq_max = n_parallel
+        # we read at most one logits row per slot per batch: reserving n_batch rows (the default)
+        # costs a ~100 MB compute buffer for a 49k vocabulary
+        params.n_outputs_max = n_parallel
         params.n_threads, params.n_threads_batch = n_threads, n_threads_batch
         params.kv_unified = kv_unified
         params.flash_attn_type = flash_attn
