@@ -158,12 +158,14 @@ class Scheduler:
                 **self.counters,
             }
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the loop; True when the thread ended (False: it is stuck in a backend call)."""
         with self._cond:
             self._closing = True
             self._cond.notify()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     # ---- decode thread ----------------------------------------------------------------------
     def _loop(self) -> None:

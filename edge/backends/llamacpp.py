@@ -382,8 +382,10 @@ class LlamaCppEngine(Engine):
         if self._closed:
             return
         self._closed = True
-        self.scheduler.close()
-        self._batcher.free()
+        if self.scheduler.close():
+            self._batcher.free()
+        else:  # freeing the context under a decode that never returned would crash the process
+            sys.stderr.write("edge: the decode thread did not stop; leaving the llama.cpp context allocated\n")
 
     def __enter__(self) -> "LlamaCppEngine":
         return self
