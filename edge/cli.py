@@ -31,12 +31,20 @@ def serve(
     api_key: Optional[str] = typer.Option(None, help="require this key on every route but /health [env EDGE_API_KEY]"),
     queue: Optional[int] = typer.Option(None, help="requests that may wait for a slot before 503 [env EDGE_QUEUE]"),
     threads: Optional[int] = typer.Option(None, help="CPU threads [env EDGE_THREADS; default physical cores]"),
+    api_key_file: Optional[Path] = typer.Option(None, help="read the API key from this file [env EDGE_API_KEY_FILE]"),
+    allow_host: Optional[list[str]] = typer.Option(None, help="also accept this Host header name (repeatable) [env EDGE_ALLOWED_HOSTS]"),
+    cors_origin: Optional[list[str]] = typer.Option(None, help="browser origin allowed to call the API (repeatable; default none) [env EDGE_CORS_ORIGINS]"),
+    request_timeout: Optional[float] = typer.Option(None, help="seconds one request may take; 0: none [env EDGE_REQUEST_TIMEOUT; default 600]"),
+    read_timeout: Optional[float] = typer.Option(None, help="seconds a client may take to send its request [env EDGE_READ_TIMEOUT; default 30]"),
 ) -> None:
     """Serve one model over HTTP (OpenAI /v1/... and Ollama /api/...)."""
     from edge.server import serve as run_server
 
     settings = Settings.from_env(model=model, host=host, port=port, models_dir=models, profile=profile,
-                                 parallel=parallel, ctx=ctx, api_key=api_key, queue_size=queue, threads=threads)
+                                 parallel=parallel, ctx=ctx, api_key=api_key, queue_size=queue, threads=threads,
+                                 api_key_file=api_key_file, allowed_hosts=allow_host or None,
+                                 cors_origins=cors_origin or None, request_timeout=request_timeout,
+                                 read_timeout=read_timeout)
     run_server(_apply_profile(settings))
 
 

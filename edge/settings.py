@@ -39,6 +39,11 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting("threads", "EDGE_THREADS", "CPU threads (default: physical cores)"),
     Setting("profile", "EDGE_PROFILE", "hardware profile name (default: detected)"),
     Setting("max_body_bytes", "EDGE_MAX_BODY", "largest accepted request body in bytes (default 4 MiB)"),
+    Setting("api_key_file", "EDGE_API_KEY_FILE", "read the API key from this file (first line; keep it mode 600)"),
+    Setting("allowed_hosts", "EDGE_ALLOWED_HOSTS", "extra Host header names accepted (comma-separated; loopback names always are)"),
+    Setting("cors_origins", "EDGE_CORS_ORIGINS", "browser origins allowed to call the API (comma-separated; '*' any; default none)"),
+    Setting("request_timeout", "EDGE_REQUEST_TIMEOUT", "seconds one request may take, queue and generation included (default 600; 0: none)"),
+    Setting("read_timeout", "EDGE_READ_TIMEOUT", "seconds a client may take to send its request headers and body (default 30)"),
 )
 
 
@@ -56,6 +61,11 @@ class Settings:
     threads: int | None = None
     profile: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
+    api_key_file: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    request_timeout: float = 600.0
+    read_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65535)
@@ -65,8 +75,17 @@ class Settings:
             value = getattr(self, name)
             if value is not None:
                 _check_range(name, value, 1, 1 << 24)
+        _check_range("request_timeout", self.request_timeout, 0, 7 * 86400)
+        _check_range("read_timeout", self.read_timeout, 1, 3600)
         if self.api_key is not None and not self.api_key.strip():
             raise BadRequestError("the API key is empty: give a non-empty --api-key or unset EDGE_API_KEY", param="api_key")
+        if self.api_key_file is not None:
+            if self.api_key is not None:
+                raise BadRequestError("give the API key once: --api-key (EDGE_API_KEY) or --api-key-file "
+                                      "(EDGE_API_KEY_FILE), not both", param="api_key_file")
+            object.__setattr__(self, "api_key", read_key_file(self.api_key_file))
+        object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in self.allowed_hosts if h.strip()))
+        object.__setattr__(self, "cors_origins", tuple(o.strip().rstrip("/") for o in self.cors_origins if o.strip()))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -76,13 +95,37 @@ class Settings:
         for s in SETTINGS_HELP:
             if s.env in env and env[s.env] != "":
                 parsed = _parse_env(s, env[s.env])
-                if parsed is not None and _valid(s.name, parsed):
+                # a key file that cannot be read is an error even from the environment: falling back to
+                # "no key" would open the server
+                if parsed is not None and (s.name == "api_key_file" or _valid(s.name, parsed)):
                     values[s.name] = parsed
-        values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+        given = {k: _coerce(k, v) for k, v in overrides.items() if v is not None}
+        for flag, env_twin in (("api_key", "api_key_file"), ("api_key_file", "api_key")):
+            if flag in given:
+                values.pop(env_twin, None)  # a key flag replaces whichever key the environment gave
+        values.update(given)
         return cls(**values)
 
     def with_(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
+
+
+def read_key_file(path: Path) -> str:
+    """The first line of a key file, stripped; a missing, unreadable or empty file is a clear error."""
+    try:
+        raw = Path(path).read_bytes()[:4096]
+    except OSError as exc:
+        raise BadRequestError(f"cannot read the API key file {path}: {exc.strerror}; "
+                              "check --api-key-file / EDGE_API_KEY_FILE", param="api_key_file") from None
+    lines = raw.decode("utf-8", "replace").strip().splitlines()
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise BadRequestError(f"the API key file {path} is empty: write the key on its first line", param="api_key_file")
+    mode = Path(path).stat().st_mode
+    if mode & 0o077:
+        print(f"warning: the API key file {path} is readable by other users (mode {mode & 0o777:o}); "
+              f"chmod 600 {path}", file=sys.stderr)
+    return key
 
 
 def _field_type(name: str) -> str:
@@ -93,6 +136,13 @@ def _coerce(name: str, value: Any) -> Any:
     kind = _field_type(name)
     if "Path" in kind:
         return Path(value).expanduser()
+    if "tuple" in kind:
+        return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    if "float" in kind and not isinstance(value, (int, float)):
+        try:
+            return float(value)
+        except ValueError:
+            raise BadRequestError(f"{name} must be a number of seconds, got {value!r}", param=name) from None
     if "int" in kind and not isinstance(value, int):
         try:
             return int(value)
@@ -105,7 +155,7 @@ def _parse_env(s: Setting, raw: str) -> Any:
     try:
         return _coerce(s.name, raw)
     except BadRequestError:
-        print(f"warning: ignoring {s.env}={raw!r}: not an integer; using the default", file=sys.stderr)
+        print(f"warning: ignoring {s.env}={raw!r}: not a number; using the default", file=sys.stderr)
         return None
 
 

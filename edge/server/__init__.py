@@ -44,10 +44,14 @@ def serve(settings: Settings, *, log_level: str = "info") -> None:
     """Run until Ctrl-C / SIGTERM. Raises the load error if the model cannot be loaded."""
     import uvicorn
 
+    from edge.server.security import require_key_for_bind, uvicorn_options
+
+    require_key_for_bind(settings)  # before anything is bound: exit code 2 with how to set a key
     app = create_app(settings)
     state = app.state.edge
     sock = bind(settings.host, settings.port)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
+                            **uvicorn_options(settings))
     server = uvicorn.Server(config)
     t0 = time.perf_counter()
 

@@ -1,5 +1,6 @@
-"""The FastAPI app: factory, middleware (Host check, body limit, request metrics), auth, the route
-table (one function), and the one exception handler that turns edge.errors into each API's shape.
+"""The FastAPI app: factory, middleware (request metrics; Host, Origin and body limits from
+edge.server.security), auth, the route table (one function), and the one exception handler that turns
+edge.errors into each API's shape.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edge.errors import (AuthenticationError, BadRequestError, EdgeError, ForbiddenError, NotFoundError,
-                         PayloadTooLargeError, http_status_for, ollama_error_body, openai_error_body)
+from edge.errors import (AuthenticationError, BadRequestError, EdgeError, NotFoundError, http_status_for,
+                         ollama_error_body, openai_error_body)
 from edge.server import metrics as metrics_mod
 from edge.server import ollama, openai
+from edge.server.security import SecurityMiddleware
 from edge.server.state import ServerState, Target, resolve_target
 from edge.server.streaming import ClientGone
 from edge.settings import Settings
 
 log = logging.getLogger("edge.server")
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def routes(state: ServerState) -> list[tuple[str, str, Callable, bool]]:
@@ -77,7 +78,8 @@ def create_app(settings: Settings, *, store=None, target: Target | None = None, 
                           include_in_schema=False)
     for exc_type in (Exception, EdgeError, RequestValidationError, StarletteHTTPException, ClientGone):
         app.add_exception_handler(exc_type, _handle_error)
-    app.add_middleware(_Guard, state=state)
+    app.add_middleware(SecurityMiddleware, settings=settings, respond=error_response)
+    app.add_middleware(_Guard, state=state)  # added last: outermost
     return app
 
 
@@ -141,7 +143,8 @@ def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # edge.server.limits.bounded
+        parts.append(f"{loc or 'body'}: {msg}")
     return "invalid request: " + "; ".join(parts)
 
 
@@ -153,7 +156,7 @@ def _validation_param(exc: RequestValidationError) -> str | None:
 
 # -- middleware ------------------------------------------------------------------------------------
 class _Guard:
-    """Pure ASGI: Host allow-list on loopback binds (DNS rebinding), body size limit, request metrics."""
+    """Pure ASGI, outermost: request metrics (refusals by edge.server.security counted too) and JSON bodies."""
 
     def __init__(self, app, state: ServerState):
         self.app, self.state = app, state
@@ -169,28 +172,12 @@ class _Guard:
             await send(message)
 
         try:
-            problem = self._check(scope)
-            if problem is not None:
-                return await error_response(scope["path"], problem)(scope, receive, send_wrapper)
             if scope["method"] == "POST":
                 _as_json(scope)
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
             self.state.metrics.observe_request(getattr(route, "path", "unmatched"), status["code"])
-
-    def _check(self, scope) -> EdgeError | None:
-        headers = dict(scope.get("headers") or [])
-        if _bound_to_loopback(self.state.settings.host):
-            host = headers.get(b"host", b"").decode("latin-1").rsplit(":", 1)[0] if b"host" in headers else ""
-            if host and host not in LOOPBACK_HOSTS and not host.startswith("[::1]"):
-                return ForbiddenError(f"Host {host!r} is not allowed on a server bound to loopback "
-                                      "(DNS-rebinding guard); bind with --host 0.0.0.0 to serve other names")
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.state.settings.max_body_bytes):
-            return PayloadTooLargeError(f"request body larger than {self.state.settings.max_body_bytes} bytes "
-                                        "(EDGE_MAX_BODY raises the limit)")
-        return None
 
 
 def _as_json(scope) -> None:
@@ -199,10 +186,6 @@ def _as_json(scope) -> None:
     the router's `route` lands where the request metric reads it.)"""
     headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
     scope["headers"] = [*headers, (b"content-type", b"application/json")]
-
-
-def _bound_to_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def _version() -> str:

@@ -24,6 +24,7 @@ from edge import grammar
 from edge.backends.base import Delta, Finish, SamplingParams
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, ollama_error_body
 from edge.server import catalog, prompts, streaming
+from edge.server.limits import bounded
 from edge.server.state import ServerState
 
 log = logging.getLogger("edge.server")
@@ -35,8 +36,8 @@ class Options(BaseModel):
     """Ollama's `options`; unknown keys (num_gpu, mirostat...) are logged and ignored, as Ollama does."""
 
     model_config = ConfigDict(extra="allow")
-    num_predict: int | None = Field(None, ge=-2, le=1 << 20)  # -1: no limit, -2: until the context is full
-    temperature: float | None = Field(None, ge=0.0, le=10.0)
+    num_predict: bounded(-2, 1 << 20) | None = None  # -1: no limit, -2: until the context is full
+    temperature: bounded(0.0, 10.0, float) | None = None
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
@@ -46,7 +47,7 @@ class Options(BaseModel):
     repeat_last_n: int | None = Field(None, ge=-1, le=1 << 20)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    num_ctx: int | None = Field(None, ge=1, le=1 << 24)  # bounds this request's window; see _fit_num_ctx
+    num_ctx: bounded(1, 1 << 24) | None = None  # bounds this request's window; see _fit_num_ctx
 
 
 class _Request(BaseModel):
@@ -98,7 +99,7 @@ async def generate(body: GenerateRequest, request: Request):
         return JSONResponse({**_head(state), "response": "", "done": True, "done_reason": "load"})
     prompt = await asyncio.to_thread(_generate_prompt, state, body)
     run = await streaming.start(engine, prompt, _params(body, len(prompt), engine.info.n_ctx), request,
-                                 state.metrics, t0)
+                                 state.metrics, t0, state.settings.request_timeout)
     return await _respond(run, body.stream, request, state, lambda text: {"response": text})
 
 
@@ -114,7 +115,7 @@ async def chat(body: ChatRequest, request: Request):
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
     run = await streaming.start(engine, prompt, _params(body, len(prompt), engine.info.n_ctx), request,
-                                 state.metrics, t0)
+                                 state.metrics, t0, state.settings.request_timeout)
     return await _respond(run, body.stream, request, state,
                           lambda text: {"message": {"role": "assistant", "content": text}})
 

@@ -22,6 +22,7 @@ from edge import grammar
 from edge.backends.base import Delta, Finish, SamplingParams
 from edge.errors import BadRequestError, EdgeError, openai_error_body
 from edge.server import prompts, streaming
+from edge.server.limits import bounded
 from edge.server.state import ServerState
 
 log = logging.getLogger("edge.server")
@@ -61,9 +62,9 @@ class ResponseFormat(_Lenient):
 
 class _Sampling(_Lenient):
     model: str = Field("", max_length=512)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    max_tokens: bounded(1, MAX_TOKENS) | None = None
+    temperature: bounded(0.0, 2.0, float) | None = None
+    top_p: bounded(0.0, 1.0, float) | None = None
     n: int = Field(1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -81,7 +82,7 @@ class _Sampling(_Lenient):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: bounded(1, MAX_TOKENS) | None = None
     tools: list[dict[str, Any]] | None = None
     logprobs: bool | None = None
 
@@ -107,7 +108,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
     prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
     params = _params(body, body.max_completion_tokens or body.max_tokens)
-    run = await streaming.start(engine, prompt, params, request, state.metrics, t0)
+    run = await streaming.start(engine, prompt, params, request, state.metrics, t0,
+                               state.settings.request_timeout)
     ident, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -135,7 +137,8 @@ async def completions(body: CompletionRequest, request: Request):
         raise BadRequestError("suffix (fill-in-the-middle) is not supported by this server", param="suffix")
     text_in = _single_prompt(body.prompt)
     prompt = await asyncio.to_thread(prompts.text_prompt, engine, text_in)
-    run = await streaming.start(engine, prompt, _params(body, body.max_tokens), request, state.metrics, t0)
+    run = await streaming.start(engine, prompt, _params(body, body.max_tokens), request, state.metrics, t0,
+                               state.settings.request_timeout)
     ident, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
     prefix = text_in if body.echo else ""
     if body.stream:

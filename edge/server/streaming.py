@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from edge.backends.base import Delta, Engine, Event, Finish, SamplingParams
+from edge.server.limits import Deadline
 from edge.server.metrics import Metrics
 
 DISCONNECT_POLL_EVERY = 8  # events between client checks of a non-streaming request
@@ -63,9 +64,13 @@ class Run:
 
 
 async def start(engine: Engine, prompt: list[int], params: SamplingParams, request: Request,
-                metrics: Metrics, t0: float) -> Run:
-    """Submit and wait for the first event, giving up (and freeing the place) if the client leaves."""
+                metrics: Metrics, t0: float, timeout: float = 0.0) -> Run:
+    """Submit and wait for the first event, giving up (and freeing the place) if the client leaves.
+
+    `timeout` > 0: the whole request ends by t0 + timeout (edge.server.limits.Deadline)."""
     agen = engine.generate(prompt, params)
+    if timeout > 0:
+        agen = Deadline(agen, t0 + timeout, timeout)
     first_task = asyncio.ensure_future(agen.__anext__())
     gone_task = asyncio.ensure_future(_wait_disconnect(request))
     try:

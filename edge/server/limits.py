@@ -1,0 +1,64 @@
+"""Per-request limits: bounded numeric fields whose 400 names the allowed range, and the request deadline.
+
+The deadline (`--request-timeout`, from the moment the handler starts: queue, prompt and generation
+included) ends a request with `RequestTimeoutError` (408):
+- before the first event (still queued, or evaluating a long prompt): an ordinary 408 error response;
+- after the headers went out (streaming): the handlers' error path, i.e. an SSE `{"error": ...}` event
+  then `data: [DONE]` (OpenAI) or a last `{"error": ...}` NDJSON line (Ollama), after the text
+  already sent. Not `finish_reason: "length"`: that promises the answer was cut by max_tokens or the
+  context, which clients act on ("continue"); a timeout is the server's limit and is reported as one.
+Either way the generation is cancelled and its slot freed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, AsyncIterator
+
+from pydantic import AfterValidator
+
+from edge.backends.base import Event
+from edge.errors import RequestTimeoutError
+
+
+def bounded(lo: float, hi: float, kind: type = int):
+    """A pydantic type `kind` in [lo, hi] whose error says "must be between lo and hi, got v"."""
+
+    def check(value):
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return Annotated[kind, AfterValidator(check)]
+
+
+def deadline_of(t0: float, timeout: float) -> float | None:
+    """perf_counter() time by which the request must end; None when the limit is off (0)."""
+    return t0 + timeout if timeout > 0 else None
+
+
+class Deadline:
+    """Wraps an engine's event stream: an event not arrived by `deadline` cancels the generation
+    (closing the inner stream frees the slot) and raises RequestTimeoutError."""
+
+    def __init__(self, events: AsyncIterator[Event], deadline: float, timeout: float):
+        self._events, self._deadline, self._timeout = events, deadline, timeout
+
+    def __aiter__(self) -> "Deadline":
+        return self
+
+    async def __anext__(self) -> Event:
+        left = self._deadline - time.perf_counter()
+        try:
+            if left <= 0:
+                raise asyncio.TimeoutError
+            return await asyncio.wait_for(self._events.__anext__(), left)
+        except asyncio.TimeoutError:
+            await self.aclose()
+            raise RequestTimeoutError(
+                f"the request took longer than {self._timeout:g} s (the server's --request-timeout); ask for fewer "
+                "tokens (max_tokens / options.num_predict) or a shorter prompt, or raise the limit") from None
+
+    async def aclose(self) -> None:
+        await self._events.aclose()  # type: ignore[attr-defined]
