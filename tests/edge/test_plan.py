@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from edge.errors import DoesNotFitError, UnknownTypeError
+from edge.errors import DoesNotFitError, ModelFormatError, UnknownTypeError
 from edge.model_shape import read_model_shape
 from edge.plan import MIN_AUTO_CTX, estimate, file_bytes, largest_context, plan, tensor_types
 from edge.profiles import GIB, get_profile, list_profiles
@@ -212,7 +212,25 @@ def test_plan_command_json_and_table():
     data = json.loads(result.output)
     assert data["recommended"]["type"] == "Q4_K_M" and data["recommended"]["n_ctx"] == 4096
     assert {e["type"] for e in data["estimates"]} >= {"F16", "Q8_0", "Q4_K_M", "Q2_K"}
-    table = runner.invoke(_cli(), ["plan-command", str(CONFIGS), "--profile", "rpi5-8gb", "--ctx", "2048"])
-    assert table.exit_code == 2 or "config.json" in str(table.exception)  # a folder without config.json
+    table = runner.invoke(_cli(), ["plan-command", str(CONFIGS / "gemma-2-2b.json"), "--profile", "rpi5-4gb", "--ctx", "2048"])
+    assert table.exit_code == 0, table.output
+    assert "Q4_K_M*" in table.output and "recommended: Q4_K_M at --ctx 2048" in table.output
+    missing = runner.invoke(_cli(), ["plan-command", str(CONFIGS), "--profile", "rpi5-8gb"])  # no config.json there
+    assert isinstance(missing.exception, ModelFormatError) and "config.json" in missing.exception.message
     refused = runner.invoke(_cli(), ["plan-command", str(CONFIGS / "llama-3.1-8b.json"), "--profile", "rpi5-4gb"])
     assert isinstance(refused.exception, DoesNotFitError)
+
+
+def test_planner_and_detection_import_no_torch():
+    code = ("import sys, edge.plan, edge.detect, edge.model_shape, edge.profile_cli, quantize.plan_cli; "
+            "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hf_folder_reads_only_config_json(tmp_path):
+    (tmp_path / "config.json").write_text((CONFIGS / "gemma-2-2b.json").read_text())
+    (tmp_path / "model.safetensors").write_bytes(b"not read")
+    shape = read_model_shape(tmp_path)
+    assert shape.arch == "gemma2" and shape.n_swa == 4096 and shape.swa_layers[:2] == (True, False)
+    assert shape.n_params == pytest.approx(2.614e9, rel=0.001)  # Gemma-2-2B: 2.6B parameters (model card)
