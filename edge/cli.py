@@ -36,6 +36,8 @@ def serve(
     cors_origin: Optional[list[str]] = typer.Option(None, help="browser origin allowed to call the API (repeatable; default none) [env EDGE_CORS_ORIGINS]"),
     request_timeout: Optional[float] = typer.Option(None, help="seconds one request may take; 0: none [env EDGE_REQUEST_TIMEOUT; default 600]"),
     read_timeout: Optional[float] = typer.Option(None, help="seconds a client may take to send its request [env EDGE_READ_TIMEOUT; default 30]"),
+    uds: Optional[Path] = typer.Option(None, "--uds", help="also listen on this Unix socket (mode 0660), for robots and kiosks"),
+    tcp: bool = typer.Option(True, "--tcp/--no-tcp", help="listen on TCP (--no-tcp: only on --uds)"),
 ) -> None:
     """Serve one model over HTTP (OpenAI /v1/... and Ollama /api/...)."""
     from edge.server import serve as run_server
@@ -45,7 +47,12 @@ def serve(
                                  api_key_file=api_key_file, allowed_hosts=allow_host or None,
                                  cors_origins=cors_origin or None, request_timeout=request_timeout,
                                  read_timeout=read_timeout)
-    run_server(_apply_profile(settings))
+    run_server(_apply_profile(settings), uds=uds, tcp=tcp)
+
+
+from edge.bundle_cli import app as bundle_app  # noqa: E402 - light: imports edge.bundle lazily
+
+app.add_typer(bundle_app, name="bundle")
 
 
 @app.command()

@@ -8,6 +8,8 @@ Layout (nothing is ever downloaded; a model is a file someone put there):
       models/<name>-<tag>/*.onnx     an ONNX model folder    -> "<name>:<tag>"
       aliases.toml | aliases.json    {"llama3.1:8b" = "smollm2:135m-q4_1"}
       cache/bundled/                 bundled models that must be assembled (Gemma-3) live here
+      current/models/, current/aliases.toml   the active slot of an installed bundle (edge.slots);
+                                     its models are found first, its aliases under the home's own
 
 Naming rule: the file name (without .gguf, and without a `-00001-of-00003` shard suffix) is
 lower-cased and split at its FIRST dash: `smollm2-135m-q4_1.gguf` -> `smollm2:135m-q4_1`,
@@ -207,31 +209,45 @@ def _scan_entry(path: Path, models_dir: Path) -> ModelEntry | None:
     return None
 
 
+def _scan_folder(folder: Path) -> list[ModelEntry]:
+    if not folder.is_dir():
+        return []
+    try:
+        paths = sorted(p for _, p in zip(range(MAX_ENTRIES), folder.iterdir()))
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot read the models folder {folder}: {e.strerror or e}; fix its permissions") from None
+    found = []
+    for p in paths:
+        try:
+            e = _scan_entry(p, folder)
+        except OSError:  # unreadable or vanished while listing: not a usable model
+            continue
+        if e is not None:
+            found.append(e)
+    return found
+
+
 class ModelStore:
     """Models in `models_dir` (default $EDGE_HOME/models) plus the bundled ones; see the module doc."""
 
     def __init__(self, home: Path | None = None, *, models_dir: Path | None = None, cache_dir: Path | None = None):
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.models_dir = Path(models_dir).expanduser() if models_dir is not None else self.home / "models"
+        # the active slot of an installed bundle (edge.slots), scanned first, unless --models was given
+        self.slot_dir = self.home / "current" if models_dir is None else None
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else self.home / "cache" / "bundled"
 
     # listing
 
+    def folders(self) -> list[Path]:
+        """Where model files are looked for: the active bundle slot's models/, then models_dir."""
+        return ([self.slot_dir / "models"] if self.slot_dir is not None else []) + [self.models_dir]
+
     def local(self) -> list[ModelEntry]:
-        if not self.models_dir.is_dir():
-            return []
-        try:
-            paths = sorted(p for _, p in zip(range(MAX_ENTRIES), self.models_dir.iterdir()))
-        except OSError as e:
-            raise ModelNotFoundError(f"cannot read the models folder {self.models_dir}: {e.strerror or e}; fix its permissions") from None
         found: dict[str, ModelEntry] = {}
-        for p in paths:
-            try:
-                e = _scan_entry(p, self.models_dir)
-            except OSError:  # unreadable or vanished while listing: not a usable model
-                continue
-            if e is not None and e.name not in found:
-                found[e.name] = e
+        for folder in self.folders():
+            for e in _scan_folder(folder):
+                found.setdefault(e.name, e)
         return list(found.values())
 
     def list(self) -> list[ModelEntry]:
@@ -242,10 +258,12 @@ class ModelStore:
 
     def aliases(self) -> dict[str, str]:
         """{canonical alias: canonical target} from aliases.toml or aliases.json in the home folder."""
+        slot = self.slot_dir / "aliases.toml" if self.slot_dir is not None else None
+        found = _read_aliases(slot, _parse_toml) if slot is not None and slot.is_file() else {}
         for path, parse in ((self.home / "aliases.toml", _parse_toml), (self.home / "aliases.json", json.loads)):
             if path.is_file():
-                return _read_aliases(path, parse)
-        return {}
+                return {**found, **_read_aliases(path, parse)}  # the operator's file wins over the bundle's
+        return found
 
     def names(self) -> list[str]:
         """Every name that resolves: models, `name:latest` shortcuts that are unambiguous, aliases."""
@@ -292,7 +310,7 @@ class ModelStore:
     def _checked(self, entry: ModelEntry) -> ModelEntry:
         if entry.bundled:
             return materialize(entry)
-        if not _inside(entry.path, self.models_dir) or not entry.path.exists():
+        if not any(_inside(entry.path, d) for d in self.folders()) or not entry.path.exists():
             raise ModelNotFoundError(f"{entry.name} no longer points to a file inside {self.models_dir}")
         return entry
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from pathlib import Path
 
 from edge.errors import BadRequestError, UnavailableError
 from edge.settings import Settings
@@ -40,37 +41,65 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, *, log_level: str = "info") -> None:
-    """Run until Ctrl-C / SIGTERM. Raises the load error if the model cannot be loaded."""
+def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = True) -> None:
+    """Run until Ctrl-C / SIGTERM. Raises the load error if the model cannot be loaded.
+
+    `uds`: also (or, with tcp=False, only) listen on this Unix socket path (edge.server.unix).
+    Under systemd (NOTIFY_SOCKET) readiness and watchdog pings go through edge.notify."""
     import uvicorn
 
     from edge.server.security import require_key_for_bind, uvicorn_options
 
+    from edge.notify import Supervision
+    from edge.server.unix import bind_unix
+
     require_key_for_bind(settings)  # before anything is bound: exit code 2 with how to set a key
     app = create_app(settings)
     state = app.state.edge
-    sock = bind(settings.host, settings.port)
+    sockets = ([bind(settings.host, settings.port)] if tcp else []) + ([bind_unix(uds)] if uds else [])
+    if not sockets:
+        raise BadRequestError("nothing to listen on: give --uds PATH when TCP is turned off")
+    supervision = Supervision()
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
                             **uvicorn_options(settings))
     server = uvicorn.Server(config)
     t0 = time.perf_counter()
 
     def on_load_error(exc: BaseException) -> None:
+        supervision.failed(exc)
         server.should_exit = True
 
     def on_loaded(engine) -> None:
+        try:  # under systemd: one-token self-test, READY=1, watchdog
+            supervision.loaded(engine, stopping=lambda: server.should_exit)
+        except Exception as exc:  # noqa: BLE001 - becomes the load error the CLI reports
+            state.load_error, state.engine = exc, None
+            engine.close()
+            return on_load_error(exc)
         info = engine.info
         print(f"edge: ready in {time.perf_counter() - t0:.2f} s ({info.family}, {info.quantization}, "
               f"context {info.n_ctx} per slot)", file=sys.stderr, flush=True)
 
     state.on_load_error, state.on_loaded = on_load_error, on_loaded
-    host, port = sock.getsockname()[:2]
-    if not settings.api_key and host not in ("127.0.0.1", "::1"):
-        print(f"edge: warning: listening on {host} without --api-key: anyone on the network can use this server",
-              file=sys.stderr, flush=True)
-    print(f"edge: serving {state.target.name} ({state.target.path}) on http://{_url_host(host)}:{port} "
+    where = []
+    for sock in sockets:
+        if sock.family == socket.AF_UNIX:
+            where.append(f"unix:{sock.getsockname()}")
+            continue
+        host, port = sock.getsockname()[:2]
+        where.append(f"http://{_url_host(host)}:{port}")
+        if not settings.api_key and host not in ("127.0.0.1", "::1"):
+            print(f"edge: warning: listening on {host} without --api-key: anyone on the network can use this server",
+                  file=sys.stderr, flush=True)
+    print(f"edge: serving {state.target.name} ({state.target.path}) on {' and '.join(where)} "
           f"- loading the model...", file=sys.stderr, flush=True)
-    server.run(sockets=[sock])
+    supervision.loading(state.target.name)
+    try:
+        server.run(sockets=sockets)
+    finally:
+        supervision.stopped()
+        if uds:
+            Path(uds).unlink(missing_ok=True)
     if state.load_error is not None:
         raise state.load_error
 
