@@ -21,6 +21,7 @@ import gguf
 import numpy as np
 
 from edge.errors import ModelFormatError, NotFoundError
+from edge.validate import validate_gguf
 
 from .archs import get_arch
 from .archs.base import ArchSpec, PlannedTensor
@@ -163,7 +164,10 @@ def _requantize(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], ba
         raise ModelFormatError(f"output would overwrite the input {src}; choose another -o folder or --name")
     warn(f"{src.name} is already a GGUF file: requantizing compounds quantization error. "
          "For best quality convert from the original Hugging Face checkpoint.")
-    params = n_params(src)
+    summary = validate_gguf(src)  # a crafted file is refused before llama.cpp's quantizer parses it
+    for w in summary.warnings:
+        warn(f"{src.name}: {w}")
+    params = summary.parameter_count
     return [_quantize(src, outputs[t.name], t, bars, force, True, params) for t in qtypes]
 
 

@@ -8,6 +8,7 @@ not need.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from edge.backends.base import Delta, Engine, Event, Finish, ModelInfo, SamplingParams
@@ -47,6 +48,11 @@ def open_engine(path: Path, *, name: str, n_ctx: int | None = None, n_parallel: 
     fmt = detect_format(Path(path))
     if fmt == "gguf":
         from edge.backends.llamacpp import LlamaCppEngine
+        from edge.validate import validate_gguf
+
+        # bounded checks before llama.cpp parses the file: a crafted header is a ModelFormatError, not a crash
+        for warning in validate_gguf(Path(path)).warnings:
+            logging.getLogger("edge.backends").warning("%s: %s", Path(path).name, warning)
 
         return LlamaCppEngine(Path(path), name=name, n_ctx=n_ctx, n_parallel=n_parallel,
                               n_threads=n_threads, queue_size=queue_size, **backend_opts)
