@@ -1,0 +1,116 @@
+"""A small ONNX graph builder: nodes, initializers and the onnxruntime contrib ops we use.
+
+Only what the decoder graphs need: every op is one method, so a graph file reads as a list of
+operations. Weights become initializers once (by name); linear layers are MatMul (fp32 / fp16
+weights) or MatMulNBits (block-quantized int4/int8, packed by onnxruntime's own C++ kernel).
+Op layouts follow onnxruntime's contrib-op documentation (com.microsoft domain):
+GroupQueryAttention, MatMulNBits, SkipSimplifiedLayerNormalization, SimplifiedLayerNormalization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 21
+MS = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How linear weights are stored: "fp32", "fp16" (Cast to fp32 at load) or n-bit blocks."""
+
+    kind: str = "fp32"           # "fp32" | "fp16" | "nbits"
+    bits: int = 4
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4      # MatMulNBits: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+
+
+class Graph:
+    def __init__(self, name: str, wf: WeightFormat):
+        self.name = name
+        self.wf = wf
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: dict[str, TensorProto] = {}
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._n = 0
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _out(self, op: str, n: int = 1) -> list[str]:
+        self._n += 1
+        return [f"/{op}_{self._n}/out{i}" for i in range(n)]
+
+    def op(self, op: str, inputs: list[str], n_out: int = 1, *, domain: str = "", outputs=None, **attrs) -> list[str]:
+        outs = outputs or self._out(op, n_out)
+        self.nodes.append(helper.make_node(op, inputs, outs, name=f"{op}_{self._n}_{len(self.nodes)}",
+                                           domain=domain or None, **attrs))
+        return outs
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        if name not in self.inits:
+            self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        return name
+
+    def input(self, name: str, elem: int, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def output(self, name: str, elem: int, shape: list) -> None:
+        self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
+
+    # -- ops -------------------------------------------------------------------------------------
+    def linear(self, name: str, x: str, w: np.ndarray, bias: np.ndarray | None = None, *, out: str | None = None) -> str:
+        """x @ w.T (+ bias). w: (out_features, in_features) float32, as HF stores it."""
+        outputs = [out] if out and bias is None else None
+        wt = np.ascontiguousarray(w.T, dtype=np.float32)   # (K=in, N=out)
+        if self.wf.kind == "nbits":
+            y = self._matmul_nbits(name, x, wt, outputs)
+        elif self.wf.kind == "fp16":
+            b = self.op("Cast", [self.const(name + ".weight", wt.astype(np.float16))], to=TensorProto.FLOAT)[0]
+            y = self.op("MatMul", [x, b], outputs=outputs)[0]
+        else:
+            y = self.op("MatMul", [x, self.const(name + ".weight", wt)], outputs=outputs)[0]
+        if bias is not None:
+            y = self.op("Add", [y, self.const(name + ".bias", bias.astype(np.float32))],
+                        outputs=[out] if out else None)[0]
+        return y
+
+    def _matmul_nbits(self, name: str, x: str, wt: np.ndarray, outputs) -> str:
+        from onnxruntime.capi import _pybind_state as C
+
+        wf = self.wf
+        k, n = wt.shape
+        k_blocks = -(-k // wf.block_size)
+        if k_blocks * wf.block_size != k:
+            wt = np.pad(wt, ((0, k_blocks * wf.block_size - k), (0, 0)))
+        per_byte = 8 // wf.bits
+        packed = np.zeros((n, k_blocks, wf.block_size // per_byte), dtype=np.uint8)   # (N, blocks, blob)
+        zeros = np.zeros((n, -(-k_blocks // per_byte)), dtype=np.uint8)               # (N, packed zero points)
+        scales = np.zeros((n, k_blocks), dtype=np.float32)                             # (N, blocks)
+        quant = C.quantize_matmul_4bits if wf.bits == 4 else C.quantize_matmul_8bits
+        quant(packed, wt, scales, zeros, wf.block_size, n, k, wf.symmetric)
+        inputs = [x, self.const(name + ".qweight", packed), self.const(name + ".scales", scales)]
+        if not wf.symmetric:
+            inputs.append(self.const(name + ".zero_points", zeros))
+        return self.op("MatMulNBits", inputs, domain=MS, outputs=outputs, K=k, N=n, bits=wf.bits,
+                       block_size=wf.block_size, accuracy_level=wf.accuracy_level)[0]
+
+    def rms_norm(self, x: str, w: str, eps: float) -> str:
+        return self.op("SimplifiedLayerNormalization", [x, w], axis=-1, epsilon=eps, stash_type=1)[0]
+
+    def skip_rms_norm(self, x: str, skip: str, w: str, eps: float) -> tuple[str, str]:
+        """(norm(x + skip), x + skip)."""
+        outs = self.op("SkipSimplifiedLayerNormalization", [x, skip, w], 4, domain=MS, epsilon=eps)
+        return outs[0], outs[3]
+
+    def model(self) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, list(self.inits.values()))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+                                  producer_name="edge-quantize")
+        model.ir_version = 10
+        return model

@@ -1,0 +1,72 @@
+"""ONNX output types: `onnx:fp32`, `onnx:fp16`, `onnx:int8`, `onnx:int4[_bs<16|32|64|128>][_asym][_acc<0-4>]`.
+
+- fp32: plain MatMul weights.
+- fp16: weights stored as float16 (half the file) and widened once at load (Cast nodes that
+  onnxruntime folds); the graph computes in fp32 so every CPU runs it.
+- int8: onnxruntime.quantization.quantize_dynamic on the fp32 graph (int8 weights per tensor,
+  activations quantized on the fly: DynamicQuantizeMatMul at run time).
+- int4: MatMulNBits, 4-bit blocks of `block_size` weights along K, symmetric (default) or with zero
+  points, `accuracy_level` (4 = int8 compute on CPU, the fast one; 1 = fp32) packed tensor by tensor
+  with onnxruntime's own C++ quantizer while the graph is built, so the fp32 model never exists.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import UnknownTypeError
+
+from .graph import WeightFormat
+
+BLOCK_SIZES = (16, 32, 64, 128)
+_INT4 = re.compile(r"^int4((?:_bs\d+|_asym|_sym|_acc\d)*)$")
+
+
+@dataclass(frozen=True)
+class OnnxType:
+    name: str                 # canonical, e.g. "int4_bs32" (also the folder suffix)
+    weights: WeightFormat     # how the graph stores linear weights
+    dynamic_int8: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"onnx:{self.name}"
+
+
+def parse_onnx_type(text: str) -> OnnxType:
+    raw = text.strip().lower()
+    t = raw.removeprefix("onnx:")
+    if t == "fp32":
+        return OnnxType("fp32", WeightFormat("fp32"))
+    if t == "fp16":
+        return OnnxType("fp16", WeightFormat("fp16"))
+    if t == "int8":
+        return OnnxType("int8", WeightFormat("fp32"), dynamic_int8=True)
+    m = _INT4.match(t)
+    if not m:
+        raise UnknownTypeError(f"unknown ONNX type {text!r}; choose onnx:fp32, onnx:fp16, onnx:int8 or "
+                               "onnx:int4 (options: _bs16/_bs32/_bs64/_bs128, _asym, _acc0.._acc4, e.g. onnx:int4_bs64_asym)")
+    block, sym, acc = 32, True, 4
+    for opt in re.findall(r"_(bs\d+|asym|sym|acc\d)", m.group(1)):
+        if opt.startswith("bs"):
+            block = int(opt[2:])
+            if block not in BLOCK_SIZES:
+                raise UnknownTypeError(f"int4 block size {block} is not one of {BLOCK_SIZES} ({text!r})")
+        elif opt.startswith("acc"):
+            acc = int(opt[3:])
+            if acc > 4:
+                raise UnknownTypeError(f"accuracy level {acc} is not 0..4 ({text!r})")
+        else:
+            sym = opt == "sym"
+    name = f"int4_bs{block}" + ("" if sym else "_asym") + ("" if acc == 4 else f"_acc{acc}")
+    return OnnxType(name, WeightFormat("nbits", bits=4, block_size=block, symmetric=sym, accuracy_level=acc))
+
+
+def quantize_int8(src: Path, dst: Path, *, external_data: bool) -> None:
+    """Dynamic int8 quantization of the MatMul weights of the fp32 model at `src` into `dst`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     use_external_data_format=external_data, extra_options={"MatMulConstBOnly": True})
