@@ -80,10 +80,11 @@ class Settings:
         if self.api_key is not None and not self.api_key.strip():
             raise BadRequestError("the API key is empty: give a non-empty --api-key or unset EDGE_API_KEY", param="api_key")
         if self.api_key_file is not None:
-            if self.api_key is not None:
+            key = read_key_file(self.api_key_file)
+            if self.api_key is not None and self.api_key != key:  # equal: a copy of settings (with_)
                 raise BadRequestError("give the API key once: --api-key (EDGE_API_KEY) or --api-key-file "
                                       "(EDGE_API_KEY_FILE), not both", param="api_key_file")
-            object.__setattr__(self, "api_key", read_key_file(self.api_key_file))
+            object.__setattr__(self, "api_key", key)
         object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in self.allowed_hosts if h.strip()))
         object.__setattr__(self, "cors_origins", tuple(o.strip().rstrip("/") for o in self.cors_origins if o.strip()))
 

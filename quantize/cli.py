@@ -58,6 +58,11 @@ def unpack(
         console.print(f"wrote {path}")
 
 
+from .plan_cli import plan_command  # noqa: E402 - `edge-quantize plan`: memory/speed per type on a profile
+
+app.command("plan")(plan_command)
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
