@@ -38,6 +38,7 @@ def serve(
     read_timeout: Optional[float] = typer.Option(None, help="seconds a client may take to send its request [env EDGE_READ_TIMEOUT; default 30]"),
     uds: Optional[Path] = typer.Option(None, "--uds", help="also listen on this Unix socket (mode 0660), for robots and kiosks"),
     tcp: bool = typer.Option(True, "--tcp/--no-tcp", help="listen on TCP (--no-tcp: only on --uds)"),
+    force: bool = typer.Option(False, "--force", help="load even when the planner says the model does not fit"),
 ) -> None:
     """Serve one model over HTTP (OpenAI /v1/... and Ollama /api/...)."""
     from edge.server import serve as run_server
@@ -47,12 +48,16 @@ def serve(
                                  api_key_file=api_key_file, allowed_hosts=allow_host or None,
                                  cors_origins=cors_origin or None, request_timeout=request_timeout,
                                  read_timeout=read_timeout)
-    run_server(_apply_profile(settings), uds=uds, tcp=tcp)
+    run_server(_fit(settings, force), uds=uds, tcp=tcp)
 
 
 from edge.bundle_cli import app as bundle_app  # noqa: E402 - light: imports edge.bundle lazily
 
 app.add_typer(bundle_app, name="bundle")
+
+from edge.profile_cli import profile_command  # noqa: E402
+
+app.command("profile")(profile_command)
 
 
 @app.command()
@@ -118,14 +123,14 @@ def _rate(fin) -> str:
     return f"{fin.completion_tokens / (fin.eval_ns / 1e9):.1f} tokens/s" if fin.eval_ns else "n/a"
 
 
-def _apply_profile(settings: Settings) -> Settings:
-    """A hardware profile supplies threads and slots the flags did not set."""
-    if not settings.profile:
-        return settings
-    from edge.profiles import get_profile
+def _fit(settings: Settings, force: bool) -> Settings:
+    """Profile (given or detected), threads, slots and context; refuse a model that does not fit."""
+    from edge.fit import fit_model
+    from edge.server.state import resolve_target
 
-    rt = get_profile(settings.profile).runtime
-    return settings.with_(threads=settings.threads or rt.threads, parallel=settings.parallel or rt.parallel)
+    fit = fit_model(settings, resolve_target(settings, _store(settings)).path, force=force)
+    print(f"edge: {'; '.join(fit.reasons)}", file=sys.stderr, flush=True)
+    return fit.settings
 
 
 def main(argv: list[str] | None = None) -> None:

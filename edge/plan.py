@@ -28,6 +28,7 @@ FTYPES: dict[str, T] = {
     "IQ4_NL": T.IQ4_NL, "IQ4_XS": T.IQ4_XS,
     "Q3_K_L": T.Q3_K, "Q3_K_M": T.Q3_K, "Q3_K_S": T.Q3_K, "Q2_K": T.Q2_K,
 }
+AS_IS = "AS_IS"  # not a quantization: the tensor types of an existing GGUF file
 LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
 GGUF_ALIGNMENT = 32  # general.alignment default: each tensor's data starts on a 32-byte boundary
 KV_TYPE_BYTES = 2  # llama.cpp's default K/V cache type is F16
@@ -125,7 +126,11 @@ def _mix_type(ftype: str, cat: str, ncols: int, shape: ModelShape, c: _Counters)
 
 
 def tensor_types(shape: ModelShape, ftype: str) -> list[tuple[TensorInfo, T]]:
-    """The ggml type llama-quantize (or the converter, for F16/BF16/F32) gives each tensor."""
+    """The ggml type llama-quantize (or the converter, for F16/BF16/F32) gives each tensor.
+
+    `AS_IS` keeps the types the GGUF header declares: what serving that very file costs."""
+    if ftype == AS_IS:
+        return [(t, t.type) for t in shape.tensors]
     if ftype not in FTYPES:
         raise UnknownTypeError(f"unknown quantization type {ftype!r}; known: {', '.join(FTYPES)}")
     default = FTYPES[ftype]
