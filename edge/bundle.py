@@ -39,6 +39,7 @@ PROFILE = "profile.toml"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILES = 256
 CHUNK = 1 << 20
+DEFAULT_ALIAS = "default"  # every bundle maps it (to its first model unless --alias default=... says otherwise)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,8 @@ def resolve_sources(models: list[str], store) -> list[Source]:
     for spec in models:
         path = Path(spec).expanduser()
         if spec.lower().endswith(".gguf") and path.is_file():
-            name = name_from_file(path.name)
+            known = {Path(e.path).resolve(): e.name for e in store.list() if e.format == "gguf"}
+            name = known.get(path.resolve()) or name_from_file(path.name)  # a file the store knows keeps its name
             if name is None:
                 raise BadRequestError(f"{path.name} does not fit the store's naming rule (model-tag.gguf); rename it")
         else:
@@ -224,6 +226,7 @@ def parse_aliases(pairs: list[str], models: list[str]) -> dict[str, str]:
         if target not in models:
             raise BadRequestError(f"--alias {pair!r}: {target} is not in the bundle ({', '.join(models)})")
         aliases[canonical(alias)] = target
+    aliases.setdefault(canonical(DEFAULT_ALIAS), models[0])  # what the service unit serves: `edge serve default`
     return aliases
 
 
