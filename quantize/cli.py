@@ -1,7 +1,10 @@
-"""`edge-quantize`: thin typer commands over quantize.convert and quantize.unpack.
+"""`edge-quantize`: thin typer commands over quantize.convert, quantize.evaluate and quantize.unpack.
 
 Errors are printed as one line and mapped to exit codes by edge.errors.report_and_exit
 (2 bad input, 3 not found, 4 bad model file, 6 output exists, 130 Ctrl-C).
+
+`convert` with more than one type, and `eval`, measure every variant against the most precise one
+and write `<name>-report.md` / `<name>-report.json` next to the outputs (quantize.report).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from edge.errors import report_and_exit
 
 from .progress import console
 
+_TEXT_HELP = "Debian's GPL-3 licence text, else a licence text shipped by an installed package"
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Convert Hugging Face checkpoints to GGUF at selectable bit widths.")
 
@@ -29,18 +34,112 @@ def convert(
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
     keep_intermediate: bool = typer.Option(False, help="Keep the high-precision intermediate GGUF."),
+    eval_text: Optional[Path] = typer.Option(None, help=f"Text for the quality report (default: {_TEXT_HELP})."),
+    eval_ctx: int = typer.Option(512, help="Tokens per evaluation chunk (llama.cpp's tables use 512)."),
+    imatrix_text: Optional[Path] = typer.Option(None, help="Compute an importance matrix on this text and "
+                                                "quantize with it (unlocks IQ2_XXS, IQ2_XS, IQ3_XXS, ...)."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Skip the quality report."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned outputs and sizes; write nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the tables."),
 ) -> None:
-    """Convert SRC to one GGUF file per requested type."""
-    from .convert import convert as run
+    """Convert SRC to one GGUF file per requested type; with several types, measure them (report)."""
+    from .convert import ImatrixOptions, convert as run, default_name, plan_outputs
 
-    results = run(src, to, out, force=force, quiet=quiet, keep_intermediate=keep_intermediate, name=name)
-    if not quiet:
+    if dry_run:
+        return _print_plan(plan_outputs(src, to, out, name=name, imatrix=imatrix_text is not None), as_json)
+    name = name or default_name(src)
+    n_types = len([t for t in to.split(",") if t.strip()])
+    box: dict = {}
+    hook = None if no_eval or n_types < 2 else _ladder_hook(name, out, src, eval_text, eval_ctx, box)
+    imatrix = ImatrixOptions(imatrix_text, eval_ctx) if imatrix_text else None
+    results = run(src, to, out, force=force, quiet=quiet or as_json, keep_intermediate=keep_intermediate, name=name,
+                  imatrix=imatrix, after=hook)
+    if not quiet and not as_json:
         table = Table(title="edge-quantize")
         for col in ("type", "file", "size", "bits/weight", "seconds"):
             table.add_column(col, justify="left" if col in ("type", "file") else "right")
         for r in results:
             table.add_row(r.type, str(r.path), _size(r.size_bytes), f"{r.bits_per_weight:.2f}", f"{r.seconds:.1f}")
         console.print(table)
+    if "report" in box:
+        _emit_report(box["report"], out, name, quiet, as_json)
+
+
+@app.command("eval")
+def eval_(
+    reference: Path = typer.Argument(..., help="The most precise file (F32/F16/BF16 GGUF): what the others are compared with."),
+    variants: list[Path] = typer.Argument(..., help="Quantized files of the same model."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the report (default: the first variant's)."),
+    name: Optional[str] = typer.Option(None, help="Base name of the report files (default: the reference's)."),
+    eval_text: Optional[Path] = typer.Option(None, help=f"Text to measure on (default: {_TEXT_HELP})."),
+    eval_ctx: int = typer.Option(512, help="Tokens per evaluation chunk (llama.cpp's tables use 512)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
+) -> None:
+    """Measure quantized variants against a reference: KL divergence, perplexity, top token, speed."""
+    from .convert import default_name
+    from .evaluate import Artifact, EvalConfig, gguf_type, run_ladder
+    from .progress import Bars, llama_log_to
+
+    folder = out or variants[0].parent
+    name = name or default_name(reference)
+    arts = [Artifact(p, gguf_type(p) or p.stem) for p in variants]
+    ref = Artifact(reference, gguf_type(reference) or reference.stem)
+    with Bars(quiet or as_json) as bars, llama_log_to(bars, None):
+        data = run_ladder(name, folder, ref, arts, _text(eval_text), EvalConfig(ctx=eval_ctx),
+                          source=str(reference), source_type=ref.type, progress=_progress(bars))
+    _emit_report(data, folder, name, quiet, as_json)
+
+
+def _text(path: Optional[Path]):
+    from .evaluate import EvalText, default_eval_text
+
+    return EvalText.from_file(path, "--eval-text") if path else default_eval_text()
+
+
+def _progress(bars):
+    tasks: dict = {}
+
+    def update(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bars.add(f"eval {what}", total=total)
+        bars.update(tasks[what], completed=done)
+
+    return update
+
+
+def _ladder_hook(name, out, src, eval_text, eval_ctx, box):
+    from .evaluate import EvalConfig, ladder_hook
+
+    return ladder_hook(name, out, src, _text(eval_text), EvalConfig(ctx=eval_ctx), box, progress_for=_progress)
+
+
+def _emit_report(data: dict, folder: Path, name: str, quiet: bool, as_json: bool) -> None:
+    import json
+
+    from .report import print_table, write_report
+
+    md, js = write_report(data, folder, name)
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    elif not quiet:
+        print_table(data, console)
+        console.print(f"report: {md} and {js}")
+
+
+def _print_plan(planned, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        print(json.dumps([{"type": p.type, "path": str(p.path), "predicted_bytes": p.predicted_bytes}
+                          for p in planned], indent=2))
+        return
+    table = Table(title="edge-quantize --dry-run (nothing written)")
+    for col in ("type", "file", "predicted size"):
+        table.add_column(col, justify="right" if col == "predicted size" else "left")
+    for p in planned:
+        table.add_row(p.type, str(p.path), "-" if p.predicted_bytes is None else _size(p.predicted_bytes))
+    console.print(table)
 
 
 @app.command()

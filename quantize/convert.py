@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gguf
 import numpy as np
@@ -28,7 +28,8 @@ from .archs.base import ArchSpec, PlannedTensor
 from .checkpoint import Checkpoint
 from .gguf_out import TMP_PREFIX, OutTensor, refuse_existing, to_storage, write_gguf
 from .progress import Bars, llama_log_to, warn
-from .quantizer import TYPES, QuantType, intermediate_type, parse_types, quantize_file
+from .imatrix import Imatrix, compute_imatrix, parse_types_with_imatrix, quantize_with_imatrix
+from .quantizer import TYPES, QuantType, intermediate_type, quantize_file
 
 Q = gguf.GGMLQuantizationType
 
@@ -40,12 +41,27 @@ class ConvertResult:
     size_bytes: int
     bits_per_weight: float
     seconds: float
+    imatrix: bool = False      # quantized with an importance matrix
+
+
+# Called once every output exists, before a temporary intermediate is removed:
+# (the file the types were quantized from, the results, the importance matrix used or None, the bars).
+AfterHook = Callable[[Path, list[ConvertResult], "Imatrix | None", Bars], None]
+
+
+@dataclass(frozen=True)
+class ImatrixOptions:
+    text: Path                  # --imatrix-text
+    ctx: int = 512
 
 
 def convert(src: Path, types: list[str] | str, out_dir: Path, *, force: bool = False, quiet: bool = False,
-            keep_intermediate: bool = False, name: str | None = None) -> list[ConvertResult]:
+            keep_intermediate: bool = False, name: str | None = None, imatrix: ImatrixOptions | None = None,
+            after: AfterHook | None = None) -> list[ConvertResult]:
     src, out_dir = Path(src), Path(out_dir)
-    qtypes = parse_types(types)
+    qtypes = parse_types_with_imatrix(types, imatrix is not None)
+    if imatrix is not None and not Path(imatrix.text).is_file():
+        raise NotFoundError(f"--imatrix-text {imatrix.text} does not exist: give a UTF-8 text file")
     if not src.exists():
         raise NotFoundError(f"{src} does not exist: give a Hugging Face checkpoint folder or a .gguf file")
     name = name or default_name(src)
@@ -53,9 +69,34 @@ def convert(src: Path, types: list[str] | str, out_dir: Path, *, force: bool = F
     for path in outputs.values():
         refuse_existing(path, force)
     with Bars(quiet) as bars:
+        extra = _Extra(imatrix, after)
         if src.is_file():
-            return _requantize(src, qtypes, outputs, bars, force)
-        return _from_hf(src, qtypes, outputs, out_dir, name, bars, force, keep_intermediate)
+            return _requantize(src, qtypes, outputs, bars, force, extra)
+        return _from_hf(src, qtypes, outputs, out_dir, name, bars, force, keep_intermediate, extra)
+
+
+@dataclass
+class _Extra:
+    """The quality issue's additions to a conversion: importance matrix and the after-hook."""
+
+    options: ImatrixOptions | None
+    after: AfterHook | None
+    matrix: Imatrix | None = None
+
+    def compute(self, reference: Path, bars: Bars) -> None:
+        if self.options is None:
+            return
+        from .evaluate import EvalText
+
+        text = EvalText.from_file(Path(self.options.text), "--imatrix-text")
+        task = bars.add("importance matrix", total=None)
+        with llama_log_to(bars, task):
+            self.matrix = compute_imatrix(reference, text.read(), ctx=self.options.ctx, origin=str(text.path),
+                                          progress=lambda done, total: bars.update(task, completed=done, total=total))
+
+    def finish(self, quantized_from: Path, results: list[ConvertResult], bars: Bars) -> None:
+        if self.after is not None:
+            self.after(quantized_from, results, self.matrix, bars)
 
 
 def default_name(src: Path) -> str:
@@ -73,7 +114,7 @@ def default_name(src: Path) -> str:
 # -- HF checkpoint -> GGUF ---------------------------------------------------------------------
 
 def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_dir: Path, name: str,
-             bars: Bars, force: bool, keep_intermediate: bool) -> list[ConvertResult]:
+             bars: Bars, force: bool, keep_intermediate: bool, extra: _Extra) -> list[ConvertResult]:
     from . import vocab as vocab_mod  # owned by the vocab stream; imported only for HF sources
 
     spec = get_arch(_read_config(src).get("model_type"))
@@ -109,12 +150,19 @@ def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_d
                    on_tensor=lambda t: bars.advance(task))
         if not temp_inter:
             results.append(_result(inter.name, inter_path, params, time.perf_counter() - start))
+        extra.compute(inter_path, bars)
         for qtype in qtypes:
             if qtype is not inter:
-                results.append(_quantize(inter_path, outputs[qtype.name], qtype, bars, force, False, params))
+                results.append(_quantize(inter_path, outputs[qtype.name], qtype, bars, force, False, params,
+                                         extra.matrix))
+        extra.finish(inter_path, _ordered(results, qtypes), bars)
     finally:
         if temp_inter:
             inter_path.unlink(missing_ok=True)
+    return _ordered(results, qtypes)
+
+
+def _ordered(results: list[ConvertResult], qtypes: list[QuantType]) -> list[ConvertResult]:
     order = [t.name for t in qtypes]   # a kept, unrequested intermediate comes first
     return sorted(results, key=lambda r: order.index(r.type) if r.type in order else -1)
 
@@ -157,7 +205,7 @@ def _out_tensor(t: PlannedTensor, inter: QuantType, cfg: Any, ckpt: Checkpoint) 
 # -- quantization ------------------------------------------------------------------------------
 
 def _requantize(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], bars: Bars,
-                force: bool) -> list[ConvertResult]:
+                force: bool, extra: _Extra) -> list[ConvertResult]:
     if src.suffix.lower() != ".gguf":
         raise ModelFormatError(f"{src} is a file but not a .gguf; give a GGUF file or a checkpoint folder")
     if any(p.resolve() == src.resolve() for p in outputs.values()):
@@ -168,25 +216,54 @@ def _requantize(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], ba
     for w in summary.warnings:
         warn(f"{src.name}: {w}")
     params = summary.parameter_count
-    return [_quantize(src, outputs[t.name], t, bars, force, True, params) for t in qtypes]
+    extra.compute(src, bars)
+    results = [_quantize(src, outputs[t.name], t, bars, force, True, params, extra.matrix) for t in qtypes]
+    extra.finish(src, results, bars)
+    return results
 
 
 def _quantize(src: Path, dst: Path, qtype: QuantType, bars: Bars, force: bool,
-              requantize: bool, params: int) -> ConvertResult:
+              requantize: bool, params: int, matrix: Imatrix | None = None) -> ConvertResult:
     start = time.perf_counter()
-    task = bars.add(f"quantize -> {qtype.name}", total=None)
+    task = bars.add(f"quantize -> {qtype.name}" + (" (imatrix)" if matrix and not qtype.is_float else ""), total=None)
     with llama_log_to(bars, task):
-        quantize_file(src, dst, qtype, force=force, allow_requantize=requantize)
+        if matrix is not None and not qtype.is_float:
+            quantize_with_imatrix(src, dst, qtype, matrix, force=force, allow_requantize=requantize)
+        else:
+            quantize_file(src, dst, qtype, force=force, allow_requantize=requantize)
     bars.finish(task)
-    return _result(qtype.name, dst, params, time.perf_counter() - start)
+    return _result(qtype.name, dst, params, time.perf_counter() - start, matrix is not None and not qtype.is_float)
 
 
-def _result(type_name: str, path: Path, params: int, seconds: float) -> ConvertResult:
+def _result(type_name: str, path: Path, params: int, seconds: float, imatrix: bool = False) -> ConvertResult:
     size = path.stat().st_size
-    return ConvertResult(type_name, path, size, size * 8 / max(params, 1), seconds)
+    return ConvertResult(type_name, path, size, size * 8 / max(params, 1), seconds, imatrix)
 
 
 def n_params(path: Path) -> int:
     """Weights in a GGUF file (slow on large vocabularies: gguf's reader parses every token)."""
     reader = gguf.GGUFReader(path)
     return int(sum(int(t.n_elements) for t in reader.tensors))
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    type: str
+    path: Path
+    predicted_bytes: int | None     # None: the planner has no size model for this type
+
+
+def plan_outputs(src: Path, types: list[str] | str, out_dir: Path, *, name: str | None = None,
+                 imatrix: bool = False) -> list[PlannedOutput]:
+    """--dry-run: the files a conversion would write and their predicted sizes; nothing is written."""
+    from edge.model_shape import read_model_shape
+    from edge.plan import FTYPES, file_bytes
+
+    src = Path(src)
+    if not src.exists():
+        raise NotFoundError(f"{src} does not exist: give a Hugging Face checkpoint folder or a .gguf file")
+    qtypes = parse_types_with_imatrix(types, imatrix)
+    shape = read_model_shape(src)
+    name = name or default_name(src)
+    return [PlannedOutput(t.name, Path(out_dir) / f"{name}-{t.file_suffix}.gguf",
+                          file_bytes(shape, t.name) if t.name in FTYPES else None) for t in qtypes]
