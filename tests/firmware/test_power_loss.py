@@ -1,0 +1,58 @@
+"""Power loss during `edge bundle install`: SIGKILL the installer at every phase (edge.slots.PHASES,
+through the $EDGE_BUNDLE_KILL_AT hook) and check the active slot is whole and still serves."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from edge.slots import PHASES, Slots
+from edge.store import ModelStore
+from tests.firmware.conftest import edge_cli
+
+SWITCHED = PHASES.index("switched")  # from this phase on the new slot is the active one
+
+
+@pytest.fixture(scope="session")
+def first_home(tmp_path_factory, smollm2_bundle) -> Path:
+    home = tmp_path_factory.mktemp("power") / "home"
+    edge_cli(home, "bundle", "install", smollm2_bundle)
+    return home
+
+
+@pytest.fixture(scope="session")
+def second_bundle(tmp_path_factory, smollm2_path) -> Path:
+    out = tmp_path_factory.mktemp("bundle2") / "update.tar"
+    edge_cli(tmp_path_factory.mktemp("maker"), "bundle", "create", smollm2_path, "-o", out, "--alias", "update=smollm2:135m-q4_1")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", PHASES)
+def test_sigkill_at_every_phase_leaves_a_whole_active_slot(tmp_path, first_home, second_bundle, phase):
+    home = tmp_path / "home"
+    shutil.copytree(first_home, home, symlinks=True, copy_function=os.link)  # slot files are never written in place
+    old = Slots(home).active_id()
+
+    killed = edge_cli(home, "bundle", "install", second_bundle, env_extra={"EDGE_BUNDLE_KILL_AT": phase}, check=False)
+    assert killed.returncode == -signal.SIGKILL, f"the installer did not reach phase {phase}: {killed.stderr}"
+
+    slots = Slots(home)
+    active = slots.active_id()
+    assert slots.whole(slots.dir / active, hashes=True)
+    expected_new = PHASES.index(phase) >= SWITCHED
+    assert (active != old) == expected_new, f"after a kill at {phase} the active slot is {active} (old {old})"
+    store = ModelStore(home)
+    assert store.resolve("default").name == "smollm2:135m-q4_1"
+    assert ("update:latest" in store.aliases()) == expected_new
+
+    # the next install cleans what the killed one left and succeeds
+    edge_cli(home, "bundle", "install", second_bundle)
+    assert not [p for p in slots.dir.iterdir() if p.name.startswith(".")]
+    assert not (home / ".current.new").exists()
+    assert slots.whole(slots.dir / slots.active_id(), hashes=True)
+    assert "update:latest" in ModelStore(home).aliases()
