@@ -198,6 +198,17 @@ class Supervision:
     def failed(self, exc: BaseException) -> None:
         self.notifier.status(f"failed: {getattr(exc, 'message', exc)}")
 
+    def on_exit(self, handler: Callable) -> Callable:
+        """Wrap uvicorn's signal handler: tell systemd we are stopping before the shutdown starts."""
+
+        def handle_exit(sig, frame) -> None:
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            self.notifier.stopping()
+            handler(sig, frame)
+
+        return handle_exit
+
     def stopped(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()

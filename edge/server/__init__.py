@@ -63,6 +63,7 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
                             **uvicorn_options(settings))
     server = uvicorn.Server(config)
+    server.handle_exit = supervision.on_exit(server.handle_exit)  # STOPPING=1 as SIGTERM arrives
     t0 = time.perf_counter()
 
     def on_load_error(exc: BaseException) -> None:
