@@ -12,6 +12,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from tests.edge.conftest import oracle  # noqa: E402,F401 - the in-process greedy oracle fixture
 from tests.edge.live import edge_env  # noqa: E402
 
 
