@@ -198,13 +198,15 @@ class Supervision:
     def failed(self, exc: BaseException) -> None:
         self.notifier.status(f"failed: {getattr(exc, 'message', exc)}")
 
-    def on_exit(self, handler: Callable) -> Callable:
-        """Wrap uvicorn's signal handler: tell systemd we are stopping before the shutdown starts."""
+    def on_exit(self, handler: Callable, cleanup: Callable[[], object] = lambda: None) -> Callable:
+        """Wrap uvicorn's signal handler: tell systemd we are stopping (and run `cleanup`) before the
+        shutdown starts."""
 
         def handle_exit(sig, frame) -> None:
             if self.watchdog is not None:
                 self.watchdog.stop()
             self.notifier.stopping()
+            cleanup()
             handler(sig, frame)
 
         return handle_exit

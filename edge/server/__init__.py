@@ -63,7 +63,8 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
                             **uvicorn_options(settings))
     server = uvicorn.Server(config)
-    server.handle_exit = supervision.on_exit(server.handle_exit)  # STOPPING=1 as SIGTERM arrives
+    # STOPPING=1 and the socket file removed as SIGTERM arrives (uvicorn re-raises it after shutdown)
+    server.handle_exit = supervision.on_exit(server.handle_exit, lambda: uds and Path(uds).unlink(missing_ok=True))
     t0 = time.perf_counter()
 
     def on_load_error(exc: BaseException) -> None:
