@@ -28,8 +28,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.command()
 def convert(
     src: Path = typer.Argument(..., help="Hugging Face checkpoint folder or a .gguf file (requantized)."),
-    to: str = typer.Option(..., "--to", "-t", help="Comma list of types, e.g. f16,q8_0,q4_k_m (gguf: prefix ok)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; files are <name>-<type>.gguf."),
+    to: str = typer.Option(..., "--to", "-t", help="Comma list of types, e.g. f16,q8_0,q4_k_m (gguf: prefix ok), onnx:fp32,onnx:fp16,onnx:int8,onnx:int4 "
+                                         "(int4 options: _bs16/32/64/128, _asym, _acc0-4, _head8)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; files are <name>-<type>.gguf, ONNX folders <name>-onnx-<type>/."),
     name: Optional[str] = typer.Option(None, help="Base name of the outputs (default: source name)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),

@@ -59,6 +59,11 @@ def convert(src: Path, types: list[str] | str, out_dir: Path, *, force: bool = F
             keep_intermediate: bool = False, name: str | None = None, imatrix: ImatrixOptions | None = None,
             after: AfterHook | None = None) -> list[ConvertResult]:
     src, out_dir = Path(src), Path(out_dir)
+    names = [t.strip() for t in (types.split(",") if isinstance(types, str) else types) if t.strip()]
+    onnx_names = [t for t in names if t.lower().startswith("onnx:")]
+    if onnx_names:   # ONNX folders (quantize/onnx), then any GGUF types
+        return _with_onnx(src, names, onnx_names, out_dir, force=force, quiet=quiet,
+                          keep_intermediate=keep_intermediate, name=name, imatrix=imatrix, after=after)
     qtypes = parse_types_with_imatrix(types, imatrix is not None)
     if imatrix is not None and not Path(imatrix.text).is_file():
         raise NotFoundError(f"--imatrix-text {imatrix.text} does not exist: give a UTF-8 text file")
@@ -97,6 +102,21 @@ class _Extra:
     def finish(self, quantized_from: Path, results: list[ConvertResult], bars: Bars) -> None:
         if self.after is not None:
             self.after(quantized_from, results, self.matrix, bars)
+
+
+def _with_onnx(src: Path, names: list[str], onnx_names: list[str], out_dir: Path, **kw) -> list[ConvertResult]:
+    from .onnx.export import export_onnx
+    from .onnx.quant import parse_onnx_type
+
+    rest = [t for t in names if t not in onnx_names]
+    if rest:
+        parse_types_with_imatrix(rest, kw["imatrix"] is not None)   # bad GGUF types fail before any write
+    for t in onnx_names:
+        parse_onnx_type(t)
+    kw["name"] = kw["name"] or default_name(src)
+    done = [ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds)
+            for r in export_onnx(src, onnx_names, out_dir, force=kw["force"], quiet=kw["quiet"], name=kw["name"])]
+    return done + (convert(src, rest, out_dir, **kw) if rest else [])
 
 
 def default_name(src: Path) -> str:

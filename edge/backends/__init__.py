@@ -1,7 +1,7 @@
 """Choose the backend by the model file, behind one `Engine` interface.
 
 A file starting with the GGUF magic (or named *.gguf) -> llama.cpp (`edge.backends.llamacpp`);
-a folder with an ONNX model -> the ONNX backend (not available yet: its own issue).
+a folder with an ONNX model (edge-quantize's export) -> onnxruntime (`edge.backends.onnx`).
 Backends are imported lazily so that importing the server never loads a native library it does
 not need.
 """
@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from edge.backends.base import Delta, Engine, Event, Finish, ModelInfo, SamplingParams
-from edge.errors import DependencyMissingError, ModelFormatError, NotFoundError
+from edge.errors import ModelFormatError, NotFoundError
 
 __all__ = ["open_engine", "detect_format", "Engine", "SamplingParams", "ModelInfo", "Delta", "Finish", "Event"]
 
@@ -56,7 +56,8 @@ def open_engine(path: Path, *, name: str, n_ctx: int | None = None, n_parallel: 
 
         return LlamaCppEngine(Path(path), name=name, n_ctx=n_ctx, n_parallel=n_parallel,
                               n_threads=n_threads, queue_size=queue_size, **backend_opts)
-    raise DependencyMissingError(
-        f"{path} is an ONNX model, and the ONNX backend is not available in this version; "
-        "serve a GGUF file (edge-quantize convert SRC --to Q4_K_M) instead"
-    )
+    from edge.backends.onnx import OnnxEngine   # validates the folder (external data, manifest) first
+
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    return OnnxEngine(folder, name=name, n_ctx=n_ctx, n_parallel=n_parallel, n_threads=n_threads,
+                      queue_size=queue_size, **backend_opts)

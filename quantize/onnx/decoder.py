@@ -17,7 +17,7 @@ Graph interface (B = batch, S = new tokens, T = KV buffer length chosen by the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -129,7 +129,7 @@ def build(spec: DecoderSpec, lay: Layout, ld: Loader, g: Graph, on_block=lambda 
         on_block(i)
     h, _ = g.skip_rms_norm(h, residual, _norm_weight(g, ld, w.final_norm, lay), lay.eps)
     head = ld.get(w.lm_head) if ld.has(w.lm_head) else ld.get(w.embed)
-    logits = g.linear("lm_head", h, head[: lay.vocab], out=None if lay.final_softcap else "logits")
+    logits = g.linear("lm_head", h, head[: lay.vocab], out=None if lay.final_softcap else "logits", wf=_head_format(g.wf))
     if lay.final_softcap:
         cap = g.const("final_softcap", np.array(lay.final_softcap, dtype=np.float32))
         t = g.op("Tanh", [g.op("Div", [logits, cap])[0]])[0]
@@ -138,6 +138,12 @@ def build(spec: DecoderSpec, lay: Layout, ld: Loader, g: Graph, on_block=lambda 
     for i in range(lay.n_layers):
         g.output(kv_names(i)[2], FLOAT, kv_shape)
         g.output(kv_names(i)[3], FLOAT, kv_shape)
+
+
+def _head_format(wf):
+    """`_head8` types keep the output projection (the most quantization-sensitive matrix, tied to the
+    embedding in small models) at 8 bits: MatMulNBits bits=8, same block size."""
+    return replace(wf, bits=8) if wf.kind == "nbits" and wf.head_bits == 8 else wf
 
 
 def _embed(g: Graph, lay: Layout, ld: Loader, w: Weights) -> str:

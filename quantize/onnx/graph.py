@@ -28,6 +28,7 @@ class WeightFormat:
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4      # MatMulNBits: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+    head_bits: int = 4           # bits of the output projection (8 keeps it near-lossless)
 
 
 class Graph:
@@ -64,13 +65,15 @@ class Graph:
         self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
 
     # -- ops -------------------------------------------------------------------------------------
-    def linear(self, name: str, x: str, w: np.ndarray, bias: np.ndarray | None = None, *, out: str | None = None) -> str:
-        """x @ w.T (+ bias). w: (out_features, in_features) float32, as HF stores it."""
+    def linear(self, name: str, x: str, w: np.ndarray, bias: np.ndarray | None = None, *, out: str | None = None,
+               wf: WeightFormat | None = None) -> str:
+        """x @ w.T (+ bias). w: (out_features, in_features) float32, as HF stores it. `wf` overrides the format."""
+        wf = wf or self.wf
         outputs = [out] if out and bias is None else None
         wt = np.ascontiguousarray(w.T, dtype=np.float32)   # (K=in, N=out)
-        if self.wf.kind == "nbits":
-            y = self._matmul_nbits(name, x, wt, outputs)
-        elif self.wf.kind == "fp16":
+        if wf.kind == "nbits":
+            y = self._matmul_nbits(name, x, wt, outputs, wf)
+        elif wf.kind == "fp16":
             b = self.op("Cast", [self.const(name + ".weight", wt.astype(np.float16))], to=TensorProto.FLOAT)[0]
             y = self.op("MatMul", [x, b], outputs=outputs)[0]
         else:
@@ -80,10 +83,9 @@ class Graph:
                         outputs=[out] if out else None)[0]
         return y
 
-    def _matmul_nbits(self, name: str, x: str, wt: np.ndarray, outputs) -> str:
+    def _matmul_nbits(self, name: str, x: str, wt: np.ndarray, outputs, wf: WeightFormat) -> str:
         from onnxruntime.capi import _pybind_state as C
 
-        wf = self.wf
         k, n = wt.shape
         k_blocks = -(-k // wf.block_size)
         if k_blocks * wf.block_size != k:

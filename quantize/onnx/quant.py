@@ -5,7 +5,7 @@
   onnxruntime folds); the graph computes in fp32 so every CPU runs it.
 - int8: onnxruntime.quantization.quantize_dynamic on the fp32 graph (int8 weights per tensor,
   activations quantized on the fly: DynamicQuantizeMatMul at run time).
-- int4: MatMulNBits, 4-bit blocks of `block_size` weights along K, symmetric (default) or with zero
+- int4: MatMulNBits (`_head8`: the output projection at 8 bits), 4-bit blocks of `block_size` weights along K, symmetric (default) or with zero
   points, `accuracy_level` (4 = int8 compute on CPU, the fast one; 1 = fp32) packed tensor by tensor
   with onnxruntime's own C++ quantizer while the graph is built, so the fp32 model never exists.
 """
@@ -21,7 +21,7 @@ from edge.errors import UnknownTypeError
 from .graph import WeightFormat
 
 BLOCK_SIZES = (16, 32, 64, 128)
-_INT4 = re.compile(r"^int4((?:_bs\d+|_asym|_sym|_acc\d)*)$")
+_INT4 = re.compile(r"^int4((?:_bs\d+|_asym|_sym|_acc\d|_head8)*)$")
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ def parse_onnx_type(text: str) -> OnnxType:
     m = _INT4.match(t)
     if not m:
         raise UnknownTypeError(f"unknown ONNX type {text!r}; choose onnx:fp32, onnx:fp16, onnx:int8 or "
-                               "onnx:int4 (options: _bs16/_bs32/_bs64/_bs128, _asym, _acc0.._acc4, e.g. onnx:int4_bs64_asym)")
-    block, sym, acc = 32, True, 4
-    for opt in re.findall(r"_(bs\d+|asym|sym|acc\d)", m.group(1)):
+                               "onnx:int4 (options: _bs16/_bs32/_bs64/_bs128, _asym, _acc0.._acc4, _head8, e.g. onnx:int4_bs64_asym)")
+    block, sym, acc, head = 32, True, 4, 4
+    for opt in re.findall(r"_(bs\d+|asym|sym|acc\d|head8)", m.group(1)):
         if opt.startswith("bs"):
             block = int(opt[2:])
             if block not in BLOCK_SIZES:
@@ -58,15 +58,28 @@ def parse_onnx_type(text: str) -> OnnxType:
             acc = int(opt[3:])
             if acc > 4:
                 raise UnknownTypeError(f"accuracy level {acc} is not 0..4 ({text!r})")
+        elif opt == "head8":
+            head = 8
         else:
             sym = opt == "sym"
-    name = f"int4_bs{block}" + ("" if sym else "_asym") + ("" if acc == 4 else f"_acc{acc}")
-    return OnnxType(name, WeightFormat("nbits", bits=4, block_size=block, symmetric=sym, accuracy_level=acc))
+    name = f"int4_bs{block}" + ("" if sym else "_asym") + ("" if acc == 4 else f"_acc{acc}") + ("_head8" if head == 8 else "")
+    return OnnxType(name, WeightFormat("nbits", bits=4, block_size=block, symmetric=sym, accuracy_level=acc, head_bits=head))
 
 
 def quantize_int8(src: Path, dst: Path, *, external_data: bool) -> None:
     """Dynamic int8 quantization of the MatMul weights of the fp32 model at `src` into `dst`."""
+    import logging
+
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                     use_external_data_format=external_data, extra_options={"MatMulConstBOnly": True})
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)   # its "consider pre-processing" advice is for vision models
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         use_external_data_format=external_data,
+                         # contrib-op outputs have no inferred type: they are float
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT})
+    finally:
+        root.setLevel(level)
