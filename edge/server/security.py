@@ -148,6 +148,8 @@ class SecurityMiddleware:
             return await self.app(scope, receive, send)
         headers = _headers(scope)
         problem = check_host(self.settings, headers.get("host"))
+        if sum(1 for k, _ in scope.get("headers") or [] if k.lower() == b"host") > 1:
+            problem = ForbiddenError("more than one Host header: send exactly one")
         origin = headers.get("origin")
         cors = False
         if problem is None and origin is not None:

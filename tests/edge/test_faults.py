@@ -2,7 +2,8 @@
 with no model file or store entry damaged; /health answers while a ~2000-token prompt is evaluated.
 
 The supervisor is a small loop emulating the firmware's systemd unit (firmware/systemd/edge.service):
-`Restart=on-failure` (a signal or a non-zero exit restarts; exit 0 does not), `RestartSec=2`, and
+`Restart=on-failure` (a non-zero exit or a signal restarts; exit 0 and the "clean" signals SIGHUP,
+SIGINT, SIGTERM and SIGPIPE do not: uvicorn re-raises SIGTERM after its graceful shutdown), `RestartSec=2`, and
 `StartLimitBurst=5` starts at most. Readiness is /health answering 200 (the unit waits for READY=1,
 sent after the same load; see edge.notify).
 """
@@ -26,6 +27,7 @@ from tests.edge.live import LiveServer, chat_messages, edge_env, free_port, star
 MODEL = "smollm2:135m-q4_1"
 RESTART_SEC = 2.0  # the unit's RestartSec
 START_LIMIT_BURST = 5
+CLEAN_EXITS = {0, -signal.SIGHUP, -signal.SIGINT, -signal.SIGTERM, -signal.SIGPIPE}  # systemd's defaults
 
 
 class Supervisor:
@@ -50,7 +52,7 @@ class Supervisor:
             self.starts += 1
             code = self.proc.wait()
             self.exits.append(code)
-            if code == 0 or self._stop.is_set():
+            if code in CLEAN_EXITS or self._stop.is_set():
                 return
             self._stop.wait(RESTART_SEC)
 
@@ -106,7 +108,7 @@ def test_sigkill_mid_stream_then_the_supervisor_restarts_it(tmp_path, smollm2_pa
         assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
     finally:
         sup.stop()
-    assert sup.exits[-1] == 0, "SIGTERM is a clean stop (exit 0: the unit does not restart it)"
+    assert sup.exits[-1] in CLEAN_EXITS and sup.starts == 2, f"SIGTERM must be a clean stop: {sup.exits}"
     assert digests(home, smollm2_path) == before, "a model file or a store entry changed"
 
 
@@ -129,7 +131,7 @@ def test_health_answers_while_a_long_prompt_is_evaluated(tmp_path):
     reads counters, so it answers in milliseconds while ~2000 prompt tokens are evaluated."""
     srv = start_server(tmp_path / "home", "--parallel", "1", "--ctx", "4096")
     try:
-        words = " ".join(f"item{i}" for i in range(700))  # ~2000 tokens with SmolLM2's vocabulary
+        words = " ".join(f"item{i}" for i in range(520))  # ~2000 tokens with SmolLM2's vocabulary
         body = {"model": MODEL, "prompt": f"List: {words}\nThe last item is", "max_tokens": 1, "temperature": 0}
         result = {}
 
@@ -154,7 +156,7 @@ def test_health_answers_while_a_long_prompt_is_evaluated(tmp_path):
         during = [lat for t, lat in latencies if t_start + 0.2 < t < t_end - 0.2]
         print(f"\nhealth: {n_prompt}-token prompt took {t_end - t_start:.2f} s; {len(during)} /health calls during it, "
               f"slowest {max(during) * 1000:.0f} ms, median {sorted(during)[len(during) // 2] * 1000:.0f} ms")
-        assert 1800 <= n_prompt <= 3000
+        assert 1800 <= n_prompt <= 2400
         assert busy_seen and len(during) >= 3, "the prompt finished before /health could be asked during it"
         assert max(during) < max(0.5, (t_end - t_start) / 4), "/health waited for the prompt"
     finally:

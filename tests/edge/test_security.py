@@ -59,6 +59,11 @@ def test_loopback_names_and_the_allow_list_pass(app_client, host):
     assert app_client.get("/v1/models", headers={"Host": host}).status_code == 200
 
 
+def test_two_host_headers_are_refused(app_client):
+    r = app_client.get("/v1/models", headers=[("Host", "localhost"), ("Host", "evil.example")])
+    assert r.status_code == 403 and "more than one Host" in r.json()["error"]["message"]
+
+
 def test_host_rules_on_a_network_bind():
     """Listening on the network (a key is then mandatory): any Host, unless an allow-list is given."""
     exposed = Settings(host="0.0.0.0", api_key="k")
