@@ -291,3 +291,14 @@ def test_grammar_rejection_sampling_equals_grammar_first(engine):
         batcher.make_sampler = make
     assert fast == slow and fin.reason == "stop"
     assert isinstance(json.loads(fast)["city"], str)
+
+
+def test_backend_import_skips_the_high_level_package():
+    """Cold start: the engine needs llama_cpp's ctypes API only, not `Llama` with numpy and jinja2."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edge.backends.llamacpp; "
+            "print(sorted(m for m in ('llama_cpp.llama', 'numpy', 'jinja2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

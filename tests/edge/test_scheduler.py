@@ -323,3 +323,24 @@ def test_text_stream_flushes_incomplete_bytes_as_replacement():
     ts = TextStream()
     assert ts.push(b"a\xe2\x82") == ("a", False)
     assert ts.flush() == "\ufffd"
+
+
+def test_dropped_stream_frees_its_slot(make):
+    """A stream that is garbage-collected without aclose() (a handler that forgot) still frees the slot."""
+    import gc
+
+    fb, sched = make(n_slots=1, queue_size=0, delay=0.005, n_ctx=10**6)  # would run ~5 s on its own
+
+    async def main():
+        stream = GenerationStream(sched, sched.submit([1], SamplingParams(max_tokens=None)))
+        await stream.__anext__()
+        del stream
+        gc.collect()
+        for _ in range(200):
+            if sched.stats()["busy"] == 0:
+                break
+            await asyncio.sleep(0.005)
+        return sched.stats()["busy"]
+
+    assert asyncio.run(main()) == 0
+    assert fb.live_samplers == 0
