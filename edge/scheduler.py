@@ -273,18 +273,17 @@ class Scheduler:
         if tail:
             req.emit(Delta(tail, slot.n_unsent))
         first = slot.t_first or now
-        req.emit(
-            Finish(
-                reason=reason,
-                prompt_tokens=len(req.prompt),
-                cached_tokens=slot.n_cached,
-                completion_tokens=slot.n_generated,
-                prompt_eval_ns=first - slot.t_start,
-                eval_ns=now - first,
-                queued_ns=slot.t_start - req.t_submit,
-            )
+        finish = Finish(
+            reason=reason,
+            prompt_tokens=len(req.prompt),
+            cached_tokens=slot.n_cached,
+            completion_tokens=slot.n_generated,
+            prompt_eval_ns=first - slot.t_start,
+            eval_ns=now - first,
+            queued_ns=slot.t_start - req.t_submit,
         )
-        self._release(slot)
+        self._release(slot)  # before the Finish goes out: whoever sees it sees the slot free
+        req.emit(finish)
 
     def _release(self, slot: _Slot) -> None:
         self.b.free_sampler(slot.req.sampler)
@@ -297,10 +296,11 @@ class Scheduler:
         for slot in slots:
             if slot.req is None:
                 continue
-            slot.req.emit(err)
+            req = slot.req
             self.b.keep_prefix(slot.seq, 0)  # the cache state of a failed batch is unknown
             slot.cached = []
             self._release(slot)
+            req.emit(err)
 
     def _shutdown(self) -> None:
         err = UnavailableError("the engine was closed during this request; retry")
