@@ -244,7 +244,8 @@ def test_open_engine_rejects_what_it_cannot_serve(tmp_path):
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
     (onnx_dir / "model.onnx").write_bytes(b"\x08\x01")
-    with pytest.raises(DependencyMissingError):
+    # a folder is routed to the ONNX backend, which refuses a bogus export (or says onnxruntime is missing)
+    with pytest.raises((ModelFormatError, DependencyMissingError)):
         open_engine(onnx_dir, name="x")
 
 
