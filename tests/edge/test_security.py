@@ -343,3 +343,22 @@ def test_an_idle_connection_and_a_stalled_body_are_closed(guarded):
     assert b"request_timeout" in data and b"EDGE_READ_TIMEOUT" in data
     assert 0.5 < t_closed - t0 < 3.5
     assert httpx.get(guarded.url + "/health").status_code == 200  # the server is fine
+
+
+# -- model files reach llama.cpp only through the validator ---------------------------------------------------
+def test_a_crafted_gguf_is_refused_before_llama_cpp_sees_it(smollm2_path, tmp_path):
+    """A header claiming 2^40 tensors: llama.cpp would try to allocate for them; we refuse it first."""
+    import struct
+
+    from edge.errors import ModelFormatError
+    from quantize.convert import convert
+
+    data = bytearray(smollm2_path.read_bytes()[:2_000_000])
+    data[8:16] = struct.pack("<Q", 1 << 40)  # GGUF: magic, version (u32), n_tensors (u64), n_kv (u64)
+    bad = tmp_path / "crafted.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="crafted.gguf: GGUF header declares 1099511627776 tensors"):
+        open_engine(bad, name="crafted", n_ctx=64, n_threads=1)
+    with pytest.raises(ModelFormatError, match="crafted.gguf: GGUF header declares 1099511627776 tensors"):
+        convert(bad, "q4_0", tmp_path / "out", quiet=True)
+    assert not any((tmp_path / "out").glob("*.gguf"))
