@@ -18,6 +18,7 @@ owns everything else:
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -178,7 +179,11 @@ class Scheduler:
                 if not any(s.req is not None for s in self.slots):
                     self._cond.wait(IDLE_WAKE_S)
                     continue
-            self._step()
+            try:
+                self._step()
+            except Exception as exc:  # a bug must fail the requests in flight, never kill the loop
+                logging.getLogger("edge.scheduler").exception("decode step failed")
+                self._fail([s for s in self.slots if s.req is not None], exc)
         self._shutdown()
 
     def _step(self) -> None:

@@ -344,3 +344,14 @@ def test_dropped_stream_frees_its_slot(make):
 
     assert asyncio.run(main()) == 0
     assert fb.live_samplers == 0
+
+
+def test_a_failing_backend_fails_the_request_not_the_loop(make):
+    fb, sched = make(n_slots=1)
+    real = fb.sample
+    fb.sample = lambda sampler, row: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(Exception, match="boom"):
+        asyncio.run(collect(sched, [1], max_tokens=3))
+    fb.sample = real
+    deltas, fin = asyncio.run(collect(sched, [1], max_tokens=2))
+    assert text_of(deltas) == "<2><3>" and sched._thread.is_alive()
