@@ -48,12 +48,12 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
     Under systemd (NOTIFY_SOCKET) readiness and watchdog pings go through edge.notify."""
     import uvicorn
 
-    from edge.server.security import require_key_for_bind, uvicorn_options
-
     from edge.notify import Supervision
+    from edge.server.security import require_key_for_bind, uvicorn_options
     from edge.server.unix import bind_unix
 
-    require_key_for_bind(settings)  # before anything is bound: exit code 2 with how to set a key
+    if tcp:  # a Unix socket is guarded by its file permissions
+        require_key_for_bind(settings)  # before anything is bound: exit code 2 with how to set a key
     app = create_app(settings)
     state = app.state.edge
     sockets = ([bind(settings.host, settings.port)] if tcp else []) + ([bind_unix(uds)] if uds else [])
@@ -89,10 +89,7 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
             where.append(f"unix:{sock.getsockname()}")
             continue
         host, port = sock.getsockname()[:2]
-        where.append(f"http://{_url_host(host)}:{port}")
-        if not settings.api_key and host not in ("127.0.0.1", "::1"):
-            print(f"edge: warning: listening on {host} without --api-key: anyone on the network can use this server",
-                  file=sys.stderr, flush=True)
+        where.append(f"http://{_url_host(host)}:{port}")  # beyond loopback only with a key (security.py)
     print(f"edge: serving {state.target.name} ({state.target.path}) on {' and '.join(where)} "
           f"- loading the model...", file=sys.stderr, flush=True)
     supervision.loading(state.target.name)
