@@ -362,3 +362,11 @@ def test_a_crafted_gguf_is_refused_before_llama_cpp_sees_it(smollm2_path, tmp_pa
     with pytest.raises(ModelFormatError, match="crafted.gguf: GGUF header declares 1099511627776 tensors"):
         convert(bad, "q4_0", tmp_path / "out", quiet=True)
     assert not any((tmp_path / "out").glob("*.gguf"))
+
+
+@pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/passwd", "..", "models/../../x.gguf", "~/.ssh/id_rsa"])
+def test_model_names_in_requests_never_reach_the_file_system(app_client, name):
+    r = app_client.post("/api/show", json={"model": name})
+    assert r.status_code == 404 and "root:" not in r.text
+    r = app_client.post("/v1/chat/completions", json={**chat("hi"), "model": name})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
