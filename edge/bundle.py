@@ -256,9 +256,9 @@ def create(sources: list[Source], out: Path, *, aliases: dict | None = None, pro
             for member, path in files:
                 with open(path, "rb") as f:
                     tar.addfile(_info(member, path.stat().st_size), f)
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return manifest
@@ -373,7 +373,7 @@ def _write_member(tar, member, entry: FileEntry, dest: Path, progress, on_member
                                f"{entry.sha256[:16]}...); copy the bundle again")
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -381,5 +381,5 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)  # a directory opened O_RDONLY can be fsynced on Linux and macOS
+def fsync_dir(path: Path) -> None:
+    fsync_file(path)  # a directory opened O_RDONLY can be fsynced on Linux and macOS

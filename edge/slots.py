@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edge.bundle import MANIFEST, Manifest, extract_verified, sha256_file, _fsync_dir, _fsync_file
-from edge.errors import BadRequestError, EdgeError, ModelFormatError, NotFoundError, UnavailableError
+from edge.bundle import MANIFEST, Manifest, extract_verified, fsync_dir, sha256_file
+from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError, NotFoundError
 
 PHASES = ("start", "manifest-read", "unpacking", "unpacked", "slot-renamed", "smoked", "link-made", "switched", "pruning", "done")
 _SLOT_ID = re.compile(r"(\d{6})-([0-9a-f]{12})")
@@ -115,7 +115,7 @@ class Slots:
             self._unpack(bundle, tmp, pubkey, require_signature, progress)
             final = self.dir / new_id
             os.rename(tmp, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             phase("slot-renamed")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -136,9 +136,9 @@ class Slots:
             phase("manifest-read")
             free = shutil.disk_usage(self.dir).free
             if free < manifest.total_bytes + SPACE_MARGIN:
-                raise UnavailableError(f"not enough disk space for the bundle: {manifest.total_bytes / 2**20:.0f} MiB "
-                                       f"needed, {free / 2**20:.0f} MiB free in {self.dir}; run `edge bundle install "
-                                       "--keep 1` or free space", retry_after=0)
+                raise DoesNotFitError(f"not enough disk space for the bundle: {manifest.total_bytes / 2**20:.0f} MiB "
+                                      f"needed, {free / 2**20:.0f} MiB free in {self.dir}; free space (an older "
+                                      "slot goes with `edge bundle install --keep 1` of a smaller bundle)")
 
         got = extract_verified(bundle, tmp, pubkey=pubkey, require_signature=require_signature,
                                before_files=before_files, progress=progress,
@@ -146,7 +146,7 @@ class Slots:
         _write_synced(tmp / "aliases.toml", _aliases_toml(got.manifest.aliases))
         _write_synced(tmp / MANIFEST, got.manifest_bytes)
         for folder in {tmp / "models", tmp}:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         phase("unpacked")
 
     def switch(self, slot_id: str) -> None:
@@ -158,7 +158,7 @@ class Slots:
         os.symlink(f"slots/{slot_id}", link)
         phase("link-made")
         os.replace(link, self.current)
-        _fsync_dir(self.home)
+        fsync_dir(self.home)
         phase("switched")
 
     def rollback(self) -> Slot:
@@ -181,7 +181,7 @@ class Slots:
     def _discard(self, slot_id: str) -> None:
         trash = self.dir / f".trash-{slot_id}"
         os.rename(self.dir / slot_id, trash)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _clean_leftovers(self) -> None:

@@ -226,3 +226,18 @@ def test_gzip_bundle_round_trip(tmp_path):
     slot = Slots(tmp_path / "home").install(out, smoke=lambda path: None)
     assert (slot.path / "models" / "tiny-1.gguf").read_bytes() == model.read_bytes()
     assert ModelStore(tmp_path / "home").resolve("default").name == "tiny:1"
+
+
+def test_not_enough_disk_space_changes_nothing(tmp_path, installed_home, smollm2_bundle, monkeypatch):
+    import collections
+
+    import edge.slots as slots_mod
+    from edge.errors import DoesNotFitError
+
+    before = os.readlink(installed_home / "current")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(slots_mod.shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 10 << 20))
+    with pytest.raises(DoesNotFitError, match="not enough disk space"):
+        Slots(installed_home).install(smollm2_bundle, smoke=lambda p: None)
+    assert os.readlink(installed_home / "current") == before
+    assert not [p for p in (installed_home / "slots").iterdir() if p.name.startswith(".")]
