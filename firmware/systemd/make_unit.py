@@ -10,6 +10,7 @@ The checked-in edge.service is this script's output for the `generic` profile (a
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def render(profile_name: str, profile_arg: str | None = None) -> str:
     text = (HERE / "edge.service.in").read_text()
     for key, value in values.items():
         text = text.replace(f"@{key}@", value)
-    if "@" in text.replace("edge-install@", "").replace("%I", ""):
-        raise SystemExit(f"unfilled placeholder left in the unit: {text[text.index('@'):][:40]!r}")
+    left = re.search(r"@[A-Z_]+@", text)
+    if left:
+        raise SystemExit(f"unfilled placeholder {left[0]} in edge.service.in")
     return text
 
 

@@ -3,6 +3,7 @@ memory budget into MemoryMax; the hardening the issue asks for is there."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +65,14 @@ def test_hardening():
         assert d.get(key) == [value], f"{key}={d.get(key)} (want {value})"
     assert int(d["WatchdogSec"][0]) >= 10  # idle loops beat every second; a decode step may take a few
     assert "EDGE_HOME=/var/lib/edge" in d["Environment"]
+
+
+@pytest.mark.parametrize("unit, most", [("edge.service", 2.0), ("edge-install@.service", 6.0)])
+def test_exposure_score(unit, most):
+    """systemd's own hardening score (0 = locked down, 10 = exposed) of the shipped units."""
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(SYSTEMD / unit)],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout + proc.stderr)
+    assert found, proc.stdout + proc.stderr
+    print(f"{unit}: exposure {found[1]}")
+    assert float(found[1]) <= most
