@@ -12,10 +12,12 @@ Slot ids start with a counter, not a date: kiosks and Pis often boot without a r
 Install order, and why each crash point is harmless:
 1. unpack into slots/.new-<id> while hashing every byte (edge.bundle.extract_verified); anything
    wrong -> the folder is removed, `current` was never touched;
-2. write aliases.toml and manifest.json, fsync every file and the folder, rename to slots/<id>;
-3. smoke test in a child process: load every model of the slot and generate one token (a model
-   that crashes llama.cpp kills the child, not the installer); failure -> the slot is removed and
-   `current` still names the old one (this is the roll back: the new slot never became active);
+2. write aliases.toml and manifest.json, fsync every file and the folder;
+3. smoke test in a child process: load every model of the new folder and generate one token (a
+   model that crashes llama.cpp kills the child, not the installer); failure -> the folder is
+   removed and `current` still names the old slot (this is the roll back: the new slot never
+   became active); success -> rename to slots/<id>, so every slot with an id passed its smoke
+   test, and `rollback` can only ever pick a verified slot;
 4. switch: symlink `.current.new` -> slots/<id>, rename it over `current`, fsync $EDGE_HOME;
 5. prune: keep the newest `keep` slots (the active one always); a slot is renamed to .trash-
    first, so a half-deleted slot is never mistaken for a whole one.
@@ -42,7 +44,7 @@ from typing import Callable
 from edge.bundle import MANIFEST, Manifest, extract_verified, fsync_dir, sha256_file
 from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError, NotFoundError
 
-PHASES = ("start", "manifest-read", "unpacking", "unpacked", "slot-renamed", "smoked", "link-made", "switched", "pruning", "done")
+PHASES = ("start", "manifest-read", "unpacking", "unpacked", "smoked", "slot-renamed", "link-made", "switched", "pruning", "done")
 _SLOT_ID = re.compile(r"(\d{6})-([0-9a-f]{12})")
 SMOKE_TIMEOUT_S = 900
 SPACE_MARGIN = 64 << 20
@@ -113,19 +115,14 @@ class Slots:
         tmp.mkdir()
         try:
             self._unpack(bundle, tmp, pubkey, require_signature, progress)
-            final = self.dir / new_id
-            os.rename(tmp, final)
+            (smoke or smoke_test)(tmp)
+            phase("smoked")
+            os.rename(tmp, self.dir / new_id)  # only smoke-tested slots ever get a slot id
             fsync_dir(self.dir)
             phase("slot-renamed")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        try:
-            (smoke or smoke_test)(final)
-        except BaseException:
-            self._discard(new_id)
-            raise
-        phase("smoked")
         self.switch(new_id)
         self.prune(keep)
         phase("done")
