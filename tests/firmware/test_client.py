@@ -61,6 +61,7 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         type(self).seen.append(self.path)
+        type(self).auth = self.headers.get("Authorization")
         status, headers, body = self.script[min(len(self.seen) - 1, len(self.script) - 1)]
         if status is None:  # never answer
             threading.Event().wait(30)
@@ -68,7 +69,7 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
-        data = json.dumps(body).encode()
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -128,3 +129,16 @@ def test_timeout_and_refused_connection(scripted, monkeypatch, tmp_path):
 def test_bad_url_is_refused():
     with pytest.raises(BadRequestError, match="unsupported URL"):
         Client("ftp://x")
+
+
+def test_api_key_is_sent_and_stream_errors_raise(scripted):
+    from edge.errors import EdgeError
+
+    sse = (b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'
+           b'data: {"error": {"message": "generation failed: out of memory"}}\n\n')
+    url, handler = scripted([(200, {"Content-Type": "text/event-stream"}, sse)])
+    pieces = []
+    with pytest.raises(EdgeError, match="out of memory"):
+        for piece in Client(url, api_key="s3cret").chat([{"role": "user", "content": "x"}], stream=True):
+            pieces.append(piece)
+    assert pieces == ["Hel"] and handler.auth == "Bearer s3cret"
