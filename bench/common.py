@@ -15,6 +15,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,21 +118,30 @@ def _assemble_gemma() -> Path | None:
 @dataclass
 class RunResult:
     seconds: float  # wall time, process start to exit
-    peak_rss_mb: float  # ru_maxrss of the child (and its waited-for descendants)
+    peak_rss_mb: float  # max resident set size of the command (GNU time %M)
     returncode: int
     output: str
 
 
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None) -> RunResult:
-    """Run cmd to completion; wall time and the child's own peak RSS (from wait4)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env, cwd=cwd)
-    out = proc.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return RunResult(seconds, usage.ru_maxrss / 1024, proc.returncode, out)
+    """Run cmd to completion; wall time and the child's own peak RSS.
+
+    Peak RSS comes from GNU time (`%M`) when present: a child forked straight from this
+    process inherits OUR high-water mark at exec, so its own ru_maxrss is never below ours.
+    """
+    gnu_time = Path("/usr/bin/time")
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+        wrap = [str(gnu_time), "-f", "%M", "-o", rss_file.name] if gnu_time.is_file() else []
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([*wrap, *(str(c) for c in cmd)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        out = proc.stdout.read().decode(errors="replace")
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        lines = rss_file.read().split()
+    kb = int(lines[-1]) if wrap and lines and lines[-1].isdigit() else usage.ru_maxrss
+    return RunResult(seconds, kb / 1024, proc.returncode, out)
 
 
 def check(result: RunResult, what: str) -> RunResult:

@@ -118,7 +118,7 @@ def bench_f16(hf: Path, work: Path, n: int) -> tuple[list[Row], dict]:
         Row("HF->F16 wall time", "s", med["ours"], {ANCHOR: med[ANCHOR]}, "<= 1.0x",
             f"median of {n}; convert_hf_to_gguf.py imports torch, that is part of its cost"),
         Row("HF->F16 peak RSS", "MB", rss["ours"], {ANCHOR: rss[ANCHOR]}, "",
-            "max over the repeats of each process's ru_maxrss"),
+            "max over the repeats of each process (GNU time %M)"),
     ]
     extra = {"f16_tensors_identical": f"{same}/{total}",
              "f16_seconds": {k: [r.seconds for r in v] for k, v in res.items()}}
