@@ -262,7 +262,7 @@ def test_smollm2_fp32_matches_transformers_and_quantized_agreement(smollm2_onnx)
         out = model.generate(torch.tensor([prompt]), max_new_tokens=N_GREEDY, min_new_tokens=N_GREEDY, do_sample=False)
     assert _greedy(folders["onnx:fp32"], prompt, N_GREEDY) == out[0, len(prompt):].tolist()
 
-    for otype in ("onnx:int8", "onnx:int4"):
+    for otype in ("onnx:int8", "onnx:int4_bs32"):
         top1, kl = _agreement(got, _batcher(folders[otype]).logits_all(0, ids, 0))
         print(f"smollm2 {otype}: top-1 agreement with fp32 {top1:.3f}, KL {kl:.4f}")
         assert top1 >= 0.4, f"{otype} agrees with fp32 on only {top1:.0%} of positions"
