@@ -95,13 +95,13 @@ def test_a_bad_flag_is_an_error():
         Settings.from_env({}, parallel=0)
 
 
-def test_a_profile_supplies_threads_and_slots_the_flags_did_not(tmp_path):
-    from edge.cli import _apply_profile
+def test_a_profile_supplies_threads_and_slots_the_flags_did_not(tmp_path, smollm2_path):
+    from edge.fit import fit_model
     from edge.profiles import list_profiles
 
     profile = list_profiles()[0]
-    s = _apply_profile(Settings(profile=profile.name))
+    s = fit_model(Settings(profile=profile.name), smollm2_path).settings
     assert (s.threads, s.parallel) == (profile.runtime.threads, profile.runtime.parallel)
-    assert _apply_profile(Settings(profile=profile.name, parallel=3)).parallel == 3
+    assert fit_model(Settings(profile=profile.name, parallel=3), smollm2_path).settings.parallel == 3
     r = edge(tmp_path, "serve", "--profile", "no-such-board", "--port", "0")
     assert r.returncode == 3 and "no-such-board" in r.stderr
