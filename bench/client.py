@@ -45,7 +45,8 @@ class StreamTiming:
 def _body(run: Running, prompt: str, max_tokens: int, stream: bool) -> dict:
     body = {"model": run.model_id or "default", "prompt": prompt, "max_tokens": max_tokens,
             "temperature": 0.0, "stream": stream}
-    return {**body, **run.kind.extra}
+    extra = {k: min(v, max_tokens) if k == "min_tokens" else v for k, v in run.kind.extra.items()}
+    return {**body, **extra}
 
 
 def complete(run: Running, prompt: str, max_tokens: int = 128,

@@ -66,7 +66,8 @@ def _edge_has_threads_flag() -> bool:
 KINDS = {
     "ours": EdgeServer("ours", "/health", {"ignore_eos": True}),
     "llama-server": LlamaServer("llama-server", "/health", {"ignore_eos": True}),
-    "llama_cpp.server": LlamaCppPythonServer("llama_cpp.server", "/v1/models"),
+    # No ignore_eos there; min_tokens (a Python logits processor, part of its cost) pins the count.
+    "llama_cpp.server": LlamaCppPythonServer("llama_cpp.server", "/v1/models", {"min_tokens": 128}),
 }
 
 
