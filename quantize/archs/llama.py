@@ -116,6 +116,9 @@ METADATA = (
 
 def extra_metadata(writer: gguf.GGUFWriter, cfg: LlamaConfig) -> None:
     kind = cfg.rope_type
+    if kind == "llama3":
+        writer.add_uint32(ORIGINAL_CTX_KEY, int(cfg.rope_scaling.get("original_max_position_embeddings",
+                                                                      LLAMA3_ORIGINAL_CTX)))
     if kind in (None, "llama3"):          # llama3 is carried by the rope_freqs tensor
         return
     if kind == "linear":
@@ -150,11 +153,61 @@ def extra_tensors(cfg: LlamaConfig) -> Iterable[tuple[str, np.ndarray]]:
         yield gguf.TENSOR_NAMES[T.ROPE_FREQS] + ".weight", llama3_rope_factors(cfg)
 
 
+LLAMA3_ORIGINAL_CTX = 8192  # every Llama 3.x release; only the ratios to it reach the factors
+# llama.cpp keeps llama3 scaling only as the rope_freqs tensor; we also keep the original context so
+# that unpack gives back the very config.json (files from other converters get LLAMA3_ORIGINAL_CTX).
+ORIGINAL_CTX_KEY = "edge_quantize.llama3_original_max_position_embeddings"
+
+
+def llama3_rope_scaling(factors: np.ndarray, rope_theta: float, head_dim: int,
+                        ctx: int = LLAMA3_ORIGINAL_CTX) -> dict[str, Any] | None:
+    """Inverse of llama3_rope_factors: the rope_scaling dict that reproduces `factors`.
+
+    factors (head_dim // 2,): 1 for short wavelengths, `factor` for long ones, and between them
+    1 / ((1 - s) / factor + s) with s = (ctx / wavelen - low) / (high - low), linear in 1 / wavelen.
+    Only low/ctx and high/ctx are determined, so ctx must be given (Llama 3's is 8192); the fit is exact
+    for the band's points, and with fewer than two of them the band edges fall between the
+    neighbouring frequencies (the factors are reproduced all the same)."""
+    r = np.asarray(factors, dtype=np.float64).reshape(-1)  # (head_dim // 2,)
+    factor = float(r.max())
+    if factor <= 1.0 + 1e-6:
+        return None
+    inv_wavelen = 1.0 / (2 * math.pi * rope_theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    band = (r > 1.0 + 1e-6) & (r < factor * (1 - 1e-6))
+    if band.sum() >= 2:
+        s = (1.0 / r[band] - 1.0 / factor) / (1.0 - 1.0 / factor)
+        slope, intercept = np.polyfit(inv_wavelen[band], s, 1)  # s = slope / wavelen + intercept
+        low = -intercept / slope * ctx
+        high = low + ctx / slope
+    else:  # no band to fit: put its edges between the unscaled and the fully scaled frequencies
+        short = inv_wavelen[r <= 1.0 + 1e-6].min(initial=np.inf)  # longest unscaled wavelength
+        long_ = inv_wavelen[r >= factor * (1 - 1e-6)].max(initial=0.0)  # shortest fully scaled one
+        high, low = ctx * short * (1 - 1e-9), ctx * long_ * (1 + 1e-9)
+    sig = lambda x: float(f"{x:.6g}")  # noqa: E731 - drop the float32 noise of the stored factors
+    return {"rope_type": "llama3", "factor": sig(factor), "low_freq_factor": sig(low),
+            "high_freq_factor": sig(high), "original_max_position_embeddings": ctx}
+
+
+def tensors_to_config(generated: dict[str, np.ndarray], config: dict[str, Any]) -> Iterable[str]:
+    """Inverse of extra_tensors: rope_freqs back into config.json's llama3 rope_scaling."""
+    name = gguf.TENSOR_NAMES[T.ROPE_FREQS] + ".weight"
+    if name not in generated:
+        return ()
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    ctx = int((config.get("rope_scaling") or {}).get("original_max_position_embeddings", LLAMA3_ORIGINAL_CTX))
+    scaling = llama3_rope_scaling(generated[name], float(config.get("rope_theta", 10000.0)), int(head_dim), ctx)
+    if scaling:
+        config["rope_scaling"] = scaling
+    return (name,)
+
+
 def extra_config(kv: dict[str, Any], config: dict[str, Any]) -> None:
     arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
     if kv.get(K.Rope.SCALING_TYPE.format(arch=arch)) == "linear":
         config["rope_scaling"] = {"rope_type": "linear",
                                   "factor": float(kv[K.Rope.SCALING_FACTOR.format(arch=arch)])}
+    if ORIGINAL_CTX_KEY in kv:  # completed into the whole llama3 rope_scaling by tensors_to_config
+        config["rope_scaling"] = {"original_max_position_embeddings": int(kv[ORIGINAL_CTX_KEY])}
     config.setdefault("hidden_act", "silu")
 
 
@@ -168,4 +221,5 @@ SPEC = ArchSpec(
     extra_metadata=extra_metadata,
     extra_tensors=extra_tensors,
     extra_config=extra_config,
+    tensors_to_config=tensors_to_config,
 )

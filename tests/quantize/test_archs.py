@@ -201,12 +201,7 @@ def test_gemma3_trims_out_of_vocabulary_rows(tiny_checkpoint, tiny_gguf):
     assert [int(x) for x in embd.shape] == [128, n_vocab]  # GGUF order: (n_embd, n_vocab)
 
 
-_NO_LLAMA3_ROPE = pytest.mark.xfail(
-    strict=True, reason="unpack cannot rebuild llama3 rope_scaling from the rope_freqs tensor yet")
-
-
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=_NO_LLAMA3_ROPE) if k.startswith("llama3") else k
-                                  for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_unpack_restores_hf_weights(kind, tiny_checkpoint, tiny_gguf, hf_reference, tmp_path):
     """GGUF -> HF (unpack) undoes every transform: the weights and config come back as they went
     in, and transformers computes the same logits from the unpacked folder."""
@@ -278,3 +273,17 @@ def test_config_errors_name_the_problem():
         get_arch("phi3").load_config(phi3)
     with pytest.raises(ModelFormatError, match="not supported for Phi-3"):
         get_arch("phi3").load_config({**phi3, "rope_scaling": {"type": "dynamic"}})
+
+
+def test_llama3_rope_scaling_is_solved_from_the_factors_of_a_foreign_file():
+    """A GGUF from another converter has only rope_freqs: Llama-3.1-8B's and 3.2's settings come back."""
+    from quantize.archs.llama import LlamaConfig, llama3_rope_factors, llama3_rope_scaling
+
+    for factor, head_dim in ((8.0, 128), (32.0, 64)):  # Llama-3.1-8B, Llama-3.2-1B
+        rs = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192}
+        cfg = LlamaConfig.from_dict({"hidden_size": head_dim * 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                                     "intermediate_size": 64, "num_hidden_layers": 1, "vocab_size": 8,
+                                     "rope_theta": 500000.0, "rope_scaling": rs})
+        assert llama3_rope_scaling(llama3_rope_factors(cfg), 500000.0, head_dim) == rs
+    assert llama3_rope_scaling(np.ones(64, dtype=np.float32), 500000.0, 128) is None
