@@ -22,7 +22,9 @@ def test_convert_and_unpack_end_to_end(tiny_checkpoint, tmp_path):
             "--name", "tiny")
     assert r.returncode == 0, r.stderr
     assert "tiny-f16.gguf" in r.stderr and "tiny-q4_0.gguf" in r.stderr and "bits/weight" in r.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-f16.gguf", "tiny-q4_0.gguf"]
+    # two types: the GGUF files plus the quality report (model card) beside them, nothing else
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "tiny-f16.gguf", "tiny-q4_0.gguf", "tiny-report.json", "tiny-report.md"]
 
     again = run("convert", str(tiny_checkpoint("llama3")), "--to", "q4_0", "-o", str(tmp_path / "out"),
                 "--name", "tiny")
