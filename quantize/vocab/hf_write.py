@@ -1,4 +1,4 @@
-"""Vocab -> Hugging Face tokenizer files that tokenize exactly as llama.cpp does on the GGUF.
+r"""Vocab -> Hugging Face tokenizer files that tokenize exactly as llama.cpp does on the GGUF.
 
   * "gpt2" vocabularies: BPE over ByteLevel, with the pre-tokenizer llama.cpp uses for the
     vocabulary's `pre` (pretokenizers.TABLE) and llama.cpp's ignore_merges for it.
