@@ -261,9 +261,29 @@ def shape_from_gguf(path: Path) -> ModelShape:
     )
 
 
+def _magic(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(4)
+
+
+def shape_to_json(shape: ModelShape) -> dict:
+    d = {f: getattr(shape, f) for f in shape.__dataclass_fields__ if f != "tensors"}
+    d["tensors"] = [[t.name, list(t.ne), int(t.type)] for t in shape.tensors]
+    return d
+
+
+def shape_from_json(d: dict) -> ModelShape:
+    tensors = tuple(TensorInfo(name, tuple(ne), T(kind)) for name, ne, kind in d["tensors"])
+    return ModelShape(**{**d, "swa_layers": tuple(d["swa_layers"]), "tensors": tensors})
+
+
 def read_model_shape(src: Path) -> ModelShape:
-    """A .gguf file, an HF folder with config.json, or a config.json file."""
+    """A .gguf file, an HF folder with config.json, or a config.json file.
+
+    A GGUF's shape is remembered per unchanged file (edge.filecache): serve starts skip the header walk."""
+    from edge.filecache import remember
+
     src = Path(src)
-    if src.suffix == ".gguf" or (src.is_file() and src.read_bytes()[:4] == b"GGUF"):
-        return shape_from_gguf(src)
+    if src.suffix == ".gguf" or (src.is_file() and _magic(src) == b"GGUF"):
+        return shape_from_json(remember(src, "shape", lambda: shape_to_json(shape_from_gguf(src))))
     return read_hf_config(src)

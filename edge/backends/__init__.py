@@ -50,8 +50,11 @@ def open_engine(path: Path, *, name: str, n_ctx: int | None = None, n_parallel: 
         from edge.backends.llamacpp import LlamaCppEngine
         from edge.validate import validate_gguf
 
+        from edge.filecache import remember
+
         # bounded checks before llama.cpp parses the file: a crafted header is a ModelFormatError, not a crash
-        for warning in validate_gguf(Path(path)).warnings:
+        # (remembered per unchanged file: a refusal raises and is never cached)
+        for warning in remember(Path(path), "validated", lambda: list(validate_gguf(Path(path)).warnings)):
             logging.getLogger("edge.backends").warning("%s: %s", Path(path).name, warning)
 
         return LlamaCppEngine(Path(path), name=name, n_ctx=n_ctx, n_parallel=n_parallel,
