@@ -110,13 +110,7 @@ def test_f32_against_itself_is_kl_zero_and_all_tops_agree_reproducibly(smol_ladd
     assert again == first
 
 
-def _llama_perplexity_kld(ref: Path, variant: Path, text: Path, work: Path) -> dict:
-    sys.path.insert(0, str(ROOT / "bench"))
-    import common
-
-    tool = common.anchor_binary("llama-perplexity", required=False)
-    if tool is None:
-        pytest.skip("llama-perplexity is not built: run `python bench/anchors.py` (about 10 minutes on 2 cores)")
+def _llama_perplexity_kld(tool: Path, ref: Path, variant: Path, text: Path, work: Path) -> dict:
     base = work / "base.kld"
     common_args = ["-c", "512", "-b", "512", "--chunks", str(N_CHUNKS), "-t", "2"]
     subprocess.run([tool, "-m", ref, "-f", text, *common_args, "--kl-divergence-base", base],
@@ -137,9 +131,9 @@ def _llama_perplexity_kld(ref: Path, variant: Path, text: Path, work: Path) -> d
 
 @pytest.mark.slow
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q3_K_M"])
-def test_figures_agree_with_llama_perplexity_within_2_percent(smol_ladder, qtype, tmp_path):
+def test_figures_agree_with_llama_perplexity_within_2_percent(smol_ladder, qtype, tmp_path, anchor_tool):
     text = ev.default_eval_text()
-    theirs = _llama_perplexity_kld(smol_ladder["F32"], smol_ladder[qtype], text.path, tmp_path)
+    theirs = _llama_perplexity_kld(anchor_tool("llama-perplexity"), smol_ladder["F32"], smol_ladder[qtype], text.path, tmp_path)
     ours = _evaluate(smol_ladder["F32"], smol_ladder[qtype], ev.EvalConfig(max_chunks=N_CHUNKS, speed=False))
     assert ours["tokens"] == N_CHUNKS * 255
     for key in ("kld_mean", "ppl", "ppl_ref", "same_top_pct", "kld_p99"):
