@@ -68,11 +68,13 @@ class Supervisor:
 
 
 def digests(*roots: Path) -> dict[str, str]:
-    """sha256 of every file under the roots (model files and the store's own files), logs excepted."""
+    """sha256 of every file under the roots (model files and the store's own files), logs and
+    edge's cache/ (derived facts such as edge.filecache's, rewritten by design) excepted."""
     out = {}
     for root in roots:
         for p in sorted(root.rglob("*") if root.is_dir() else [root]):
-            if p.is_file() and p.suffix != ".log":
+            derived = root.is_dir() and p.relative_to(root).parts[:1] == ("cache",)
+            if p.is_file() and p.suffix != ".log" and not derived:
                 out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
