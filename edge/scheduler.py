@@ -52,7 +52,8 @@ class Batcher(Protocol):
 class Request:
     """One generation: its prompt, sampler and the asyncio queue its events go to."""
 
-    def __init__(self, prompt: list[int], params: SamplingParams, sampler: Any, loop: asyncio.AbstractEventLoop):
+    def __init__(self, prompt: list[int], params: SamplingParams, sampler: Any, loop: asyncio.AbstractEventLoop,
+                 hold: bool = False):
         self.prompt = prompt
         self.params = params
         self.sampler = sampler
@@ -60,8 +61,21 @@ class Request:
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = False  # set from the event loop, read by the decode thread
         self.t_submit = time.perf_counter_ns()
+        # A client that does not stream gets its text in one Delta just before the Finish: the event
+        # loop is not woken per token, and on a small CPU that wake-up competes with llama.cpp's threads.
+        self.hold = hold
+        self._held: list[Delta] = []  # decode thread only
 
     def emit(self, item: Event | BaseException) -> None:
+        if self.hold and isinstance(item, Delta):
+            self._held.append(item)
+            return
+        if self._held:
+            held, self._held = self._held, []
+            self._post(Delta("".join(d.text for d in held), sum(d.n_tokens for d in held)))
+        self._post(item)
+
+    def _post(self, item: Event | BaseException) -> None:
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, item)
         except RuntimeError:  # the consumer's event loop is gone: nobody listens any more
@@ -109,8 +123,9 @@ class Scheduler:
         self._thread.start()
 
     # ---- event-loop side ------------------------------------------------------------------
-    def submit(self, prompt: list[int], params: SamplingParams) -> Request:
-        """Queue a generation; raises at once when it cannot be served."""
+    def submit(self, prompt: list[int], params: SamplingParams, *, hold: bool = False) -> Request:
+        """Queue a generation; raises at once when it cannot be served. `hold`: the text comes in one
+        Delta right before the Finish (a non-streaming client)."""
         if not prompt:
             raise BadRequestError("the prompt is empty: send at least one token")
         if len(prompt) >= self.b.n_ctx:
@@ -133,7 +148,7 @@ class Scheduler:
                     f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests are waiting; retry shortly",
                     retry_after=1,
                 )
-            req = Request(prompt, params, sampler, loop)
+            req = Request(prompt, params, sampler, loop, hold=hold)
             self._admitted += 1
             self._waiting.append(req)
             self._cond.notify()

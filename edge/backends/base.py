@@ -89,8 +89,8 @@ class Engine(abc.ABC):
     def detokenize(self, tokens: list[int]) -> str: ...
 
     @abc.abstractmethod
-    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Event]:
-        """Stream `Delta`s then one `Finish`.
+    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> AsyncIterator[Event]:
+        """Stream `Delta`s then one `Finish` (with stream=False: all the text in one Delta, then the Finish).
 
         Raises `QueueFullError` at once (before the first event) when no slot and no queue place
         is free, `ContextOverflowError` when the prompt cannot fit. Closing the iterator early

@@ -368,11 +368,11 @@ class LlamaCppEngine(Engine):
     def detokenize(self, tokens: list[int]) -> str:
         return self._batcher.detokenize(tokens)
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> GenerationStream:
+    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> GenerationStream:
         """Submit now (QueueFullError / ContextOverflowError / BadRequestError raise here), stream later."""
         if self._closed:
             raise EdgeError("this engine is closed")
-        req = self.scheduler.submit(list(prompt), params)
+        req = self.scheduler.submit(list(prompt), params, hold=not stream)
         return GenerationStream(self.scheduler, req)
 
     def stats(self) -> dict:

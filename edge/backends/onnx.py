@@ -222,10 +222,10 @@ class OnnxEngine(Engine):
     def detokenize(self, tokens: list[int]) -> str:
         return self._batcher.vocab.detokenize(tokens)
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> GenerationStream:
+    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> GenerationStream:
         if self._closed:
             raise EdgeError("this engine is closed")
-        req = self.scheduler.submit(list(prompt), params)
+        req = self.scheduler.submit(list(prompt), params, hold=not stream)
         return GenerationStream(self.scheduler, req)
 
     def stats(self) -> dict:

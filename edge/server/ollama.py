@@ -99,7 +99,7 @@ async def generate(body: GenerateRequest, request: Request):
         return JSONResponse({**_head(state), "response": "", "done": True, "done_reason": "load"})
     prompt = await asyncio.to_thread(_generate_prompt, state, body)
     run = await streaming.start(engine, prompt, _params(body, len(prompt), engine.info.n_ctx), request,
-                                 state.metrics, t0, state.settings.request_timeout)
+                                 state.metrics, t0, state.settings.request_timeout, stream=body.stream)
     return await _respond(run, body.stream, request, state, lambda text: {"response": text})
 
 
@@ -115,7 +115,7 @@ async def chat(body: ChatRequest, request: Request):
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
     run = await streaming.start(engine, prompt, _params(body, len(prompt), engine.info.n_ctx), request,
-                                 state.metrics, t0, state.settings.request_timeout)
+                                 state.metrics, t0, state.settings.request_timeout, stream=body.stream)
     return await _respond(run, body.stream, request, state,
                           lambda text: {"message": {"role": "assistant", "content": text}})
 

@@ -109,7 +109,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
     params = _params(body, body.max_completion_tokens or body.max_tokens)
     run = await streaming.start(engine, prompt, params, request, state.metrics, t0,
-                               state.settings.request_timeout)
+                               state.settings.request_timeout, stream=bool(body.stream))
     ident, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -138,7 +138,7 @@ async def completions(body: CompletionRequest, request: Request):
     text_in = _single_prompt(body.prompt)
     prompt = await asyncio.to_thread(prompts.text_prompt, engine, text_in)
     run = await streaming.start(engine, prompt, _params(body, body.max_tokens), request, state.metrics, t0,
-                               state.settings.request_timeout)
+                               state.settings.request_timeout, stream=bool(body.stream))
     ident, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
     prefix = text_in if body.echo else ""
     if body.stream:

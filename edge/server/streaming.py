@@ -29,8 +29,9 @@ class ClientGone(Exception):
 class Run:
     """One primed generation: `first` is already received; iterate with `events()` exactly once."""
 
-    def __init__(self, agen: AsyncIterator[Event], first: Event, t0: float, metrics: Metrics):
+    def __init__(self, agen: AsyncIterator[Event], first: Event, t0: float, metrics: Metrics, streamed: bool = True):
         self._agen, self.first, self.t0, self._metrics = agen, first, t0, metrics
+        self._streamed = streamed  # False: the text came in one piece at the end (see Engine.generate)
         self.finish: Finish | None = None
         self._closed = False
 
@@ -39,10 +40,12 @@ class Run:
             ev = self.first
             seen_text = False
             while True:
-                if isinstance(ev, Delta) and not seen_text:
+                if isinstance(ev, Delta) and not seen_text and self._streamed:
                     seen_text = True
                     self._metrics.ttft.observe(time.perf_counter() - self.t0)
                 if isinstance(ev, Finish):
+                    if not self._streamed and ev.completion_tokens:  # first token: right after the prompt
+                        self._metrics.ttft.observe((ev.queued_ns + ev.prompt_eval_ns) / 1e9)
                     self.finish = ev
                     self._metrics.observe_finish(ev)
                 yield ev
@@ -64,11 +67,11 @@ class Run:
 
 
 async def start(engine: Engine, prompt: list[int], params: SamplingParams, request: Request,
-                metrics: Metrics, t0: float, timeout: float = 0.0) -> Run:
+                metrics: Metrics, t0: float, timeout: float = 0.0, *, stream: bool = True) -> Run:
     """Submit and wait for the first event, giving up (and freeing the place) if the client leaves.
 
     `timeout` > 0: the whole request ends by t0 + timeout (edge.server.limits.Deadline)."""
-    agen = engine.generate(prompt, params)
+    agen = engine.generate(prompt, params, stream=stream)
     if timeout > 0:
         agen = Deadline(agen, t0 + timeout, timeout)
     first_task = asyncio.ensure_future(agen.__anext__())
@@ -79,7 +82,7 @@ async def start(engine: Engine, prompt: list[int], params: SamplingParams, reque
             first_task.cancel()
             await asyncio.gather(first_task, return_exceptions=True)
             raise ClientGone()
-        return Run(agen, first_task.result(), t0, metrics)
+        return Run(agen, first_task.result(), t0, metrics, streamed=stream)
     except BaseException:
         await agen.aclose()
         raise

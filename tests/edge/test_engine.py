@@ -303,3 +303,18 @@ def test_backend_import_skips_the_high_level_package():
             "print(sorted(m for m in ('llama_cpp.llama', 'numpy', 'jinja2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_non_streaming_generation_gets_its_text_in_one_piece(engine):
+    """stream=False: no per-token wake-ups; the same text and counts, one Delta, then the Finish."""
+    prompt = chat_prompt(engine, "Name three colours.")
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    streamed, fin_s, pieces = gen(engine, prompt, params)
+
+    async def held():
+        return [ev async for ev in engine.generate(prompt, params, stream=False)]
+
+    events = asyncio.run(held())
+    assert len(pieces) > 1 and [type(e) for e in events] == [Delta, Finish]
+    assert events[0].text == streamed and events[0].n_tokens == fin_s.completion_tokens
+    assert events[1].completion_tokens == fin_s.completion_tokens and events[1].reason == fin_s.reason

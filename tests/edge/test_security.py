@@ -155,7 +155,7 @@ class SlowDevice:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    async def generate(self, prompt, params):
+    async def generate(self, prompt, params, *, stream=True):
         async for ev in self._engine.generate(prompt, params):
             await asyncio.sleep(self._delay)
             yield ev
