@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edge.backends.base import Delta, Event, Finish, SamplingParams
+from edge.backends.base import Delta, Engine, Event, Finish, SamplingParams
 from edge.detok import TextStream
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, QueueFullError, UnavailableError
 
@@ -370,3 +370,35 @@ class GenerationStream:
     def __del__(self) -> None:
         if not self._done:
             self._req.cancelled = True  # no lock in a finalizer: the decode thread frees it
+
+
+class SchedulerEngine(Engine):
+    """The Engine half every scheduler-driven backend shares (llama.cpp, ONNX).
+
+    A subclass sets `scheduler`, `info`, `n_threads` and `_closed`, and implements tokenize,
+    detokenize and close (freeing its native objects differs per backend)."""
+
+    scheduler: Scheduler
+    n_threads: int
+    _closed: bool
+
+    @property
+    def heartbeat(self) -> float:
+        """time.monotonic() of the decode loop's last iteration (for the watchdog)."""
+        return self.scheduler.heartbeat
+
+    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> GenerationStream:
+        """Submit now (QueueFullError / ContextOverflowError / BadRequestError raise here), stream later."""
+        if self._closed:
+            raise EdgeError("this engine is closed")
+        req = self.scheduler.submit(list(prompt), params, hold=not stream)
+        return GenerationStream(self.scheduler, req)
+
+    def stats(self) -> dict:
+        return {**self.scheduler.stats(), "n_ctx": self.info.n_ctx, "threads": self.n_threads}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

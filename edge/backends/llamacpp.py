@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from edge.backends._lightimport import llama_module
-from edge.backends.base import Engine, ModelInfo, SamplingParams
+from edge.backends.base import ModelInfo, SamplingParams
 from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError
-from edge.scheduler import GenerationStream, Scheduler
+from edge.scheduler import Scheduler, SchedulerEngine
 
 L = llama_module("llama_cpp")  # the ctypes API only, not the high-level package (see _lightimport)
 
@@ -338,7 +338,7 @@ class NativeSampler:
         self.chain = self.guarded = self.grammar = None
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(SchedulerEngine):
     """A GGUF model served by llama.cpp with N batched slots."""
 
     def __init__(self, path: Path, *, name: str, n_ctx: int | None = None, n_parallel: int = 1,
@@ -357,26 +357,11 @@ class LlamaCppEngine(Engine):
         self.load_ns = time.perf_counter_ns() - t0
         self._closed = False
 
-    @property
-    def heartbeat(self) -> float:
-        """time.monotonic() of the decode loop's last iteration (for the watchdog)."""
-        return self.scheduler.heartbeat
-
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return self._batcher.tokenize(text, add_special, parse_special)
 
     def detokenize(self, tokens: list[int]) -> str:
         return self._batcher.detokenize(tokens)
-
-    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> GenerationStream:
-        """Submit now (QueueFullError / ContextOverflowError / BadRequestError raise here), stream later."""
-        if self._closed:
-            raise EdgeError("this engine is closed")
-        req = self.scheduler.submit(list(prompt), params, hold=not stream)
-        return GenerationStream(self.scheduler, req)
-
-    def stats(self) -> dict:
-        return {**self.scheduler.stats(), "n_ctx": self.info.n_ctx, "threads": self.n_threads}
 
     def close(self) -> None:
         if self._closed:
@@ -387,8 +372,3 @@ class LlamaCppEngine(Engine):
         else:  # freeing the context under a decode that never returned would crash the process
             sys.stderr.write("edge: the decode thread did not stop; leaving the llama.cpp context allocated\n")
 
-    def __enter__(self) -> "LlamaCppEngine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

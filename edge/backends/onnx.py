@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.backends.base import Engine, ModelInfo, SamplingParams
+from edge.backends.base import ModelInfo, SamplingParams
 from edge.backends.onnx_sampling import NumpySampler
 from edge.backends.onnx_vocab import Vocab
 from edge.errors import BadRequestError, DependencyMissingError, EdgeError, ModelFormatError
-from edge.scheduler import GenerationStream, Scheduler
+from edge.scheduler import Scheduler, SchedulerEngine
 
 DEFAULT_CTX_CAP = 4096  # per slot when the caller gives none
 MODEL_FILE = "model.onnx"
@@ -197,7 +197,7 @@ class OnnxBatcher:
         self.sess = None
 
 
-class OnnxEngine(Engine):
+class OnnxEngine(SchedulerEngine):
     """An ONNX model folder served by onnxruntime with N slots."""
 
     def __init__(self, folder: Path, *, name: str, n_ctx: int | None = None, n_parallel: int = 1,
@@ -212,24 +212,11 @@ class OnnxEngine(Engine):
         self.load_ns = time.perf_counter_ns() - t0
         self._closed = False
 
-    @property
-    def heartbeat(self) -> float:
-        return self.scheduler.heartbeat
-
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return self._batcher.vocab.tokenize(text, add_special)
 
     def detokenize(self, tokens: list[int]) -> str:
         return self._batcher.vocab.detokenize(tokens)
-
-    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> GenerationStream:
-        if self._closed:
-            raise EdgeError("this engine is closed")
-        req = self.scheduler.submit(list(prompt), params, hold=not stream)
-        return GenerationStream(self.scheduler, req)
-
-    def stats(self) -> dict:
-        return {**self.scheduler.stats(), "n_ctx": self.info.n_ctx, "threads": self.n_threads}
 
     def close(self) -> None:
         if self._closed:
@@ -238,8 +225,3 @@ class OnnxEngine(Engine):
         self.scheduler.close()
         self._batcher.free()
 
-    def __enter__(self) -> "OnnxEngine":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
