@@ -6,6 +6,7 @@ Nothing else belongs here; per-area fixtures live beside their tests.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,19 @@ def anchor_tool():
         return path
 
     return get
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """`module_tmp(name)`: tmp_path_factory.mktemp for module-scoped fixtures, removed once the
+    module's tests are done. A full run used to leave ~16 GB of unpacked models, ladders and ONNX
+    exports in the base temp until the session ended; now the peak is about one module's files."""
+    made: list[Path] = []
+
+    def mk(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mk
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)

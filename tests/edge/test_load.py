@@ -93,8 +93,8 @@ async def crowd(url: str, clients: int, per_client: int) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def loaded_server(tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("load"), "--parallel", "4", "--queue", "16", "--ctx", "512")
+def loaded_server(module_tmp):
+    srv = start_server(module_tmp("load"), "--parallel", "4", "--queue", "16", "--ctx", "512")
     yield srv
     srv.stop()
 

@@ -52,10 +52,10 @@ def test_grammar_is_refused_clearly():
 
 
 @pytest.fixture(scope="module")
-def smollm2_int4(smollm2_path, tmp_path_factory) -> Path:
+def smollm2_int4(smollm2_path, module_tmp) -> Path:
     from quantize.onnx.export import export_onnx
 
-    out = tmp_path_factory.mktemp("onnx-smollm2")
+    out = module_tmp("onnx-smollm2")
     [r] = export_onnx(smollm2_path, ["onnx:int4"], out, quiet=True, name="smollm2")   # GGUF in: unpacked first
     return r.path
 

@@ -84,10 +84,10 @@ def test_pick_reference_prefers_f32_then_f16_then_the_fallback(tmp_path):
 # -- real model -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def smol_ladder(smollm2_path, tmp_path_factory) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def smol_ladder(smollm2_path, module_tmp) -> dict[str, Path]:
     """SmolLM2 dequantized to F32, plus Q8_0 and Q3_K_M made from it by edge-quantize."""
-    out = tmp_path_factory.mktemp("smol-ladder")
+    out = module_tmp("smol-ladder")
     results = convert(smollm2_path, "f32,q8_0,q3_k_m", out, quiet=True, name="smol")
     return {r.type: Path(r.path) for r in results}
 

@@ -19,8 +19,8 @@ MATMUL_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_
 
 
 @pytest.fixture(scope="module")
-def smol_f32(smollm2_path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("imatrix")
+def smol_f32(smollm2_path, module_tmp) -> Path:
+    out = module_tmp("imatrix")
     return Path(convert(smollm2_path, "f32", out, quiet=True, name="smol")[0].path)
 
 

@@ -79,8 +79,8 @@ def _ids(vocab: int, n: int = 24, seed: int = 0) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx")
+def exported(tiny_checkpoint, module_tmp):
+    out = module_tmp("onnx")
     cache: dict[tuple[str, str], Path] = {}
 
     def get(kind: str, otype: str = "onnx:fp32") -> Path:
@@ -227,13 +227,13 @@ def test_cli_convert_writes_onnx_and_gguf(tiny_checkpoint, tmp_path):
 # -- the real model ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def smollm2_onnx(smollm2_path, tmp_path_factory):
+def smollm2_onnx(smollm2_path, module_tmp):
     """The bundled SmolLM2 GGUF unpacked to HF, exported to fp32 / int8 / int4 from the HF folder."""
     from quantize.unpack import unpack
 
-    hf = tmp_path_factory.mktemp("smollm2") / "hf"
+    hf = module_tmp("smollm2") / "hf"
     unpack(smollm2_path, hf, quiet=True)
-    out = tmp_path_factory.mktemp("smollm2-onnx")
+    out = module_tmp("smollm2-onnx")
     results = export_onnx(hf, ["onnx:fp32", "onnx:int8", "onnx:int4"], out, quiet=True, name="smollm2")
     return hf, {r.type: r.path for r in results}
 

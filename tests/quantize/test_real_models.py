@@ -66,9 +66,9 @@ def _safetensors(folder: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def unpacked(bundled, tmp_path_factory) -> tuple[Path, Path]:
+def unpacked(bundled, module_tmp) -> tuple[Path, Path]:
     unpack = pytest.importorskip("quantize.unpack").unpack
-    out = tmp_path_factory.mktemp("unpacked") / bundled.stem
+    out = module_tmp("unpacked") / bundled.stem
     unpack(bundled, out, quiet=True)
     return bundled, out
 

@@ -38,9 +38,9 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 @pytest.fixture(scope="module")
-def converted(smollm2_path, tmp_path_factory) -> tuple[Path, dict, str]:
+def converted(smollm2_path, module_tmp) -> tuple[Path, dict, str]:
     """convert SmolLM2 -> f32,q8_0,q4_k_m with an importance matrix, --json: (folder, report, stdout)."""
-    out = tmp_path_factory.mktemp("report")
+    out = module_tmp("report")
     text = _short_text(out.parent)
     run = subprocess.run([*CLI, "convert", str(smollm2_path), "--to", "f32,q8_0,q4_k_m", "-o", str(out),
                           "--name", "smol", "--eval-text", str(text), "--imatrix-text", str(text), "--json"],
