@@ -171,10 +171,9 @@ def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_d
         if not temp_inter:
             results.append(_result(inter.name, inter_path, params, time.perf_counter() - start))
         extra.compute(inter_path, bars)
-        for qtype in qtypes:
-            if qtype is not inter:
-                results.append(_quantize(inter_path, outputs[qtype.name], qtype, bars, force, False, params,
-                                         extra.matrix))
+        todo = [q for q in qtypes if q is not inter]
+        for qtype in _each_type(todo, bars):
+            results.append(_quantize(inter_path, outputs[qtype.name], qtype, bars, force, False, params, extra.matrix))
         extra.finish(inter_path, _ordered(results, qtypes), bars)
     finally:
         if temp_inter:
@@ -237,9 +236,18 @@ def _requantize(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], ba
         warn(f"{src.name}: {w}")
     params = summary.parameter_count
     extra.compute(src, bars)
-    results = [_quantize(src, outputs[t.name], t, bars, force, True, params, extra.matrix) for t in qtypes]
+    results = [_quantize(src, outputs[t.name], t, bars, force, True, params, extra.matrix)
+               for t in _each_type(qtypes, bars)]
     extra.finish(src, results, bars)
     return results
+
+
+def _each_type(qtypes: list[QuantType], bars: Bars):
+    """The types to quantize, with an overall bar (types done, time remaining) when there are several."""
+    task = bars.add(f"{len(qtypes)} types", total=len(qtypes)) if len(qtypes) > 1 else None
+    for qtype in qtypes:
+        yield qtype
+        bars.advance(task)
 
 
 def _quantize(src: Path, dst: Path, qtype: QuantType, bars: Bars, force: bool,
