@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import gguf
-
 from edge.errors import ModelFormatError
+from edge.lightimport import gguf_constants
+
+gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 
 MAX_KV = 4096
 MAX_TENSORS = 1 << 20

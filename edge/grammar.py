@@ -30,7 +30,7 @@ def json_schema_to_gbnf(schema: dict | str) -> str:
 
     Raises BadRequestError when the schema is not JSON or uses something the converter cannot express.
     """
-    from edge.backends._lightimport import llama_module
+    from edge.lightimport import llama_module
 
     convert = llama_module("llama_grammar").json_schema_to_gbnf
 

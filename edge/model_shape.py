@@ -10,11 +10,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
-from gguf import GGMLQuantizationType as T
-from gguf import MODEL_TENSOR as MT
-
 from edge.errors import ModelFormatError, UnsupportedArchitectureError
+from edge.lightimport import gguf_constants
+
+gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
+T = gguf.GGMLQuantizationType
+MT = gguf.MODEL_TENSOR
 
 
 @dataclass(frozen=True)

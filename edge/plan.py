@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import gguf
-from gguf import GGMLQuantizationType as T
-
 from edge.errors import DoesNotFitError, UnknownTypeError
 from edge.model_shape import ModelShape, TensorInfo
 from edge.profiles import GIB, Profile
+from edge.lightimport import gguf_constants
+
+gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
+T = gguf.GGMLQuantizationType
 
 # name -> default ggml type of the mix (llama_ftype_get_default_type in src/llama-quant.cpp)
 FTYPES: dict[str, T] = {

@@ -48,13 +48,11 @@ def open_engine(path: Path, *, name: str, n_ctx: int | None = None, n_parallel: 
     fmt = detect_format(Path(path))
     if fmt == "gguf":
         from edge.backends.llamacpp import LlamaCppEngine
-        from edge.validate import validate_gguf
-
         from edge.filecache import remember
 
         # bounded checks before llama.cpp parses the file: a crafted header is a ModelFormatError, not a crash
         # (remembered per unchanged file: a refusal raises and is never cached)
-        for warning in remember(Path(path), "validated", lambda: list(validate_gguf(Path(path)).warnings)):
+        for warning in remember(Path(path), "validated", lambda: _validation_warnings(Path(path))):
             logging.getLogger("edge.backends").warning("%s: %s", Path(path).name, warning)
 
         return LlamaCppEngine(Path(path), name=name, n_ctx=n_ctx, n_parallel=n_parallel,
@@ -64,3 +62,9 @@ def open_engine(path: Path, *, name: str, n_ctx: int | None = None, n_parallel: 
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     return OnnxEngine(folder, name=name, n_ctx=n_ctx, n_parallel=n_parallel, n_threads=n_threads,
                       queue_size=queue_size, **backend_opts)
+
+
+def _validation_warnings(path: Path) -> list[str]:
+    from edge.validate import validate_gguf  # imported only when the file is not remembered as valid
+
+    return list(validate_gguf(path).warnings)

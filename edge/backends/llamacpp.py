@@ -18,12 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-from edge.backends._lightimport import llama_module
+from edge.lightimport import llama_module
 from edge.backends.base import ModelInfo, SamplingParams
 from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError
 from edge.scheduler import Scheduler, SchedulerEngine
 
-L = llama_module("llama_cpp")  # the ctypes API only, not the high-level package (see _lightimport)
+L = llama_module("llama_cpp")  # the ctypes API only, not the high-level package (see edge.lightimport)
 
 DEFAULT_CTX_CAP = 4096  # per slot when the caller gives none (the model's own may be 128k)
 GGML_LOG_LEVEL_ERROR = 4

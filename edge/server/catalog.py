@@ -10,11 +10,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
-
 from edge.backends.base import ModelInfo
 from edge.errors import EdgeError
 from edge.gguf_meta import cached_gguf_meta
+from edge.lightimport import gguf_constants
+
+gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
-
 from edge.errors import ModelFormatError
 from edge.gguf_meta import _mapped
 from edge.validate.gguf_kv import read_header
 from edge.validate.gguf_tensors import check_layout, data_start, read_tensor_infos
 from edge.validate.gguf_vocab import check_vocab
+from edge.lightimport import gguf_constants
+
+gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 
 
 @dataclass(frozen=True)

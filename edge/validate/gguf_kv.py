@@ -13,10 +13,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import gguf
-
 from edge.errors import ModelFormatError
 from edge.gguf_meta import _SCALARS, MAX_ARRAY_ITEMS, MAX_KEY_BYTES, MAX_KV, MAX_STRING_BYTES, MAX_TENSORS, VT, _Reader
+from edge.lightimport import gguf_constants
+
+gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 
 MAX_STRING_ITEMS = 1 << 23  # all string-array items of a file together (vocab + merges < 1M in real models)
 DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import gguf
-
 from edge.errors import ModelFormatError
 from edge.gguf_meta import _Reader
+from edge.lightimport import gguf_constants
+
+gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 
 GGML_MAX_NAME = 64
 GGML_MAX_DIMS = 4

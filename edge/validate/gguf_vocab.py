@@ -21,13 +21,14 @@ import array
 import struct
 from dataclasses import dataclass
 
-import gguf
-
 from edge.errors import ModelFormatError
 from edge.gguf_meta import VT, _Reader
 from edge.validate import llama_vocab_names as names
 from edge.validate.gguf_kv import ArrayRef, Header
 from edge.validate.gguf_tensors import TensorInfo
+from edge.lightimport import gguf_constants
+
+gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 
 MAX_TOKEN_BYTES = 1 << 16
 K = gguf.Keys.Tokenizer
@@ -200,8 +201,10 @@ def missing_byte_chars(tokens: list[str], model: str, pre: str) -> list[int]:
     few (0x04, 0xF5..0xFF, ...), and llama.cpp 0c1e570 drops such bytes instead of aborting."""
     if model != "gpt2" or pre in names.PRE_RAW_UTF8:
         return []
+    from gguf.vocab import bytes_to_unicode  # gguf-py's table; pulls in its writer and numpy, so only here
+
     have = set(tokens)
-    return [b for b, c in gguf.vocab.bytes_to_unicode().items() if c not in have]
+    return [b for b, c in bytes_to_unicode().items() if c not in have]
 
 
 def _check_merges(r: _Reader, h: Header) -> None:

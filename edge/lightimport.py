@@ -1,0 +1,68 @@
+"""Import the parts of llama-cpp-python and gguf the runtime needs without their package __init__.
+
+`llama_cpp/__init__.py` imports the high-level `Llama` class and with it numpy, jinja2 and the chat
+formats (~0.7 s); `gguf/__init__.py` imports its reader, writer, lazy tensors and numpy (~0.15 s),
+while the runtime needs only `gguf.constants` (enums and tables, 15 ms). Both costs fell on every
+`edge serve` cold start, whose budget is 0.6 s. We register a stand-in package module whose
+__path__ is the real one, so that `llama_cpp.llama_cpp` (ctypes bindings), `llama_cpp.llama_grammar`
+and `gguf.constants` import alone. The stand-in runs the real __init__ the first time anyone asks it
+for an attribute (`from llama_cpp import Llama` in a test, `gguf.GGUFReader` in the converter), so
+other users of the packages see no difference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+
+from edge.errors import DependencyMissingError
+
+_HINTS = {
+    "llama_cpp": "llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'",
+    "gguf": "gguf is not installed: pip install gguf",
+}
+
+
+def _install_stub(package: str) -> None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise DependencyMissingError(_HINTS[package])
+    pkg = types.ModuleType(package)
+    pkg.__path__ = list(spec.submodule_search_locations or [])
+    pkg.__spec__, pkg.__file__, pkg.__package__ = spec, spec.origin, package
+    state = {"loaded": False}
+
+    def __getattr__(name: str):
+        if not state["loaded"]:
+            state["loaded"] = True
+            with open(spec.origin, encoding="utf-8") as f:
+                exec(compile(f.read(), spec.origin, "exec"), pkg.__dict__)  # the real __init__, once
+        try:
+            return pkg.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    pkg.__getattr__ = __getattr__
+    sys.modules[package] = pkg
+
+
+def submodule(package: str, name: str) -> types.ModuleType:
+    """`package.name` imported without running `package/__init__.py` (unless it already ran)."""
+    if package not in sys.modules:
+        _install_stub(package)
+    try:
+        return importlib.import_module(f"{package}.{name}")
+    except ImportError as exc:
+        raise DependencyMissingError(f"{_HINTS[package]} ({exc})") from exc
+
+
+def llama_module(name: str) -> types.ModuleType:
+    """`llama_cpp.<name>`, e.g. "llama_cpp" (the ctypes API) or "llama_grammar"."""
+    return submodule("llama_cpp", name)
+
+
+def gguf_constants() -> types.ModuleType:
+    """`gguf.constants`: Keys, MODEL_TENSOR, TENSOR_NAMES, GGML_QUANT_SIZES, GGMLQuantizationType..."""
+    return submodule("gguf", "constants")
