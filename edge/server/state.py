@@ -43,6 +43,44 @@ def resolve_target(settings: Settings, store) -> Target:
     return Target(name=entry.name, path=Path(entry.path), modified=entry.modified, size_bytes=entry.size_bytes)
 
 
+class EarlyLoad:
+    """Opens the model in a thread from the moment it is made; `result(...)` (the app's opener)
+    waits for it and returns the engine or raises what opening raised."""
+
+    def __init__(self, target: Target, settings: Settings, opener: Callable[..., Engine] | None = None):
+        if opener is None:
+            from edge.backends import open_engine as opener
+        self._done = threading.Event()
+        self._engine: Engine | None = None
+        self._error: BaseException | None = None
+        s = settings
+
+        def run() -> None:
+            try:
+                self._engine = opener(target.path, name=target.name, n_ctx=s.ctx, n_parallel=s.parallel or 1,
+                                      n_threads=s.threads, queue_size=s.queue_size)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by result() in the loader thread
+                self._error = exc
+            finally:
+                self._done.set()
+
+        threading.Thread(target=run, name="edge-early-load", daemon=True).start()
+
+    def result(self, *_args, **_kw) -> Engine:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._engine is not None
+        return self._engine
+
+    def discard(self) -> None:
+        """Wait for the load to end and close what it opened (the server is not starting after all)."""
+        self._done.wait()
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+
 class ServerState:
     """One per app. Thread-safe where the loader thread touches it (engine / error are set once)."""
 
