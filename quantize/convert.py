@@ -27,7 +27,7 @@ from .archs import get_arch
 from .archs.base import ArchSpec, PlannedTensor
 from .checkpoint import Checkpoint
 from .gguf_out import TMP_PREFIX, OutTensor, refuse_existing, to_storage, write_gguf
-from .progress import Bars, llama_log_to, warn
+from .progress import Bars, Fallback, llama_log_to, warn
 from .imatrix import Imatrix, compute_imatrix, parse_types_with_imatrix, quantize_with_imatrix
 from .quantizer import TYPES, QuantType, intermediate_type, quantize_file
 
@@ -42,6 +42,7 @@ class ConvertResult:
     bits_per_weight: float
     seconds: float
     imatrix: bool = False      # quantized with an importance matrix
+    fallbacks: tuple[Fallback, ...] = ()   # tensors llama.cpp stored in another type (rows vs block size)
 
 
 # Called once every output exists, before a temporary intermediate is removed:
@@ -254,18 +255,22 @@ def _quantize(src: Path, dst: Path, qtype: QuantType, bars: Bars, force: bool,
               requantize: bool, params: int, matrix: Imatrix | None = None) -> ConvertResult:
     start = time.perf_counter()
     task = bars.add(f"quantize -> {qtype.name}" + (" (imatrix)" if matrix and not qtype.is_float else ""), total=None)
-    with llama_log_to(bars, task):
+    with llama_log_to(bars, task) as log:     # llama.cpp's per-tensor fallback warnings: counted, not printed
         if matrix is not None and not qtype.is_float:
             quantize_with_imatrix(src, dst, qtype, matrix, force=force, allow_requantize=requantize)
         else:
             quantize_file(src, dst, qtype, force=force, allow_requantize=requantize)
     bars.finish(task)
-    return _result(qtype.name, dst, params, time.perf_counter() - start, matrix is not None and not qtype.is_float)
+    for fallback in log.fallbacks():
+        bars.note(f"{qtype.name}: {fallback.summary()}")
+    return _result(qtype.name, dst, params, time.perf_counter() - start, matrix is not None and not qtype.is_float,
+                   log.fallbacks())
 
 
-def _result(type_name: str, path: Path, params: int, seconds: float, imatrix: bool = False) -> ConvertResult:
+def _result(type_name: str, path: Path, params: int, seconds: float, imatrix: bool = False,
+            fallbacks: tuple[Fallback, ...] = ()) -> ConvertResult:
     size = path.stat().st_size
-    return ConvertResult(type_name, path, size, size * 8 / max(params, 1), seconds, imatrix)
+    return ConvertResult(type_name, path, size, size * 8 / max(params, 1), seconds, imatrix, fallbacks)
 
 
 def n_params(path: Path) -> int:

@@ -28,7 +28,7 @@ import importlib.metadata
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -466,6 +466,7 @@ class Artifact:
     imatrix: bool = False
     kept: bool = True                    # False: temporary, removed after the evaluation
     without_imatrix: Path | None = None  # the same type quantized without the imatrix (temporary)
+    fallbacks: tuple = ()                # progress.Fallback: tensors llama.cpp stored in another type
 
 
 FLOAT_RANK = {"F32": 0, "F16": 1, "BF16": 2}
@@ -513,7 +514,7 @@ def run_ladder(name: str, folder: Path, reference: Artifact, variants: list[Arti
         size = a.path.stat().st_size
         return Row(a.format, a.type, a.path, size, size * 8 / n_params if n_params else None, fig.figures,
                    imatrix=a.imatrix, without_imatrix=without, fits=fits_profiles(a.path, a.type),
-                   kept=a.kept)
+                   kept=a.kept, fallbacks=a.fallbacks)
 
     with Evaluation(reference.path, text, config, progress) as ev:
         ref_fig = ev.run_reference()
@@ -553,7 +554,7 @@ def ladder_hook(name: str, folder: Path, source: Path, text: EvalText, config: E
             _after(quantized_from, results, matrix, bars)
 
     def _after(quantized_from: Path, results: list, matrix, bars) -> None:
-        arts = [Artifact(Path(r.path), r.type, imatrix=r.imatrix) for r in results]
+        arts = [Artifact(Path(r.path), r.type, imatrix=r.imatrix, fallbacks=r.fallbacks) for r in results]
         kept = any(Path(r.path) == Path(quantized_from) for r in results) or Path(quantized_from) == Path(source)
         fallback = Artifact(Path(quantized_from), gguf_type(quantized_from) or "reference", kept=kept)
         reference = pick_reference(arts, fallback)
@@ -568,7 +569,7 @@ def ladder_hook(name: str, folder: Path, source: Path, text: EvalText, config: E
                     temps.append(tmp)
                     quantize_file(Path(quantized_from), tmp, TYPES[a.type], force=True,
                                   allow_requantize=Path(source).is_file())
-                    a = Artifact(a.path, a.type, a.format, a.imatrix, a.kept, tmp)
+                    a = replace(a, without_imatrix=tmp)
                 variants.append(a)
             progress = progress_for(bars) if progress_for else None
             box["report"] = run_ladder(name, Path(folder), reference, variants, text, config, source=str(source),

@@ -47,6 +47,7 @@ class Row:
     without_imatrix: dict | None = None   # the same type quantized without the imatrix (figures only)
     fits: list[str] | None = None         # hardware profiles it fits (None: not computed)
     kept: bool = True                     # False: a temporary file, removed after the evaluation
+    fallbacks: tuple = ()                 # progress.Fallback: tensors llama.cpp stored in another type
     sha256: str = ""
 
     def __post_init__(self):
@@ -59,7 +60,7 @@ class Row:
                "sha256": self.sha256, "size_bytes": self.size_bytes,
                "bits_per_weight": _round(self.bits_per_weight, 3), "imatrix": self.imatrix,
                "prompt_tps": _round(f.get("prompt_tps"), 1), "gen_tps": _round(f.get("gen_tps"), 1),
-               "fits": self.fits}
+               "fits": self.fits, "fallbacks": [fb.to_json() for fb in self.fallbacks]}
         out.update({k: _round(f.get(k), 6) for k in _FIGURES})
         out["without_imatrix"] = ({k: _round(self.without_imatrix.get(k), 6) for k in _FIGURES}
                                   if self.without_imatrix else None)
@@ -193,13 +194,18 @@ def to_markdown(data: dict) -> str:
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for v in [ref, *data["variants"]]:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(v)) + " |")
-    lines += ["", *(f"- {n}" for n in data["notes"]), "", "## Files", "", "| file | size | sha256 |", "|---|---|---|"]
+    lines += ["", *(f"- {n}" for n in data["notes"]), *_fallback_lines(data), "", "## Files", "", "| file | size | sha256 |", "|---|---|---|"]
     lines += [f"| {a['file']} | {a['size_bytes']} | `{a['sha256']}` |" for a in data["artifacts"]]
     m = data["machine"]
     lines += ["", f"Speed measured on {m['processor']} ({m['threads']} threads, load average {m['load_avg_1min']} "
               "at the end: speed figures from a busy machine are low); tools: "
               + ", ".join(f"{k} {v}" for k, v in data["tools"].items()), ""]
     return "\n".join(lines)
+
+
+def _fallback_lines(data: dict) -> list[str]:
+    """llama.cpp's per-tensor fallbacks, one line per variant and target type (printed once during convert)."""
+    return [f"- {v['type']}: {fb['summary']}" for v in data["variants"] for fb in v.get("fallbacks") or []]
 
 
 def write_report(data: dict, folder: Path, name: str, *, force: bool = True) -> tuple[Path, Path]:

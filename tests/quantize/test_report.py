@@ -83,6 +83,23 @@ def test_report_content_reference_source_and_imatrix_figures(converted):
     assert data["artifacts"][0]["sha256"] in md
 
 
+@pytest.mark.slow
+def test_k_quant_fallbacks_are_in_the_report_and_not_on_stderr(converted):
+    """SmolLM2's 576-wide rows do not divide into Q4_K_M's 256-value blocks: the JSON and Markdown say
+    how many tensors fell back and to what; the per-tensor warnings never reach the terminal."""
+    out, data, stderr = converted
+    assert "falling back" not in stderr and "not divisible" not in stderr and "fell back" not in stderr  # --json
+    by_type = {v["type"]: v for v in data["variants"]}
+    assert data["reference"]["fallbacks"] == [] and by_type["Q8_0"]["fallbacks"] == []
+    q4 = by_type["Q4_K_M"]["fallbacks"]
+    assert {(f["wanted"], f["used"], f["block"], tuple(f["row_sizes"])) for f in q4} == {
+        ("Q4_K", "Q5_0", 256, (576,)), ("Q6_K", "Q8_0", 256, (576,))}
+    assert sum(f["tensors"] for f in q4) == 180        # llama.cpp's own "180 of 272 tensor(s)" line
+    md = (out / "smol-report.md").read_text()
+    for f in q4:
+        assert f"- Q4_K_M: {f['summary']}" in md and f["summary"].startswith(f"{f['tensors']} tensors fell back to")
+
+
 def test_schema_rejects_a_report_with_a_bad_sha256_or_a_missing_figure():
     validator = _validator()
     row = {"format": "gguf", "type": "Q4_K_M", "file": "m.gguf", "kept": True, "sha256": "0" * 64,
