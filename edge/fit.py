@@ -76,7 +76,8 @@ def _refusal(shape, profile, ctx, est, kw):
     ways.append("--force to load anyway")
     return DoesNotFitError(
         f"{Path(shape.source).name} needs {gib(est.memory_bytes)} at --ctx {ctx} x {kw['n_parallel']} slot(s) "
-        f"(weights {gib(est.weights_bytes)}, KV {gib(est.kv_bytes)}, compute {gib(est.compute_bytes)}), "
+        f"(weights {gib(est.weights_bytes)}, KV {gib(est.kv_bytes)}, compute {gib(est.compute_bytes)}, "
+        f"runtime {gib(est.runtime_bytes)}), "
         f"budget {gib(int(est.budget_bytes / (1 + profile.runtime.headroom)))} on {profile.name} "
         f"(+{profile.runtime.headroom:.0%} headroom); try " + "; ".join(ways)
     )

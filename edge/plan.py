@@ -177,16 +177,45 @@ def _sizes(shape: ModelShape, ftype: str) -> tuple[int, int, int]:
 
 # --- run-time memory ------------------------------------------------------------------------
 
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How a runtime sets up llama.cpp's context, and what its process holds beyond llama.cpp's buffers."""
+
+    name: str
+    swa_full: bool  # sliding-window layers get the whole context too (llama_context_default_params: true)
+    outputs_per_slot: int | None  # logits rows reserved per slot; None: a whole ubatch (llama.cpp's default)
+    process_bytes: int  # interpreter, libraries, threads: resident before and while decoding
+    vocab_bytes_per_token: int  # llama.cpp's in-memory vocabulary (token texts, maps, merges)
+
+    def runtime_bytes(self, shape: ModelShape) -> int:
+        return self.process_bytes + self.vocab_bytes_per_token * shape.n_vocab
+
+
+# `edge serve`'s GGUF backend (edge/backends/llamacpp.py): llama.cpp's context defaults (so swa_full
+# stays true, unlike llama-server) except n_outputs_max = n_parallel, one logits row per slot.
+# Its process, measured on the bundled models (tests/edge/test_plan.py::test_peak_rss_*):
+#   27 MiB   Python + edge + libllama/ggml before a model is loaded (VmRSS);
+#   +7..16   once decoding ran (scheduler thread, malloc arenas, flash-attention scratch);
+#   vocabulary: +17 MiB for SmolLM2 (49k BPE tokens and merges, 354 B/token), +42 MiB for Gemma-3
+#   (262k tokens, 166 B/token); 250 B/token keeps both processes within 3 %.
+EDGE_LLAMA_CPP = Backend("edge (llama.cpp)", swa_full=True, outputs_per_slot=1, process_bytes=36 * MIB,
+                         vocab_bytes_per_token=250)
+
 
 def _pad(n: int, to: int = KV_PAD) -> int:
     return -(-n // to) * to
 
 
 def kv_cells(shape: ModelShape, n_ctx: int, n_parallel: int = 1, swa_full: bool = False) -> list[int]:
-    """KV cells per layer: n_ctx, or for sliding-window layers min(n_ctx, n_swa * n_seq + n_ubatch)
-    padded to 256 (llama_kv_cache_iswa); `swa_full` (llama.cpp's context default) gives them n_ctx too."""
-    swa = _pad(min(n_ctx, shape.n_swa * n_parallel + N_UBATCH))
-    return [swa if (is_swa and not swa_full) else n_ctx for is_swa in shape.swa_layers or (False,) * shape.n_layer]
+    """KV cells per layer for `n_parallel` slots of `n_ctx` each. Every slot is its own stream
+    (kv_unified off): n_ctx cells, or on sliding-window layers min(n_ctx, n_swa + n_ubatch) padded
+    to 256 (llama_kv_cache_iswa); `swa_full` gives those layers n_ctx too."""
+    swa = _pad(min(n_ctx, shape.n_swa + N_UBATCH))
+    per_slot = [swa if (is_swa and not swa_full) else n_ctx for is_swa in shape.swa_layers or (False,) * shape.n_layer]
+    return [cells * n_parallel for cells in per_slot]
 
 
 def kv_bytes(shape: ModelShape, n_ctx: int, n_parallel: int = 1, swa_full: bool = False) -> int:
@@ -195,27 +224,35 @@ def kv_bytes(shape: ModelShape, n_ctx: int, n_parallel: int = 1, swa_full: bool 
     return sum(kv_cells(shape, n_ctx, n_parallel, swa_full)) * per_cell
 
 
-def compute_bytes(shape: ModelShape, n_ctx: int, flash_attn: bool = True) -> int:
-    """llama.cpp's CPU compute buffer as reserved for a full ubatch (fitted on the bundled models,
-    tests/edge/test_plan.py): logits for n_ubatch tokens (f32), or, without flash attention, the
-    KQ scores (n_ubatch x n_ctx x (n_head + 1), f32) when they are larger."""
-    logits = N_UBATCH * 4 * (shape.n_vocab + 2 * shape.n_embd)
-    if flash_attn:
-        return logits
-    return max(logits, N_UBATCH * 4 * ((shape.n_head + 1) * n_ctx + 2 * shape.n_ff))
+def compute_bytes(shape: ModelShape, n_ctx: int, flash_attn: bool = True, n_outputs: int = N_UBATCH,
+                  swa_full: bool = False) -> int:
+    """llama.cpp's CPU compute buffer, reserved for a full ubatch at a full context (fitted on the
+    bundled models, tests/edge/test_plan.py). Its allocator reuses memory, so it is the larger of
+    two peaks: the output (n_outputs logits rows and the last hidden states, f32) and a layer (the
+    ubatch's FFN intermediates and residuals, f32, plus an f16 KQ mask of n_ubatch x KV cells per
+    attention kind; without flash attention the f32 KQ scores of all heads when they are larger)."""
+    output = 4 * (n_outputs * shape.n_vocab + 2 * N_UBATCH * shape.n_embd)
+    cells = kv_cells(shape, n_ctx, 1, swa_full)
+    kinds = set(zip(cells, shape.swa_layers or (False,) * len(cells)))  # (cells, is_swa): one mask each
+    layer = N_UBATCH * 4 * (3 * shape.n_ff + 4 * shape.n_embd) + N_UBATCH * 2 * sum(c for c, _ in kinds)
+    if not flash_attn:
+        layer = max(layer, N_UBATCH * 4 * ((shape.n_head + 1) * n_ctx + 2 * shape.n_ff))
+    return max(output, layer)
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """One quantization type at one context on one profile."""
+    """One quantization type at one context (per slot) on one profile."""
 
     type: str
     n_ctx: int
     file_bytes: int
     weights_bytes: int
     kv_bytes: int
-    compute_bytes: int  # reserved by llama.cpp (worst case: logits for a whole ubatch)
-    memory_bytes: int  # weights + KV + compute + output: what llama.cpp allocates; decides "fits"
+    compute_bytes: int  # reserved by llama.cpp for a full ubatch at a full context
+    allocated_bytes: int  # weights + KV + compute + output: what llama.cpp reports when it loads
+    runtime_bytes: int  # the serving process beyond llama.cpp's buffers (Backend.runtime_bytes)
+    memory_bytes: int  # allocated + runtime: what the process needs; decides "fits"
     resident_bytes: int  # expected peak RSS once the context is full (untouched logits rows excluded)
     tokens_per_s: float  # predicted generation speed at SPEED_AT_TOKENS
     budget_bytes: int
@@ -229,19 +266,25 @@ class Estimate:
 
 
 def estimate(shape: ModelShape, ftype: str, n_ctx: int, profile: Profile, *, budget_bytes: int | None = None,
-             n_parallel: int = 1, swa_full: bool = False, flash_attn: bool = True) -> Estimate:
+             n_parallel: int = 1, swa_full: bool | None = None, flash_attn: bool = True,
+             backend: Backend = EDGE_LLAMA_CPP) -> Estimate:
+    """`n_ctx` is per slot; `swa_full` None takes the backend's setting."""
+    swa_full = backend.swa_full if swa_full is None else swa_full
     weights, read = weights_bytes(shape, ftype)
     kv = kv_bytes(shape, n_ctx, n_parallel, swa_full)
-    compute = compute_bytes(shape, n_ctx, flash_attn)
-    output = shape.n_vocab * 4 * n_parallel  # logits of the last token of each sequence
-    memory = weights + kv + compute + output
-    resident = memory - N_UBATCH * 4 * shape.n_vocab + output if flash_attn else memory
+    n_outputs = N_UBATCH if backend.outputs_per_slot is None else backend.outputs_per_slot * n_parallel
+    compute = compute_bytes(shape, n_ctx, flash_attn, n_outputs, swa_full)
+    output = shape.n_vocab * 4 * n_parallel  # logits buffer as reserved at load: one row per sequence
+    allocated = weights + kv + compute + output
+    runtime = backend.runtime_bytes(shape)
+    # rows of a reserved logits block that are never written (we read one row per slot) stay untouched
+    untouched = compute - compute_bytes(shape, n_ctx, flash_attn, n_parallel, swa_full) if flash_attn else 0
     kv_read = kv_bytes(shape, min(n_ctx, SPEED_AT_TOKENS), 1, swa_full)
     speed = profile.memory.bandwidth_gbs * 1e9 * profile.runtime.efficiency / (read + kv_read)
     budget = profile.budget_bytes if budget_bytes is None else budget_bytes
-    fits = memory * (1 + profile.runtime.headroom) <= budget
-    return Estimate(ftype, n_ctx, file_bytes(shape, ftype), weights, kv, compute, memory, max(resident, weights + kv),
-                    speed, budget, fits)
+    fits = (allocated + runtime) * (1 + profile.runtime.headroom) <= budget
+    return Estimate(ftype, n_ctx, file_bytes(shape, ftype), weights, kv, compute, allocated, runtime,
+                    allocated + runtime, allocated + runtime - untouched, speed, budget, fits)
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -294,13 +337,14 @@ def _refuse(shape, profile, n_ctx, preferred, kw) -> DoesNotFitError:
     outs.append("a smaller model" if not outs else "or --force to load anyway")
     return DoesNotFitError(
         f"{Path(shape.source).name or 'model'} needs {_gib(need.memory_bytes)} as {need.type} at --ctx {n_ctx} "
-        f"(weights {_gib(need.weights_bytes)}, KV {_gib(need.kv_bytes)}, compute {_gib(need.compute_bytes)}), "
+        f"(weights {_gib(need.weights_bytes)}, KV {_gib(need.kv_bytes)}, compute {_gib(need.compute_bytes)}, "
+        f"runtime {_gib(need.runtime_bytes)}), "
         f"budget {_gib(int(budget))} on {profile.name} (+{profile.runtime.headroom:.0%} headroom); " + "; ".join(outs)
     )
 
 
 def plan(shape: ModelShape, profile: Profile, *, n_ctx: int | None = None, budget_bytes: int | None = None,
-         types: tuple[str, ...] | None = None, n_parallel: int | None = None, swa_full: bool = False,
+         types: tuple[str, ...] | None = None, n_parallel: int | None = None, swa_full: bool | None = None,
          flash_attn: bool = True) -> Plan:
     """Recommend the first of the profile's preferred types that fits, at `n_ctx` or, when none is
     given, at the largest context that fits up to min(model's own, profile's context).

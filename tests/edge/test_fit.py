@@ -29,7 +29,7 @@ def test_a_context_that_does_not_fit_is_refused_with_numbers_and_a_way_out(smoll
     with pytest.raises(DoesNotFitError) as err:
         fit_model(Settings(profile="rpi5-4gb", ctx=131072), smollm2_path)
     msg = err.value.message
-    assert "needs 3.00 GiB" in msg and "budget 2.73 GiB on rpi5-4gb" in msg
+    assert "needs 3.09 GiB" in msg and "runtime 0.05 GiB" in msg and "budget 2.73 GiB on rpi5-4gb" in msg
     assert "--ctx " in msg and "--force" in msg
     forced = fit_model(Settings(profile="rpi5-4gb", ctx=131072), smollm2_path, force=True)
     assert forced.settings.ctx == 131072
