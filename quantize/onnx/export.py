@@ -2,8 +2,8 @@
 
 For each requested type: validate the checkpoint against the architecture's tensor table (the GGUF
 converter's, quantize/archs), build the decoder graph block by block from memory-mapped weights
-(int4 weights are packed as they are read, so only the packed model is held), save it (external
-data above EXTERNAL_DATA_BYTES), copy tokenizer/chat template/generation config, write the
+(int4 weights are packed as they are read) and written to disk as the graph takes them (external
+data above EXTERNAL_DATA_BYTES; quantize/onnx/weights.py), copy tokenizer/chat template/generation config, write the
 manifest, and move the finished folder into place (a crash leaves only a .edge-tmp- folder).
 Output: OUTDIR/<name>-onnx-<type>/.
 """
@@ -27,8 +27,9 @@ from ..progress import Bars, warn
 from . import get_spec
 from .decoder import Loader, build
 from .graph import Graph, WeightFormat
-from .manifest import DATA_FILE, EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
+from .manifest import EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
 from .quant import OnnxType, parse_onnx_type, quantize_int8
+from .weights import WeightSink
 
 TMP_PREFIX = ".edge-tmp-"
 
@@ -111,21 +112,20 @@ def _export_one(src: Path, otype: OnnxType, target: Path, bars: Bars, external_d
     try:
         task = bars.add(f"export -> {otype.label}", total=lay.n_layers + 2)
         wf = WeightFormat("fp32") if otype.dynamic_int8 else otype.weights
-        g = Graph(f"{model_type}-decoder", wf)
-        build(dspec, lay, Loader(ckpt, set()), g, on_block=lambda i: bars.advance(task))
-        model = g.model()
         n_params = sum(int(np.prod(ckpt.refs[n].shape)) for n in ckpt.refs)
-        big = sum(len(t.raw_data) for t in model.graph.initializer) > external_data_bytes
-        if otype.dynamic_int8:
-            fp32 = tmp / "fp32.onnx"
-            _save(model, fp32, big)
-            del model
-            quantize_int8(fp32, tmp / MODEL_FILE, external_data=big)
+        big = n_params * _bytes_per_weight(wf) > external_data_bytes
+        first = tmp / ("fp32.onnx" if otype.dynamic_int8 else MODEL_FILE)
+        sink = WeightSink(first, external=big)   # weights go to disk as the graph takes them
+        try:
+            g = Graph(f"{model_type}-decoder", wf, sink)
+            build(dspec, lay, Loader(ckpt, set()), g, on_block=lambda i: bars.advance(task))
+            sink.finish(g.model())
+        finally:
+            sink.close()
+        if otype.dynamic_int8:   # onnxruntime's quantize_dynamic loads the whole fp32 model (see README)
+            quantize_int8(first, tmp / MODEL_FILE, external_data=big)
             for p in tmp.glob("fp32.onnx*"):
                 p.unlink()
-        else:
-            _save(model, tmp / MODEL_FILE, big)
-            del model
         bars.advance(task)
         copy_companions(src, tmp)
         write_manifest(tmp, _model_section(config, cfg, lay, n_params, src), otype.label)
@@ -140,14 +140,11 @@ def _export_one(src: Path, otype: OnnxType, target: Path, bars: Bars, external_d
     return OnnxResult(otype.label, target, size, size * 8 / max(n_params, 1), time.perf_counter() - start)
 
 
-def _save(model, path: Path, external: bool) -> None:
-    import onnx
-
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=DATA_FILE if path.name == MODEL_FILE else path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
+def _bytes_per_weight(wf: WeightFormat) -> float:
+    """Bytes a weight takes in the export (fp32 scales of n-bit blocks included): decides external data up front."""
+    if wf.kind == "nbits":
+        return wf.bits / 8 + 4 / wf.block_size
+    return 2.0 if wf.kind == "fp16" else 4.0
 
 
 def _eos_ids(src: Path, config: dict) -> list[int]:

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .weights import SMALL, WeightSink
+
 OPSET = 21
 MS = "com.microsoft"
 
@@ -32,11 +34,16 @@ class WeightFormat:
 
 
 class Graph:
-    def __init__(self, name: str, wf: WeightFormat):
+    """`sink` (quantize/onnx/weights.py): initializers of 1 KiB or more are written out as they come,
+    so a graph never holds the model's weights; without one they stay in `inits` (tests, tiny graphs)."""
+
+    def __init__(self, name: str, wf: WeightFormat, sink: WeightSink | None = None):
         self.name = name
         self.wf = wf
+        self.sink = sink
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, TensorProto] = {}
+        self._written: set[str] = set()   # names the sink wrote inline (not in `inits`)
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._n = 0
@@ -53,7 +60,15 @@ class Graph:
         return outs
 
     def const(self, name: str, array: np.ndarray) -> str:
-        if name not in self.inits:
+        if name in self.inits or name in self._written:
+            return name
+        if self.sink is not None and array.nbytes >= SMALL:
+            kept = self.sink.add(name, array)
+            if kept is None:
+                self._written.add(name)
+            else:
+                self.inits[name] = kept
+        else:
             self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
         return name
 
