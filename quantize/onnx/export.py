@@ -28,7 +28,7 @@ from . import get_spec
 from .decoder import Loader, build
 from .graph import Graph, WeightFormat
 from .manifest import EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
-from .quant import OnnxType, parse_onnx_type, quantize_int8
+from .quant import OnnxType, parse_onnx_type
 from .weights import WeightSink
 
 TMP_PREFIX = ".edge-tmp-"
@@ -111,21 +111,16 @@ def _export_one(src: Path, otype: OnnxType, target: Path, bars: Bars, external_d
     tmp.mkdir(parents=True)
     try:
         task = bars.add(f"export -> {otype.label}", total=lay.n_layers + 2)
-        wf = WeightFormat("fp32") if otype.dynamic_int8 else otype.weights
+        wf = otype.weights
         n_params = sum(int(np.prod(ckpt.refs[n].shape)) for n in ckpt.refs)
         big = n_params * _bytes_per_weight(wf) > external_data_bytes
-        first = tmp / ("fp32.onnx" if otype.dynamic_int8 else MODEL_FILE)
-        sink = WeightSink(first, external=big)   # weights go to disk as the graph takes them
+        sink = WeightSink(tmp / MODEL_FILE, external=big)   # weights go to disk as the graph takes them
         try:
             g = Graph(f"{model_type}-decoder", wf, sink)
             build(dspec, lay, Loader(ckpt, set()), g, on_block=lambda i: bars.advance(task))
             sink.finish(g.model())
         finally:
             sink.close()
-        if otype.dynamic_int8:   # onnxruntime's quantize_dynamic loads the whole fp32 model (see README)
-            quantize_int8(first, tmp / MODEL_FILE, external_data=big)
-            for p in tmp.glob("fp32.onnx*"):
-                p.unlink()
         bars.advance(task)
         copy_companions(src, tmp)
         write_manifest(tmp, _model_section(config, cfg, lay, n_params, src), otype.label)
@@ -144,7 +139,7 @@ def _bytes_per_weight(wf: WeightFormat) -> float:
     """Bytes a weight takes in the export (fp32 scales of n-bit blocks included): decides external data up front."""
     if wf.kind == "nbits":
         return wf.bits / 8 + 4 / wf.block_size
-    return 2.0 if wf.kind == "fp16" else 4.0
+    return {"fp16": 2.0, "int8": 1.0}.get(wf.kind, 4.0)
 
 
 def _eos_ids(src: Path, config: dict) -> list[int]:

@@ -25,7 +25,7 @@ MS = "com.microsoft"
 class WeightFormat:
     """How linear weights are stored: "fp32", "fp16" (Cast to fp32 at load) or n-bit blocks."""
 
-    kind: str = "fp32"           # "fp32" | "fp16" | "nbits"
+    kind: str = "fp32"           # "fp32" | "fp16" | "int8" (dynamic) | "nbits"
     bits: int = 4
     block_size: int = 32
     symmetric: bool = True
@@ -88,6 +88,8 @@ class Graph:
         wt = np.ascontiguousarray(w.T, dtype=np.float32)   # (K=in, N=out)
         if wf.kind == "nbits":
             y = self._matmul_nbits(name, x, wt, outputs, wf)
+        elif wf.kind == "int8":
+            y = self._dynamic_int8(name, x, wt, outputs)
         elif wf.kind == "fp16":
             b = self.op("Cast", [self.const(name + ".weight", wt.astype(np.float16))], to=TensorProto.FLOAT)[0]
             y = self.op("MatMul", [x, b], outputs=outputs)[0]
@@ -116,6 +118,16 @@ class Graph:
             inputs.append(self.const(name + ".zero_points", zeros))
         return self.op("MatMulNBits", inputs, domain=MS, outputs=outputs, K=k, N=n, bits=wf.bits,
                        block_size=wf.block_size, accuracy_level=wf.accuracy_level)[0]
+
+    def _dynamic_int8(self, name: str, x: str, wt: np.ndarray, outputs) -> str:
+        """onnxruntime's dynamic quantization: int8 weights, symmetric with one scale per output column,
+        activations quantized to uint8 per call (DynamicQuantizeMatMul, the op quantize_dynamic's
+        MatMulInteger pattern fuses into; per-column scales keep small models usable)."""
+        scale = np.abs(wt).max(axis=0) / 127.0                                        # (N,)
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        q = np.clip(np.rint(wt / scale), -127, 127).astype(np.int8)                   # (K, N)
+        return self.op("DynamicQuantizeMatMul", [x, self.const(name + ".qweight", q), self.const(name + ".scale", scale)],
+                       domain=MS, outputs=outputs)[0]
 
     def rms_norm(self, x: str, w: str, eps: float) -> str:
         return self.op("SimplifiedLayerNormalization", [x, w], axis=-1, epsilon=eps, stash_type=1)[0]
