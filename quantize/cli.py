@@ -79,13 +79,13 @@ def eval_(
 ) -> None:
     """Measure quantized variants against a reference: KL divergence, perplexity, top token, speed."""
     from .convert import default_name
-    from .evaluate import Artifact, EvalConfig, gguf_type, run_ladder
+    from .evaluate import EvalConfig, artifact_for, run_ladder
     from .progress import Bars, llama_log_to
 
     folder = out or variants[0].parent
     name = name or default_name(reference)
-    arts = [Artifact(p, gguf_type(p) or p.stem) for p in variants]
-    ref = Artifact(reference, gguf_type(reference) or reference.stem)
+    arts = [artifact_for(p) for p in variants]
+    ref = artifact_for(reference)
     with Bars(quiet or as_json) as bars, llama_log_to(bars, None):
         data = run_ladder(name, folder, ref, arts, _text(eval_text), EvalConfig(ctx=eval_ctx),
                           source=str(reference), source_type=ref.type, progress=_progress(bars))

@@ -117,7 +117,16 @@ def _with_onnx(src: Path, names: list[str], onnx_names: list[str], out_dir: Path
     kw["name"] = kw["name"] or default_name(src)
     done = [ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds)
             for r in export_onnx(src, onnx_names, out_dir, force=kw["force"], quiet=kw["quiet"], name=kw["name"])]
-    return done + (convert(src, rest, out_dir, **kw) if rest else [])
+    after = kw["after"]
+    if not rest:
+        if after is not None and len(done) > 1 and any(r.type == "onnx:fp32" for r in done):
+            # an ONNX-only ladder: the fp32 folder is the reference
+            with Bars(kw["quiet"]) as bars:
+                after(src, done, None, bars)
+        return done
+    if after is not None:   # the GGUF types' report gets the ONNX folders too: one table, one reference
+        kw["after"] = lambda quantized_from, results, matrix, bars: after(quantized_from, results + done, matrix, bars)
+    return done + convert(src, rest, out_dir, **kw)
 
 
 def default_name(src: Path) -> str:

@@ -213,16 +213,56 @@ class GgufModel:
         self.close()
 
 
+class OnnxModel:
+    """An edge-quantize ONNX folder in onnxruntime, through the runtime's own batcher (edge.backends.onnx)."""
+
+    def __init__(self, folder: Path, ctx: int, n_threads: int | None = None):
+        from edge.backends.onnx import OnnxBatcher
+
+        self.path = Path(folder)
+        self.b = OnnxBatcher(self.path, n_ctx=ctx, n_parallel=1, n_threads=n_threads or os.cpu_count() or 1)
+        if self.b.n_ctx < ctx:
+            raise BadRequestError(f"{folder} holds {self.b.n_ctx} positions, fewer than --eval-ctx {ctx}")
+        self.n_vocab = self.b.n_vocab
+        self.n_params = int(self.b.m.get("parameter_count") or 0)
+        self.n_ctx = ctx
+
+    def tokenize(self, text: bytes) -> np.ndarray:
+        return np.asarray(self.b.vocab.tokenize(text.decode("utf-8", "replace"), True), dtype=np.int32)
+
+    def chunk_logits(self, tokens: np.ndarray, first: int) -> np.ndarray:
+        return self.b.logits_all(0, [int(t) for t in tokens], 0)[first:]   # (ctx - first, n_vocab)
+
+    def speed(self, tokens: np.ndarray) -> tuple[float, float]:
+        """As GgufModel.speed: one prompt batch, then greedy single-token steps on the KV cache."""
+        prompt = [int(t) for t in tokens[:min(SPEED_PROMPT, self.n_ctx - SPEED_GEN - 1)]]
+        self.b.logits_all(0, prompt[:8], 0)                                 # warm-up
+        t0 = time.perf_counter()
+        last = self.b.logits_all(0, prompt, 0)[-1]
+        pp = len(prompt) / (time.perf_counter() - t0)
+        pos, t0 = len(prompt), time.perf_counter()
+        for _ in range(SPEED_GEN):
+            [row] = self.b.decode([(0, [int(np.argmax(last))], pos, True)])
+            last, pos = self.b._rows[row], pos + 1
+        return pp, SPEED_GEN / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        self.b.free()
+
+
 def open_model(path: Path, ctx: int, n_threads: int | None = None) -> LogitsModel:
+    """A GGUF file (llama.cpp) or an edge-quantize ONNX folder (onnxruntime)."""
     path = Path(path)
     if not path.exists():
         raise NotFoundError(f"{path} does not exist")
+    if path.is_dir() and (path / "model.onnx").is_file():
+        return OnnxModel(path, ctx, n_threads)
     if path.is_file():
         with open(path, "rb") as f:
             magic = f.read(4)
         if magic == b"GGUF":
             return GgufModel(path, ctx, n_threads)
-    raise ModelFormatError(f"{path} is not a GGUF file (ONNX variants arrive with the ONNX issue)")
+    raise ModelFormatError(f"{path} is neither a GGUF file nor an ONNX model folder written by edge-quantize")
 
 
 # -- chunking and the math -----------------------------------------------------------------------
@@ -420,13 +460,15 @@ class Evaluation:
         t0 = time.perf_counter()
         model = open_model(path, self.config.ctx, self.config.n_threads)
         try:
-            if model.n_vocab != self.spill.n_vocab:
+            n_vocab = self.spill.n_vocab
+            if model.n_vocab != n_vocab and not (isinstance(model, OnnxModel) and model.n_vocab > n_vocab):
                 raise ModelFormatError(f"{path} has {model.n_vocab} tokens in its vocabulary, the reference "
-                                       f"{self.reference} has {self.spill.n_vocab}: they are not the same model")
+                                       f"{self.reference} has {n_vocab}: they are not the same model")
             stats = Stats()
             todo = self._chunks(self.bos)
             for i, chunk in enumerate(todo):
-                logits = model.chunk_logits(chunk, self.first)[:-1]      # (ctx-1-first, V)
+                # an ONNX export may keep rows past the GGUF vocabulary (padding of the HF checkpoint): dropped
+                logits = model.chunk_logits(chunk, self.first)[:-1, :n_vocab]      # (ctx-1-first, V)
                 self._compare(i, logits, chunk[self.first + 1:], stats)
                 self.progress(label or Path(path).name, i + 1, len(todo))
             figures = stats.summary() | self._speed(model)
@@ -469,7 +511,17 @@ class Artifact:
     fallbacks: tuple = ()                # progress.Fallback: tensors llama.cpp stored in another type
 
 
-FLOAT_RANK = {"F32": 0, "F16": 1, "BF16": 2}
+FLOAT_RANK = {"F32": 0, "F16": 1, "BF16": 2, "ONNX:FP32": 3}
+
+
+def artifact_for(path: Path, **kw) -> Artifact:
+    """The report entry of a GGUF file (type from general.file_type) or an ONNX folder (type from its manifest)."""
+    path = Path(path)
+    if path.is_dir():
+        from quantize.onnx.manifest import read_manifest
+
+        return Artifact(path, str(read_manifest(path).get("type") or path.name), format="onnx", **kw)
+    return Artifact(path, gguf_type(path) or path.stem, **kw)
 
 
 def pick_reference(artifacts: list[Artifact], fallback: Artifact | None) -> Artifact:
@@ -511,9 +563,10 @@ def run_ladder(name: str, folder: Path, reference: Artifact, variants: list[Arti
     from .report import Report, Row, source_notes
 
     def row(a: Artifact, fig: VariantFigures, without: dict | None = None) -> Row:
-        size = a.path.stat().st_size
+        onnx = a.path.is_dir()
+        size = sum(p.stat().st_size for p in a.path.glob("model.onnx*")) if onnx else a.path.stat().st_size
         return Row(a.format, a.type, a.path, size, size * 8 / n_params if n_params else None, fig.figures,
-                   imatrix=a.imatrix, without_imatrix=without, fits=fits_profiles(a.path, a.type),
+                   imatrix=a.imatrix, without_imatrix=without, fits=None if onnx else fits_profiles(a.path, a.type),
                    kept=a.kept, fallbacks=a.fallbacks)
 
     with Evaluation(reference.path, text, config, progress) as ev:
@@ -530,6 +583,9 @@ def run_ladder(name: str, folder: Path, reference: Artifact, variants: list[Arti
         if any(a.imatrix for a in variants):
             notes.append("+imatrix: quantized with an importance matrix computed on the reference; the KLD in "
                          "brackets is the same type quantized without it.")
+        if any(a.format == "onnx" for a in variants) or reference.format == "onnx":
+            notes.append("ONNX rows run in onnxruntime through edge's ONNX backend on the same tokens; a folder's "
+                         "sha256 is that of its edge_onnx.json, which lists the sha256 of every file in it.")
         if not reference.kept:
             notes.append(f"The reference {reference.path.name} was a temporary intermediate and has been removed "
                          "(keep it with --keep-intermediate); its sha256 is listed.")
@@ -554,9 +610,11 @@ def ladder_hook(name: str, folder: Path, source: Path, text: EvalText, config: E
             _after(quantized_from, results, matrix, bars)
 
     def _after(quantized_from: Path, results: list, matrix, bars) -> None:
-        arts = [Artifact(Path(r.path), r.type, imatrix=r.imatrix, fallbacks=r.fallbacks) for r in results]
+        arts = [Artifact(Path(r.path), r.type, format="onnx" if r.type.startswith("onnx:") else "gguf",
+                         imatrix=r.imatrix, fallbacks=r.fallbacks) for r in results]
         kept = any(Path(r.path) == Path(quantized_from) for r in results) or Path(quantized_from) == Path(source)
-        fallback = Artifact(Path(quantized_from), gguf_type(quantized_from) or "reference", kept=kept)
+        from_type = gguf_type(quantized_from) if Path(quantized_from).is_file() else None
+        fallback = Artifact(Path(quantized_from), from_type or "reference", kept=kept)
         reference = pick_reference(arts, fallback)
         temps: list[Path] = []
         try:

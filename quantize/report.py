@@ -19,6 +19,7 @@ from typing import Any
 from rich.table import Table
 
 from .gguf_out import atomic_output
+from .onnx.manifest import MANIFEST
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 SCHEMA_ID = "edge-llm/quant-report/1"
@@ -53,6 +54,8 @@ class Row:
     def __post_init__(self):
         if not self.sha256 and self.path.is_file():
             self.sha256 = sha256_file(self.path)
+        elif not self.sha256 and (self.path / MANIFEST).is_file():   # an ONNX folder: its manifest holds
+            self.sha256 = sha256_file(self.path / MANIFEST)          # the sha256 of every file in it
 
     def to_json(self, folder: Path) -> dict:
         f = self.figures
