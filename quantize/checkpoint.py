@@ -127,8 +127,10 @@ class Checkpoint:
         if ref.n_elements == 0:
             return np.zeros(ref.shape, dtype=np.float32)
         raw = np.memmap(ref.file, dtype=stored, mode="r", offset=ref.start, shape=ref.shape)
-        if ref.dtype == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32)   # bf16 = the top half of an f32
+        if ref.dtype == "BF16":   # bf16 = the top half of an f32; one allocation, no uint32 temporary
+            out = np.empty(ref.shape, dtype=np.uint32)
+            np.left_shift(raw, 16, out=out, dtype=np.uint32)
+            return out.view(np.float32)
         return raw if ref.dtype == "F32" else raw.astype(np.float32)
 
 

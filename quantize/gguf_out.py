@@ -103,12 +103,19 @@ def to_storage(a: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=STORAGE[qtype])
 
 
+BF16_CHUNK = 1 << 20   # values per step: the temporaries stay a few MB whatever the tensor's size
+
+
 def _f32_to_bf16(a: np.ndarray) -> np.ndarray:
-    bits = a.view(np.uint32).astype(np.uint64)
-    nan = (bits & 0x7FFFFFFF) > 0x7F800000
-    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
-    out = np.where(nan, (bits >> 16) | 64, rounded)
-    return out.astype(np.uint16)
+    """Round to nearest even, NaN kept quiet. In chunks, in uint32: whole-tensor uint64 temporaries took
+    ~7 GB on an 8B model's embedding (201M values), 4.6x llama.cpp's converter."""
+    bits = np.ascontiguousarray(a).reshape(-1).view(np.uint32)            # (n,)
+    out = np.empty(bits.shape, dtype=np.uint16)                            # (n,)
+    for s in range(0, bits.size, BF16_CHUNK):
+        b = bits[s:s + BF16_CHUNK]
+        rounded = (b + (0x7FFF + ((b >> 16) & 1))) >> 16                   # wraps only for NaNs, replaced below
+        out[s:s + BF16_CHUNK] = np.where((b & 0x7FFFFFFF) > 0x7F800000, (b >> 16) | 64, rounded)
+    return out.reshape(a.shape)
 
 
 def write_gguf(path: Path, arch_name: str, add_metadata: Callable[[gguf.GGUFWriter], None],
