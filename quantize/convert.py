@@ -270,10 +270,11 @@ def _quantize(src: Path, dst: Path, qtype: QuantType, bars: Bars, force: bool,
         else:
             quantize_file(src, dst, qtype, force=force, allow_requantize=requantize)
     bars.finish(task)
-    for fallback in log.fallbacks():
+    fallbacks = log.fallbacks()
+    for fallback in fallbacks:
         bars.note(f"{qtype.name}: {fallback.summary()}")
     return _result(qtype.name, dst, params, time.perf_counter() - start, matrix is not None and not qtype.is_float,
-                   log.fallbacks())
+                   fallbacks)
 
 
 def _result(type_name: str, path: Path, params: int, seconds: float, imatrix: bool = False,

@@ -43,6 +43,12 @@ def resolve_target(settings: Settings, store) -> Target:
     return Target(name=entry.name, path=Path(entry.path), modified=entry.modified, size_bytes=entry.size_bytes)
 
 
+def open_target(opener: Callable[..., Engine], target: Target, settings: Settings) -> Engine:
+    """The engine for `target` with the server's context, slots, threads and queue."""
+    return opener(target.path, name=target.name, n_ctx=settings.ctx, n_parallel=settings.parallel or 1,
+                  n_threads=settings.threads, queue_size=settings.queue_size)
+
+
 class EarlyLoad:
     """Opens the model in a thread from the moment it is made; `result(...)` (the app's opener)
     waits for it and returns the engine or raises what opening raised."""
@@ -53,12 +59,10 @@ class EarlyLoad:
         self._done = threading.Event()
         self._engine: Engine | None = None
         self._error: BaseException | None = None
-        s = settings
 
         def run() -> None:
             try:
-                self._engine = opener(target.path, name=target.name, n_ctx=s.ctx, n_parallel=s.parallel or 1,
-                                      n_threads=s.threads, queue_size=s.queue_size)
+                self._engine = open_target(opener, target, settings)
             except BaseException as exc:  # noqa: BLE001 - re-raised by result() in the loader thread
                 self._error = exc
             finally:
@@ -110,10 +114,8 @@ class ServerState:
     def load(self) -> None:
         from edge.templates import ChatTemplate
 
-        s = self.settings
         try:
-            engine = self._opener(self.target.path, name=self.target.name, n_ctx=s.ctx, n_parallel=s.parallel or 1,
-                                  n_threads=s.threads, queue_size=s.queue_size)
+            engine = open_target(self._opener, self.target, self.settings)
             info = engine.info
             self.template = ChatTemplate.for_model(info)
             self.engine = engine
