@@ -165,8 +165,31 @@ class SecurityMiddleware:
             send = _with_cors(send, origin)
         body = await self._read_body(headers, receive)
         if isinstance(body, EdgeError):
-            return await self._reply(scope, receive, send, body, close=True)
+            drained = isinstance(body, PayloadTooLargeError) and (body.ended or await self._drain(headers, receive))
+            return await self._reply(scope, receive, send, body, close=not drained)
         await self.app(scope, _replay(body, receive), send)
+
+    async def _drain(self, headers: dict, receive) -> bool:
+        """Read and drop the rest of an oversized body, up to DRAIN_FACTOR x the limit and the read timeout.
+        Closing a socket with unread input makes the kernel send RST, which can destroy the 413 before the
+        client reads it (a client that writes the whole body first then sees only a dropped connection);
+        nginx's lingering close does the same. True when the body ended, so the connection stays usable."""
+        bound = DRAIN_FACTOR * self.settings.max_body_bytes
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > bound):
+            return False
+        deadline, size = time.monotonic() + self.settings.read_timeout, 0
+        while size <= bound:
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                return False
+            if message["type"] != "http.request":
+                return False
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False
 
     async def _read_body(self, headers: dict, receive) -> bytes | EdgeError:
         limit = self.settings.max_body_bytes
@@ -186,7 +209,7 @@ class SecurityMiddleware:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                return _too_large(limit)
+                return _too_large(limit, ended=not message.get("more_body", False))
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
@@ -197,9 +220,14 @@ class SecurityMiddleware:
         await response(scope, receive, send)
 
 
-def _too_large(limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(f"request body larger than {limit} bytes; send less, or raise the limit with "
-                                "EDGE_MAX_BODY")
+DRAIN_FACTOR = 4  # an oversized body up to 4x the limit is read and dropped before the 413 goes out
+
+
+def _too_large(limit: int, ended: bool = False) -> PayloadTooLargeError:
+    exc = PayloadTooLargeError(f"request body larger than {limit} bytes; send less, or raise the limit with "
+                               "EDGE_MAX_BODY")
+    exc.ended = ended  # the body's last chunk was read: nothing left to drain
+    return exc
 
 
 def _headers(scope) -> dict[str, str]:

@@ -113,7 +113,14 @@ def test_a_chunked_body_over_the_limit_is_413(app_client):
 
     r = app_client.post("/v1/completions", content=body())
     assert r.status_code == 413 and "4194304" in r.json()["error"]["message"]
-    assert r.headers["connection"] == "close"
+    assert "connection" not in r.headers  # read to its end, so the connection stays usable
+
+
+def test_a_body_past_the_drain_bound_is_413_and_closes_the_connection(app_client):
+    """Up to 4x the limit the rest is read and dropped (no RST eating the 413); a Content-Length past that
+    is answered at once and the connection closed, since its body will not be read."""
+    r = app_client.post("/v1/completions", content=b"x", headers={"content-length": str(17 << 20)})
+    assert r.status_code == 413 and r.headers["connection"] == "close"
 
 
 @pytest.mark.parametrize("route, body, param, allowed", [
