@@ -136,7 +136,9 @@ def llama_log_to(bars: Bars, task: int | None) -> Iterator[QuantLog]:
     """While active, llama.cpp's per-tensor quantize lines drive `task`, its fallback warnings go to
     the yielded QuantLog, and its other warnings and errors go to stderr, a line at a time."""
     import llama_cpp
-    import llama_cpp._logger as default_logger
+
+    llama_cpp.llama_log_set  # noqa: B018 - runs the real __init__ if edge.lightimport's stand-in is there;
+    import llama_cpp._logger as default_logger  # importing _logger first would import it circularly
 
     log = QuantLog()
     last, pending = [0], [""]

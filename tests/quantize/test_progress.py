@@ -117,3 +117,19 @@ def test_k_quant_fallbacks_are_summarised_once_not_flooded(smollm2_path, tmp_pat
     for line in summaries:
         assert err.count(line) == (0 if quiet else 1), err[-2000:]
     assert ("fell back" in err) is not quiet
+
+
+def test_llama_log_capture_works_after_the_runtime_imported_llama_cpp_lightly():
+    """The server imports llama_cpp's bindings without its __init__ (edge.lightimport); a quantize in the
+    same process (the ladder, the tests) then imported llama_cpp._logger circularly and failed."""
+    import subprocess
+    import sys
+
+    code = ("from edge.lightimport import llama_module\n"
+            "llama_module('llama_cpp')\n"
+            "from quantize.progress import Bars, llama_log_to\n"
+            "with llama_log_to(Bars(True), None):\n"
+            "    pass\n"
+            "print('captured')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "captured" in out.stdout, out.stderr[-2000:]
