@@ -48,7 +48,9 @@ def serve(
                                  api_key_file=api_key_file, allowed_hosts=allow_host or None,
                                  cors_origins=cors_origin or None, request_timeout=request_timeout,
                                  read_timeout=read_timeout)
-    run_server(_fit(settings, force), uds=uds, tcp=tcp)
+    store = _store(settings)
+    target = _target(settings, store)
+    run_server(_fit(settings, target.path, force), uds=uds, tcp=tcp, store=store, target=target)
 
 
 from edge.bundle_cli import app as bundle_app  # noqa: E402 - light: imports edge.bundle lazily
@@ -123,12 +125,17 @@ def _rate(fin) -> str:
     return f"{fin.completion_tokens / (fin.eval_ns / 1e9):.1f} tokens/s" if fin.eval_ns else "n/a"
 
 
-def _fit(settings: Settings, force: bool) -> Settings:
-    """Profile (given or detected), threads, slots and context; refuse a model that does not fit."""
-    from edge.fit import fit_model
+def _target(settings: Settings, store):
     from edge.server.state import resolve_target
 
-    fit = fit_model(settings, resolve_target(settings, _store(settings)).path, force=force)
+    return resolve_target(settings, store)
+
+
+def _fit(settings: Settings, model_path: Path, force: bool) -> Settings:
+    """Profile (given or detected), threads, slots and context; refuse a model that does not fit."""
+    from edge.fit import fit_model
+
+    fit = fit_model(settings, model_path, force=force)
     print(f"edge: {'; '.join(fit.reasons)}", file=sys.stderr, flush=True)
     return fit.settings
 

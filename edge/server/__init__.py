@@ -41,9 +41,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = True) -> None:
+def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = True, store=None,
+          target=None) -> None:
     """Run until Ctrl-C / SIGTERM. Raises the load error if the model cannot be loaded.
 
+    `store`/`target`: the model store and the resolved model, when the caller has them already.
     `uds`: also (or, with tcp=False, only) listen on this Unix socket path (edge.server.unix).
     Under systemd (NOTIFY_SOCKET) readiness and watchdog pings go through edge.notify.
 
@@ -56,8 +58,10 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
 
     if tcp:  # a Unix socket is guarded by its file permissions
         require_key_for_bind(settings)  # before anything is bound: exit code 2 with how to set a key
-    store = ModelStore(settings.home, models_dir=settings.models_dir)
-    target = resolve_target(settings, store)  # a wrong name fails here, before anything loads
+    if store is None:
+        store = ModelStore(settings.home, models_dir=settings.models_dir)
+    if target is None:  # `edge serve` resolved it already, to plan the memory
+        target = resolve_target(settings, store)  # a wrong name fails here, before anything loads
     early = EarlyLoad(target, settings)
 
     import uvicorn
