@@ -518,7 +518,7 @@ def artifact_for(path: Path, **kw) -> Artifact:
     """The report entry of a GGUF file (type from general.file_type) or an ONNX folder (type from its manifest)."""
     path = Path(path)
     if path.is_dir():
-        from quantize.onnx.manifest import read_manifest
+        from edge.onnx_manifest import read_manifest
 
         return Artifact(path, str(read_manifest(path).get("type") or path.name), format="onnx", **kw)
     return Artifact(path, gguf_type(path) or path.stem, **kw)

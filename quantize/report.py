@@ -19,7 +19,7 @@ from typing import Any
 from rich.table import Table
 
 from .gguf_out import atomic_output
-from .onnx.manifest import MANIFEST
+from edge.onnx_manifest import MANIFEST
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 SCHEMA_ID = "edge-llm/quant-report/1"

@@ -69,7 +69,7 @@ class OnnxBatcher:
     def __init__(self, folder: Path, *, n_ctx: int | None, n_parallel: int, n_threads: int,
                  providers: tuple[str, ...] | list[str] | None = None):
         from edge.validate import validate_onnx_folder
-        from quantize.onnx.manifest import read_manifest
+        from edge.onnx_manifest import read_manifest
 
         if n_parallel < 1:
             raise BadRequestError(f"n_parallel must be >= 1, got {n_parallel}")

@@ -142,7 +142,7 @@ def test_quantized_types_load_generate_and_agree(otype, exported):
 
 
 def test_manifest_lists_files_with_hashes(exported):
-    from quantize.onnx.manifest import sha256, verify_folder
+    from edge.onnx_manifest import sha256, verify_folder
 
     folder = exported("gemma3")
     doc = json.loads((folder / "edge_onnx.json").read_text())

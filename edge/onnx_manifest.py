@@ -1,5 +1,8 @@
 """The ONNX model folder: what travels with model.onnx, and the manifest that lists it.
 
+Shared by the exporter (quantize.onnx.export writes it) and the runtime (edge.backends.onnx reads it);
+it lives in edge/ because the runtime never imports quantize.
+
     <folder>/model.onnx            the decoder graph (decoder.py's interface)
     <folder>/model.onnx.data       external weights, for models above EXTERNAL_DATA_BYTES
     <folder>/tokenizer.json ...    tokenizer, its config, chat template, generation config, config.json
