@@ -270,6 +270,38 @@ def test_gemma3_sliding_window_model_reuses_prefix_correctly(gemma3_path):
         eng.close()
 
 
+def test_large_vocabulary_greedy_takes_the_argmax_path_and_picks_the_same_tokens(gemma3_path, engine):
+    """Gemma-3 (262k tokens): plain greedy reads the argmax of the logits in place instead of the native
+    candidate copy; the text must equal the native greedy sampler's, token for token."""
+    assert engine._batcher._argmax is None  # SmolLM2's 49k vocabulary keeps the native path (no numpy)
+    eng = open_engine(gemma3_path, name="gemma3:270m-q4_k_m", n_ctx=512, n_parallel=1, n_threads=1)
+    try:
+        batcher = eng._batcher
+        assert batcher.n_vocab > 200_000 and batcher._argmax is not None
+        make = batcher.make_sampler
+        assert make(SamplingParams(temperature=0)).argmax is not None
+        assert make(SamplingParams(temperature=0, repeat_penalty=1.1)).argmax is None
+        assert make(SamplingParams(temperature=0.7)).argmax is None
+        prompt = eng.tokenize("The history of the city of Paris begins")
+        params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+        fast, fin, _ = gen(eng, prompt, params)
+
+        def native(p):
+            sampler = make(p)
+            sampler.argmax = None
+            return sampler
+
+        batcher.make_sampler = native
+        try:
+            slow, fin2, _ = gen(eng, prompt, params)
+        finally:
+            batcher.make_sampler = make
+        assert fin.completion_tokens == fin2.completion_tokens == 48
+        assert fast == slow and fast.strip()
+    finally:
+        eng.close()
+
+
 def test_grammar_rejection_sampling_equals_grammar_first(engine):
     """The fast path (sample, then check the token against the grammar) must pick what applying the
     grammar to every candidate first picks (greedy)."""
