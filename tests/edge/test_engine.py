@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -59,6 +60,23 @@ async def run(engine, prompt, params):
 
 def gen(engine, prompt, params=GREEDY):
     return asyncio.run(run(engine, prompt, params))
+
+
+@contextlib.contextmanager
+def samplers_changed(batcher, change):
+    """While active, every sampler the batcher makes goes through `change` first."""
+    make = batcher.make_sampler
+
+    def changed(p):
+        sampler = make(p)
+        change(sampler)
+        return sampler
+
+    batcher.make_sampler = changed
+    try:
+        yield
+    finally:
+        batcher.make_sampler = make
 
 
 def test_model_info_from_gguf_metadata(engine):
@@ -278,24 +296,16 @@ def test_large_vocabulary_greedy_takes_the_argmax_path_and_picks_the_same_tokens
     try:
         batcher = eng._batcher
         assert batcher.n_vocab > 200_000 and batcher._argmax is not None
-        make = batcher.make_sampler
-        assert make(SamplingParams(temperature=0)).argmax is not None
-        assert make(SamplingParams(temperature=0, repeat_penalty=1.1)).argmax is None
-        assert make(SamplingParams(temperature=0.7)).argmax is None
+        for p, fast in ((SamplingParams(temperature=0), True), (SamplingParams(temperature=0, repeat_penalty=1.1), False),
+                        (SamplingParams(temperature=0.7), False)):
+            sampler = batcher.make_sampler(p)
+            assert (sampler.argmax is not None) == fast, p
+            batcher.free_sampler(sampler)
         prompt = eng.tokenize("The history of the city of Paris begins")
         params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
         fast, fin, _ = gen(eng, prompt, params)
-
-        def native(p):
-            sampler = make(p)
-            sampler.argmax = None
-            return sampler
-
-        batcher.make_sampler = native
-        try:
+        with samplers_changed(batcher, lambda sampler: setattr(sampler, "argmax", None)):  # the native path
             slow, fin2, _ = gen(eng, prompt, params)
-        finally:
-            batcher.make_sampler = make
         assert fin.completion_tokens == fin2.completion_tokens == 48
         assert fast == slow and fast.strip()
     finally:
@@ -309,19 +319,9 @@ def test_grammar_rejection_sampling_equals_grammar_first(engine):
     params = SamplingParams(temperature=0, max_tokens=32, grammar=json_schema_to_gbnf(schema))
     prompt = chat_prompt(engine, "Which city is the capital of Italy? Answer in JSON.")
     fast, fin, _ = gen(engine, prompt, params)
-    batcher = engine._batcher
-    make = batcher.make_sampler
-
-    def grammar_first(p):
-        sampler = make(p)
-        sampler.penalized = True  # forces the [grammar, ...] chain for every token
-        return sampler
-
-    batcher.make_sampler = grammar_first
-    try:
+    # penalized forces the [grammar, ...] chain for every token
+    with samplers_changed(engine._batcher, lambda sampler: setattr(sampler, "penalized", True)):
         slow, _, _ = gen(engine, prompt, params)
-    finally:
-        batcher.make_sampler = make
     assert fast == slow and fin.reason == "stop"
     assert isinstance(json.loads(fast)["city"], str)
 
