@@ -163,59 +163,51 @@ class SecurityMiddleware:
             return await _preflight(origin, send)
         if cors:
             send = _with_cors(send, origin)
-        body = await self._read_body(headers, receive)
+        body, complete = await self._read_body(headers, receive)
         if isinstance(body, EdgeError):
-            drained = isinstance(body, PayloadTooLargeError) and (body.ended or await self._drain(headers, receive))
-            return await self._reply(scope, receive, send, body, close=not drained)
+            return await self._reply(scope, receive, send, body, close=not complete)
         await self.app(scope, _replay(body, receive), send)
 
-    async def _drain(self, headers: dict, receive) -> bool:
-        """Read and drop the rest of an oversized body, up to DRAIN_FACTOR x the limit and the read timeout.
-        Closing a socket with unread input makes the kernel send RST, which can destroy the 413 before the
-        client reads it (a client that writes the whole body first then sees only a dropped connection);
-        nginx's lingering close does the same. True when the body ended, so the connection stays usable."""
-        bound = DRAIN_FACTOR * self.settings.max_body_bytes
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > bound):
-            return False
-        deadline, size = time.monotonic() + self.settings.read_timeout, 0
-        while size <= bound:
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
-            except asyncio.TimeoutError:
-                return False
-            if message["type"] != "http.request":
-                return False
-            size += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return True
-        return False
+    async def _read_body(self, headers: dict, receive) -> tuple[bytes | EdgeError, bool]:
+        """(the body, or the 413/408 to answer; whether the request was read to its end).
 
-    async def _read_body(self, headers: dict, receive) -> bytes | EdgeError:
+        Past the limit the rest of the body is still read and dropped, up to DRAIN_FACTOR x the limit
+        and within the read timeout: closing a socket with unread input makes the kernel send RST, which
+        can destroy the 413 before a client that writes its whole body first reads it (nginx's lingering
+        close does the same). Read to its end, the connection stays usable."""
         limit = self.settings.max_body_bytes
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return _too_large(limit)
+        if length is not None and (not length.isdigit() or int(length) > DRAIN_FACTOR * limit):
+            return _too_large(limit), False
         deadline = time.monotonic() + self.settings.read_timeout
         chunks, size = [], 0
+        over = length is not None and int(length) > limit  # known too large: the body is only counted
         while True:
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
             except asyncio.TimeoutError:
+                if over:
+                    return _too_large(limit), False
                 return RequestTimeoutError(f"the request body did not arrive within {self.settings.read_timeout:g} s "
-                                           "(EDGE_READ_TIMEOUT); send it at once")
-            if message["type"] != "http.request":
-                return b"".join(chunks)  # the client left; the app sees the disconnect next
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
+                                           "(EDGE_READ_TIMEOUT); send it at once"), False
+            if message["type"] != "http.request":  # the client left; the app sees the disconnect next
+                return (_too_large(limit), False) if over else (b"".join(chunks), True)
+            size += len(message.get("body", b""))
+            ended = not message.get("more_body", False)
             if size > limit:
-                return _too_large(limit, ended=not message.get("more_body", False))
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+                over = True
+                chunks.clear()
+            if over:
+                if ended or size > DRAIN_FACTOR * limit:
+                    return _too_large(limit), ended
+                continue
+            chunks.append(message.get("body", b""))
+            if ended:
+                return b"".join(chunks), True
 
     async def _reply(self, scope, receive, send, exc: EdgeError, close: bool = False):
         response = self.respond(scope["path"], exc)
-        if close:  # the rest of the body is not read: the connection cannot be reused
+        if close:  # the request was not read to its end: the connection cannot be reused
             response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
@@ -223,11 +215,9 @@ class SecurityMiddleware:
 DRAIN_FACTOR = 4  # an oversized body up to 4x the limit is read and dropped before the 413 goes out
 
 
-def _too_large(limit: int, ended: bool = False) -> PayloadTooLargeError:
-    exc = PayloadTooLargeError(f"request body larger than {limit} bytes; send less, or raise the limit with "
-                               "EDGE_MAX_BODY")
-    exc.ended = ended  # the body's last chunk was read: nothing left to drain
-    return exc
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"request body larger than {limit} bytes; send less, or raise the limit with "
+                                "EDGE_MAX_BODY")
 
 
 def _headers(scope) -> dict[str, str]:
