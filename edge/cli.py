@@ -42,6 +42,7 @@ def serve(
 ) -> None:
     """Serve one model over HTTP (OpenAI /v1/... and Ollama /api/...)."""
     from edge.server import serve as run_server
+    from edge.server.state import resolve_target
 
     settings = Settings.from_env(model=model, host=host, port=port, models_dir=models, profile=profile,
                                  parallel=parallel, ctx=ctx, api_key=api_key, queue_size=queue, threads=threads,
@@ -49,7 +50,7 @@ def serve(
                                  cors_origins=cors_origin or None, request_timeout=request_timeout,
                                  read_timeout=read_timeout)
     store = _store(settings)
-    target = _target(settings, store)
+    target = resolve_target(settings, store)
     run_server(_fit(settings, target.path, force), uds=uds, tcp=tcp, store=store, target=target)
 
 
@@ -123,12 +124,6 @@ def _store(settings: Settings):
 
 def _rate(fin) -> str:
     return f"{fin.completion_tokens / (fin.eval_ns / 1e9):.1f} tokens/s" if fin.eval_ns else "n/a"
-
-
-def _target(settings: Settings, store):
-    from edge.server.state import resolve_target
-
-    return resolve_target(settings, store)
 
 
 def _fit(settings: Settings, model_path: Path, force: bool) -> Settings:
