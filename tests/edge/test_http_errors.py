@@ -74,7 +74,7 @@ def test_foreign_host_header_is_refused_on_a_loopback_bind(server):
 @pytest.mark.slow
 def test_oversized_body_is_413_every_time(server):
     """Over real TCP: the client writes the whole 5 MiB before it reads. Closing with that body unread made
-    the kernel reset the connection and the 413 was sometimes lost (1 CI run in 4); the server now reads
+    the kernel reset the connection and the 413 was sometimes lost (2 runs in 4); the server now reads
     and drops it first, so every answer arrives and the connection is reused."""
     with httpx.Client(base_url=server.url, timeout=60) as http:
         for _ in range(8):
