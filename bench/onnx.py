@@ -30,8 +30,8 @@ PROMPT = "Write a short story about a robot who learns to paint."
 OURS = r"""
 import asyncio, json, sys, time
 sys.path.insert(0, sys.argv[4])
-from edge.backends import open_engine
-from edge.backends.base import Finish, SamplingParams
+from edge.engine import open_engine
+from edge.engine.base import Finish, SamplingParams
 folder, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 engine = open_engine(folder, name="bench", n_ctx=1024, n_threads=threads)
 prompt = engine.tokenize(%r)

@@ -3,10 +3,10 @@
     python bench/plan_speed.py [--repeats 3] [--tokens 128] [--profile NAME] [--json]
 
 For each bundled model (SmolLM2-135M Q4_1, Gemma-3-270M Q4_K_M):
-1. predicted: `edge.plan.estimate(...).tokens_per_s` for the file as it is (AS_IS) on the profile
+1. predicted: `profiles.plan.planner.estimate(...).tokens_per_s` for the file as it is (AS_IS) on the profile
    `edge profile` detects here (or --profile): bandwidth x the profile's efficiency / bytes read per
    token (weights + the KV cache at 512 tokens);
-2. ours: a child process opens the model the way `edge serve` does (edge.backends.open_engine, the
+2. ours: a child process opens the model the way `edge serve` does (edge.engine.open_engine, the
    profile's threads) and generates --tokens greedy tokens (ignore_eos) after one warm-up run,
    --repeats times; generation t/s from the engine's own eval time, median of the repeats;
 3. anchor: `llama-bench -p 0 -n TOKENS -r REPEATS -t THREADS` (tg128), same threads.
@@ -31,8 +31,8 @@ MODELS = ("smollm2", "gemma3")
 _GENERATE = """
 import asyncio, json, sys
 from pathlib import Path
-from edge.backends import open_engine
-from edge.backends.base import Finish, SamplingParams
+from edge.engine import open_engine
+from edge.engine.base import Finish, SamplingParams
 
 path, threads, tokens, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 engine = open_engine(Path(path), name="bench", n_ctx=2048, n_parallel=1, n_threads=threads)
@@ -69,8 +69,8 @@ def llama_bench(path: Path, threads: int, tokens: int, repeats: int) -> float:
 
 
 def predicted(path: Path, profile):
-    from edge.model_shape import read_model_shape
-    from edge.plan import SPEED_AT_TOKENS, estimate
+    from profiles.plan.shape import read_model_shape
+    from profiles.plan.planner import SPEED_AT_TOKENS, estimate
 
     est = estimate(read_model_shape(path), "AS_IS", 2048, profile)
     ceiling = est.tokens_per_s / profile.runtime.efficiency  # bandwidth / bytes read per token
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     args = ap.parse_args(argv)
     common.exit_cleanly_on_sigterm()
-    from edge.detect import detect
-    from edge.profiles import get_profile
+    from profiles.detect import detect
+    from profiles.profile import get_profile
 
     found = detect(Path("/"))
     profile = get_profile(args.profile) if args.profile else found.profile

@@ -1,9 +1,9 @@
 """What `edge serve` decides before it binds a socket: the profile, threads, slots, context, and
 whether the model fits the device at all.
 
-The profile is `--profile` when given, else the one `edge.detect` finds on this machine (its memory
+The profile is `--profile` when given, else the one `profiles.detect` finds on this machine (its memory
 budget then follows the machine's RAM or a container's limit). Flags win over the profile's
-defaults. The planner (`edge.plan`, the same one `edge-quantize plan` runs) reads only the GGUF
+defaults. The planner (`profiles.plan.planner`, the same one `edge-quantize plan` runs) reads only the GGUF
 header: a model that does not fit is refused with the numbers and a way out (DoesNotFitError, exit
 code 5) unless `--force`; with no `--ctx`, the largest context that fits is chosen, up to the
 model's own and the profile's.
@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.settings import Settings
+from edge.config import Settings
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class Fit:
 
 
 def _profile_and_budget(settings: Settings, root: Path):
-    from edge.detect import detect
-    from edge.profiles import get_profile
+    from profiles.detect import detect
+    from profiles.profile import get_profile
 
     if settings.profile:
         profile = get_profile(settings.profile)
@@ -38,8 +38,8 @@ def _profile_and_budget(settings: Settings, root: Path):
 
 def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root: Path = Path("/")) -> Fit:
     """Fill threads/parallel/ctx from the profile and check the model fits (GGUF files only)."""
-    from edge.plan import estimate, largest_context
-    from edge.model_shape import read_model_shape
+    from profiles.plan.planner import estimate, largest_context
+    from profiles.plan.shape import read_model_shape
 
     profile, budget, threads, why = _profile_and_budget(settings, root)
     settings = settings.with_(threads=settings.threads or threads, parallel=settings.parallel or profile.runtime.parallel)
@@ -63,7 +63,7 @@ def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root
 
 def _refusal(shape, profile, ctx, est, kw):
     from edge.errors import DoesNotFitError
-    from edge.plan import LADDER, estimate, largest_context
+    from profiles.plan.planner import LADDER, estimate, largest_context
 
     gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
     ways = []

@@ -1,1 +1,1 @@
-"""Hardware profiles (TOML data shipped in the wheel); loaded by edge.hardware."""
+"""Hardware profiles (TOML data shipped in the wheel); loaded by profiles.cpu."""

@@ -21,7 +21,7 @@ import gguf
 import numpy as np
 
 from edge.errors import ModelFormatError, NotFoundError
-from edge.validate import validate_gguf
+from edge.formats.validate import validate_gguf
 
 from .archs import get_arch
 from .archs.base import ArchSpec, PlannedTensor
@@ -299,8 +299,8 @@ class PlannedOutput:
 def plan_outputs(src: Path, types: list[str] | str, out_dir: Path, *, name: str | None = None,
                  imatrix: bool = False) -> list[PlannedOutput]:
     """--dry-run: the files a conversion would write and their predicted sizes; nothing is written."""
-    from edge.model_shape import read_model_shape
-    from edge.plan import FTYPES, file_bytes
+    from profiles.plan.shape import read_model_shape
+    from profiles.plan.planner import FTYPES, file_bytes
 
     src = Path(src)
     if not src.exists():

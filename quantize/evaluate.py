@@ -214,10 +214,10 @@ class GgufModel:
 
 
 class OnnxModel:
-    """An edge-quantize ONNX folder in onnxruntime, through the runtime's own batcher (edge.backends.onnx)."""
+    """An edge-quantize ONNX folder in onnxruntime, through the runtime's own batcher (edge.engine.onnx.backend)."""
 
     def __init__(self, folder: Path, ctx: int, n_threads: int | None = None):
-        from edge.backends.onnx import OnnxBatcher
+        from edge.engine.onnx.backend import OnnxBatcher
 
         self.path = Path(folder)
         self.b = OnnxBatcher(self.path, n_ctx=ctx, n_parallel=1, n_threads=n_threads or os.cpu_count() or 1)
@@ -518,7 +518,7 @@ def artifact_for(path: Path, **kw) -> Artifact:
     """The report entry of a GGUF file (type from general.file_type) or an ONNX folder (type from its manifest)."""
     path = Path(path)
     if path.is_dir():
-        from edge.onnx_manifest import read_manifest
+        from edge.formats.onnx import read_manifest
 
         return Artifact(path, str(read_manifest(path).get("type") or path.name), format="onnx", **kw)
     return Artifact(path, gguf_type(path) or path.stem, **kw)
@@ -537,7 +537,7 @@ def pick_reference(artifacts: list[Artifact], fallback: Artifact | None) -> Arti
 
 def gguf_type(path: Path) -> str | None:
     """general.file_type of a GGUF file as a type name (Q4_1, F32, ...), without reading tensors."""
-    from edge.gguf_meta import read_gguf_meta
+    from edge.formats.gguf import read_gguf_meta
 
     name = read_gguf_meta(Path(path)).quantization.removeprefix("ALL_")
     return name or None
@@ -545,9 +545,9 @@ def gguf_type(path: Path) -> str | None:
 
 def fits_profiles(path: Path, type_name: str) -> list[str] | None:
     """Hardware profiles whose memory budget holds this GGUF at the profile's default context."""
-    from edge.model_shape import shape_from_gguf
-    from edge.plan import FTYPES, estimate
-    from edge.profiles import list_profiles
+    from profiles.plan.shape import shape_from_gguf
+    from profiles.plan.planner import FTYPES, estimate
+    from profiles.profile import list_profiles
 
     if type_name.upper() not in FTYPES:
         return None

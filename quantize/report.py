@@ -19,7 +19,7 @@ from typing import Any
 from rich.table import Table
 
 from .gguf_out import atomic_output
-from edge.onnx_manifest import MANIFEST
+from edge.formats.onnx import MANIFEST
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 SCHEMA_ID = "edge-llm/quant-report/1"
@@ -165,7 +165,7 @@ def _cells(v: dict) -> list[str]:
 
 
 def _fits(names: list[str] | None) -> str:
-    from edge.profiles import list_profiles
+    from profiles.profile import list_profiles
 
     if names is None:
         return "-"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from edge.errors import BadRequestError, UnavailableError
-from edge.settings import Settings
+from edge.config import Settings
 
 __all__ = ["create_app", "serve", "bind"]
 
@@ -47,7 +47,7 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
 
     `store`/`target`: the model store and the resolved model, when the caller has them already.
     `uds`: also (or, with tcp=False, only) listen on this Unix socket path (edge.server.unix).
-    Under systemd (NOTIFY_SOCKET) readiness and watchdog pings go through edge.notify.
+    Under systemd (NOTIFY_SOCKET) readiness and watchdog pings go through edge.server.supervision.
 
     The model starts loading before FastAPI and uvicorn are imported: llama.cpp reads the file and
     builds the context outside the GIL while the HTTP stack imports (~0.3 s of a ~1.3 s cold start
@@ -66,7 +66,7 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
 
     import uvicorn
 
-    from edge.notify import Supervision
+    from edge.server.supervision import Supervision
     from edge.server.security import uvicorn_options
     from edge.server.unix import bind_unix
 

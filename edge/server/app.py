@@ -22,7 +22,7 @@ from edge.server import ollama, openai
 from edge.server.security import SecurityMiddleware
 from edge.server.state import ServerState, Target, resolve_target
 from edge.server.streaming import ClientGone
-from edge.settings import Settings
+from edge.config import Settings
 
 log = logging.getLogger("edge.server")
 
@@ -55,7 +55,7 @@ def create_app(settings: Settings, *, store=None, target: Target | None = None, 
 
         store = ModelStore(settings.home, models_dir=settings.models_dir)
     if opener is None:
-        from edge.backends import open_engine as opener
+        from edge.engine import open_engine as opener
     state = ServerState(settings, store, target or resolve_target(settings, store), opener)
 
     @contextlib.asynccontextmanager

@@ -1,7 +1,7 @@
 """What /api/tags, /api/show and /api/ps say about a model file, in Ollama's words.
 
 The loaded model is described by its engine; other files in the store by their GGUF header
-(edge.gguf_meta's bounded reader, cached per file version; weights are never read).
+(edge.formats.gguf's bounded reader, cached per file version; weights are never read).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.backends.base import ModelInfo
+from edge.engine.base import ModelInfo
 from edge.errors import EdgeError
-from edge.gguf_meta import cached_gguf_meta
+from edge.formats.gguf import cached_gguf_meta
 from edge.lightimport import gguf_constants
 
 gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)

@@ -18,7 +18,7 @@ from typing import Annotated, AsyncIterator
 
 from pydantic import AfterValidator
 
-from edge.backends.base import Event
+from edge.engine.base import Event
 from edge.errors import RequestTimeoutError
 
 

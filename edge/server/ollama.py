@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 import edge
-from edge import grammar
-from edge.backends.base import Delta, Finish, SamplingParams
+from edge.engine import grammar
+from edge.engine.base import Delta, Finish, SamplingParams
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, ollama_error_body
 from edge.server import catalog, prompts, streaming
 from edge.server.limits import bounded

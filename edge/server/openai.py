@@ -18,8 +18,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge import grammar
-from edge.backends.base import Delta, Finish, SamplingParams
+from edge.engine import grammar
+from edge.engine.base import Delta, Finish, SamplingParams
 from edge.errors import BadRequestError, EdgeError, openai_error_body
 from edge.server import prompts, streaming
 from edge.server.limits import bounded

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.backends.base import Engine
+from edge.engine.base import Engine
 from edge.errors import BadRequestError
 
 

@@ -17,7 +17,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge.errors import BadRequestError, EdgeError, ForbiddenError, PayloadTooLargeError, RequestTimeoutError
-from edge.settings import Settings
+from edge.config import Settings
 
 LOOPBACK_NAMES = {"localhost", "localhost.", "::1"}
 MAX_HEADER_BYTES = 16 * 1024  # h11_max_incomplete_event_size: a request line + headers larger than this is cut

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edge.backends.base import Engine
+from edge.engine.base import Engine
 from edge.errors import EdgeError, ModelLoadingError, ModelNotFoundError
 from edge.server.metrics import Metrics
-from edge.settings import Settings
+from edge.config import Settings
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class EarlyLoad:
 
     def __init__(self, target: Target, settings: Settings, opener: Callable[..., Engine] | None = None):
         if opener is None:
-            from edge.backends import open_engine as opener
+            from edge.engine import open_engine as opener
         self._done = threading.Event()
         self._engine: Engine | None = None
         self._error: BaseException | None = None
@@ -112,7 +112,7 @@ class ServerState:
         return thread
 
     def load(self) -> None:
-        from edge.templates import ChatTemplate
+        from edge.chat.templates import ChatTemplate
 
         try:
             engine = open_target(self._opener, self.target, self.settings)

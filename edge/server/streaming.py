@@ -15,7 +15,7 @@ from typing import AsyncIterator, Callable
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from edge.backends.base import Delta, Engine, Event, Finish, SamplingParams
+from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams
 from edge.server.limits import Deadline
 from edge.server.metrics import Metrics
 

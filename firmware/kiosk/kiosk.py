@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from edge.client import Client
+from firmware.client import Client
 from edge.errors import EdgeError
 
 SYSTEM = "You are a friendly help desk assistant. Answer in one or two short sentences."

@@ -11,7 +11,7 @@ model without HTTP. One request per line, answered in order:
     out: {"id": 9, "error": "model 'x' is not served here ...", "code": "model_not_found", "done": true}
 
 A bad line gets an error line and the bridge goes on; EOF ends it (exit 0). Requests are passed
-through edge.client, so a restarting service (503, refused connection) is retried.
+through firmware.client, so a restarting service (503, refused connection) is retried.
 
     python robot_bridge.py --url unix:///run/edge/edge.sock < requests.jsonl
 """
@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 
-from edge.client import Client
+from firmware.client import Client
 from edge.errors import EdgeError
 
 PASSED = ("max_tokens", "temperature", "top_p", "stop", "seed", "model")

@@ -14,7 +14,7 @@ OUT=$2
 DRY=${3:-}
 PY=${PYTHON:-python3}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-CMAKE_ARGS=$(cd "$REPO" && "$PY" -c "import sys; from edge.profiles import get_profile; print(get_profile(sys.argv[1]).build.cmake_args)" "$PROFILE")
+CMAKE_ARGS=$(cd "$REPO" && "$PY" -c "import sys; from profiles.profile import get_profile; print(get_profile(sys.argv[1]).build.cmake_args)" "$PROFILE")
 
 run() {
     if [ "$DRY" = "--dry-run" ]; then echo "+ $*"; else "$@"; fi

@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
 
-from edge.profiles import get_profile  # noqa: E402
+from profiles.profile import get_profile  # noqa: E402
 
 
 def render(profile_name: str, profile_arg: str | None = None) -> str:

@@ -27,7 +27,7 @@ from ..progress import Bars, warn
 from . import get_spec
 from .decoder import Loader, build
 from .graph import Graph, WeightFormat
-from edge.onnx_manifest import EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
+from edge.formats.onnx import EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
 from .quant import OnnxType, parse_onnx_type
 from .weights import WeightSink
 

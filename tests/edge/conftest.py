@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-# `tests.edge.live` is imported from the repository root (as tests/quantize/conftest.py does).
+# `tests.support.live` is imported from the repository root (as tests/quantize/conftest.py does).
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.edge.live import CTX, Oracle, start_server  # noqa: E402
+from tests.support.live import CTX, Oracle, start_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +36,8 @@ def server(edge_home):
 @pytest.fixture(scope="session")
 def oracle(smollm2_path):
     """The engine in this process on the same file, with one slot: the greedy answers to match."""
-    from edge.backends import open_engine
-    from edge.templates import ChatTemplate
+    from edge.engine import open_engine
+    from edge.chat.templates import ChatTemplate
 
     engine = open_engine(smollm2_path, name="oracle", n_ctx=CTX, n_parallel=1, n_threads=1)
     info = engine.info

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from edge.errors import BadRequestError
-from edge.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
-from tests.edge.live import LOAD_TIMEOUT, edge_env, start_server
+from edge.config import DEFAULT_HOST, DEFAULT_PORT, Settings
+from tests.support.live import LOAD_TIMEOUT, edge_env, start_server
 
 
 def edge(home, *args: str, timeout: float = LOAD_TIMEOUT, **env: str) -> subprocess.CompletedProcess:
@@ -97,7 +97,7 @@ def test_a_bad_flag_is_an_error():
 
 def test_a_profile_supplies_threads_and_slots_the_flags_did_not(tmp_path, smollm2_path):
     from edge.fit import fit_model
-    from edge.profiles import list_profiles
+    from profiles.profile import list_profiles
 
     profile = list_profiles()[0]
     s = fit_model(Settings(profile=profile.name), smollm2_path).settings

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.backends import open_engine
-from edge.backends.base import Delta, Finish, SamplingParams
+from edge.engine import open_engine
+from edge.engine.base import Delta, Finish, SamplingParams
 from edge.errors import (
     BadRequestError,
     ContextOverflowError,
@@ -20,7 +20,7 @@ from edge.errors import (
     NotFoundError,
     QueueFullError,
 )
-from edge.grammar import JSON_OBJECT_GBNF, json_schema_to_gbnf
+from edge.engine.grammar import JSON_OBJECT_GBNF, json_schema_to_gbnf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GREEDY = SamplingParams(temperature=0, max_tokens=32)
@@ -331,7 +331,7 @@ def test_backend_import_skips_the_high_level_package():
     import subprocess
     import sys
 
-    code = ("import sys, edge.backends.llamacpp; "
+    code = ("import sys, edge.engine.llamacpp; "
             "print(sorted(m for m in ('llama_cpp.llama', 'numpy', 'jinja2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

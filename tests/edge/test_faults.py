@@ -5,7 +5,7 @@ The supervisor is a small loop emulating the firmware's systemd unit (firmware/s
 `Restart=on-failure` (a non-zero exit or a signal restarts; exit 0 and the "clean" signals SIGHUP,
 SIGINT, SIGTERM and SIGPIPE do not: uvicorn re-raises SIGTERM after its graceful shutdown), `RestartSec=2`, and
 `StartLimitBurst=5` starts at most. Readiness is /health answering 200 (the unit waits for READY=1,
-sent after the same load; see edge.notify).
+sent after the same load; see edge.server.supervision).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.edge.live import LiveServer, chat_messages, edge_env, free_port, start_server, wait_ready
+from tests.support.live import LiveServer, chat_messages, edge_env, free_port, start_server, wait_ready
 
 MODEL = "smollm2:135m-q4_1"
 RESTART_SEC = 2.0  # the unit's RestartSec
@@ -69,7 +69,7 @@ class Supervisor:
 
 def digests(*roots: Path) -> dict[str, str]:
     """sha256 of every file under the roots (model files and the store's own files), logs and
-    edge's cache/ (derived facts such as edge.filecache's, rewritten by design) excepted."""
+    edge's cache/ (derived facts such as edge.formats.filecache's, rewritten by design) excepted."""
     out = {}
     for root in roots:
         for p in sorted(root.rglob("*") if root.is_dir() else [root]):

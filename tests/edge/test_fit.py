@@ -9,7 +9,7 @@ import pytest
 
 from edge.errors import DoesNotFitError
 from edge.fit import fit_model
-from edge.settings import Settings
+from edge.config import Settings
 
 
 def test_profile_fills_threads_slots_and_the_largest_context(smollm2_path):

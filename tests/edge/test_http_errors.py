@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 
 from edge.errors import ModelFormatError
 from edge.server import create_app
-from edge.settings import Settings
-from tests.edge.live import HTTP_TIMEOUT, chat_messages, start_server
+from edge.config import Settings
+from tests.support.live import HTTP_TIMEOUT, chat_messages, start_server
 
 MODEL = "smollm2:135m-q4_1"
 KEY = "s3cret-key"
@@ -104,7 +104,7 @@ def test_metrics_count_requests_by_route_and_status(server):
 
 # -- the loading window, in process ----------------------------------------------------------------------
 def test_health_is_503_while_loading_then_200(smollm2_path, tmp_path):
-    from edge.backends import open_engine
+    from edge.engine import open_engine
 
     gate = threading.Event()
 

@@ -18,7 +18,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.edge.live import chat_messages, start_server
+from tests.support.live import chat_messages, start_server
 
 MODEL = "smollm2:135m-q4_1"
 CLIENTS, PER_CLIENT = 32, 10

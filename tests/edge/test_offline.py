@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from tests.edge.live import LOAD_TIMEOUT, edge_env
+from tests.support.live import LOAD_TIMEOUT, edge_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 

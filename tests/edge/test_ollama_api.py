@@ -8,7 +8,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.edge.live import HTTP_TIMEOUT, SYSTEM, chat_messages
+from tests.support.live import HTTP_TIMEOUT, SYSTEM, chat_messages
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2:135m-q4_1"

@@ -1,4 +1,4 @@
-"""The ONNX backend (edge/backends/onnx.py): sampler features, refusals, and a live `edge serve`.
+"""The ONNX backend (edge/engine/onnx/backend.py): sampler features, refusals, and a live `edge serve`.
 
 The served model is the bundled SmolLM2 (GGUF -> unpack -> onnx:int4 by edge-quantize); the oracle
 for the streamed answer is the same folder run greedily in this process.
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.backends.base import Delta, Finish, SamplingParams
-from edge.backends.onnx_sampling import NumpySampler
+from edge.engine.base import Delta, Finish, SamplingParams
+from edge.engine.onnx.sampling import NumpySampler
 from edge.errors import BadRequestError
-from tests.edge.live import chat_messages, start_server
+from tests.support.live import chat_messages, start_server
 
 LOGITS = np.array([0.0, 3.0, 2.9, -1.0, 1.0, 2.0], dtype=np.float32)   # (vocab,) best: 1, then 2, 5
 
@@ -62,8 +62,8 @@ def smollm2_int4(smollm2_path, module_tmp) -> Path:
 
 @pytest.mark.slow
 def test_engine_streams_and_refuses_grammar(smollm2_int4):
-    from edge.backends import open_engine
-    from edge.backends.onnx import OnnxEngine
+    from edge.engine import open_engine
+    from edge.engine.onnx.backend import OnnxEngine
 
     engine = open_engine(smollm2_int4, name="smollm2-onnx", n_ctx=512, n_threads=1)
     assert isinstance(engine, OnnxEngine) and engine.info.format == "onnx" and engine.info.chat_template
@@ -90,13 +90,13 @@ def test_engine_streams_and_refuses_grammar(smollm2_int4):
 
 @pytest.mark.slow
 def test_serving_an_onnx_folder_imports_no_quantize_and_no_torch(smollm2_int4):
-    """The runtime reads the folder's manifest itself (edge.onnx_manifest): a device that only serves
+    """The runtime reads the folder's manifest itself (edge.formats.onnx): a device that only serves
     needs neither the converter nor torch, transformers or optimum."""
     import subprocess
     import sys
 
     code = ("import sys\n"
-            "from edge.backends import open_engine\n"
+            "from edge.engine import open_engine\n"
             f"e = open_engine({str(smollm2_int4)!r}, name='x', n_ctx=256, n_threads=1)\n"
             "e.close()\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('quantize', 'torch', 'transformers', 'optimum'))\n"
@@ -110,8 +110,8 @@ def test_serving_an_onnx_folder_imports_no_quantize_and_no_torch(smollm2_int4):
 def test_openai_client_streams_from_edge_serve(smollm2_int4, tmp_path):
     import openai
 
-    from edge.backends import open_engine
-    from edge.templates import ChatTemplate
+    from edge.engine import open_engine
+    from edge.chat.templates import ChatTemplate
 
     messages = chat_messages("What is the capital of France?")
     engine = open_engine(smollm2_int4, name="oracle", n_ctx=1024, n_threads=1)

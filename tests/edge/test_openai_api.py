@@ -8,7 +8,7 @@ import threading
 import openai
 import pytest
 
-from tests.edge.live import CTX, HTTP_TIMEOUT, chat_messages
+from tests.support.live import CTX, HTTP_TIMEOUT, chat_messages
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2:135m-q4_1"
@@ -189,9 +189,9 @@ def _common_prefix(a: str, b: str) -> int:
 
 def test_chat_prompts_carry_exactly_one_bos(gemma3_path, smollm2_path):
     """Gemma-3 adds BOS itself and its (fallback) chat format writes "<bos>" too: never both."""
-    from edge.backends import open_engine
+    from edge.engine import open_engine
     from edge.server.prompts import chat_prompt, text_prompt
-    from edge.templates import ChatTemplate
+    from edge.chat.templates import ChatTemplate
 
     for path in (gemma3_path, smollm2_path):
         engine = open_engine(path, name="bos-check", n_ctx=256, n_parallel=1, n_threads=1)

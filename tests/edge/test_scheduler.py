@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from edge.backends.base import Delta, Finish, SamplingParams
-from edge.detok import StopMatcher, TextStream
+from edge.engine.base import Delta, Finish, SamplingParams
+from edge.engine.detok import StopMatcher, TextStream
 from edge.errors import BadRequestError, ContextOverflowError, QueueFullError
-from edge.scheduler import GenerationStream, Scheduler
+from edge.engine.scheduler import GenerationStream, Scheduler
 
 VOCAB = 1000
 EOG = 0

@@ -18,12 +18,12 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from edge.backends import open_engine
+from edge.engine import open_engine
 from edge.errors import BadRequestError
 from edge.server import create_app
 from edge.server.security import check_host, host_name, is_loopback
-from edge.settings import Settings
-from tests.edge.live import edge_env, free_port, start_server
+from edge.config import Settings
+from tests.support.live import edge_env, free_port, start_server
 
 MODEL = "smollm2:135m-q4_1"
 BASE = "http://127.0.0.1:11434"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import BadRequestError, ModelFormatError, ModelNotFoundError
-from edge.gguf_meta import ArrayInfo, read_gguf_meta
+from edge.formats.gguf import ArrayInfo, read_gguf_meta
 from edge.store import DEFAULT_NAME, ModelStore, bundled_models, canonical, name_from_file
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edge.errors import BadRequestError
-from edge.gguf_meta import read_gguf_meta, token_text
-from edge.templates import ChatTemplate
+from edge.formats.gguf import read_gguf_meta, token_text
+from edge.chat.templates import ChatTemplate
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],

@@ -13,7 +13,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from tests.edge.conftest import oracle  # noqa: E402,F401 - the in-process greedy oracle fixture
-from tests.edge.live import edge_env  # noqa: E402
+from tests.support.live import edge_env  # noqa: E402
 
 
 def edge_cli(home: Path, *args: str, env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.bundle import MANIFEST, FileEntry, Manifest, extract_verified
+from firmware.bundle.archive import MANIFEST, FileEntry, Manifest, extract_verified
 from edge.errors import ModelFormatError
-from edge.slots import Slots
+from firmware.bundle.installs import Slots
 from edge.store import ModelStore
 from tests.firmware.conftest import edge_cli
 
@@ -216,7 +216,7 @@ def test_extract_never_writes_outside_dest(tmp_path):
 
 def test_gzip_bundle_round_trip(tmp_path):
     """.tar.gz bundles (library level, a stand-in file and no smoke test: the format, not the model)."""
-    from edge.bundle import Source, create
+    from firmware.bundle.archive import Source, create
 
     model = tmp_path / "tiny-1.gguf"
     model.write_bytes(os.urandom(100_000))
@@ -231,7 +231,7 @@ def test_gzip_bundle_round_trip(tmp_path):
 def test_not_enough_disk_space_changes_nothing(tmp_path, installed_home, smollm2_bundle, monkeypatch):
     import collections
 
-    import edge.slots as slots_mod
+    import firmware.bundle.installs as slots_mod
     from edge.errors import DoesNotFitError
 
     before = os.readlink(installed_home / "current")

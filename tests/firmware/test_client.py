@@ -1,4 +1,4 @@
-"""edge.client against a live `edge serve` over TCP and its Unix socket, and against a scripted
+"""firmware.client against a live `edge serve` over TCP and its Unix socket, and against a scripted
 HTTP server for retries, Retry-After and timeouts."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import edge.client as client_mod
-from edge.client import Client
+import firmware.client as client_mod
+from firmware.client import Client
 from edge.errors import BadRequestError, ModelNotFoundError, RequestTimeoutError, UnavailableError
-from tests.edge.live import CTX, SYSTEM, start_server
+from tests.support.live import CTX, SYSTEM, start_server
 
 QUESTION = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"}]
 

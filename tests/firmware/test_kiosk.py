@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.client import Client
-from tests.edge.live import CTX, SYSTEM, edge_env, start_server
+from firmware.client import Client
+from tests.support.live import CTX, SYSTEM, edge_env, start_server
 
 KIOSK = Path(__file__).resolve().parents[2] / "firmware" / "kiosk"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge.notify import Notifier, Watchdog, watchdog_interval
-from tests.edge.live import CTX, edge_env, free_port
+from edge.server.supervision import Notifier, Watchdog, watchdog_interval
+from tests.support.live import CTX, edge_env, free_port
 
 
 class FakeSystemd:

@@ -1,4 +1,4 @@
-"""Power loss during `edge bundle install`: SIGKILL the installer at every phase (edge.slots.PHASES,
+"""Power loss during `edge bundle install`: SIGKILL the installer at every phase (firmware.bundle.installs.PHASES,
 through the $EDGE_BUNDLE_KILL_AT hook) and check the active slot is whole and still serves."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.slots import PHASES, Slots
+from firmware.bundle.installs import PHASES, Slots
 from edge.store import ModelStore
 from tests.firmware.conftest import edge_cli
 

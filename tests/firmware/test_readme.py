@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.client import Client
-from tests.edge.live import CTX, start_server
+from firmware.client import Client
+from tests.support.live import CTX, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "firmware" / "README.md"
@@ -66,7 +66,7 @@ def test_readme_commands_run(tmp_path):
     assert len(ran) >= 10
     assert (root / "etc" / "systemd" / "system" / "edge.service").is_file()
     assert (device_home / "current" / "models" / "smollm2-135m-q4_1.gguf").is_file()
-    from edge.slots import Slots
+    from firmware.bundle.installs import Slots
 
     slots = Slots(device_home)
     assert [s.active for s in slots.list()] == [True, False]  # provisioned, updated, rolled back to the first

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.profiles import list_profiles
+from profiles.profile import list_profiles
 
 SYSTEMD = Path(__file__).resolve().parents[2] / "firmware" / "systemd"
 sys.path.insert(0, str(SYSTEMD))

@@ -1,4 +1,4 @@
-"""Run edge.validate.validate_gguf on many files in ONE child process under resource limits.
+"""Run edge.formats.validate.validate_gguf on many files in ONE child process under resource limits.
 
     python -m tests.fuzz.bounded LIST_FILE  (one path a line) -> one JSON line per file on stdout:
     {"path": ..., "result": "ok" | "ModelFormatError" | "<other exception type>", "message": ..., "seconds": ...}
@@ -43,7 +43,7 @@ def _main(listing: str) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_LIMIT, CPU_LIMIT))
     from edge.errors import ModelFormatError
-    from edge.validate import validate_gguf
+    from edge.formats.validate import validate_gguf
 
     for path in Path(listing).read_text().splitlines():
         t = time.perf_counter()

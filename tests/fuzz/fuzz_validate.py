@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of edge.validate.validate_gguf with atheris.
+"""Coverage-guided fuzzing of edge.formats.validate.validate_gguf with atheris.
 
     python -m tests.fuzz.fuzz_validate SEED_DIR [atheris/libFuzzer flags, e.g. -max_total_time=60]
 
@@ -16,9 +16,9 @@ import tempfile
 
 import atheris
 
-with atheris.instrument_imports(include=["edge.validate", "edge.gguf_meta"]):
+with atheris.instrument_imports(include=["edge.formats.validate", "edge.formats.gguf"]):
     from edge.errors import ModelFormatError
-    from edge.validate import validate_gguf
+    from edge.formats.validate import validate_gguf
 
 _PATH = os.path.join(tempfile.mkdtemp(prefix="fuzz-validate-"), "input.gguf")
 

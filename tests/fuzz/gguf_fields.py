@@ -1,6 +1,6 @@
 """Take a real GGUF header apart and put it back together, to craft malformed files (tests only).
 
-An independent little walker (not edge.validate's), trusting the real bundled files it is used on.
+An independent little walker (not edge.formats.validate's), trusting the real bundled files it is used on.
 `Layout` keeps every key/value as raw bytes and every tensor info as fields; `write()` emits a
 header and makes the file as long as the data section needs, sparse: the data is never copied
 (the validator never reads it), so each crafted 100-250 MB file costs only its header on disk.

@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytest
 
-# `tests.fixtures` is imported as a package from the repository root (pytest's rootdir-relative
+# `tests.support` is imported as a package from the repository root (pytest's rootdir-relative
 # import mode does not put the root on sys.path by itself).
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Callable[[str], Path]:
     """kind -> folder of a tiny random HF checkpoint (built once per session)."""
-    from tests.fixtures.checkpoints import make_checkpoint
+    from tests.support.checkpoints import make_checkpoint
 
     cache: dict[str, Path] = {}
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures.checkpoints import KINDS
+from tests.support.checkpoints import KINDS
 
 pytestmark = pytest.mark.slow
 

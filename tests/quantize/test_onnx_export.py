@@ -42,7 +42,7 @@ def _hf_logits(model, ids: list[int], vocab: int) -> np.ndarray:
 
 
 def _batcher(folder: Path, n_ctx: int = 256):
-    from edge.backends.onnx import OnnxBatcher
+    from edge.engine.onnx.backend import OnnxBatcher
 
     return OnnxBatcher(folder, n_ctx=n_ctx, n_parallel=1, n_threads=1)
 
@@ -55,8 +55,8 @@ def _chunked_logits(b, ids: list[int]) -> np.ndarray:
 
 
 def _greedy(folder: Path, prompt: list[int], n: int) -> list[int]:
-    from edge.backends import open_engine
-    from edge.backends.base import Finish, SamplingParams
+    from edge.engine import open_engine
+    from edge.engine.base import Finish, SamplingParams
 
     async def run() -> list[int]:
         engine = open_engine(folder, name="t", n_ctx=256, n_threads=1)
@@ -142,7 +142,7 @@ def test_quantized_types_load_generate_and_agree(otype, exported):
 
 
 def test_manifest_lists_files_with_hashes(exported):
-    from edge.onnx_manifest import sha256, verify_folder
+    from edge.formats.onnx import sha256, verify_folder
 
     folder = exported("gemma3")
     doc = json.loads((folder / "edge_onnx.json").read_text())

@@ -20,7 +20,7 @@ import pytest
 from edge.errors import ModelFormatError
 from quantize.vocab import (BPE, SPM, TokenType, Vocab, add_vocab_to_gguf, check_vocab, load_vocab,
                             vocab_from_gguf, write_hf_tokenizer)
-from tests.fixtures.tokenizers import (KINDS, LLAMA3_TEMPLATE, MIXED_STRINGS, LlamaCppVocab, write_tokenizer,
+from tests.support.tokenizers import (KINDS, LLAMA3_TEMPLATE, MIXED_STRINGS, LlamaCppVocab, write_tokenizer,
                                        write_vocab_gguf)
 
 tokenizers = pytest.importorskip("tokenizers")

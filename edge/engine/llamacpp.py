@@ -1,0 +1,401 @@
+"""The GGUF backend on llama-cpp-python's LOW-LEVEL API (llama_cpp.llama_cpp, ctypes).
+
+Why not the high-level `Llama` class: it copies logits into numpy per token and serializes
+requests (~0.75x llama-server here). This backend keeps Python out of the per-token path:
+one `llama_decode` per step for all slots (sequence id = slot), native sampler chains
+(`llama_sampler_sample` reads the logits row inside llama.cpp), token pieces cached as bytes.
+
+`LlamaCppBatcher` holds the native objects and implements `edge.engine.scheduler.Batcher`;
+`LlamaCppEngine` joins it to a `Scheduler` behind the `Engine` contract.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from edge.lightimport import llama_module
+from edge.engine.base import ModelInfo, SamplingParams
+from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError
+from edge.engine.scheduler import Scheduler, SchedulerEngine
+
+L = llama_module("llama_cpp")  # the ctypes API only, not the high-level package (see edge.lightimport)
+
+DEFAULT_CTX_CAP = 4096  # per slot when the caller gives none (the model's own may be 128k)
+GGML_LOG_LEVEL_ERROR = 4
+GGML_LOG_LEVEL_CONT = 5
+META_SKIP_PREFIXES = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+                      "tokenizer.ggml.merges", "tokenizer.chat_template")
+META_MAX_VALUE = 512  # characters of one metadata value kept for /api/show
+
+_init_lock = threading.Lock()
+_initialized = False
+_last_log_level = 0
+_VERBOSE = os.environ.get("EDGE_LLAMA_LOG", "") not in ("", "0")  # 1: show all of llama.cpp's log
+
+
+@L.llama_log_callback
+def _quiet_log(level: int, text: bytes, _user_data) -> None:
+    """Drop llama.cpp's chatter, keep its errors (on stderr); EDGE_LLAMA_LOG=1 keeps everything."""
+    global _last_log_level
+    if level != GGML_LOG_LEVEL_CONT:
+        _last_log_level = level
+    if (_VERBOSE or _last_log_level == GGML_LOG_LEVEL_ERROR) and text:
+        sys.stderr.write("llama.cpp: " + text.decode("utf-8", "replace"))
+
+
+def _init_backend() -> None:
+    global _initialized
+    with _init_lock:
+        if not _initialized:
+            L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+            L.llama_backend_init()
+            _initialized = True
+
+
+def default_threads() -> int:
+    try:
+        from profiles.cpu import physical_cores
+
+        return max(1, int(physical_cores()))
+    except (ImportError, AttributeError):
+        return os.cpu_count() or 1
+
+
+def quantization_name(ftype: int) -> str:
+    """llama.cpp's file-type name as Ollama spells it: "Q4_K - Medium" -> "Q4_K_M"."""
+    raw = L.llama_ftype_name(ftype)
+    name = raw.decode() if raw else f"ftype_{ftype}"
+    for long, short in ((" - Small", "_S"), (" - Medium", "_M"), (" - Large", "_L"), (" - Extra Small", "_XS")):
+        name = name.replace(long, short)
+    return name.replace(" ", "_")
+
+
+def _penalized(p: SamplingParams) -> bool:
+    return p.repeat_penalty != 1.0 or bool(p.presence_penalty) or bool(p.frequency_penalty)
+
+
+class LlamaCppBatcher:
+    """Model + context + one llama_batch: the native half of a GGUF engine (decode thread only,
+    except make_sampler/free_sampler/piece/is_eog/tokenize, which touch only the vocabulary)."""
+
+    def __init__(self, path: Path, *, n_ctx: int | None, n_parallel: int, n_threads: int,
+                 n_threads_batch: int, n_batch: int = 512, kv_unified: bool = False,
+                 flash_attn: int = -1, use_mmap: bool = True):
+        _init_backend()
+        if n_parallel < 1:
+            raise BadRequestError(f"n_parallel must be >= 1, got {n_parallel}")
+        self.path = path
+        self.model = self._load_model(path, use_mmap)
+        self.vocab = L.llama_model_get_vocab(self.model)
+        n_ctx_train = L.llama_model_n_ctx_train(self.model)
+        per_slot = n_ctx or min(n_ctx_train, DEFAULT_CTX_CAP)
+        self.ctx = self._new_context(per_slot, n_parallel, n_threads, n_threads_batch, n_batch, kv_unified, flash_attn)
+        self.mem = L.llama_get_memory(self.ctx)
+        self.n_slots = n_parallel
+        self.n_ctx = L.llama_n_ctx_seq(self.ctx) if not kv_unified else per_slot
+        self.n_batch = L.llama_n_batch(self.ctx)
+        self.n_swa = L.llama_model_n_swa(self.model)
+        self.batch = L.llama_batch_init(self.n_batch, 0, 1)  # token/pos/seq_id/logits arrays of n_batch
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self._argmax = _Argmax(self.n_vocab) if self.n_vocab >= FAST_GREEDY_MIN_VOCAB else None
+
+    # ---- loading ------------------------------------------------------------------------------
+    @staticmethod
+    def _load_model(path: Path, use_mmap: bool):
+        params = L.llama_model_default_params()
+        params.use_mmap = use_mmap
+        model = L.llama_model_load_from_file(str(path).encode(), params)
+        if not model:
+            raise ModelFormatError(
+                f"llama.cpp could not load {path}: the file is not a GGUF model this llama.cpp supports "
+                "(truncated, another format, or an unknown architecture); re-convert it with edge-quantize"
+            )
+        return model
+
+    def _new_context(self, per_slot, n_parallel, n_threads, n_threads_batch, n_batch, kv_unified, flash_attn):
+        params = L.llama_context_default_params()
+        params.n_ctx = per_slot * n_parallel  # non-unified KV: every sequence gets n_ctx / n_seq_max
+        params.n_batch = params.n_ubatch = max(n_batch, n_parallel)
+        params.n_seq_max = n_parallel
+        # we read at most one logits row per slot per batch: reserving n_batch rows (the default)
+        # costs a ~100 MB compute buffer for a 49k vocabulary
+        params.n_outputs_max = n_parallel
+        params.n_threads, params.n_threads_batch = n_threads, n_threads_batch
+        params.kv_unified = kv_unified
+        params.flash_attn_type = flash_attn
+        params.no_perf = True
+        ctx = L.llama_init_from_model(self.model, params)
+        if not ctx:
+            L.llama_model_free(self.model)
+            raise DoesNotFitError(
+                f"llama.cpp could not create a context of {per_slot} tokens x {n_parallel} slots; "
+                "lower --ctx or --parallel"
+            )
+        return ctx
+
+    def model_info(self, name: str) -> ModelInfo:
+        meta = self._metadata()
+        template = L.llama_model_chat_template(self.model, None)
+        return ModelInfo(
+            name=name,
+            path=str(self.path),
+            format="gguf",
+            family=meta.get("general.architecture", "unknown"),
+            parameter_count=L.llama_model_n_params(self.model),
+            quantization=quantization_name(L.llama_model_ftype(self.model)),
+            size_bytes=L.llama_model_size(self.model),
+            n_ctx_train=L.llama_model_n_ctx_train(self.model),
+            n_ctx=self.n_ctx,
+            chat_template=template.decode("utf-8", "replace") if template else None,
+            bos_token=self._token_text(L.llama_vocab_bos(self.vocab)),
+            eos_token=self._token_text(L.llama_vocab_eos(self.vocab)),
+            add_bos=bool(L.llama_vocab_get_add_bos(self.vocab)),
+            metadata=meta,
+        )
+
+    def _metadata(self) -> dict[str, str]:
+        out = {}
+        buf = ctypes.create_string_buffer(META_MAX_VALUE * 4 + 1)
+        for i in range(L.llama_model_meta_count(self.model)):
+            L.llama_model_meta_key_by_index(self.model, i, buf, len(buf))
+            key = buf.value.decode("utf-8", "replace")
+            if key.startswith(META_SKIP_PREFIXES):
+                continue
+            L.llama_model_meta_val_str_by_index(self.model, i, buf, len(buf))
+            out[key] = buf.value.decode("utf-8", "replace")[:META_MAX_VALUE]
+        return out
+
+    def _token_text(self, token: int) -> str | None:
+        if token < 0:
+            return None
+        text = L.llama_vocab_get_text(self.vocab, token)
+        return text.decode("utf-8", "replace") if text else None
+
+    # ---- vocabulary (any thread) -----------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        for _ in range(2):
+            out = (L.llama_token * cap)()  # (cap,) token ids
+            n = L.llama_tokenize(self.vocab, data, len(data), out, cap, add_special, parse_special)
+            if n >= 0:
+                return list(out[:n])
+            cap = -n
+        raise BadRequestError("could not tokenize the text")
+
+    def detokenize(self, tokens: list[int]) -> str:
+        arr = (L.llama_token * len(tokens))(*tokens)
+        cap = max(64, 8 * len(tokens))
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(cap)
+            n = L.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, False, False)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", "replace")
+            cap = -n
+        raise BadRequestError("could not detokenize the tokens")
+
+    def piece(self, token: int) -> bytes:
+        got = self._pieces.get(token)
+        if got is None:
+            n = L.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+                got = buf.raw[:n]
+            else:
+                got = self._piece_buf.raw[:n]
+            self._pieces[token] = got
+        return got
+
+    def is_eog(self, token: int) -> bool:
+        return L.llama_vocab_is_eog(self.vocab, token)
+
+    # ---- samplers ---------------------------------------------------------------------------
+    def make_sampler(self, p: SamplingParams) -> "NativeSampler":
+        grammar = None
+        if p.grammar:
+            grammar = L.llama_sampler_init_grammar(self.vocab, p.grammar.encode("utf-8"), b"root")
+            if not grammar:
+                raise BadRequestError("the grammar does not parse (GBNF with a `root` rule expected)", param="grammar")
+        guarded = self._chain(p, grammar) if grammar else None
+        plain_greedy = p.temperature <= 0 and not grammar and not _penalized(p)
+        return NativeSampler(self._chain(p, None), guarded, grammar, penalized=_penalized(p),
+                             argmax=self._argmax if plain_greedy else None)
+
+    def _chain(self, p: SamplingParams, grammar):
+        """A native chain: [grammar] [penalties] then greedy, or top_k/top_p/min_p/temp/dist."""
+        cparams = L.llama_sampler_chain_default_params()
+        cparams.no_perf = True
+        chain = L.llama_sampler_chain_init(cparams)
+        add = lambda s: L.llama_sampler_chain_add(chain, s)  # noqa: E731  the chain owns what it gets
+        if grammar:
+            add(grammar)
+        if _penalized(p):
+            add(L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(self.vocab), p.repeat_last_n,
+                                               p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+        if p.temperature <= 0:
+            add(L.llama_sampler_init_greedy())
+            return chain
+        if p.top_k > 0:
+            add(L.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            add(L.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            add(L.llama_sampler_init_min_p(p.min_p, 1))
+        add(L.llama_sampler_init_temp(p.temperature))
+        seed = L.LLAMA_DEFAULT_SEED if p.seed is None else p.seed & 0xFFFFFFFF
+        add(L.llama_sampler_init_dist(seed))
+        return chain
+
+    def free_sampler(self, sampler: "NativeSampler") -> None:
+        sampler.free()
+
+    def sample(self, sampler: "NativeSampler", row: int) -> int:
+        return sampler.sample(self.ctx, row)
+
+    # ---- KV cache and decoding (decode thread) -----------------------------------------------
+    def keep_prefix(self, seq: int, n_keep: int) -> int:
+        if n_keep > 0 and self.n_swa > 0:
+            pos_min = L.llama_memory_seq_pos_min(self.mem, seq)
+            if pos_min > 0 and pos_min >= n_keep - self.n_swa:  # the sliding window dropped what we need
+                n_keep = 0
+        if n_keep > 0 and L.llama_memory_seq_rm(self.mem, seq, n_keep, -1):
+            return n_keep
+        L.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        return 0
+
+    def decode(self, entries: list[tuple[int, list[int], int, bool]]) -> list[int]:
+        """Decode (seq, tokens, first position, want logits of the last token) entries in one batch.
+
+        Returns the batch rows whose logits were requested, in entry order.
+        """
+        b = self.batch
+        rows = []
+        n = 0
+        for seq, tokens, pos0, want in entries:
+            for j, tok in enumerate(tokens):
+                b.token[n] = tok
+                b.pos[n] = pos0 + j
+                b.n_seq_id[n] = 1
+                b.seq_id[n][0] = seq
+                b.logits[n] = 0
+                n += 1
+            if want:
+                b.logits[n - 1] = 1
+                rows.append(n - 1)
+        b.n_tokens = n
+        rc = L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise EdgeError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
+        return rows
+
+    def free(self) -> None:
+        if self.ctx:
+            L.llama_batch_free(self.batch)
+            L.llama_free(self.ctx)
+            L.llama_model_free(self.model)
+            self.ctx = self.model = None
+
+
+# llama_sampler_sample copies every logit into a candidate array before the greedy sampler scans it:
+# ~1 ms a token for Gemma-3's 262k vocabulary on a 2-core VM, 4 % of a 270M model's token time (and
+# llama-server pays it too). numpy's argmax over the logits in place takes ~0.05 ms. Below this size
+# the native path costs little and numpy's import (~0.1 s) would only lengthen the cold start.
+FAST_GREEDY_MIN_VOCAB = 100_000
+
+
+class _Argmax:
+    """Greedy without the candidate copy: argmax over llama.cpp's logits row, viewed in place (no copy into
+    Python). Picks what llama.cpp's greedy sampler picks: the highest logit, the lowest id on a tie."""
+
+    def __init__(self, n_vocab: int):
+        import numpy as np  # only for large vocabularies; see FAST_GREEDY_MIN_VOCAB
+
+        self._as_array, self._shape = np.ctypeslib.as_array, (n_vocab,)
+
+    def __call__(self, ctx, row: int) -> int:
+        return int(self._as_array(L.llama_get_logits_ith(ctx, row), shape=self._shape).argmax())
+
+
+class NativeSampler:
+    """A sampler chain, plus grammar-based rejection sampling when a grammar is set.
+
+    Applying a grammar to all ~50k candidates costs more than the forward pass of a small model, so
+    (like llama-server) the token is first sampled without the grammar and only checked against it;
+    only when the grammar rejects it is the step resampled through `guarded` = [grammar, same chain].
+    Exact for greedy (the argmax, when allowed, is the constrained argmax). With repetition
+    penalties the penalty history must see exactly the accepted tokens, so the guarded chain is
+    used for every token then.
+    """
+
+    def __init__(self, chain, guarded=None, grammar=None, *, penalized: bool = False, argmax=None):
+        self.chain, self.guarded, self.grammar = chain, guarded, grammar  # grammar is owned by guarded
+        self.penalized = penalized
+        self.argmax = argmax  # plain greedy on a large vocabulary: see _Argmax
+        self._one = (L.llama_token_data * 1)()  # (1,) candidate checked against the grammar
+        self._one_arr = L.llama_token_data_array(self._one, 1, -1, False)
+
+    def sample(self, ctx, row: int) -> int:
+        if self.argmax is not None:
+            return self.argmax(ctx, row)
+        if self.guarded is None:
+            return L.llama_sampler_sample(self.chain, ctx, row)
+        if self.penalized:
+            return L.llama_sampler_sample(self.guarded, ctx, row)
+        token = L.llama_sampler_sample(self.chain, ctx, row)
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        self._one_arr.size, self._one_arr.selected = 1, -1
+        L.llama_sampler_apply(self.grammar, ctypes.byref(self._one_arr))
+        if self._one[0].logit != float("-inf"):
+            L.llama_sampler_accept(self.grammar, token)
+            return token
+        return L.llama_sampler_sample(self.guarded, ctx, row)  # accepts into the grammar too
+
+    def free(self) -> None:
+        for chain in (self.chain, self.guarded):
+            if chain:
+                L.llama_sampler_free(chain)
+        self.chain = self.guarded = self.grammar = None
+
+
+class LlamaCppEngine(SchedulerEngine):
+    """A GGUF model served by llama.cpp with N batched slots."""
+
+    def __init__(self, path: Path, *, name: str, n_ctx: int | None = None, n_parallel: int = 1,
+                 n_threads: int | None = None, queue_size: int = 16, n_threads_batch: int | None = None,
+                 n_batch: int = 512, kv_unified: bool = False, flash_attn: int = -1, use_mmap: bool = True):
+        t0 = time.perf_counter_ns()
+        threads = n_threads or default_threads()
+        self._batcher = LlamaCppBatcher(
+            Path(path), n_ctx=n_ctx, n_parallel=n_parallel, n_threads=threads,
+            n_threads_batch=n_threads_batch or threads, n_batch=n_batch, kv_unified=kv_unified,
+            flash_attn=flash_attn, use_mmap=use_mmap,
+        )
+        self.info = self._batcher.model_info(name)
+        self.n_threads = threads
+        self.scheduler = Scheduler(self._batcher, queue_size=queue_size, name=f"edge-decode-{name}")
+        self.load_ns = time.perf_counter_ns() - t0
+        self._closed = False
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self._batcher.tokenize(text, add_special, parse_special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._batcher.detokenize(tokens)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.scheduler.close():
+            self._batcher.free()
+        else:  # freeing the context under a decode that never returned would crash the process
+            sys.stderr.write("edge: the decode thread did not stop; leaving the llama.cpp context allocated\n")
+

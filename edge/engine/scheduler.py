@@ -1,0 +1,404 @@
+"""Slots, a bounded FIFO, prefix reuse and the one decode thread (backend-agnostic).
+
+A backend only provides `Batcher` primitives (decode a batch of (sequence, tokens) entries, sample
+from an output row, trim a sequence's KV cache, token bytes, end-of-generation test). This module
+owns everything else:
+
+- N slots; slot i owns sequence id i in the backend's KV cache and remembers which tokens that
+  cache holds (`_Slot.cached`), so a new request goes to the free slot sharing the longest prefix
+  with its prompt and only the rest of the prompt is evaluated.
+- A FIFO of at most `queue_size` waiting requests; beyond that `QueueFullError` at once.
+- One thread runs `_loop`: every step decodes ONE batch holding the next token of every generating
+  slot plus prompt chunks of starting slots, within `n_batch` tokens, so a long prompt never blocks
+  the others for more than one chunk.
+- Text assembly (`edge.engine.detok.TextStream`), stop strings, max tokens, context end, cancellation.
+- Events reach each request's asyncio queue through `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams
+from edge.engine.detok import TextStream
+from edge.errors import BadRequestError, ContextOverflowError, EdgeError, QueueFullError, UnavailableError
+
+IDLE_WAKE_S = 1.0  # an idle loop still beats this often (the watchdog reads `heartbeat`)
+
+
+class Batcher(Protocol):
+    """What the scheduler needs from a backend. Only `make_sampler`/`free_sampler` and `piece`/`is_eog`
+    may be called from another thread than the decode thread."""
+
+    n_slots: int
+    n_ctx: int  # tokens per slot
+    n_batch: int  # most tokens in one decode call
+
+    def make_sampler(self, params: SamplingParams) -> Any: ...
+    def free_sampler(self, sampler: Any) -> None: ...
+    def keep_prefix(self, seq: int, n_keep: int) -> int: ...  # drop KV from n_keep on; return what was kept
+    def decode(self, entries: list[tuple[int, list[int], int, bool]]) -> list[int]: ...
+    def sample(self, sampler: Any, row: int) -> int: ...
+    def piece(self, token: int) -> bytes: ...
+    def is_eog(self, token: int) -> bool: ...
+
+
+class Request:
+    """One generation: its prompt, sampler and the asyncio queue its events go to."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams, sampler: Any, loop: asyncio.AbstractEventLoop,
+                 hold: bool = False):
+        self.prompt = prompt
+        self.params = params
+        self.sampler = sampler
+        self.loop = loop
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False  # set from the event loop, read by the decode thread
+        self.t_submit = time.perf_counter_ns()
+        # A client that does not stream gets its text in one Delta just before the Finish: the event
+        # loop is not woken per token, and on a small CPU that wake-up competes with llama.cpp's threads.
+        self.hold = hold
+        self._held: list[Delta] = []  # decode thread only
+
+    def emit(self, item: Event | BaseException) -> None:
+        if self.hold and isinstance(item, Delta):
+            self._held.append(item)
+            return
+        if self._held:
+            held, self._held = self._held, []
+            self._post(Delta("".join(d.text for d in held), sum(d.n_tokens for d in held)))
+        self._post(item)
+
+    def _post(self, item: Event | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # the consumer's event loop is gone: nobody listens any more
+            self.cancelled = True
+
+
+@dataclass
+class _Slot:
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV sits in sequence `seq`
+    last_used: int = 0
+    req: Request | None = None
+    todo: list[int] = field(default_factory=list)  # tokens to evaluate next (prompt rest, or the last sampled)
+    text: TextStream | None = None
+    n_cached: int = 0  # prompt tokens reused from the cache
+    n_generated: int = 0
+    n_unsent: int = 0  # tokens whose text is still held back
+    t_start: int = 0
+    t_first: int = 0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    def __init__(self, batcher: Batcher, *, queue_size: int = 16, name: str = "edge-decode"):
+        if queue_size < 0:
+            raise BadRequestError(f"queue_size must be >= 0, got {queue_size}")
+        self.b = batcher
+        self.queue_size = queue_size
+        self.slots = [_Slot(seq=i) for i in range(batcher.n_slots)]
+        self.heartbeat = time.monotonic()  # last loop iteration (monotonic seconds)
+        self.counters = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
+        self._waiting: deque[Request] = deque()
+        self._admitted = 0  # waiting + in slots
+        self._tick = 0
+        self._closing = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # ---- event-loop side ------------------------------------------------------------------
+    def submit(self, prompt: list[int], params: SamplingParams, *, hold: bool = False) -> Request:
+        """Queue a generation; raises at once when it cannot be served. `hold`: the text comes in one
+        Delta right before the Finish (a non-streaming client)."""
+        if not prompt:
+            raise BadRequestError("the prompt is empty: send at least one token")
+        if len(prompt) >= self.b.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(prompt)} tokens but the context holds {self.b.n_ctx} per slot; "
+                "shorten the prompt or start the server with a larger --ctx",
+                param="messages",
+            )
+        if params.max_tokens is not None and params.max_tokens < 0:
+            raise BadRequestError(f"max_tokens must be >= 0, got {params.max_tokens}", param="max_tokens")
+        loop = asyncio.get_running_loop()
+        sampler = self.b.make_sampler(params)
+        with self._cond:
+            if self._closing or not self._thread.is_alive():
+                self.b.free_sampler(sampler)
+                raise UnavailableError("the engine is shutting down; retry on the next server")
+            if self._admitted >= len(self.slots) + self.queue_size:
+                self.b.free_sampler(sampler)
+                raise QueueFullError(
+                    f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests are waiting; retry shortly",
+                    retry_after=1,
+                )
+            req = Request(prompt, params, sampler, loop, hold=hold)
+            self._admitted += 1
+            self._waiting.append(req)
+            self._cond.notify()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        """Client gone: drop it from the queue now, or free its slot at the next step."""
+        req.cancelled = True
+        with self._cond:
+            if req in self._waiting:
+                self._waiting.remove(req)
+                self._admitted -= 1
+                self.b.free_sampler(req.sampler)
+
+    def stats(self) -> dict:
+        with self._cond:
+            busy = sum(1 for s in self.slots if s.req is not None)
+            return {
+                "slots": len(self.slots),
+                "busy": busy,
+                "queued": len(self._waiting),
+                "heartbeat": self.heartbeat,
+                **self.counters,
+            }
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Stop the loop; True when the thread ended (False: it is stuck in a backend call)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ---- decode thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            with self._cond:
+                if self._closing:
+                    break
+                self._admit_locked()
+                if not any(s.req is not None for s in self.slots):
+                    self._cond.wait(IDLE_WAKE_S)
+                    continue
+            try:
+                self._step()
+            except Exception as exc:  # a bug must fail the requests in flight, never kill the loop
+                logging.getLogger("edge.engine.scheduler").exception("decode step failed")
+                self._fail([s for s in self.slots if s.req is not None], exc)
+        self._shutdown()
+
+    def _step(self) -> None:
+        for slot in self.slots:
+            if slot.req is not None and slot.req.cancelled:
+                self._finish(slot, "cancelled")
+        plan = self._plan()
+        if not plan:
+            return
+        try:
+            rows = self.b.decode([(s.seq, chunk, len(s.cached), out) for s, chunk, out in plan])
+        except Exception as exc:  # a failed decode fails the requests in it, not the server
+            self._fail([s for s, _, _ in plan], exc)
+            return
+        outputs = iter(rows)
+        for slot, chunk, out in plan:
+            slot.cached.extend(chunk)
+            del slot.todo[: len(chunk)]
+            if out:
+                self._on_token(slot, self.b.sample(slot.req.sampler, next(outputs)))
+
+    def _plan(self) -> list[tuple[_Slot, list[int], bool]]:
+        """This step's batch: one token per generating slot, then prompt chunks within n_batch."""
+        budget = self.b.n_batch
+        plan = []
+        active = [s for s in self.slots if s.req is not None]
+        for slot in active:
+            if slot.t_first:  # generating: exactly one token to feed back
+                plan.append((slot, slot.todo[:1], True))
+                budget -= 1
+        for slot in sorted((s for s in active if not s.t_first), key=lambda s: s.req.t_submit):
+            if budget <= 0:
+                break
+            chunk = slot.todo[:budget]
+            plan.append((slot, chunk, len(chunk) == len(slot.todo)))
+            budget -= len(chunk)
+        return plan
+
+    def _admit_locked(self) -> None:
+        while self._waiting:
+            free = [s for s in self.slots if s.req is None]
+            if not free:
+                return
+            req = self._waiting.popleft()
+            if req.cancelled:
+                self.b.free_sampler(req.sampler)
+                self._admitted -= 1
+                continue
+            best = max(free, key=lambda s: (common_prefix(s.cached, req.prompt), -s.last_used))
+            self._start(best, req)
+
+    def _start(self, slot: _Slot, req: Request) -> None:
+        keep = min(common_prefix(slot.cached, req.prompt), len(req.prompt) - 1)
+        keep = self.b.keep_prefix(slot.seq, keep)
+        self._tick += 1
+        slot.req, slot.last_used = req, self._tick
+        slot.cached = slot.cached[:keep]
+        slot.todo = list(req.prompt[keep:])
+        slot.text = TextStream(req.params.stop)
+        slot.n_cached, slot.n_generated, slot.n_unsent = keep, 0, 0
+        slot.t_start, slot.t_first = time.perf_counter_ns(), 0
+        self.counters["requests"] += 1
+        self.counters["prompt_tokens"] += len(req.prompt)
+        self.counters["cached_tokens"] += keep
+
+    def _on_token(self, slot: _Slot, token: int) -> None:
+        req = slot.req
+        if not slot.t_first:
+            slot.t_first = time.perf_counter_ns()
+        if self.b.is_eog(token) and not req.params.ignore_eos:
+            return self._finish(slot, "stop")
+        limit = req.params.max_tokens
+        if limit is not None and slot.n_generated >= limit:  # max_tokens 0: evaluate the prompt only
+            return self._finish(slot, "length")
+        slot.n_generated += 1
+        slot.n_unsent += 1
+        self.counters["generated_tokens"] += 1
+        text, stopped = slot.text.push(self.b.piece(token))
+        if text:
+            req.emit(Delta(text, slot.n_unsent))
+            slot.n_unsent = 0
+        if stopped:
+            return self._finish(slot, "stop", flush=False)
+        if (limit is not None and slot.n_generated >= limit) or len(slot.cached) >= self.b.n_ctx:
+            return self._finish(slot, "length")
+        slot.todo = [token]
+
+    def _finish(self, slot: _Slot, reason: str, *, flush: bool = True) -> None:
+        req = slot.req
+        now = time.perf_counter_ns()
+        tail = slot.text.flush() if flush else ""
+        if tail:
+            req.emit(Delta(tail, slot.n_unsent))
+        first = slot.t_first or now
+        finish = Finish(
+            reason=reason,
+            prompt_tokens=len(req.prompt),
+            cached_tokens=slot.n_cached,
+            completion_tokens=slot.n_generated,
+            prompt_eval_ns=first - slot.t_start,
+            eval_ns=now - first,
+            queued_ns=slot.t_start - req.t_submit,
+        )
+        self._release(slot)  # before the Finish goes out: whoever sees it sees the slot free
+        req.emit(finish)
+
+    def _release(self, slot: _Slot) -> None:
+        self.b.free_sampler(slot.req.sampler)
+        slot.req, slot.todo, slot.text = None, [], None
+        with self._cond:
+            self._admitted -= 1
+
+    def _fail(self, slots: list[_Slot], exc: Exception) -> None:
+        err = exc if isinstance(exc, EdgeError) else EdgeError(f"generation failed: {exc}")
+        for slot in slots:
+            if slot.req is None:
+                continue
+            req = slot.req
+            self.b.keep_prefix(slot.seq, 0)  # the cache state of a failed batch is unknown
+            slot.cached = []
+            self._release(slot)
+            req.emit(err)
+
+    def _shutdown(self) -> None:
+        err = UnavailableError("the engine was closed during this request; retry")
+        self._fail([s for s in self.slots if s.req is not None], err)
+        with self._cond:
+            while self._waiting:
+                req = self._waiting.popleft()
+                req.emit(err)
+                self.b.free_sampler(req.sampler)
+                self._admitted -= 1
+
+
+class GenerationStream:
+    """The async iterator `Engine.generate` returns: Deltas, then one Finish. Closing it cancels."""
+
+    def __init__(self, scheduler: Scheduler, req: Request):
+        self._scheduler = scheduler
+        self._req = req
+        self._done = False
+
+    def __aiter__(self) -> "GenerationStream":
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._req.events.get()
+        except BaseException:  # task cancelled (client disconnect) while waiting
+            self.cancel()
+            raise
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if isinstance(item, Finish):
+            self._done = True
+        return item
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            self._scheduler.cancel(self._req)
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._req.cancelled = True  # no lock in a finalizer: the decode thread frees it
+
+
+class SchedulerEngine(Engine):
+    """The Engine half every scheduler-driven backend shares (llama.cpp, ONNX).
+
+    A subclass sets `scheduler`, `info`, `n_threads` and `_closed`, and implements tokenize,
+    detokenize and close (freeing its native objects differs per backend)."""
+
+    scheduler: Scheduler
+    n_threads: int
+    _closed: bool
+
+    @property
+    def heartbeat(self) -> float:
+        """time.monotonic() of the decode loop's last iteration (for the watchdog)."""
+        return self.scheduler.heartbeat
+
+    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> GenerationStream:
+        """Submit now (QueueFullError / ContextOverflowError / BadRequestError raise here), stream later."""
+        if self._closed:
+            raise EdgeError("this engine is closed")
+        req = self.scheduler.submit(list(prompt), params, hold=not stream)
+        return GenerationStream(self.scheduler, req)
+
+    def stats(self) -> dict:
+        return {**self.scheduler.stats(), "n_ctx": self.info.n_ctx, "threads": self.n_threads}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,12 @@
+"""Bounded validation of model files before anything loads them (issue 8, "Model files").
+
+`validate_gguf(path)` reads the header and tensor table of a GGUF file with every length checked
+against caps and the remaining bytes first, and refuses (ModelFormatError) anything llama.cpp would
+refuse, crash or abort on, including vocabularies that kill its tokenizer on ordinary input.
+`validate_onnx_folder(dir)` refuses ONNX external-data locations that leave the model folder.
+"""
+
+from edge.formats.validate.gguf_file import GGUFSummary, validate_gguf
+from edge.formats.validate.onnx_folder import validate_onnx_folder
+
+__all__ = ["GGUFSummary", "validate_gguf", "validate_onnx_folder"]

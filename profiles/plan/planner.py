@@ -1,0 +1,371 @@
+"""Memory and speed planner, shared by `edge-quantize plan` and `edge serve`.
+
+From a GGUF header or an HF config.json alone (no weights read) it predicts, per quantization type:
+the file size (tensor by tensor, with llama.cpp's per-tensor type choices for the _S/_M/_L mixes,
+src/llama-quant.cpp), the memory at run time (weights + KV cache + compute buffers), the
+generation speed (bandwidth x efficiency / bytes read per token) and whether it fits a profile's
+budget. `plan()` recommends a type and context or raises DoesNotFitError naming a way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from edge.errors import DoesNotFitError, UnknownTypeError
+from profiles.plan.shape import ModelShape, TensorInfo
+from profiles.profile import GIB, Profile
+from edge.lightimport import gguf_constants
+
+gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
+T = gguf.GGMLQuantizationType
+
+# name -> default ggml type of the mix (llama_ftype_get_default_type in src/llama-quant.cpp)
+FTYPES: dict[str, T] = {
+    "F32": T.F32, "F16": T.F16, "BF16": T.BF16, "Q8_0": T.Q8_0, "Q6_K": T.Q6_K,
+    "Q5_K_M": T.Q5_K, "Q5_K_S": T.Q5_K, "Q5_1": T.Q5_1, "Q5_0": T.Q5_0,
+    "Q4_K_M": T.Q4_K, "Q4_K_S": T.Q4_K, "Q4_1": T.Q4_1, "Q4_0": T.Q4_0,
+    "IQ4_NL": T.IQ4_NL, "IQ4_XS": T.IQ4_XS,
+    "Q3_K_L": T.Q3_K, "Q3_K_M": T.Q3_K, "Q3_K_S": T.Q3_K, "Q2_K": T.Q2_K,
+}
+AS_IS = "AS_IS"  # not a quantization: the tensor types of an existing GGUF file
+LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
+GGUF_ALIGNMENT = 32  # general.alignment default: each tensor's data starts on a 32-byte boundary
+KV_TYPE_BYTES = 2  # llama.cpp's default K/V cache type is F16
+N_UBATCH = 512  # llama_context_default_params().n_ubatch
+KV_PAD = 256  # llama.cpp pads KV cache sizes to 256 cells
+MIN_AUTO_CTX = 1024  # below this an automatic context is useless: refuse instead
+SPEED_AT_TOKENS = 512  # predicted speed is for generation at this position (short prompts, as llama-bench tg)
+
+
+def _name(t: gguf.MODEL_TENSOR) -> str:
+    return gguf.TENSOR_NAMES[t].split(".")[-1]
+
+
+ATTN_V_LIKE = (_name(gguf.MODEL_TENSOR.ATTN_V), _name(gguf.MODEL_TENSOR.ATTN_QKV))
+FFN_DOWN, ATTN_OUT = _name(gguf.MODEL_TENSOR.FFN_DOWN), _name(gguf.MODEL_TENSOR.ATTN_OUT)
+TOKEN_EMBD, OUTPUT = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD], gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT]
+
+
+def _category(name: str) -> str:
+    base = name.removesuffix(".weight")
+    if base == OUTPUT:
+        return "output"
+    if base == TOKEN_EMBD:
+        return "token_embd"
+    leaf = base.split(".")[-1]
+    return "attn_v" if leaf in ATTN_V_LIKE else leaf
+
+
+def _quantizable(t: TensorInfo) -> bool:
+    """tensor_allows_quantization: 2D+ weights that are not norms."""
+    return len(t.ne) >= 2 and t.name.endswith("weight") and "_norm.weight" not in t.name
+
+
+def _more_bits(i: int, n: int) -> bool:
+    """use_more_bits in src/llama-quant.cpp: first and last eighth, and every third layer between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _fallback(t: T, ncols: int) -> T:
+    """tensor_type_fallback: 256-block K-quants on rows that are not a multiple of 256."""
+    block = gguf.GGML_QUANT_SIZES[t][0]
+    if ncols % block == 0:
+        return t
+    t = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
+         T.IQ4_XS: T.IQ4_NL}.get(t, t)
+    return t if ncols % gguf.GGML_QUANT_SIZES[t][0] == 0 else T.F16
+
+
+@dataclass
+class _Counters:
+    n_attn_v: int
+    n_layer: int
+    i_attn_v: int = 0
+    i_ffn_down: int = 0
+
+
+def _mix_type(ftype: str, cat: str, ncols: int, shape: ModelShape, c: _Counters) -> T:
+    """llama_tensor_get_type_impl for the non-IQ1/2/3 mixes of dense (non-MoE) models."""
+    new = FTYPES[ftype]
+    if cat == "output" or (shape.tied_embeddings and cat == "token_embd"):
+        if ncols % gguf.GGML_QUANT_SIZES[new][0] != 0:
+            return T.Q8_0
+        return new if new == T.Q8_0 else T.Q6_K
+    if cat == "attn_v":
+        i, n, gqa = c.i_attn_v, c.n_attn_v, shape.n_gqa
+        c.i_attn_v += 1
+        rules = {
+            "Q2_K": T.Q4_K if gqa >= 4 else T.Q3_K,
+            "Q3_K_M": T.Q5_K if i < 2 else T.Q4_K,
+            "Q3_K_L": T.Q5_K,
+            "IQ4_NL": T.Q5_K if gqa >= 4 else new,
+            "IQ4_XS": T.Q5_K if gqa >= 4 else new,
+            "Q4_K_M": T.Q6_K if _more_bits(i, n) else new,
+            "Q5_K_M": T.Q6_K if _more_bits(i, n) else new,
+            "Q4_K_S": T.Q5_K if i < 4 else new,
+        }
+        return rules.get(ftype, new)
+    if cat == FFN_DOWN:
+        i, n = c.i_ffn_down, c.n_layer
+        c.i_ffn_down += 1
+        rules = {
+            "Q2_K": T.Q3_K,
+            "Q3_K_M": T.Q5_K if i < n // 16 else T.Q4_K,
+            "Q3_K_L": T.Q5_K,
+            "Q4_K_M": T.Q6_K if _more_bits(i, n) else new,
+            "IQ4_NL": T.Q5_K if i < n // 8 else new,
+            "IQ4_XS": T.Q5_K if i < n // 8 else new,
+            "Q5_K_M": T.Q6_K if _more_bits(i, n) else new,
+            "Q4_K_S": T.Q5_K if i < n // 8 else new,
+        }
+        return rules.get(ftype, new)
+    if cat == ATTN_OUT:
+        return {"Q2_K": T.Q3_K, "Q3_K_M": T.Q4_K, "Q3_K_L": T.Q5_K}.get(ftype, new)
+    return new
+
+
+def tensor_types(shape: ModelShape, ftype: str) -> list[tuple[TensorInfo, T]]:
+    """The ggml type llama-quantize (or the converter, for F16/BF16/F32) gives each tensor.
+
+    `AS_IS` keeps the types the GGUF header declares: what serving that very file costs."""
+    if ftype == AS_IS:
+        return [(t, t.type) for t in shape.tensors]
+    if ftype not in FTYPES:
+        raise UnknownTypeError(f"unknown quantization type {ftype!r}; known: {', '.join(FTYPES)}")
+    default = FTYPES[ftype]
+    counters = _Counters(n_attn_v=sum(_category(t.name) == "attn_v" for t in shape.tensors), n_layer=shape.n_layer)
+    out = []
+    for t in shape.tensors:
+        if not _quantizable(t):
+            out.append((t, T.F32 if t.type in (T.F16, T.BF16, T.F32) else t.type))
+        elif default in (T.F32, T.F16, T.BF16):
+            out.append((t, default))
+        else:
+            new = _mix_type(ftype, _category(t.name), t.ne[0], shape, counters)
+            out.append((t, _fallback(new, t.ne[0])))
+    return out
+
+
+def tensor_bytes(t: TensorInfo, qtype: T) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return t.n_elements // block * size
+
+
+def weights_bytes(shape: ModelShape, ftype: str) -> tuple[int, int]:
+    """(bytes of all tensors, bytes read per generated token: token_embd is a row lookup)."""
+    return _sizes(shape, ftype)[:2]
+
+
+def file_bytes(shape: ModelShape, ftype: str) -> int:
+    """Predicted .gguf file size: header (metadata, tensor infos) + aligned tensor data."""
+    return _sizes(shape, ftype)[2]
+
+
+@lru_cache(maxsize=256)
+def _sizes(shape: ModelShape, ftype: str) -> tuple[int, int, int]:
+    total = read = data = 0
+    for t, qtype in tensor_types(shape, ftype):
+        size = tensor_bytes(t, qtype)
+        total += size
+        data += -(-size // GGUF_ALIGNMENT) * GGUF_ALIGNMENT
+        is_lookup = t.name == f"{TOKEN_EMBD}.weight" and not shape.tied_embeddings
+        read += size // t.ne[1] if is_lookup else size
+    return total, read, shape.header_bytes + data
+
+
+# --- run-time memory ------------------------------------------------------------------------
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How a runtime sets up llama.cpp's context, and what its process holds beyond llama.cpp's buffers."""
+
+    name: str
+    swa_full: bool  # sliding-window layers get the whole context too (llama_context_default_params: true)
+    outputs_per_slot: int | None  # logits rows reserved per slot; None: a whole ubatch (llama.cpp's default)
+    process_bytes: int  # interpreter, libraries, threads: resident before and while decoding
+    vocab_bytes_per_token: int  # llama.cpp's in-memory vocabulary (token texts, maps, merges)
+
+    def runtime_bytes(self, shape: ModelShape) -> int:
+        return self.process_bytes + self.vocab_bytes_per_token * shape.n_vocab
+
+
+# `edge serve`'s GGUF backend (edge/engine/llamacpp.py): llama.cpp's context defaults (so swa_full
+# stays true, unlike llama-server) except n_outputs_max = n_parallel, one logits row per slot.
+# Its process, measured on the bundled models (tests/edge/test_plan.py::test_peak_rss_*):
+#   27 MiB   Python + edge + libllama/ggml before a model is loaded (VmRSS);
+#   +7..16   once decoding ran (scheduler thread, malloc arenas, flash-attention scratch);
+#   vocabulary: +17 MiB for SmolLM2 (49k BPE tokens and merges, 354 B/token), +42 MiB for Gemma-3
+#   (262k tokens, 166 B/token); 250 B/token keeps both processes within 3 %.
+EDGE_LLAMA_CPP = Backend("edge (llama.cpp)", swa_full=True, outputs_per_slot=1, process_bytes=36 * MIB,
+                         vocab_bytes_per_token=250)
+
+
+def _pad(n: int, to: int = KV_PAD) -> int:
+    return -(-n // to) * to
+
+
+def kv_cells(shape: ModelShape, n_ctx: int, n_parallel: int = 1, swa_full: bool = False) -> list[int]:
+    """KV cells per layer for `n_parallel` slots of `n_ctx` each. Every slot is its own stream
+    (kv_unified off): n_ctx cells, or on sliding-window layers min(n_ctx, n_swa + n_ubatch) padded
+    to 256 (llama_kv_cache_iswa); `swa_full` gives those layers n_ctx too."""
+    swa = _pad(min(n_ctx, shape.n_swa + N_UBATCH))
+    per_slot = [swa if (is_swa and not swa_full) else n_ctx for is_swa in shape.swa_layers or (False,) * shape.n_layer]
+    return [cells * n_parallel for cells in per_slot]
+
+
+def kv_bytes(shape: ModelShape, n_ctx: int, n_parallel: int = 1, swa_full: bool = False) -> int:
+    # per cell and layer: K (n_head_kv * head_dim_k) + V (n_head_kv * head_dim_v), F16
+    per_cell = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * KV_TYPE_BYTES
+    return sum(kv_cells(shape, n_ctx, n_parallel, swa_full)) * per_cell
+
+
+def compute_bytes(shape: ModelShape, n_ctx: int, flash_attn: bool = True, n_outputs: int = N_UBATCH,
+                  swa_full: bool = False) -> int:
+    """llama.cpp's CPU compute buffer, reserved for a full ubatch at a full context (fitted on the
+    bundled models, tests/edge/test_plan.py). Its allocator reuses memory, so it is the larger of
+    two peaks: the output (n_outputs logits rows and the last hidden states, f32) and a layer (the
+    ubatch's FFN intermediates and residuals, f32, plus an f16 KQ mask of n_ubatch x KV cells per
+    attention kind; without flash attention the f32 KQ scores of all heads when they are larger)."""
+    output = 4 * (n_outputs * shape.n_vocab + 2 * N_UBATCH * shape.n_embd)
+    cells = kv_cells(shape, n_ctx, 1, swa_full)
+    kinds = set(zip(cells, shape.swa_layers or (False,) * len(cells)))  # (cells, is_swa): one mask each
+    layer = N_UBATCH * 4 * (3 * shape.n_ff + 4 * shape.n_embd) + N_UBATCH * 2 * sum(c for c, _ in kinds)
+    if not flash_attn:
+        layer = max(layer, N_UBATCH * 4 * ((shape.n_head + 1) * n_ctx + 2 * shape.n_ff))
+    return max(output, layer)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One quantization type at one context (per slot) on one profile."""
+
+    type: str
+    n_ctx: int
+    file_bytes: int
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int  # reserved by llama.cpp for a full ubatch at a full context
+    allocated_bytes: int  # weights + KV + compute + output: what llama.cpp reports when it loads
+    runtime_bytes: int  # the serving process beyond llama.cpp's buffers (Backend.runtime_bytes)
+    memory_bytes: int  # allocated + runtime: what the process needs; decides "fits"
+    resident_bytes: int  # expected peak RSS once the context is full (untouched logits rows excluded)
+    tokens_per_s: float  # predicted generation speed at SPEED_AT_TOKENS
+    budget_bytes: int
+    fits: bool
+
+    def to_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["memory_gib"] = round(self.memory_bytes / GIB, 3)
+        out["tokens_per_s"] = round(self.tokens_per_s, 1)
+        return out
+
+
+def estimate(shape: ModelShape, ftype: str, n_ctx: int, profile: Profile, *, budget_bytes: int | None = None,
+             n_parallel: int = 1, swa_full: bool | None = None, flash_attn: bool = True,
+             backend: Backend = EDGE_LLAMA_CPP) -> Estimate:
+    """`n_ctx` is per slot; `swa_full` None takes the backend's setting."""
+    swa_full = backend.swa_full if swa_full is None else swa_full
+    weights, read = weights_bytes(shape, ftype)
+    kv = kv_bytes(shape, n_ctx, n_parallel, swa_full)
+    n_outputs = N_UBATCH if backend.outputs_per_slot is None else backend.outputs_per_slot * n_parallel
+    compute = compute_bytes(shape, n_ctx, flash_attn, n_outputs, swa_full)
+    output = shape.n_vocab * 4 * n_parallel  # logits buffer as reserved at load: one row per sequence
+    allocated = weights + kv + compute + output
+    runtime = backend.runtime_bytes(shape)
+    # rows of a reserved logits block that are never written (we read one row per slot) stay untouched
+    untouched = compute - compute_bytes(shape, n_ctx, flash_attn, n_parallel, swa_full) if flash_attn else 0
+    kv_read = kv_bytes(shape, min(n_ctx, SPEED_AT_TOKENS), 1, swa_full)
+    speed = profile.memory.bandwidth_gbs * 1e9 * profile.runtime.efficiency / (read + kv_read)
+    budget = profile.budget_bytes if budget_bytes is None else budget_bytes
+    fits = (allocated + runtime) * (1 + profile.runtime.headroom) <= budget
+    return Estimate(ftype, n_ctx, file_bytes(shape, ftype), weights, kv, compute, allocated, runtime,
+                    allocated + runtime, allocated + runtime - untouched, speed, budget, fits)
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    source: str
+    profile: str
+    budget_bytes: int
+    n_ctx_train: int
+    estimates: list[Estimate]  # the ladder, at the chosen context
+    recommended: Estimate
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "profile": self.profile, "budget_bytes": self.budget_bytes,
+            "n_ctx_train": self.n_ctx_train, "recommended": self.recommended.to_dict(),
+            "estimates": [e.to_dict() for e in self.estimates], "reasons": self.reasons,
+        }
+
+
+def largest_context(shape: ModelShape, ftype: str, profile: Profile, cap: int, **kw) -> int:
+    """The largest context (a multiple of 256, at most `cap`) whose estimate fits; 0 if none."""
+    lo, hi = 0, cap // KV_PAD
+    while lo < hi:  # memory grows monotonically with the context: bisect on multiples of 256
+        mid = (lo + hi + 1) // 2
+        if estimate(shape, ftype, mid * KV_PAD, profile, **kw).fits:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * KV_PAD
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _refuse(shape, profile, n_ctx, preferred, kw) -> DoesNotFitError:
+    need = estimate(shape, preferred[-1], n_ctx, profile, **kw)
+    budget = need.budget_bytes / (1 + profile.runtime.headroom)
+    ways = [t for t in LADDER + tuple(FTYPES) if estimate(shape, t, n_ctx, profile, **kw).fits]
+    ctx = max(((largest_context(shape, t, profile, n_ctx, **kw), t) for t in preferred), default=(0, ""))
+    outs = []
+    if ways:
+        outs.append(f"try {ways[0]}")
+    if ctx[0] >= 256:
+        outs.append(f"--ctx {ctx[0]} with {ctx[1]}")
+    outs.append("a smaller model" if not outs else "or --force to load anyway")
+    return DoesNotFitError(
+        f"{Path(shape.source).name or 'model'} needs {_gib(need.memory_bytes)} as {need.type} at --ctx {n_ctx} "
+        f"(weights {_gib(need.weights_bytes)}, KV {_gib(need.kv_bytes)}, compute {_gib(need.compute_bytes)}, "
+        f"runtime {_gib(need.runtime_bytes)}), "
+        f"budget {_gib(int(budget))} on {profile.name} (+{profile.runtime.headroom:.0%} headroom); " + "; ".join(outs)
+    )
+
+
+def plan(shape: ModelShape, profile: Profile, *, n_ctx: int | None = None, budget_bytes: int | None = None,
+         types: tuple[str, ...] | None = None, n_parallel: int | None = None, swa_full: bool | None = None,
+         flash_attn: bool = True) -> Plan:
+    """Recommend the first of the profile's preferred types that fits, at `n_ctx` or, when none is
+    given, at the largest context that fits up to min(model's own, profile's context).
+    Raises DoesNotFitError (message: the numbers and a way out) when nothing preferred fits."""
+    kw = dict(budget_bytes=budget_bytes, n_parallel=n_parallel or profile.runtime.parallel, swa_full=swa_full,
+              flash_attn=flash_attn)
+    preferred = types or profile.runtime.quant_types
+    cap = min(shape.n_ctx_train, profile.runtime.context)
+    want = n_ctx or cap
+    choice = next((t for t in preferred if estimate(shape, t, want, profile, **kw).fits), None)
+    reasons = []
+    if choice is None and n_ctx is None:
+        fallback = [(largest_context(shape, t, profile, cap, **kw), t) for t in preferred]
+        best = next(((c, t) for c, t in fallback if c >= MIN_AUTO_CTX), None)
+        if best:
+            want, choice = best
+            reasons.append(f"no preferred type fits at {cap} tokens; {choice} fits up to {want}")
+    if choice is None:
+        raise _refuse(shape, profile, want, preferred, kw)
+    ladder = [estimate(shape, t, want, profile, **kw) for t in dict.fromkeys(LADDER + tuple(preferred))]
+    rec = estimate(shape, choice, want, profile, **kw)
+    reasons.append(f"{choice}: first of the profile's preferred types {list(preferred)} that fits "
+                   f"({_gib(rec.memory_bytes)} + {profile.runtime.headroom:.0%} headroom <= {_gib(rec.budget_bytes)})")
+    return Plan(shape.source, profile.name, rec.budget_bytes, shape.n_ctx_train, ladder, rec, reasons)
