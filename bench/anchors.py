@@ -11,6 +11,7 @@ Where: $EDGE_ANCHORS (default /work/anchors/build) for the build; the sdist is l
 $EDGE_ANCHORS_SRC, then beside the build folder, and fetched with
 `pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36` when absent.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
@@ -39,8 +40,18 @@ def fetch_sdist(dest: Path) -> Path:
     """Download and unpack the sdist into dest; return the unpacked folder."""
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         f"llama-cpp-python=={common.SDIST_VERSION}", "-d", str(dest)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={common.SDIST_VERSION}",
+            "-d",
+            str(dest),
+        ],
         check=True,
     )
     archive = next(dest.glob(f"llama_cpp_python-{common.SDIST_VERSION}.tar.gz"))
@@ -70,8 +81,7 @@ def build(jobs: int) -> None:
     subprocess.run(["cmake", "-S", str(src), "-B", str(build_dir), *gen, *CMAKE_FLAGS], check=True)
     print(f"building {', '.join(common.ANCHOR_TOOLS)} with -j{jobs}", flush=True)
     subprocess.run(
-        ["cmake", "--build", str(build_dir), "--config", "Release", f"-j{jobs}",
-         "--target", *common.ANCHOR_TOOLS],
+        ["cmake", "--build", str(build_dir), "--config", "Release", f"-j{jobs}", "--target", *common.ANCHOR_TOOLS],
         check=True,
     )
 

@@ -3,6 +3,7 @@
 Every figure here is taken the way a user sees it (wall time over loopback HTTP); the server's
 own timings are kept beside it when the server reports them (llama-server's `timings`).
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
-
 from servers import Running
 
 TIMEOUT = httpx.Timeout(300.0)
@@ -43,14 +43,18 @@ class StreamTiming:
 
 
 def _body(run: Running, prompt: str, max_tokens: int, stream: bool) -> dict:
-    body = {"model": run.model_id or "default", "prompt": prompt, "max_tokens": max_tokens,
-            "temperature": 0.0, "stream": stream}
+    body = {
+        "model": run.model_id or "default",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": stream,
+    }
     extra = {k: min(v, max_tokens) if k == "min_tokens" else v for k, v in run.kind.extra.items()}
     return {**body, **extra}
 
 
-def complete(run: Running, prompt: str, max_tokens: int = 128,
-             client: httpx.Client | None = None) -> Completion:
+def complete(run: Running, prompt: str, max_tokens: int = 128, client: httpx.Client | None = None) -> Completion:
     """One non-streaming completion; raises with the server's answer on any non-200."""
     own = client is None
     client = client or httpx.Client(timeout=TIMEOUT)
@@ -66,9 +70,14 @@ def complete(run: Running, prompt: str, max_tokens: int = 128,
     data = r.json()
     usage = data.get("usage") or {}
     timings = data.get("timings") or {}
-    return Completion(t1 - t0, int(usage.get("completion_tokens", 0)),
-                      int(usage.get("prompt_tokens", 0)),
-                      timings.get("predicted_per_second"), t0, t1)
+    return Completion(
+        t1 - t0,
+        int(usage.get("completion_tokens", 0)),
+        int(usage.get("prompt_tokens", 0)),
+        timings.get("predicted_per_second"),
+        t0,
+        t1,
+    )
 
 
 def stream_first_token(run: Running, prompt: str, max_tokens: int = 2) -> StreamTiming:
@@ -76,8 +85,7 @@ def stream_first_token(run: Running, prompt: str, max_tokens: int = 2) -> Stream
     t_first = None
     with httpx.Client(timeout=TIMEOUT) as client:
         t0 = time.perf_counter()
-        with client.stream("POST", run.url("/v1/completions"),
-                           json=_body(run, prompt, max_tokens, True)) as r:
+        with client.stream("POST", run.url("/v1/completions"), json=_body(run, prompt, max_tokens, True)) as r:
             if r.status_code != 200:
                 raise RuntimeError(f"{run.kind.name} answered {r.status_code}: {r.read()[:500]!r}")
             for line in r.iter_lines():
@@ -104,8 +112,7 @@ def concurrent(run: Running, prompts: list[str], max_tokens: int = 128) -> tuple
     clients = [httpx.Client(timeout=TIMEOUT) for _ in prompts]
     try:
         with ThreadPoolExecutor(len(prompts)) as pool:
-            done = list(pool.map(lambda pc: complete(run, pc[0], max_tokens, pc[1]),
-                                 zip(prompts, clients)))
+            done = list(pool.map(lambda pc: complete(run, pc[0], max_tokens, pc[1]), zip(prompts, clients)))
     finally:
         for c in clients:
             c.close()

@@ -3,6 +3,7 @@
 Nothing here imports torch or the project's runtime: benchmarks drive everything as separate
 processes, the way a user would.
 """
+
 from __future__ import annotations
 
 import glob
@@ -56,16 +57,20 @@ def anchor_binary(tool: str, *, required: bool = True) -> Path | None:
     if path.is_file() and os.access(path, os.X_OK):
         return path
     if required:
-        raise SystemExit(f"{path} not found: build the anchors with `python bench/anchors.py` "
-                         "(or point EDGE_ANCHORS at an existing llama.cpp build folder)")
+        raise SystemExit(
+            f"{path} not found: build the anchors with `python bench/anchors.py` "
+            "(or point EDGE_ANCHORS at an existing llama.cpp build folder)"
+        )
     return None
 
 
 def llama_cpp_source() -> Path:
     src = sdist_dir()
     if src is None:
-        raise SystemExit("llama-cpp-python sdist not found: run `python bench/anchors.py` "
-                         "or set EDGE_ANCHORS_SRC to the unpacked sdist folder")
+        raise SystemExit(
+            "llama-cpp-python sdist not found: run `python bench/anchors.py` "
+            "or set EDGE_ANCHORS_SRC to the unpacked sdist folder"
+        )
     return src / "vendor" / "llama.cpp"
 
 
@@ -73,8 +78,10 @@ def venv_script(name: str) -> Path:
     """A console script installed beside the running interpreter (edge, edge-quantize)."""
     path = Path(sys.executable).parent / name
     if not path.is_file():
-        raise SystemExit(f"{path} not found: install the project (`pip install -e .`) "
-                         "and run the benchmark with that environment's python")
+        raise SystemExit(
+            f"{path} not found: install the project (`pip install -e .`) "
+            "and run the benchmark with that environment's python"
+        )
     return path
 
 
@@ -88,8 +95,7 @@ def _package_gguf(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
-    files = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "**", "*.gguf"),
-                             recursive=True))
+    files = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "**", "*.gguf"), recursive=True))
     return Path(files[0]) if files else None
 
 
@@ -133,8 +139,9 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = 
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
         wrap = [str(gnu_time), "-f", "%M", "-o", rss_file.name] if gnu_time.is_file() else []
         t0 = time.perf_counter()
-        proc = subprocess.Popen([*wrap, *(str(c) for c in cmd)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        proc = subprocess.Popen(
+            [*wrap, *(str(c) for c in cmd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
         out = proc.stdout.read().decode(errors="replace")
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
@@ -219,8 +226,10 @@ def warn_if_busy() -> float:
     load = os.getloadavg()[0]
     cores = os.cpu_count() or 1
     if load > 0.5 * cores and console:
-        console.log(f"[yellow]load average {load:.1f} on {cores} cores: other jobs are running, "
-                    "the figures will be noisy (ratios from the same run still compare)[/]")
+        console.log(
+            f"[yellow]load average {load:.1f} on {cores} cores: other jobs are running, "
+            "the figures will be noisy (ratios from the same run still compare)[/]"
+        )
     return load
 
 
@@ -228,6 +237,7 @@ def warn_if_busy() -> float:
 @dataclass
 class Row:
     """One measured figure: ours against one or two anchors, with the goal stated."""
+
     measure: str
     unit: str
     ours: float | None

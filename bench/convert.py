@@ -10,6 +10,7 @@
    (`edge-quantize convert F16.gguf --to q4_k_m`) vs llama-quantize, interleaved.
 Ratios are ours/anchor on the median of the repeats (wall time: what the user waits for).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import Row, console  # noqa: E402
+import common
+from common import Row, console
 
 ANCHOR = "llama.cpp"
 
@@ -61,22 +62,40 @@ def no_eval_flag() -> list[str]:
     """The quality report after a multi-type convert is its own feature: not timed here."""
     global _HELP
     if _HELP is None:
-        _HELP = subprocess.run([str(common.venv_script("edge-quantize")), "convert", "--help"],
-                               capture_output=True, text=True).stdout
+        _HELP = subprocess.run(
+            [str(common.venv_script("edge-quantize")), "convert", "--help"], capture_output=True, text=True
+        ).stdout
     return ["--no-eval"] if "--no-eval" in _HELP else []
 
 
 def ours_convert(hf: Path, types: str, out: Path) -> common.RunResult:
-    cmd = [common.venv_script("edge-quantize"), "convert", hf, "--to", types, "-o", fresh(out),
-           "--force", "--quiet", *no_eval_flag()]
+    cmd = [
+        common.venv_script("edge-quantize"),
+        "convert",
+        hf,
+        "--to",
+        types,
+        "-o",
+        fresh(out),
+        "--force",
+        "--quiet",
+        *no_eval_flag(),
+    ]
     return common.check(common.run_measured(cmd), f"edge-quantize convert --to {types}")
 
 
 def anchor_convert(hf: Path, out: Path) -> common.RunResult:
     llama = common.llama_cpp_source()
     env = dict(os.environ, PYTHONPATH=str(llama / "gguf-py"), HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, llama / "convert_hf_to_gguf.py", hf, "--outtype", "f16",
-           "--outfile", fresh(out) / "smollm2-f16.gguf"]
+    cmd = [
+        sys.executable,
+        llama / "convert_hf_to_gguf.py",
+        hf,
+        "--outtype",
+        "f16",
+        "--outfile",
+        fresh(out) / "smollm2-f16.gguf",
+    ]
     return common.check(common.run_measured(cmd, env=env), "convert_hf_to_gguf.py")
 
 
@@ -99,29 +118,48 @@ def tensors_equal(a: Path, b: Path) -> tuple[int, int]:
 
     tb = {t.name: t for t in GGUFReader(b).tensors}
     ta = GGUFReader(a).tensors
-    same = sum(1 for t in ta if t.name in tb and t.tensor_type == tb[t.name].tensor_type
-               and np.array_equal(t.data, tb[t.name].data))  # raw block bytes compared
+    same = sum(
+        1
+        for t in ta
+        if t.name in tb and t.tensor_type == tb[t.name].tensor_type and np.array_equal(t.data, tb[t.name].data)
+    )  # raw block bytes compared
     return same, len(ta)
 
 
 def bench_f16(hf: Path, work: Path, n: int) -> tuple[list[Row], dict]:
     console.rule("HF f32 -> F16 GGUF")
-    res = interleaved(n, {
-        "ours": lambda: ours_convert(hf, "f16", work / "ours-f16"),
-        ANCHOR: lambda: anchor_convert(hf, work / "anchor-f16"),
-    })
-    same, total = tensors_equal(one_output(work / "ours-f16", "f16"),
-                                one_output(work / "anchor-f16", "f16"))
+    res = interleaved(
+        n,
+        {
+            "ours": lambda: ours_convert(hf, "f16", work / "ours-f16"),
+            ANCHOR: lambda: anchor_convert(hf, work / "anchor-f16"),
+        },
+    )
+    same, total = tensors_equal(one_output(work / "ours-f16", "f16"), one_output(work / "anchor-f16", "f16"))
     med = {k: common.median([r.seconds for r in v]) for k, v in res.items()}
     rss = {k: max(r.peak_rss_mb for r in v) for k, v in res.items()}
     rows = [
-        Row("HF->F16 wall time", "s", med["ours"], {ANCHOR: med[ANCHOR]}, "<= 1.0x",
-            f"median of {n}; convert_hf_to_gguf.py imports torch, that is part of its cost"),
-        Row("HF->F16 peak RSS", "MB", rss["ours"], {ANCHOR: rss[ANCHOR]}, "",
-            "max over the repeats of each process (GNU time %M)"),
+        Row(
+            "HF->F16 wall time",
+            "s",
+            med["ours"],
+            {ANCHOR: med[ANCHOR]},
+            "<= 1.0x",
+            f"median of {n}; convert_hf_to_gguf.py imports torch, that is part of its cost",
+        ),
+        Row(
+            "HF->F16 peak RSS",
+            "MB",
+            rss["ours"],
+            {ANCHOR: rss[ANCHOR]},
+            "",
+            "max over the repeats of each process (GNU time %M)",
+        ),
     ]
-    extra = {"f16_tensors_identical": f"{same}/{total}",
-             "f16_seconds": {k: [r.seconds for r in v] for k, v in res.items()}}
+    extra = {
+        "f16_tensors_identical": f"{same}/{total}",
+        "f16_seconds": {k: [r.seconds for r in v] for k, v in res.items()},
+    }
     console.log(f"F16 tensors byte-identical to convert_hf_to_gguf.py's: {same}/{total}")
     return rows, extra
 
@@ -137,24 +175,44 @@ def bench_q4km(hf: Path, work: Path, n: int) -> tuple[list[Row], dict]:
     console.log(f"  ours --to f16,q4_k_m: {both.seconds:.2f} s")
     ours_f16 = one_output(work / "ours-q", "f16")
     ours_q = one_output(work / "ours-q", "q4_k_m")
-    anchor_q = llama_quantize(ours_f16, work / "anchor-q")
-    digests = {"ours": common.sha256(ours_q),
-               ANCHOR: common.sha256(one_output(work / "anchor-q", "q4_k_m"))}
+    llama_quantize(ours_f16, work / "anchor-q")
+    digests = {"ours": common.sha256(ours_q), ANCHOR: common.sha256(one_output(work / "anchor-q", "q4_k_m"))}
     identical = digests["ours"] == digests[ANCHOR]
-    console.log(f"  sha256 ours {digests['ours'][:16]}… llama-quantize {digests[ANCHOR][:16]}… "
-                f"-> {'IDENTICAL' if identical else 'DIFFERENT'}")
-    res = interleaved(n, {
-        "ours": lambda: ours_convert(ours_f16, "q4_k_m", work / "ours-requant"),
-        ANCHOR: lambda: llama_quantize(ours_f16, work / "anchor-q"),
-    })
+    console.log(
+        f"  sha256 ours {digests['ours'][:16]}… llama-quantize {digests[ANCHOR][:16]}… "
+        f"-> {'IDENTICAL' if identical else 'DIFFERENT'}"
+    )
+    res = interleaved(
+        n,
+        {
+            "ours": lambda: ours_convert(ours_f16, "q4_k_m", work / "ours-requant"),
+            ANCHOR: lambda: llama_quantize(ours_f16, work / "anchor-q"),
+        },
+    )
     med = {k: common.median([r.seconds for r in v]) for k, v in res.items()}
     rows = [
-        Row("Q4_K_M sha256 identical", "bool", float(identical), {ANCHOR: 1.0}, "identical",
-            f"ours {digests['ours']} / llama-quantize {digests[ANCHOR]}"),
-        Row("F16->Q4_K_M wall time", "s", med["ours"], {ANCHOR: med[ANCHOR]}, "",
-            f"median of {n}; ours = edge-quantize convert F16.gguf --to q4_k_m (process start to exit)"),
-        Row("F16->Q4_K_M peak RSS", "MB", max(r.peak_rss_mb for r in res["ours"]),
-            {ANCHOR: max(r.peak_rss_mb for r in res[ANCHOR])}),
+        Row(
+            "Q4_K_M sha256 identical",
+            "bool",
+            float(identical),
+            {ANCHOR: 1.0},
+            "identical",
+            f"ours {digests['ours']} / llama-quantize {digests[ANCHOR]}",
+        ),
+        Row(
+            "F16->Q4_K_M wall time",
+            "s",
+            med["ours"],
+            {ANCHOR: med[ANCHOR]},
+            "",
+            f"median of {n}; ours = edge-quantize convert F16.gguf --to q4_k_m (process start to exit)",
+        ),
+        Row(
+            "F16->Q4_K_M peak RSS",
+            "MB",
+            max(r.peak_rss_mb for r in res["ours"]),
+            {ANCHOR: max(r.peak_rss_mb for r in res[ANCHOR])},
+        ),
         Row("HF->F16+Q4_K_M wall time", "s", both.seconds, {}, "", "one run, for reference"),
     ]
     return rows, {"q4_k_m_sha256": digests, "q4_k_m_identical": identical}
@@ -175,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     load.append(common.warn_if_busy())
     rows = rows1 + rows2
     if args.json:
-        print(common.rows_json(rows, [ANCHOR], {**extra1, **extra2, "load_average": load,
-                                                "work_dir": str(work)}))
+        print(common.rows_json(rows, [ANCHOR], {**extra1, **extra2, "load_average": load, "work_dir": str(work)}))
     else:
         common.print_table("edge-quantize vs llama.cpp (SmolLM2-135M)", rows, [ANCHOR])
     return 0 if extra2["q4_k_m_identical"] else 1

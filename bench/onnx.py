@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 PROMPT = "Write a short story about a robot who learns to paint."
 
-OURS = r"""
+OURS = (
+    r"""
 import asyncio, json, sys, time
 sys.path.insert(0, sys.argv[4])
 from edge.engine import open_engine
@@ -42,9 +43,12 @@ async def run():
 ev = asyncio.run(run())
 print(json.dumps({"tokens": ev.completion_tokens, "tps": (ev.completion_tokens - 1) / (ev.eval_ns / 1e9)}))
 engine.close()
-""" % PROMPT
+"""
+    % PROMPT
+)
 
-GENAI = r"""
+GENAI = (
+    r"""
 import json, sys, time
 import onnxruntime_genai as og
 folder, n = sys.argv[1], int(sys.argv[2])
@@ -60,7 +64,9 @@ for _ in range(n - 1):
     gen.generate_next_token()
 dt = time.perf_counter() - t
 print(json.dumps({"tokens": n, "tps": (n - 1) / dt}))
-""" % PROMPT
+"""
+    % PROMPT
+)
 
 
 def log(msg: str) -> None:
@@ -72,10 +78,16 @@ def genai_python(venv: Path) -> Path:
     if not py.exists():
         log(f"creating {venv} (onnxruntime-genai, transformers 5) ...")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "onnxruntime-genai", "transformers>=5", "onnx", "onnx_ir"],
-                       check=True)
-        site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "onnxruntime-genai", "transformers>=5", "onnx", "onnx_ir"],
+            check=True,
+        )
+        site = subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         (Path(site) / "zz_torch_from_edge.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return py
 
@@ -97,9 +109,26 @@ def prepare(work: Path, venv: Path, threads: int) -> tuple[Path, Path]:
         export_onnx(hf, ["onnx:int4"], work, name="smollm2", quiet=True)
     if not genai.exists():
         py = genai_python(venv)
-        subprocess.run([str(py), "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(genai),
-                        "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache")], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                str(py),
+                "-m",
+                "onnxruntime_genai.models.builder",
+                "-i",
+                str(hf),
+                "-o",
+                str(genai),
+                "-p",
+                "int4",
+                "-e",
+                "cpu",
+                "-c",
+                str(work / "genai-cache"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     cfg_path = genai / "genai_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
@@ -130,8 +159,10 @@ def main() -> None:
         b.append(run(genai_cmd))
         log(f"round {i + 1}: edge onnx {a[-1]:.1f} t/s, onnxruntime-genai {b[-1]:.1f} t/s")
     ma, mb = statistics.median(a), statistics.median(b)
-    print(f"SmolLM2-135M int4, {args.tokens} tokens, {args.threads} threads, median of {args.rounds}: "
-          f"edge onnx {ma:.1f} t/s, onnxruntime-genai {mb:.1f} t/s, ratio {ma / mb:.2f}x (goal >= 0.9x)")
+    print(
+        f"SmolLM2-135M int4, {args.tokens} tokens, {args.threads} threads, median of {args.rounds}: "
+        f"edge onnx {ma:.1f} t/s, onnxruntime-genai {mb:.1f} t/s, ratio {ma / mb:.2f}x (goal >= 0.9x)"
+    )
 
 
 if __name__ == "__main__":

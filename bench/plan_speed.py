@@ -13,6 +13,7 @@ For each bundled model (SmolLM2-135M Q4_1, Gemma-3-270M Q4_K_M):
 The table gives ours/llama-bench and ours/planner; the efficiency factor is measured / (bandwidth /
 bytes per token), the figure the profile's `efficiency` should hold on this machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import Row, console  # noqa: E402
+import common
+from common import Row, console
 
 ANCHORS = ["llama-bench", "planner"]
 MODELS = ("smollm2", "gemma3")
@@ -53,24 +54,41 @@ engine.close()
 
 
 def ours(path: Path, threads: int, tokens: int, repeats: int) -> list[float]:
-    out = subprocess.run([sys.executable, "-c", _GENERATE, str(path), str(threads), str(tokens), str(repeats)],
-                         capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(
+        [sys.executable, "-c", _GENERATE, str(path), str(threads), str(tokens), str(repeats)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if out.returncode != 0:
         raise SystemExit(f"edge engine run failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def llama_bench(path: Path, threads: int, tokens: int, repeats: int) -> float:
-    cmd = [common.anchor_binary("llama-bench"), "-m", path, "-p", "0", "-n", str(tokens), "-r", str(repeats),
-           "-t", str(threads), "-o", "json"]
+    cmd = [
+        common.anchor_binary("llama-bench"),
+        "-m",
+        path,
+        "-p",
+        "0",
+        "-n",
+        str(tokens),
+        "-r",
+        str(repeats),
+        "-t",
+        str(threads),
+        "-o",
+        "json",
+    ]
     result = common.check(common.run_measured(cmd), "llama-bench")
     start = result.output.index("[")  # llama-bench logs before its JSON array
     return float(json.loads(result.output[start:])[0]["avg_ts"])
 
 
 def predicted(path: Path, profile):
-    from profiles.plan.shape import read_model_shape
     from profiles.plan.planner import SPEED_AT_TOKENS, estimate
+    from profiles.plan.shape import read_model_shape
 
     est = estimate(read_model_shape(path), "AS_IS", 2048, profile)
     ceiling = est.tokens_per_s / profile.runtime.efficiency  # bandwidth / bytes read per token
@@ -88,12 +106,24 @@ def bench_model(key: str, profile, threads: int, tokens: int, repeats: int) -> t
     pred, ceiling, at = predicted(path, profile)
     factor = measured / ceiling
     console.log(f"  planner {pred:.1f} t/s (ceiling {ceiling:.1f} t/s x efficiency {profile.runtime.efficiency})")
-    row = Row(f"{key} generation (tg{tokens})", "t/s", measured, {"llama-bench": anchor, "planner": pred}, "",
-              f"efficiency factor measured/ceiling = {factor:.3f} (profile {profile.name} holds "
-              f"{profile.runtime.efficiency}); llama-bench's own: {anchor / ceiling:.3f}; ceiling = "
-              f"{profile.memory.bandwidth_gbs} GB/s / bytes per token at {at} tokens of context")
-    return row, {"ours_tps": speeds, "llama_bench_tps": anchor, "predicted_tps": pred, "ceiling_tps": ceiling,
-                 "efficiency_factor": factor, "llama_bench_efficiency_factor": anchor / ceiling}
+    row = Row(
+        f"{key} generation (tg{tokens})",
+        "t/s",
+        measured,
+        {"llama-bench": anchor, "planner": pred},
+        "",
+        f"efficiency factor measured/ceiling = {factor:.3f} (profile {profile.name} holds "
+        f"{profile.runtime.efficiency}); llama-bench's own: {anchor / ceiling:.3f}; ceiling = "
+        f"{profile.memory.bandwidth_gbs} GB/s / bytes per token at {at} tokens of context",
+    )
+    return row, {
+        "ours_tps": speeds,
+        "llama_bench_tps": anchor,
+        "predicted_tps": pred,
+        "ceiling_tps": ceiling,
+        "efficiency_factor": factor,
+        "llama_bench_efficiency_factor": anchor / ceiling,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         extra[key] = figures
     load.append(common.warn_if_busy())
     if args.json:
-        print(common.rows_json(rows, ANCHORS, {**extra, "profile": profile.name, "threads": threads,
-                                               "load_average": load}))
+        print(
+            common.rows_json(
+                rows, ANCHORS, {**extra, "profile": profile.name, "threads": threads, "load_average": load}
+            )
+        )
     else:
         common.print_table(f"generation speed vs the planner ({profile.name}, {threads} threads)", rows, ANCHORS)
     return 0

@@ -16,6 +16,7 @@ Goals: peak RSS <= the anchor's, wall <= 1.0x the anchor pair, intermediate remo
 above intermediate + outputs. Printed as ratios (bench/common.py). The checkpoint is kept in DIR for
 the next run (delete it with --clean).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,20 +32,38 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import Row  # noqa: E402
+import common
+from common import Row
 
-LLAMA31_8B = {   # meta-llama/Llama-3.1-8B config.json, vocab_size set to the tokenizer's below
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-    "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-    "head_dim": 128, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-    "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
+LLAMA31_8B = {  # meta-llama/Llama-3.1-8B config.json, vocab_size set to the tokenizer's below
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "mlp_bias": False,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
 }
-SHARD_BYTES = 5 * 10**9          # as transformers' default max_shard_size="5GB"
-POOL_BYTES = 1 << 28             # 256 MiB of random bf16, written cyclically
+SHARD_BYTES = 5 * 10**9  # as transformers' default max_shard_size="5GB"
+POOL_BYTES = 1 << 28  # 256 MiB of random bf16, written cyclically
 
 
 def tensor_shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
@@ -53,18 +72,24 @@ def tensor_shapes(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     out = [("model.embed_tokens.weight", (v, h))]
     for i in range(L):
         p = f"model.layers.{i}."
-        out += [(p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,)),
-                (p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.k_proj.weight", (kv, h)),
-                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, h)),
-                (p + "mlp.gate_proj.weight", (ff, h)), (p + "mlp.up_proj.weight", (ff, h)),
-                (p + "mlp.down_proj.weight", (h, ff))]
+        out += [
+            (p + "input_layernorm.weight", (h,)),
+            (p + "post_attention_layernorm.weight", (h,)),
+            (p + "self_attn.q_proj.weight", (h, h)),
+            (p + "self_attn.k_proj.weight", (kv, h)),
+            (p + "self_attn.v_proj.weight", (kv, h)),
+            (p + "self_attn.o_proj.weight", (h, h)),
+            (p + "mlp.gate_proj.weight", (ff, h)),
+            (p + "mlp.up_proj.weight", (ff, h)),
+            (p + "mlp.down_proj.weight", (h, ff)),
+        ]
     return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
 
 
 def _pool() -> bytes:
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal(POOL_BYTES // 2, dtype=np.float32) * 0.02).view(np.uint32)   # (n,) f32 bits
-    return (x >> 16).astype(np.uint16).tobytes()                                           # bf16 = top half
+    x = (rng.standard_normal(POOL_BYTES // 2, dtype=np.float32) * 0.02).view(np.uint32)  # (n,) f32 bits
+    return (x >> 16).astype(np.uint16).tobytes()  # bf16 = top half
 
 
 def write_shards(folder: Path, shapes: list[tuple[str, tuple[int, ...]]]) -> int:
@@ -89,18 +114,19 @@ def write_shards(folder: Path, shapes: list[tuple[str, tuple[int, ...]]]) -> int
         raw = json.dumps(header).encode()
         raw += b" " * (-len(raw) % 8)
         with open(folder / fname, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)) + raw)   # u64 header length, JSON header, then data
+            f.write(struct.pack("<Q", len(raw)) + raw)  # u64 header length, JSON header, then data
             pos = 0
             for _, _, n in group:
                 left = n
                 while left:
                     take = min(left, len(pool) - pos)
-                    f.write(pool[pos:pos + take])
+                    f.write(pool[pos : pos + take])
                     pos, left = (pos + take) % len(pool), left - take
         total += off
         common.console.log(f"wrote {fname} ({off / 1e9:.1f} GB)")
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
+    )
     return total
 
 
@@ -118,8 +144,12 @@ def make_checkpoint(work: Path) -> Path:
             shutil.copy(f, ckpt / f.name)
     vocab = len(json.loads((tok / "tokenizer.json").read_text())["model"]["vocab"])
     src_cfg = json.loads((tok / "config.json").read_text())
-    cfg = dict(LLAMA31_8B, vocab_size=vocab, bos_token_id=src_cfg.get("bos_token_id", 1),
-               eos_token_id=src_cfg.get("eos_token_id", 2))
+    cfg = dict(
+        LLAMA31_8B,
+        vocab_size=vocab,
+        bos_token_id=src_cfg.get("bos_token_id", 1),
+        eos_token_id=src_cfg.get("eos_token_id", 2),
+    )
     (ckpt / "config.json").write_text(json.dumps(cfg, indent=1))
     total = write_shards(ckpt, tensor_shapes(cfg))
     common.console.log(f"checkpoint {ckpt}: {total / 1e9:.1f} GB, vocab {vocab}")
@@ -144,7 +174,7 @@ class DiskPeak:
             self.peak = max(self.peak, total)
             time.sleep(0.2)
 
-    def __enter__(self) -> "DiskPeak":
+    def __enter__(self) -> DiskPeak:
         self._thread.start()
         return self
 
@@ -160,11 +190,16 @@ def run_anchor(ckpt: Path, work: Path) -> tuple[common.RunResult, common.RunResu
     llama = common.llama_cpp_source()
     env = dict(os.environ, PYTHONPATH=str(llama / "gguf-py"), HF_HUB_OFFLINE="1")
     f16 = out / "anchor-f16.gguf"
-    conv = common.check(common.run_measured(
-        [sys.executable, llama / "convert_hf_to_gguf.py", ckpt, "--outtype", "f16", "--outfile", f16], env=env),
-        "convert_hf_to_gguf.py")
-    q = common.check(common.run_measured(
-        [common.anchor_binary("llama-quantize"), f16, out / "anchor-q4_k_m.gguf", "Q4_K_M"]), "llama-quantize")
+    conv = common.check(
+        common.run_measured(
+            [sys.executable, llama / "convert_hf_to_gguf.py", ckpt, "--outtype", "f16", "--outfile", f16], env=env
+        ),
+        "convert_hf_to_gguf.py",
+    )
+    q = common.check(
+        common.run_measured([common.anchor_binary("llama-quantize"), f16, out / "anchor-q4_k_m.gguf", "Q4_K_M"]),
+        "llama-quantize",
+    )
     size = (out / "anchor-q4_k_m.gguf").stat().st_size
     f16.unlink()
     return conv, q, size
@@ -174,8 +209,18 @@ def run_ours(ckpt: Path, work: Path) -> tuple[common.RunResult, int, list[str], 
     out = work / "ours"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    cmd = [common.venv_script("edge-quantize"), "convert", ckpt, "--to", "q4_k_m", "-o", out, "--name", "ours",
-           "--quiet"]
+    cmd = [
+        common.venv_script("edge-quantize"),
+        "convert",
+        ckpt,
+        "--to",
+        "q4_k_m",
+        "-o",
+        out,
+        "--name",
+        "ours",
+        "--quiet",
+    ]
     with DiskPeak(out) as disk:
         res = common.check(common.run_measured(cmd), "edge-quantize convert --to q4_k_m")
     files = sorted(p.name for p in out.iterdir())
@@ -184,8 +229,12 @@ def run_ours(ckpt: Path, work: Path) -> tuple[common.RunResult, int, list[str], 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", type=Path, default=Path(os.environ.get("EDGE_SCALE_DIR", "/var/tmp/edge-scale")),
-                    help="a folder on a disk with ~35 GB free (not tmpfs)")
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path(os.environ.get("EDGE_SCALE_DIR", "/var/tmp/edge-scale")),
+        help="a folder on a disk with ~35 GB free (not tmpfs)",
+    )
     ap.add_argument("--clean", action="store_true", help="delete the checkpoint and outputs afterwards")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -198,16 +247,34 @@ def main(argv: list[str] | None = None) -> int:
     conv, quant, anchor_size = run_anchor(ckpt, args.work)
     common.console.log("ours: edge-quantize convert --to q4_k_m")
     ours, disk_peak, files, our_size = run_ours(ckpt, args.work)
-    inter = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))   # a 16-bit intermediate is this big
+    inter = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))  # a 16-bit intermediate is this big
     pair = conv.seconds + quant.seconds
     rows = [
-        Row("wall time HF -> Q4_K_M", "s", ours.seconds, {"anchor pair": pair}, "<= 1.0x",
-            f"anchor: convert {conv.seconds:.0f} s + quantize {quant.seconds:.0f} s"),
-        Row("peak RSS", "MB", ours.peak_rss_mb, {"anchor pair": max(conv.peak_rss_mb, quant.peak_rss_mb)},
-            "<= 1.0x", f"anchor: convert {conv.peak_rss_mb:.0f} MB, quantize {quant.peak_rss_mb:.0f} MB"),
+        Row(
+            "wall time HF -> Q4_K_M",
+            "s",
+            ours.seconds,
+            {"anchor pair": pair},
+            "<= 1.0x",
+            f"anchor: convert {conv.seconds:.0f} s + quantize {quant.seconds:.0f} s",
+        ),
+        Row(
+            "peak RSS",
+            "MB",
+            ours.peak_rss_mb,
+            {"anchor pair": max(conv.peak_rss_mb, quant.peak_rss_mb)},
+            "<= 1.0x",
+            f"anchor: convert {conv.peak_rss_mb:.0f} MB, quantize {quant.peak_rss_mb:.0f} MB",
+        ),
         Row("Q4_K_M size", "MB", our_size / 1e6, {"anchor pair": anchor_size / 1e6}, "same mix"),
-        Row("peak disk of the output folder", "GB", disk_peak / 1e9, {"anchor pair": (inter + anchor_size) / 1e9},
-            "<= intermediate + outputs", f"files left: {', '.join(files)}"),
+        Row(
+            "peak disk of the output folder",
+            "GB",
+            disk_peak / 1e9,
+            {"anchor pair": (inter + anchor_size) / 1e9},
+            "<= intermediate + outputs",
+            f"files left: {', '.join(files)}",
+        ),
     ]
     common.print_table("8B-shaped (Llama-3.1, vocab 49152) bf16 -> Q4_K_M", rows, ["anchor pair"])
     if args.json:

@@ -13,6 +13,7 @@ an order that rotates each round, all over HTTP on loopback (/v1/completions, te
 Ratios are ours/anchor on medians of WALL time measured by the client (the user's view);
 llama-server's own `timings.predicted_per_second` is printed beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,10 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import client  # noqa: E402
-import common  # noqa: E402
-import servers  # noqa: E402
-from common import Row, console, median  # noqa: E402
+import client
+import common
+import servers
+from common import Row, console, median
 
 ANCHORS = ["llama-server", "llama_cpp.server"]
 # One first-time sample per round swung the ratio by +-20 % on a 2-vCPU VM; three fresh system
@@ -37,8 +38,12 @@ CTX = 2048
 
 # Greedy decoding keeps counting, so even a server without ignore_eos generates all 128 tokens.
 COUNT_PROMPT = "Count from {a} to {b}, separated by commas: {a}, {a1}, {a2},"
-QUESTIONS = ["What time does the museum open?", "Where is the cafe?",
-             "Can I bring my dog?", "How much is a ticket for a child?"]
+QUESTIONS = [
+    "What time does the museum open?",
+    "Where is the cafe?",
+    "Can I bring my dog?",
+    "How much is a ticket for a child?",
+]
 
 
 def count_prompt(start: int) -> str:
@@ -47,9 +52,12 @@ def count_prompt(start: int) -> str:
 
 def system_prompt(tag: int) -> str:
     """About 500 tokens of kiosk instructions; `tag` makes each one a fresh prefix."""
-    rules = [f"Rule {i}: when a visitor asks about gallery {i + tag}, answer politely, give the floor "
-             f"number {i % 4 + 1}, mention that photography without flash is allowed, and keep "
-             f"the answer under forty words." for i in range(1, 15)]
+    rules = [
+        f"Rule {i}: when a visitor asks about gallery {i + tag}, answer politely, give the floor "
+        f"number {i % 4 + 1}, mention that photography without flash is allowed, and keep "
+        f"the answer under forty words."
+        for i in range(1, 15)
+    ]
     head = f"Session {tag}. You are the information kiosk of the City Museum. "
     return head + " ".join(rules) + "\nVisitor: "
 
@@ -77,12 +85,13 @@ class Figures:
 def check_tokens(kind: str, comp: client.Completion, warned: set) -> None:
     if comp.completion_tokens != N_TOKENS and kind not in warned:
         warned.add(kind)
-        console.log(f"[yellow]{kind} generated {comp.completion_tokens} tokens, not {N_TOKENS}: "
-                    f"its rate is computed on what it generated[/]")
+        console.log(
+            f"[yellow]{kind} generated {comp.completion_tokens} tokens, not {N_TOKENS}: "
+            f"its rate is computed on what it generated[/]"
+        )
 
 
-def single_process_round(kind: str, model: Path, mkey: str, tag: int, n_comp: int,
-                         fig: Figures, warned: set) -> None:
+def single_process_round(kind: str, model: Path, mkey: str, tag: int, n_comp: int, fig: Figures, warned: set) -> None:
     """One fresh server (parallel 1, ctx 2048): cold start, RSS, (a) and (c)."""
     run = servers.start(kind, model, parallel=1, ctx=CTX)
     try:
@@ -102,13 +111,14 @@ def single_process_round(kind: str, model: Path, mkey: str, tag: int, n_comp: in
             fig.add(f"{mkey} ttft first", kind, client.stream_first_token(run, sys_p + QUESTIONS[0]).ttft)
             for q in QUESTIONS[1:]:
                 fig.add(f"{mkey} ttft cached", kind, client.stream_first_token(run, sys_p + q).ttft)
-        fig.add(f"{mkey} prompt tokens", kind,
-                client.complete(run, sys_p + QUESTIONS[0], 1).prompt_tokens)
-        console.log(f"  {kind:16s} cold {fig.data[f'{mkey} cold start'][kind][-1]:.2f} s, "
-                    f"{median(fig.data[f'{mkey} tps wall'][kind][-n_comp:]):.1f} t/s, "
-                    f"ttft {fig.data[f'{mkey} ttft first'][kind][-1] * 1000:.0f} / "
-                    f"{fig.data[f'{mkey} ttft cached'][kind][-1] * 1000:.0f} ms, "
-                    f"RSS {fig.data[f'{mkey} RSS idle after load'][kind][-1]:.0f} MB")
+        fig.add(f"{mkey} prompt tokens", kind, client.complete(run, sys_p + QUESTIONS[0], 1).prompt_tokens)
+        console.log(
+            f"  {kind:16s} cold {fig.data[f'{mkey} cold start'][kind][-1]:.2f} s, "
+            f"{median(fig.data[f'{mkey} tps wall'][kind][-n_comp:]):.1f} t/s, "
+            f"ttft {fig.data[f'{mkey} ttft first'][kind][-1] * 1000:.0f} / "
+            f"{fig.data[f'{mkey} ttft cached'][kind][-1] * 1000:.0f} ms, "
+            f"RSS {fig.data[f'{mkey} RSS idle after load'][kind][-1]:.0f} MB"
+        )
     finally:
         common.stop(run.proc)
 
@@ -135,28 +145,42 @@ def rows_for(mkey: str, fig: Figures, kinds: list[str], parallel: bool) -> list[
     def row(measure, unit, key, scale=1.0, goal="", note=""):
         vals = {k: fig.med(f"{mkey} {key}", k) for k in kinds}
         vals = {k: (v * scale if v is not None else None) for k, v in vals.items()}
-        return Row(f"{label} {measure}", unit, vals.get("ours"),
-                   {a: vals.get(a) for a in ANCHORS}, goal, note)
+        return Row(f"{label} {measure}", unit, vals.get("ours"), {a: vals.get(a) for a in ANCHORS}, goal, note)
 
-    rows = [row("tokens/s, 1 client (wall)", "t/s", "tps wall", goal=">= 0.97x llama-server",
-                note=f"{N_TOKENS}-token completions, client wall time per request over HTTP"),
-            row("tokens/s, 1 client (server timings)", "t/s", "tps server",
-                note="the server's own predicted_per_second, where reported")]
+    rows = [
+        row(
+            "tokens/s, 1 client (wall)",
+            "t/s",
+            "tps wall",
+            goal=">= 0.97x llama-server",
+            note=f"{N_TOKENS}-token completions, client wall time per request over HTTP",
+        ),
+        row(
+            "tokens/s, 1 client (server timings)",
+            "t/s",
+            "tps server",
+            note="the server's own predicted_per_second, where reported",
+        ),
+    ]
     if parallel:
-        rows.append(row("tokens/s, 4 clients aggregate (wall)", "t/s", "tps 4 clients",
-                        goal=">= 0.9x llama-server -np 4"))
-    rows += [row("TTFT ~500-tok system prompt, first", "ms", "ttft first", 1000,
-                 goal="<= 1.1x llama-server"),
-             row("TTFT same system prompt, cached", "ms", "ttft cached", 1000,
-                 goal="<= 1.1x llama-server"),
-             row("system prompt length", "tokens", "prompt tokens"),
-             row("cold start to first token", "s", "cold start",
-                 goal="<= 0.6 s; as a ratio <= 2.5x llama-server",
-                 note="the issue's 0.6 s goal was set where llama-server takes 0.24 s and llama_cpp.server "
-                      "0.55 s: read here as <= 2.5x llama-server (~1.09x llama_cpp.server) on the same host"),
-             row("RSS at ready (main process)", "MB", "RSS at ready"),
-             row("RSS idle after load + 1 request", "MB", "RSS idle after load",
-                 goal="<= llama-server + 60 MB")]
+        rows.append(
+            row("tokens/s, 4 clients aggregate (wall)", "t/s", "tps 4 clients", goal=">= 0.9x llama-server -np 4")
+        )
+    rows += [
+        row("TTFT ~500-tok system prompt, first", "ms", "ttft first", 1000, goal="<= 1.1x llama-server"),
+        row("TTFT same system prompt, cached", "ms", "ttft cached", 1000, goal="<= 1.1x llama-server"),
+        row("system prompt length", "tokens", "prompt tokens"),
+        row(
+            "cold start to first token",
+            "s",
+            "cold start",
+            goal="<= 0.6 s; as a ratio <= 2.5x llama-server",
+            note="the issue's 0.6 s goal was set where llama-server takes 0.24 s and llama_cpp.server "
+            "0.55 s: read here as <= 2.5x llama-server (~1.09x llama_cpp.server) on the same host",
+        ),
+        row("RSS at ready (main process)", "MB", "RSS at ready"),
+        row("RSS idle after load + 1 request", "MB", "RSS idle after load", goal="<= llama-server + 60 MB"),
+    ]
     return rows
 
 
@@ -182,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         console.rule(f"{MODELS[mkey]}: single client, TTFT, cold start, RSS ({rounds} rounds)")
         for r in range(rounds):
             for kind in rotated(kinds, r):
-                single_process_round(kind, model, mkey, 1000 * r + kinds.index(kind), n_comp,
-                                     fig, warned)
+                single_process_round(kind, model, mkey, 1000 * r + kinds.index(kind), n_comp, fig, warned)
     console.rule(f"{MODELS['smollm2']}: 4 concurrent clients ({rounds} rounds)")
     for r in range(rounds):
         for kind in rotated(kinds, r):
@@ -192,12 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = rows_for("smollm2", fig, kinds, True) + rows_for("gemma3", fig, kinds, False)
     anchors = [a for a in ANCHORS if a in kinds]
     if args.json:
-        print(common.rows_json(rows, anchors, {"samples": fig.data, "rounds": rounds,
-                                               "ratio_basis": "client wall time over HTTP",
-                                               "load_average": load}))
+        print(
+            common.rows_json(
+                rows,
+                anchors,
+                {
+                    "samples": fig.data,
+                    "rounds": rounds,
+                    "ratio_basis": "client wall time over HTTP",
+                    "load_average": load,
+                },
+            )
+        )
     else:
-        common.print_table("edge serve vs llama-server and llama_cpp.server "
-                           "(ratios: ours/anchor, client wall time)", rows, anchors)
+        common.print_table(
+            "edge serve vs llama-server and llama_cpp.server (ratios: ours/anchor, client wall time)", rows, anchors
+        )
     return 0
 
 

@@ -10,6 +10,7 @@ measure: a fresh server per round (order alternating), 4 to 6 samples each, the 
 over all samples, and the median of the per-round ratios (the two servers of a round run back to
 back, so that one is immune to the host drifting between rounds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import client  # noqa: E402
-import common  # noqa: E402
-import servers  # noqa: E402
-from common import console, median  # noqa: E402
-from serve import CTX, N_TOKENS, QUESTIONS, count_prompt, system_prompt  # noqa: E402
+import client
+import common
+import servers
+from common import console, median
+from serve import CTX, N_TOKENS, QUESTIONS, count_prompt, system_prompt
 
 KINDS = ["ours", "llama-server"]
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     paired = []  # per round: ours / llama-server, run back to back, so the host's drift cancels
     for r in range(args.rounds):
         this = {}
-        for kind in (KINDS if r % 2 == 0 else KINDS[::-1]):
+        for kind in KINDS if r % 2 == 0 else KINDS[::-1]:
             run = servers.start(kind, model, parallel=1, ctx=CTX)
             try:
                 xs = samples(args.measure, run, r)
@@ -70,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     load.append(common.warn_if_busy())
     unit = "t/s" if args.measure == "tps" else "ms"
     ours, anchor = median(got["ours"]), median(got["llama-server"])
-    console.print(f"{args.model} {args.measure}: ours {ours:.1f} {unit} vs llama-server {anchor:.1f} {unit} "
-                  f"= {ours / anchor:.3f}x (medians of {len(got['ours'])} samples each, {args.rounds} rounds); "
-                  f"median of the per-round ratios {median(paired):.3f}x "
-                  f"({' '.join(f'{p:.2f}' for p in paired)})")
+    console.print(
+        f"{args.model} {args.measure}: ours {ours:.1f} {unit} vs llama-server {anchor:.1f} {unit} "
+        f"= {ours / anchor:.3f}x (medians of {len(got['ours'])} samples each, {args.rounds} rounds); "
+        f"median of the per-round ratios {median(paired):.3f}x "
+        f"({' '.join(f'{p:.2f}' for p in paired)})"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ Each `ServerKind` knows its command line, how to tell it is ready, and which ext
 fields make it generate exactly max_tokens (llama-server: ignore_eos). Processes write their
 logs to files (a full pipe would stall them) and are stopped by their own pid.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -12,9 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 import common
+import httpx
 
 THREADS = 2
 
@@ -32,23 +32,61 @@ class ServerKind:
 class LlamaServer(ServerKind):
     def command(self, model, port, parallel, ctx):
         # -c is the TOTAL context split over the slots: ctx per slot, like ours.
-        return [str(common.anchor_binary("llama-server")), "-m", str(model), "--host", "127.0.0.1",
-                "--port", str(port), "-t", str(THREADS), "-c", str(ctx * parallel),
-                "-np", str(parallel), "--no-webui"]
+        return [
+            str(common.anchor_binary("llama-server")),
+            "-m",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-t",
+            str(THREADS),
+            "-c",
+            str(ctx * parallel),
+            "-np",
+            str(parallel),
+            "--no-webui",
+        ]
 
 
 class LlamaCppPythonServer(ServerKind):
     def command(self, model, port, parallel, ctx):
         # No slots: it serializes requests, `parallel` cannot be honoured.
-        return [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
-                "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(THREADS),
-                "--n_threads_batch", str(THREADS), "--n_ctx", str(ctx)]
+        return [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_threads",
+            str(THREADS),
+            "--n_threads_batch",
+            str(THREADS),
+            "--n_ctx",
+            str(ctx),
+        ]
 
 
 class EdgeServer(ServerKind):
     def command(self, model, port, parallel, ctx):
-        cmd = [str(common.venv_script("edge")), "serve", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--parallel", str(parallel), "--ctx", str(ctx)]
+        cmd = [
+            str(common.venv_script("edge")),
+            "serve",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--parallel",
+            str(parallel),
+            "--ctx",
+            str(ctx),
+        ]
         return cmd + (["--threads", str(THREADS)] if _edge_has_threads_flag() else [])
 
 
@@ -58,8 +96,9 @@ _EDGE_HELP: str | None = None
 def _edge_has_threads_flag() -> bool:
     global _EDGE_HELP
     if _EDGE_HELP is None:
-        _EDGE_HELP = subprocess.run([str(common.venv_script("edge")), "serve", "--help"],
-                                    capture_output=True, text=True).stdout
+        _EDGE_HELP = subprocess.run(
+            [str(common.venv_script("edge")), "serve", "--help"], capture_output=True, text=True
+        ).stdout
     return "--threads" in _EDGE_HELP
 
 
@@ -85,13 +124,10 @@ def available_kinds() -> list[str]:
 
 def _missing(name: str) -> str | None:
     if name == "llama-server":
-        return None if common.anchor_binary("llama-server", required=False) else \
-            "not built (python bench/anchors.py)"
+        return None if common.anchor_binary("llama-server", required=False) else "not built (python bench/anchors.py)"
     if name == "llama_cpp.server":
-        probe = subprocess.run([sys.executable, "-c", "import llama_cpp.server.app"],
-                               capture_output=True, text=True)
-        return None if probe.returncode == 0 else \
-            "extras missing: pip install 'llama-cpp-python[server]==0.3.36'"
+        probe = subprocess.run([sys.executable, "-c", "import llama_cpp.server.app"], capture_output=True, text=True)
+        return None if probe.returncode == 0 else "extras missing: pip install 'llama-cpp-python[server]==0.3.36'"
     edge = Path(sys.executable).parent / "edge"
     if not edge.is_file():
         return "edge not installed"
@@ -113,8 +149,7 @@ class Running:
         return self.base + path
 
 
-def start(kind_name: str, model: Path, *, parallel: int = 1, ctx: int = 2048,
-          timeout: float = 120) -> Running:
+def start(kind_name: str, model: Path, *, parallel: int = 1, ctx: int = 2048, timeout: float = 120) -> Running:
     """Start a server and return once it answers ready (polled every 5 ms)."""
     kind = KINDS[kind_name]
     port = common.free_port()
@@ -123,8 +158,7 @@ def start(kind_name: str, model: Path, *, parallel: int = 1, ctx: int = 2048,
     cmd = kind.command(model, port, parallel, ctx)
     with open(log, "wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                env=_env())
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env())
     run = Running(kind, proc, f"http://127.0.0.1:{port}", started, log=log)
     try:
         _wait_ready(run, timeout)
@@ -136,6 +170,7 @@ def start(kind_name: str, model: Path, *, parallel: int = 1, ctx: int = 2048,
 
 def _env() -> dict:
     import os
+
     return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 

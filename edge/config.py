@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edge.errors import BadRequestError
 
@@ -31,7 +32,9 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting("port", "EDGE_PORT", "TCP port (default 11434, Ollama's)"),
     Setting("home", "EDGE_HOME", "edge's folder: models/, aliases.toml, cache/ (default ~/.edge)"),
     Setting("models_dir", "EDGE_MODELS", "folder holding the model files (default HOME/models)"),
-    Setting("api_key", "EDGE_API_KEY", "require this key (Authorization: Bearer or X-Api-Key) on every route but /health"),
+    Setting(
+        "api_key", "EDGE_API_KEY", "require this key (Authorization: Bearer or X-Api-Key) on every route but /health"
+    ),
     Setting("model", "EDGE_MODEL", "model to serve: a store name or a .gguf path (default: bundled SmolLM2)"),
     Setting("parallel", "EDGE_PARALLEL", "slots decoded together (default: from the hardware profile, else 1)"),
     Setting("ctx", "EDGE_CTX", "context length per slot (default: the model's, capped by the backend)"),
@@ -40,10 +43,26 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting("profile", "EDGE_PROFILE", "hardware profile name (default: detected)"),
     Setting("max_body_bytes", "EDGE_MAX_BODY", "largest accepted request body in bytes (default 4 MiB)"),
     Setting("api_key_file", "EDGE_API_KEY_FILE", "read the API key from this file (first line; keep it mode 600)"),
-    Setting("allowed_hosts", "EDGE_ALLOWED_HOSTS", "extra Host header names accepted (comma-separated; loopback names always are)"),
-    Setting("cors_origins", "EDGE_CORS_ORIGINS", "browser origins allowed to call the API (comma-separated; '*' any; default none)"),
-    Setting("request_timeout", "EDGE_REQUEST_TIMEOUT", "seconds one request may take, queue and generation included (default 600; 0: none)"),
-    Setting("read_timeout", "EDGE_READ_TIMEOUT", "seconds a client may take to send its request headers and body (default 30)"),
+    Setting(
+        "allowed_hosts",
+        "EDGE_ALLOWED_HOSTS",
+        "extra Host header names accepted (comma-separated; loopback names always are)",
+    ),
+    Setting(
+        "cors_origins",
+        "EDGE_CORS_ORIGINS",
+        "browser origins allowed to call the API (comma-separated; '*' any; default none)",
+    ),
+    Setting(
+        "request_timeout",
+        "EDGE_REQUEST_TIMEOUT",
+        "seconds one request may take, queue and generation included (default 600; 0: none)",
+    ),
+    Setting(
+        "read_timeout",
+        "EDGE_READ_TIMEOUT",
+        "seconds a client may take to send its request headers and body (default 30)",
+    ),
 )
 
 
@@ -78,18 +97,22 @@ class Settings:
         _check_range("request_timeout", self.request_timeout, 0, 7 * 86400)
         _check_range("read_timeout", self.read_timeout, 1, 3600)
         if self.api_key is not None and not self.api_key.strip():
-            raise BadRequestError("the API key is empty: give a non-empty --api-key or unset EDGE_API_KEY", param="api_key")
+            raise BadRequestError(
+                "the API key is empty: give a non-empty --api-key or unset EDGE_API_KEY", param="api_key"
+            )
         if self.api_key_file is not None:
             key = read_key_file(self.api_key_file)
             if self.api_key is not None and self.api_key != key:  # equal: a copy of settings (with_)
-                raise BadRequestError("give the API key once: --api-key (EDGE_API_KEY) or --api-key-file "
-                                      "(EDGE_API_KEY_FILE), not both", param="api_key_file")
+                raise BadRequestError(
+                    "give the API key once: --api-key (EDGE_API_KEY) or --api-key-file (EDGE_API_KEY_FILE), not both",
+                    param="api_key_file",
+                )
             object.__setattr__(self, "api_key", key)
         object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in self.allowed_hosts if h.strip()))
         object.__setattr__(self, "cors_origins", tuple(o.strip().rstrip("/") for o in self.cors_origins if o.strip()))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then EDGE_* variables, then `overrides` that are not None (the CLI flags)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -107,7 +130,7 @@ class Settings:
         values.update(given)
         return cls(**values)
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 
@@ -116,16 +139,22 @@ def read_key_file(path: Path) -> str:
     try:
         raw = Path(path).read_bytes()[:4096]
     except OSError as exc:
-        raise BadRequestError(f"cannot read the API key file {path}: {exc.strerror}; "
-                              "check --api-key-file / EDGE_API_KEY_FILE", param="api_key_file") from None
+        raise BadRequestError(
+            f"cannot read the API key file {path}: {exc.strerror}; check --api-key-file / EDGE_API_KEY_FILE",
+            param="api_key_file",
+        ) from None
     lines = raw.decode("utf-8", "replace").strip().splitlines()
     key = lines[0].strip() if lines else ""
     if not key:
-        raise BadRequestError(f"the API key file {path} is empty: write the key on its first line", param="api_key_file")
+        raise BadRequestError(
+            f"the API key file {path} is empty: write the key on its first line", param="api_key_file"
+        )
     mode = Path(path).stat().st_mode
     if mode & 0o077:
-        print(f"warning: the API key file {path} is readable by other users (mode {mode & 0o777:o}); "
-              f"chmod 600 {path}", file=sys.stderr)
+        print(
+            f"warning: the API key file {path} is readable by other users (mode {mode & 0o777:o}); chmod 600 {path}",
+            file=sys.stderr,
+        )
     return key
 
 

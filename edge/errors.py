@@ -174,7 +174,7 @@ def ollama_error_body(exc: BaseException) -> dict:
     return {"error": exc.message if isinstance(exc, EdgeError) else "internal error"}
 
 
-def report_and_exit(exc: BaseException, *, stream=None) -> "NoReturn":  # noqa: F821
+def report_and_exit(exc: BaseException, *, stream=None) -> NoReturn:  # noqa: F821
     """Print a one-line error for a CLI user and exit with the mapped code (never a traceback)."""
     import sys
 

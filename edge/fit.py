@@ -42,7 +42,9 @@ def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root
     from profiles.plan.shape import read_model_shape
 
     profile, budget, threads, why = _profile_and_budget(settings, root)
-    settings = settings.with_(threads=settings.threads or threads, parallel=settings.parallel or profile.runtime.parallel)
+    settings = settings.with_(
+        threads=settings.threads or threads, parallel=settings.parallel or profile.runtime.parallel
+    )
     reasons = [why]
     if not str(model_path).endswith(".gguf") or not Path(model_path).is_file():
         return Fit(settings, profile.name, tuple(reasons))
@@ -56,8 +58,10 @@ def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root
         if not force:
             raise refusal
         print(f"edge: warning: --force: {refusal.message}", file=sys.stderr, flush=True)
-    reasons.append(f"context {ctx} per slot x {settings.parallel}: {est.memory_bytes / 2**30:.2f} GiB "
-                   f"of a {est.budget_bytes / 2**30:.2f} GiB budget")
+    reasons.append(
+        f"context {ctx} per slot x {settings.parallel}: {est.memory_bytes / 2**30:.2f} GiB "
+        f"of a {est.budget_bytes / 2**30:.2f} GiB budget"
+    )
     return Fit(settings.with_(ctx=ctx), profile.name, tuple(reasons))
 
 

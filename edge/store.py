@@ -81,7 +81,9 @@ def canonical(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise BadRequestError("model name is empty; ask for a model by name, e.g. smollm2:135m-q4_1", param="model")
     if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 or c == "\x7f" for c in name):
-        raise BadRequestError(f"model name is too long or has control characters (limit {MAX_NAME_CHARS})", param="model")
+        raise BadRequestError(
+            f"model name is too long or has control characters (limit {MAX_NAME_CHARS})", param="model"
+        )
     key = name.strip().lower()
     return key if ":" in key else f"{key}:latest"
 
@@ -215,7 +217,9 @@ def _scan_folder(folder: Path) -> list[ModelEntry]:
     try:
         paths = sorted(p for _, p in zip(range(MAX_ENTRIES), folder.iterdir()))
     except OSError as e:
-        raise ModelNotFoundError(f"cannot read the models folder {folder}: {e.strerror or e}; fix its permissions") from None
+        raise ModelNotFoundError(
+            f"cannot read the models folder {folder}: {e.strerror or e}; fix its permissions"
+        ) from None
     found = []
     for p in paths:
         try:
@@ -280,7 +284,9 @@ class ModelStore:
         key, seen, aliases = canonical(name), [], self.aliases()
         while key in aliases:
             if key in seen or len(seen) >= MAX_ALIAS_HOPS:
-                raise BadRequestError(f"alias loop or chain too long: {' -> '.join([*seen, key])}; fix {self.home}/aliases.*")
+                raise BadRequestError(
+                    f"alias loop or chain too long: {' -> '.join([*seen, key])}; fix {self.home}/aliases.*"
+                )
             seen.append(key)
             key = aliases[key]
         entries = self.list()
@@ -318,7 +324,9 @@ class ModelStore:
         model = key.split(":")[0]
         tags = [e.name for e in entries if e.name.split(":")[0] == model]
         if len(tags) > 1 and key.endswith(":latest"):
-            return ModelNotFoundError(f"model {asked!r} is ambiguous: ask for one of {', '.join(tags)} (or add an alias)", param="model")
+            return ModelNotFoundError(
+                f"model {asked!r} is ambiguous: ask for one of {', '.join(tags)} (or add an alias)", param="model"
+            )
         available = ", ".join(self.names()) or "none"
         return ModelNotFoundError(
             f"model {asked!r} not found. Available: {available}. Put a .gguf file in {self.models_dir} "
@@ -345,4 +353,6 @@ def _read_aliases(path: Path, parse) -> dict[str, str]:
         return {canonical(k): canonical(v) for k, v in data.items()}
     except (OSError, ValueError, UnicodeDecodeError, BadRequestError) as e:
         msg = e.message if isinstance(e, BadRequestError) else str(e)
-        raise BadRequestError(f"aliases file {path} is invalid: {msg}; fix it (example: \"llama3.1:8b\" = \"smollm2:135m-q4_1\")") from None
+        raise BadRequestError(
+            f'aliases file {path} is invalid: {msg}; fix it (example: "llama3.1:8b" = "smollm2:135m-q4_1")'
+        ) from None

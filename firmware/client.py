@@ -20,14 +20,29 @@ import http.client
 import json
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from edge.errors import (AuthenticationError, BadRequestError, EdgeError, ForbiddenError, ModelNotFoundError,
-                         PayloadTooLargeError, RequestTimeoutError, UnavailableError)
+from edge.errors import (
+    AuthenticationError,
+    BadRequestError,
+    EdgeError,
+    ForbiddenError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UnavailableError,
+)
 
-_ERRORS = {400: BadRequestError, 401: AuthenticationError, 403: ForbiddenError, 404: ModelNotFoundError,
-           408: RequestTimeoutError, 413: PayloadTooLargeError, 503: UnavailableError}
+_ERRORS = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: ForbiddenError,
+    404: ModelNotFoundError,
+    408: RequestTimeoutError,
+    413: PayloadTooLargeError,
+    503: UnavailableError,
+}
 MAX_RETRY_AFTER_S = 30.0
 
 
@@ -50,8 +65,16 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:11434", *, model: str | None = None, api_key: str | None = None,
-                 timeout: float = 120.0, retries: int = 5, backoff: float = 0.5):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:11434",
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+    ):
         """`url`: http://host:port or unix:///path/to.sock. `timeout`: seconds per socket operation
         (connect, and each read: a stream may last longer as long as tokens keep coming)."""
         parts = urlsplit(url)
@@ -70,8 +93,13 @@ class Client:
         """The assistant's answer (or, with stream=True, an iterator of its text pieces).
         `params`: OpenAI fields, e.g. max_tokens=64, temperature=0, stop=["\\n"], seed=1."""
         body = {"messages": messages, **params}
-        return self._complete("/v1/chat/completions", body, stream, lambda c: c["message"]["content"],
-                              lambda c: c.get("delta", {}).get("content") or "")
+        return self._complete(
+            "/v1/chat/completions",
+            body,
+            stream,
+            lambda c: c["message"]["content"],
+            lambda c: c.get("delta", {}).get("content") or "",
+        )
 
     def generate(self, prompt: str, *, stream: bool = False, **params) -> str | Iterator[str]:
         """Plain text continuation of `prompt` (no chat template)."""
@@ -91,8 +119,10 @@ class Client:
                 return self.health()
             except UnavailableError:
                 if time.monotonic() >= deadline:
-                    raise UnavailableError(f"the edge server at {self.url} is not ready after {timeout:.0f} s; "
-                                           "check `systemctl status edge` and its log") from None
+                    raise UnavailableError(
+                        f"the edge server at {self.url} is not ready after {timeout:.0f} s; "
+                        "check `systemctl status edge` and its log"
+                    ) from None
             time.sleep(poll)
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -140,11 +170,13 @@ class Client:
             except (ConnectionRefusedError, FileNotFoundError) as e:
                 conn.close()
                 if attempt == retries:
-                    raise UnavailableError(f"cannot connect to the edge server at {self.url} ({e.strerror}); "
-                                           "is the service running? (`systemctl status edge`)") from None
+                    raise UnavailableError(
+                        f"cannot connect to the edge server at {self.url} ({e.strerror}); "
+                        "is the service running? (`systemctl status edge`)"
+                    ) from None
                 time.sleep(self.backoff * 2**attempt)
                 continue
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 conn.close()
                 raise RequestTimeoutError(f"no answer from {self.url} within the client timeout") from None
             if resp.status < 300:

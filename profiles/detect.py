@@ -27,9 +27,18 @@ LITTLE_ARM_PARTS = {
     0xD80: "Cortex-A520",
 }
 ARM_PART_NAMES = {
-    0xD08: "Cortex-A72", 0xD0B: "Cortex-A76", 0xD0D: "Cortex-A77", 0xD41: "Cortex-A78",
-    0xD42: "Cortex-A78AE", 0xD44: "Cortex-X1", 0xD47: "Cortex-A710", 0xD48: "Cortex-X2",
-    0xD4D: "Cortex-A715", 0xD4E: "Cortex-X3", 0xD81: "Cortex-A720", 0xD82: "Cortex-X4",
+    0xD08: "Cortex-A72",
+    0xD0B: "Cortex-A76",
+    0xD0D: "Cortex-A77",
+    0xD41: "Cortex-A78",
+    0xD42: "Cortex-A78AE",
+    0xD44: "Cortex-X1",
+    0xD47: "Cortex-A710",
+    0xD48: "Cortex-X2",
+    0xD4D: "Cortex-A715",
+    0xD4E: "Cortex-X3",
+    0xD81: "Cortex-A720",
+    0xD82: "Cortex-X4",
     **LITTLE_ARM_PARTS,
 }
 SIMD_FLAG_PREFIXES = ("avx", "fma", "f16c", "sse4", "amx")  # the x86 flags worth reporting
@@ -310,7 +319,9 @@ def default_threads(profile: Profile, facts: Facts) -> tuple[int, str]:
     threads, why = profile.runtime.threads, "the profile's default"
     if facts.big_cores:
         threads = facts.big_cores
-        why = f"{facts.big_cores} big cores" + (f", {facts.little_cores} little cores left out" if facts.little_cores else "")
+        why = f"{facts.big_cores} big cores" + (
+            f", {facts.little_cores} little cores left out" if facts.little_cores else ""
+        )
     if facts.cgroup_cpus is not None and facts.cgroup_cpus < threads:
         threads = max(1, int(facts.cgroup_cpus))
         why += f"; container CPU quota {facts.cgroup_cpus:g}"
@@ -326,5 +337,9 @@ def detect(root: Path = Path("/")) -> Detection:
             break
     budget, budget_why = effective_budget(profile, facts)
     threads, threads_why = default_threads(profile, facts)
-    reasons = [f"profile {profile.name}: {why}", f"budget {budget / GIB:.2f} GiB: {budget_why}", f"threads {threads}: {threads_why}"]
+    reasons = [
+        f"profile {profile.name}: {why}",
+        f"budget {budget / GIB:.2f} GiB: {budget_why}",
+        f"threads {threads}: {threads_why}",
+    ]
     return Detection(profile=profile, facts=facts, threads=threads, budget_bytes=budget, reasons=reasons)

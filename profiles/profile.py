@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -102,7 +102,7 @@ class Profile:
         return self.memory.total_gib - self.memory.budget_gib
 
     @classmethod
-    def from_dict(cls, name: str, data: dict) -> "Profile":
+    def from_dict(cls, name: str, data: dict) -> Profile:
         _reject_unknown(name, "", data, {"description", *_SECTIONS})
         kwargs = {"name": name, "description": data.get("description", name)}
         for key, klass in _SECTIONS.items():
@@ -120,9 +120,7 @@ def _reject_unknown(profile: str, section: str, data: dict, allowed) -> None:
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         where = f"[{section}]" if section else "top level"
-        raise BadRequestError(
-            f"profile {profile!r}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}"
-        )
+        raise BadRequestError(f"profile {profile!r}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
 
 
 def _build(profile: str, section: str, klass, data: dict):
@@ -150,7 +148,7 @@ def load_profile_file(path: Path) -> Profile:
     return Profile.from_dict(Path(path).stem, data)
 
 
-@lru_cache(maxsize=None)
+@cache
 def list_profiles() -> tuple[Profile, ...]:
     """Every shipped profile, sorted by name."""
     return tuple(load_profile_file(p) for _, p in sorted(_profile_files().items()))

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -26,9 +26,16 @@ MAX_HEADER = 100 * 1024 * 1024  # a header is JSON names and shapes; 100 MB is f
 
 # safetensors dtype -> numpy dtype of the stored bytes
 DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
 }
 
 
@@ -38,8 +45,8 @@ class TensorRef:
 
     name: str
     file: Path
-    dtype: str                  # safetensors dtype name, e.g. "BF16"
-    shape: tuple[int, ...]      # numpy order
+    dtype: str  # safetensors dtype name, e.g. "BF16"
+    shape: tuple[int, ...]  # numpy order
     start: int
     end: int
 
@@ -57,8 +64,10 @@ def read_header(path: Path) -> dict[str, TensorRef]:
             raise ModelFormatError(f"{path}: too short to be a safetensors file ({size} bytes)")
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, MAX_HEADER):
-            raise ModelFormatError(f"{path}: header length {n} points past the end of the file ({size} bytes); "
-                                   "the file is truncated or not safetensors")
+            raise ModelFormatError(
+                f"{path}: header length {n} points past the end of the file ({size} bytes); "
+                "the file is truncated or not safetensors"
+            )
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -66,8 +75,9 @@ def read_header(path: Path) -> dict[str, TensorRef]:
     if not isinstance(header, dict):
         raise ModelFormatError(f"{path}: safetensors header is not a JSON object")
     base, data_len = 8 + n, size - 8 - n
-    return {name: _tensor_ref(path, name, info, base, data_len)
-            for name, info in header.items() if name != "__metadata__"}
+    return {
+        name: _tensor_ref(path, name, info, base, data_len) for name, info in header.items() if name != "__metadata__"
+    }
 
 
 def _tensor_ref(path: Path, name: str, info: object, base: int, data_len: int) -> TensorRef:
@@ -99,7 +109,7 @@ class Checkpoint:
         self.refs = refs
 
     @classmethod
-    def open(cls, src_dir: Path) -> "Checkpoint":
+    def open(cls, src_dir: Path) -> Checkpoint:
         refs: dict[str, TensorRef] = {}
         for file in _weight_files(src_dir):
             for name, ref in read_header(file).items():
@@ -127,7 +137,7 @@ class Checkpoint:
         if ref.n_elements == 0:
             return np.zeros(ref.shape, dtype=np.float32)
         raw = np.memmap(ref.file, dtype=stored, mode="r", offset=ref.start, shape=ref.shape)
-        if ref.dtype == "BF16":   # bf16 = the top half of an f32; one allocation, no uint32 temporary
+        if ref.dtype == "BF16":  # bf16 = the top half of an f32; one allocation, no uint32 temporary
             out = np.empty(ref.shape, dtype=np.uint32)
             np.left_shift(raw, 16, out=out, dtype=np.uint32)
             return out.view(np.float32)
@@ -148,8 +158,11 @@ def _weight_files(src_dir: Path) -> list[Path]:
         return files
     files = sorted(src_dir.glob("*.safetensors"))
     if not files:
-        extra = " (pytorch_model.bin checkpoints are not supported: re-save with safetensors)" \
-            if any(src_dir.glob("*.bin")) else ""
+        extra = (
+            " (pytorch_model.bin checkpoints are not supported: re-save with safetensors)"
+            if any(src_dir.glob("*.bin"))
+            else ""
+        )
         raise NotFoundError(f"no *.safetensors weights in {src_dir}{extra}")
     return files
 
@@ -164,7 +177,7 @@ class OutEntry:
     """A tensor to write: name, safetensors dtype, shape (numpy order) and a loader."""
 
     name: str
-    dtype: str                  # "F32" | "F16" | "BF16" (BF16 loaders return the uint16 bits)
+    dtype: str  # "F32" | "F16" | "BF16" (BF16 loaders return the uint16 bits)
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray]
 
@@ -178,7 +191,7 @@ def write_safetensors(path: Path, entries: list[OutEntry], on_tensor=lambda e: N
         header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)          # the data section starts 8-byte aligned
+    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
     with path.open("wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)

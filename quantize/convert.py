@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gguf
 import numpy as np
@@ -24,11 +25,11 @@ from edge.errors import ModelFormatError, NotFoundError
 from edge.formats.validate import validate_gguf
 
 from .archs import get_arch
-from .archs.base import ArchSpec, PlannedTensor
+from .archs.base import PlannedTensor
 from .checkpoint import Checkpoint
 from .gguf_out import TMP_PREFIX, OutTensor, refuse_existing, to_storage, write_gguf
-from .progress import Bars, Fallback, llama_log_to, warn
 from .imatrix import Imatrix, compute_imatrix, parse_types_with_imatrix, quantize_with_imatrix
+from .progress import Bars, Fallback, llama_log_to, warn
 from .quantizer import TYPES, QuantType, intermediate_type, quantize_file
 
 Q = gguf.GGMLQuantizationType
@@ -41,8 +42,8 @@ class ConvertResult:
     size_bytes: int
     bits_per_weight: float
     seconds: float
-    imatrix: bool = False      # quantized with an importance matrix
-    fallbacks: tuple[Fallback, ...] = ()   # tensors llama.cpp stored in another type (rows vs block size)
+    imatrix: bool = False  # quantized with an importance matrix
+    fallbacks: tuple[Fallback, ...] = ()  # tensors llama.cpp stored in another type (rows vs block size)
 
 
 # Called once every output exists, before a temporary intermediate is removed:
@@ -52,19 +53,38 @@ AfterHook = Callable[[Path, list[ConvertResult], "Imatrix | None", Bars], None]
 
 @dataclass(frozen=True)
 class ImatrixOptions:
-    text: Path                  # --imatrix-text
+    text: Path  # --imatrix-text
     ctx: int = 512
 
 
-def convert(src: Path, types: list[str] | str, out_dir: Path, *, force: bool = False, quiet: bool = False,
-            keep_intermediate: bool = False, name: str | None = None, imatrix: ImatrixOptions | None = None,
-            after: AfterHook | None = None) -> list[ConvertResult]:
+def convert(
+    src: Path,
+    types: list[str] | str,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    quiet: bool = False,
+    keep_intermediate: bool = False,
+    name: str | None = None,
+    imatrix: ImatrixOptions | None = None,
+    after: AfterHook | None = None,
+) -> list[ConvertResult]:
     src, out_dir = Path(src), Path(out_dir)
     names = [t.strip() for t in (types.split(",") if isinstance(types, str) else types) if t.strip()]
     onnx_names = [t for t in names if t.lower().startswith("onnx:")]
-    if onnx_names:   # ONNX folders (quantize/onnx), then any GGUF types
-        return _with_onnx(src, names, onnx_names, out_dir, force=force, quiet=quiet,
-                          keep_intermediate=keep_intermediate, name=name, imatrix=imatrix, after=after)
+    if onnx_names:  # ONNX folders (quantize/onnx), then any GGUF types
+        return _with_onnx(
+            src,
+            names,
+            onnx_names,
+            out_dir,
+            force=force,
+            quiet=quiet,
+            keep_intermediate=keep_intermediate,
+            name=name,
+            imatrix=imatrix,
+            after=after,
+        )
     qtypes = parse_types_with_imatrix(types, imatrix is not None)
     if imatrix is not None and not Path(imatrix.text).is_file():
         raise NotFoundError(f"--imatrix-text {imatrix.text} does not exist: give a UTF-8 text file")
@@ -97,8 +117,13 @@ class _Extra:
         text = EvalText.from_file(Path(self.options.text), "--imatrix-text")
         task = bars.add("importance matrix", total=None)
         with llama_log_to(bars, task):
-            self.matrix = compute_imatrix(reference, text.read(), ctx=self.options.ctx, origin=str(text.path),
-                                          progress=lambda done, total: bars.update(task, completed=done, total=total))
+            self.matrix = compute_imatrix(
+                reference,
+                text.read(),
+                ctx=self.options.ctx,
+                origin=str(text.path),
+                progress=lambda done, total: bars.update(task, completed=done, total=total),
+            )
 
     def finish(self, quantized_from: Path, results: list[ConvertResult], bars: Bars) -> None:
         if self.after is not None:
@@ -111,12 +136,14 @@ def _with_onnx(src: Path, names: list[str], onnx_names: list[str], out_dir: Path
 
     rest = [t for t in names if t not in onnx_names]
     if rest:
-        parse_types_with_imatrix(rest, kw["imatrix"] is not None)   # bad GGUF types fail before any write
+        parse_types_with_imatrix(rest, kw["imatrix"] is not None)  # bad GGUF types fail before any write
     for t in onnx_names:
         parse_onnx_type(t)
     kw["name"] = kw["name"] or default_name(src)
-    done = [ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds)
-            for r in export_onnx(src, onnx_names, out_dir, force=kw["force"], quiet=kw["quiet"], name=kw["name"])]
+    done = [
+        ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds)
+        for r in export_onnx(src, onnx_names, out_dir, force=kw["force"], quiet=kw["quiet"], name=kw["name"])
+    ]
     after = kw["after"]
     if not rest:
         if after is not None and len(done) > 1 and any(r.type == "onnx:fp32" for r in done):
@@ -124,7 +151,7 @@ def _with_onnx(src: Path, names: list[str], onnx_names: list[str], out_dir: Path
             with Bars(kw["quiet"]) as bars:
                 after(src, done, None, bars)
         return done
-    if after is not None:   # the GGUF types' report gets the ONNX folders too: one table, one reference
+    if after is not None:  # the GGUF types' report gets the ONNX folders too: one table, one reference
         kw["after"] = lambda quantized_from, results, matrix, bars: after(quantized_from, results + done, matrix, bars)
     return done + convert(src, rest, out_dir, **kw)
 
@@ -143,8 +170,18 @@ def default_name(src: Path) -> str:
 
 # -- HF checkpoint -> GGUF ---------------------------------------------------------------------
 
-def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_dir: Path, name: str,
-             bars: Bars, force: bool, keep_intermediate: bool, extra: _Extra) -> list[ConvertResult]:
+
+def _from_hf(
+    src: Path,
+    qtypes: list[QuantType],
+    outputs: dict[str, Path],
+    out_dir: Path,
+    name: str,
+    bars: Bars,
+    force: bool,
+    keep_intermediate: bool,
+    extra: _Extra,
+) -> list[ConvertResult]:
     from . import vocab as vocab_mod  # owned by the vocab stream; imported only for HF sources
 
     spec = get_arch(_read_config(src).get("model_type"))
@@ -152,7 +189,7 @@ def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_d
     ckpt = Checkpoint.open(src)
     vocab = vocab_mod.load_vocab(src, vocab_size=None if spec.trim_vocab else cfg.vocab_size)
     if spec.trim_vocab:  # Gemma 3: drop embedding rows past the tokenizer's vocabulary
-        cfg = replace(cfg, n_vocab=len(vocab.tokens))   # re-validated by __post_init__
+        cfg = replace(cfg, n_vocab=len(vocab.tokens))  # re-validated by __post_init__
     plan = spec.plan(cfg, ckpt.shapes())
     inter = intermediate_type(qtypes, ckpt.float_dtype())
     inter_path = outputs.get(inter.name)
@@ -176,8 +213,14 @@ def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_d
         start = time.perf_counter()
         task = bars.add(f"convert -> {inter.name}", total=len(plan))
         tensors = [_out_tensor(t, inter, cfg, ckpt) for t in plan]
-        write_gguf(inter_path, spec.arch_name, add_metadata, tensors, force=force or temp_inter,
-                   on_tensor=lambda t: bars.advance(task))
+        write_gguf(
+            inter_path,
+            spec.arch_name,
+            add_metadata,
+            tensors,
+            force=force or temp_inter,
+            on_tensor=lambda t: bars.advance(task),
+        )
         if not temp_inter:
             results.append(_result(inter.name, inter_path, params, time.perf_counter() - start))
         extra.compute(inter_path, bars)
@@ -192,7 +235,7 @@ def _from_hf(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], out_d
 
 
 def _ordered(results: list[ConvertResult], qtypes: list[QuantType]) -> list[ConvertResult]:
-    order = [t.name for t in qtypes]   # a kept, unrequested intermediate comes first
+    order = [t.name for t in qtypes]  # a kept, unrequested intermediate comes first
     return sorted(results, key=lambda r: order.index(r.type) if r.type in order else -1)
 
 
@@ -223,9 +266,9 @@ def _out_tensor(t: PlannedTensor, inter: QuantType, cfg: Any, ckpt: Checkpoint) 
     def load() -> np.ndarray:
         if t.data is not None:
             return to_storage(t.data, qtype)
-        data = ckpt.load(t.hf_name)                      # (HF shape) float32
+        data = ckpt.load(t.hf_name)  # (HF shape) float32
         if t.rule is not None and t.rule.transform is not None:
-            data = t.rule.transform.forward(data, cfg)    # (GGUF shape)
+            data = t.rule.transform.forward(data, cfg)  # (GGUF shape)
         return to_storage(data, qtype)
 
     return OutTensor(t.gguf_name, t.shape, qtype, load)
@@ -233,21 +276,26 @@ def _out_tensor(t: PlannedTensor, inter: QuantType, cfg: Any, ckpt: Checkpoint) 
 
 # -- quantization ------------------------------------------------------------------------------
 
-def _requantize(src: Path, qtypes: list[QuantType], outputs: dict[str, Path], bars: Bars,
-                force: bool, extra: _Extra) -> list[ConvertResult]:
+
+def _requantize(
+    src: Path, qtypes: list[QuantType], outputs: dict[str, Path], bars: Bars, force: bool, extra: _Extra
+) -> list[ConvertResult]:
     if src.suffix.lower() != ".gguf":
         raise ModelFormatError(f"{src} is a file but not a .gguf; give a GGUF file or a checkpoint folder")
     if any(p.resolve() == src.resolve() for p in outputs.values()):
         raise ModelFormatError(f"output would overwrite the input {src}; choose another -o folder or --name")
-    warn(f"{src.name} is already a GGUF file: requantizing compounds quantization error. "
-         "For best quality convert from the original Hugging Face checkpoint.")
+    warn(
+        f"{src.name} is already a GGUF file: requantizing compounds quantization error. "
+        "For best quality convert from the original Hugging Face checkpoint."
+    )
     summary = validate_gguf(src)  # a crafted file is refused before llama.cpp's quantizer parses it
     for w in summary.warnings:
         warn(f"{src.name}: {w}")
     params = summary.parameter_count
     extra.compute(src, bars)
-    results = [_quantize(src, outputs[t.name], t, bars, force, True, params, extra.matrix)
-               for t in _each_type(qtypes, bars)]
+    results = [
+        _quantize(src, outputs[t.name], t, bars, force, True, params, extra.matrix) for t in _each_type(qtypes, bars)
+    ]
     extra.finish(src, results, bars)
     return results
 
@@ -260,11 +308,19 @@ def _each_type(qtypes: list[QuantType], bars: Bars):
         bars.advance(task)
 
 
-def _quantize(src: Path, dst: Path, qtype: QuantType, bars: Bars, force: bool,
-              requantize: bool, params: int, matrix: Imatrix | None = None) -> ConvertResult:
+def _quantize(
+    src: Path,
+    dst: Path,
+    qtype: QuantType,
+    bars: Bars,
+    force: bool,
+    requantize: bool,
+    params: int,
+    matrix: Imatrix | None = None,
+) -> ConvertResult:
     start = time.perf_counter()
     task = bars.add(f"quantize -> {qtype.name}" + (" (imatrix)" if matrix and not qtype.is_float else ""), total=None)
-    with llama_log_to(bars, task) as log:     # llama.cpp's per-tensor fallback warnings: counted, not printed
+    with llama_log_to(bars, task) as log:  # llama.cpp's per-tensor fallback warnings: counted, not printed
         if matrix is not None and not qtype.is_float:
             quantize_with_imatrix(src, dst, qtype, matrix, force=force, allow_requantize=requantize)
         else:
@@ -273,12 +329,14 @@ def _quantize(src: Path, dst: Path, qtype: QuantType, bars: Bars, force: bool,
     fallbacks = log.fallbacks()
     for fallback in fallbacks:
         bars.note(f"{qtype.name}: {fallback.summary()}")
-    return _result(qtype.name, dst, params, time.perf_counter() - start, matrix is not None and not qtype.is_float,
-                   fallbacks)
+    return _result(
+        qtype.name, dst, params, time.perf_counter() - start, matrix is not None and not qtype.is_float, fallbacks
+    )
 
 
-def _result(type_name: str, path: Path, params: int, seconds: float, imatrix: bool = False,
-            fallbacks: tuple[Fallback, ...] = ()) -> ConvertResult:
+def _result(
+    type_name: str, path: Path, params: int, seconds: float, imatrix: bool = False, fallbacks: tuple[Fallback, ...] = ()
+) -> ConvertResult:
     size = path.stat().st_size
     return ConvertResult(type_name, path, size, size * 8 / max(params, 1), seconds, imatrix, fallbacks)
 
@@ -293,14 +351,15 @@ def n_params(path: Path) -> int:
 class PlannedOutput:
     type: str
     path: Path
-    predicted_bytes: int | None     # None: the planner has no size model for this type
+    predicted_bytes: int | None  # None: the planner has no size model for this type
 
 
-def plan_outputs(src: Path, types: list[str] | str, out_dir: Path, *, name: str | None = None,
-                 imatrix: bool = False) -> list[PlannedOutput]:
+def plan_outputs(
+    src: Path, types: list[str] | str, out_dir: Path, *, name: str | None = None, imatrix: bool = False
+) -> list[PlannedOutput]:
     """--dry-run: the files a conversion would write and their predicted sizes; nothing is written."""
-    from profiles.plan.shape import read_model_shape
     from profiles.plan.planner import FTYPES, file_bytes
+    from profiles.plan.shape import read_model_shape
 
     src = Path(src)
     if not src.exists():
@@ -308,5 +367,11 @@ def plan_outputs(src: Path, types: list[str] | str, out_dir: Path, *, name: str 
     qtypes = parse_types_with_imatrix(types, imatrix)
     shape = read_model_shape(src)
     name = name or default_name(src)
-    return [PlannedOutput(t.name, Path(out_dir) / f"{name}-{t.file_suffix}.gguf",
-                          file_bytes(shape, t.name) if t.name in FTYPES else None) for t in qtypes]
+    return [
+        PlannedOutput(
+            t.name,
+            Path(out_dir) / f"{name}-{t.file_suffix}.gguf",
+            file_bytes(shape, t.name) if t.name in FTYPES else None,
+        )
+        for t in qtypes
+    ]

@@ -78,21 +78,34 @@ def ask(model_path: Path) -> None:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     print(f"[3/4] edge serve {model_path} on {base}", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", str(model_path), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "serve", str(model_path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_ready(base, proc)
         with urllib.request.urlopen(base + "/v1/models", timeout=10) as resp:
             model = json.load(resp)["data"][0]["id"]
         # SmolLM2's template adds a long default system prompt that derails this 135M model: give a plain one
-        messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": QUESTION}]
+        messages = [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": QUESTION},
+        ]
         print(f"[4/4] Q: {QUESTION}", flush=True)
-        chat = json.loads(_post(base + "/v1/chat/completions",
-                                {"model": model, "messages": messages, "temperature": 0, "max_tokens": 48}))
+        chat = json.loads(
+            _post(
+                base + "/v1/chat/completions",
+                {"model": model, "messages": messages, "temperature": 0, "max_tokens": 48},
+            )
+        )
         print("      OpenAI /v1/chat/completions:", chat["choices"][0]["message"]["content"].strip())
         print("      usage:", chat["usage"])
-        raw = _post(base + "/api/chat", {"model": model, "messages": messages, "stream": True,
-                                         "options": {"temperature": 0, "num_predict": 48}})
+        raw = _post(
+            base + "/api/chat",
+            {"model": model, "messages": messages, "stream": True, "options": {"temperature": 0, "num_predict": 48}},
+        )
         lines = [json.loads(x) for x in raw.decode().splitlines() if x.strip()]
         text = "".join(x.get("message", {}).get("content", "") for x in lines)
         last = lines[-1]

@@ -28,39 +28,47 @@ import importlib.metadata
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from edge.errors import BadRequestError, EdgeError, ModelFormatError, NotFoundError
 
-MIN_LOG_PROB = -16.0          # llama.cpp ignores reference probabilities below e^-16 in the KL sum
-CODE_MAX = 65535.0            # 16-bit codes for log-probabilities in [max-16, max]
-ROW_BLOCK = 32                # rows of logits turned into log-softmax at once (bounds float64 temporaries)
-SPEED_PROMPT, SPEED_GEN = 128, 32   # tokens for the prompt and generation speed figures (as llama-bench pp/tg)
+MIN_LOG_PROB = -16.0  # llama.cpp ignores reference probabilities below e^-16 in the KL sum
+CODE_MAX = 65535.0  # 16-bit codes for log-probabilities in [max-16, max]
+ROW_BLOCK = 32  # rows of logits turned into log-softmax at once (bounds float64 temporaries)
+SPEED_PROMPT, SPEED_GEN = 128, 32  # tokens for the prompt and generation speed figures (as llama-bench pp/tg)
 
 # -- evaluation text ---------------------------------------------------------------------------
 
 DEBIAN_GPL3 = Path("/usr/share/common-licenses/GPL-3")
 # Fallbacks, in order: license texts shipped inside installed Python distributions (they are on
 # every machine that can run edge-quantize). Long ones first: the text must fill >= 2 chunks.
-PACKAGE_LICENSES = (("numpy", "LICENSE.txt"), ("torch", "LICENSE"), ("llama_cpp_python", "LICENSE.md"),
-                    ("rich", "LICENSE"), ("typer", "LICENSE"))
-DEFAULT_TEXT_CHAIN = ("Debian's /usr/share/common-licenses/GPL-3, else the longest license text shipped "
-                      "by one of the installed packages " + ", ".join(p for p, _ in PACKAGE_LICENSES))
+PACKAGE_LICENSES = (
+    ("numpy", "LICENSE.txt"),
+    ("torch", "LICENSE"),
+    ("llama_cpp_python", "LICENSE.md"),
+    ("rich", "LICENSE"),
+    ("typer", "LICENSE"),
+)
+DEFAULT_TEXT_CHAIN = (
+    "Debian's /usr/share/common-licenses/GPL-3, else the longest license text shipped "
+    "by one of the installed packages " + ", ".join(p for p, _ in PACKAGE_LICENSES)
+)
 
 
 @dataclass(frozen=True)
 class EvalText:
     path: Path
-    origin: str        # "--eval-text", "debian common-licenses", "package <name>"
+    origin: str  # "--eval-text", "debian common-licenses", "package <name>"
     sha256: str
     size_bytes: int
 
     @classmethod
-    def from_file(cls, path: Path, origin: str) -> "EvalText":
+    def from_file(cls, path: Path, origin: str) -> EvalText:
         path = Path(path)
         if not path.is_file():
             raise NotFoundError(f"evaluation text {path} does not exist: give a UTF-8 text file with --eval-text")
@@ -93,8 +101,9 @@ def default_eval_text() -> EvalText:
                 if path.is_file():
                     found.append((path.stat().st_size, path, f"package {dist_name} ({file_name})"))
     if not found:
-        raise NotFoundError(f"no default evaluation text found (looked for {DEFAULT_TEXT_CHAIN}); "
-                            "give one with --eval-text FILE")
+        raise NotFoundError(
+            f"no default evaluation text found (looked for {DEFAULT_TEXT_CHAIN}); give one with --eval-text FILE"
+        )
     _, path, origin = max(found, key=lambda x: x[0])
     return EvalText.from_file(path, origin)
 
@@ -106,11 +115,11 @@ class LogitsModel(Protocol):
     n_vocab: int
     n_params: int
 
-    def tokenize(self, text: bytes) -> np.ndarray: ...                       # (n_tokens,) int32
+    def tokenize(self, text: bytes) -> np.ndarray: ...  # (n_tokens,) int32
 
     def chunk_logits(self, tokens: np.ndarray, first: int) -> np.ndarray: ...  # (ctx - first, n_vocab) f32
 
-    def speed(self, tokens: np.ndarray) -> tuple[float, float]: ...          # prompt, generation tokens/s
+    def speed(self, tokens: np.ndarray) -> tuple[float, float]: ...  # prompt, generation tokens/s
 
     def close(self) -> None: ...
 
@@ -141,7 +150,9 @@ class GgufModel:
         self.ctx = L.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             L.llama_model_free(self.model)
-            raise EdgeError(f"llama.cpp could not create a context of {ctx} tokens for {path}; try a smaller --eval-ctx")
+            raise EdgeError(
+                f"llama.cpp could not create a context of {ctx} tokens for {path}; try a smaller --eval-ctx"
+            )
         self.n_ctx = ctx
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
         self.bos = L.llama_vocab_bos(self.vocab)
@@ -153,7 +164,7 @@ class GgufModel:
         n = self.L.llama_tokenize(self.vocab, text, len(text), buf, n_max, True, False)
         if n < 0:
             raise EdgeError(f"tokenizing the evaluation text failed (needs {-n} tokens)")
-        return np.ctypeslib.as_array(buf)[:n].astype(np.int32)   # (n,)
+        return np.ctypeslib.as_array(buf)[:n].astype(np.int32)  # (n,)
 
     def _decode(self, tokens: np.ndarray, first: int) -> int:
         """Decode tokens at positions 0.. with logits for positions >= first; returns the output count."""
@@ -175,13 +186,13 @@ class GgufModel:
     def chunk_logits(self, tokens: np.ndarray, first: int) -> np.ndarray:
         n_out = self._decode(tokens, first)
         ptr = self.L.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).copy()   # (ctx - first, n_vocab)
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).copy()  # (ctx - first, n_vocab)
 
     def speed(self, tokens: np.ndarray) -> tuple[float, float]:
         """Prompt tokens/s (one batch of SPEED_PROMPT) and generation tokens/s (greedy, SPEED_GEN steps)."""
         L = self.L
-        prompt = tokens[:min(SPEED_PROMPT, self.n_ctx - SPEED_GEN - 1)]
-        self._decode(prompt[:8], len(prompt[:8]) - 1)              # warm-up
+        prompt = tokens[: min(SPEED_PROMPT, self.n_ctx - SPEED_GEN - 1)]
+        self._decode(prompt[:8], len(prompt[:8]) - 1)  # warm-up
         t0 = time.perf_counter()
         self._decode(prompt, len(prompt) - 1)
         pp = len(prompt) / (time.perf_counter() - t0)
@@ -206,7 +217,7 @@ class GgufModel:
             self.L.llama_model_free(self.model)
             self.ctx = None
 
-    def __enter__(self) -> "GgufModel":
+    def __enter__(self) -> GgufModel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -231,12 +242,12 @@ class OnnxModel:
         return np.asarray(self.b.vocab.tokenize(text.decode("utf-8", "replace"), True), dtype=np.int32)
 
     def chunk_logits(self, tokens: np.ndarray, first: int) -> np.ndarray:
-        return self.b.logits_all(0, [int(t) for t in tokens], 0)[first:]   # (ctx - first, n_vocab)
+        return self.b.logits_all(0, [int(t) for t in tokens], 0)[first:]  # (ctx - first, n_vocab)
 
     def speed(self, tokens: np.ndarray) -> tuple[float, float]:
         """As GgufModel.speed: one prompt batch, then greedy single-token steps on the KV cache."""
-        prompt = [int(t) for t in tokens[:min(SPEED_PROMPT, self.n_ctx - SPEED_GEN - 1)]]
-        self.b.logits_all(0, prompt[:8], 0)                                 # warm-up
+        prompt = [int(t) for t in tokens[: min(SPEED_PROMPT, self.n_ctx - SPEED_GEN - 1)]]
+        self.b.logits_all(0, prompt[:8], 0)  # warm-up
         t0 = time.perf_counter()
         last = self.b.logits_all(0, prompt, 0)[-1]
         pp = len(prompt) / (time.perf_counter() - t0)
@@ -271,7 +282,7 @@ def open_model(path: Path, ctx: int, n_threads: int | None = None) -> LogitsMode
 def chunks(tokens: np.ndarray, ctx: int, bos: int | None) -> Iterator[np.ndarray]:
     """Consecutive ctx-token chunks (tail dropped); the first token of each is BOS when given."""
     for i in range(len(tokens) // ctx):
-        chunk = tokens[i * ctx:(i + 1) * ctx].copy()   # (ctx,)
+        chunk = tokens[i * ctx : (i + 1) * ctx].copy()  # (ctx,)
         if bos is not None:
             chunk[0] = bos
         yield chunk
@@ -305,10 +316,10 @@ def decode_rows(header: np.ndarray, codes: np.ndarray) -> np.ndarray:
 class Stats:
     """Per-token figures of one variant (or the reference alone), accumulated chunk by chunk."""
 
-    nll: list[np.ndarray] = field(default_factory=list)        # (n,) f64 per chunk
+    nll: list[np.ndarray] = field(default_factory=list)  # (n,) f64 per chunk
     nll_ref: list[np.ndarray] = field(default_factory=list)
     kld: list[np.ndarray] = field(default_factory=list)
-    same_top: list[np.ndarray] = field(default_factory=list)   # (n,) bool
+    same_top: list[np.ndarray] = field(default_factory=list)  # (n,) bool
 
     def add(self, **parts: np.ndarray) -> None:
         for key, value in parts.items():
@@ -320,9 +331,14 @@ class Stats:
         if self.kld:
             kld, ref = np.concatenate(self.kld), np.concatenate(self.nll_ref)
             ppl_ref = float(np.exp(ref.mean()))
-            out.update(kld_mean=float(kld.mean()), kld_p99=float(np.percentile(kld, 99)),
-                       kld_max=float(kld.max()), same_top_pct=float(100 * np.concatenate(self.same_top).mean()),
-                       ppl_ref=ppl_ref, ppl_delta_pct=100 * (out["ppl"] / ppl_ref - 1))
+            out.update(
+                kld_mean=float(kld.mean()),
+                kld_p99=float(np.percentile(kld, 99)),
+                kld_max=float(kld.max()),
+                same_top_pct=float(100 * np.concatenate(self.same_top).mean()),
+                ppl_ref=ppl_ref,
+                ppl_delta_pct=100 * (out["ppl"] / ppl_ref - 1),
+            )
         return out
 
 
@@ -341,14 +357,15 @@ class ReferenceSpill:
 
     def __init__(self, folder: Path | None, n_vocab: int, rows_per_chunk: int):
         self.n_vocab, self.rows = n_vocab, rows_per_chunk
-        self.dtype = np.dtype([("header", np.float32, 2), ("codes", np.uint16, n_vocab),
-                               ("nll", np.float64), ("top", np.int32)])   # packed, no padding
+        self.dtype = np.dtype(
+            [("header", np.float32, 2), ("codes", np.uint16, n_vocab), ("nll", np.float64), ("top", np.int32)]
+        )  # packed, no padding
         fd, name = tempfile.mkstemp(prefix=".edge-eval-ref-", suffix=".bin", dir=folder)
         os.close(fd)
         self.path = Path(name)
 
     def append(self, logp: np.ndarray, nll: np.ndarray, top: np.ndarray) -> None:
-        rec = np.empty(len(nll), self.dtype)                  # (rows,) records
+        rec = np.empty(len(nll), self.dtype)  # (rows,) records
         rec["header"], rec["codes"] = encode_rows(logp)
         rec["nll"], rec["top"] = nll, top
         with open(self.path, "ab") as f:
@@ -368,7 +385,7 @@ class ReferenceSpill:
 
 def kl_rows(header: np.ndarray, codes: np.ndarray, logq: np.ndarray) -> np.ndarray:
     """KL(ref || variant) per row, over entries whose reference log-prob is above -16 (as llama.cpp)."""
-    logp = decode_rows(header, codes)                          # (n, V)
+    logp = decode_rows(header, codes)  # (n, V)
     keep = logp > MIN_LOG_PROB
     return np.where(keep, np.exp(logp) * (logp - logq), 0.0).sum(axis=1)
 
@@ -381,8 +398,8 @@ class EvalConfig:
     ctx: int = 512
     n_threads: int | None = None
     speed: bool = True
-    max_chunks: int | None = None       # None: every full chunk of the text
-    spill_dir: Path | None = None       # where the reference spill goes (default: the system temp folder)
+    max_chunks: int | None = None  # None: every full chunk of the text
+    spill_dir: Path | None = None  # where the reference spill goes (default: the system temp folder)
 
     def __post_init__(self):
         if self.ctx < 16 or self.ctx % 2:
@@ -394,18 +411,19 @@ class VariantFigures:
     path: Path
     n_vocab: int
     n_params: int
-    figures: dict                        # Stats.summary() plus prompt/gen tokens/s
+    figures: dict  # Stats.summary() plus prompt/gen tokens/s
     seconds: float
 
 
-Progress = Callable[[str, int, int], None]   # (what, done, total)
+Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 class Evaluation:
     """One reference pass (spilled), then any number of variants compared against it."""
 
-    def __init__(self, reference: Path, text: EvalText, config: EvalConfig = EvalConfig(),
-                 progress: Progress | None = None):
+    def __init__(
+        self, reference: Path, text: EvalText, config: EvalConfig = EvalConfig(), progress: Progress | None = None
+    ):
         self.reference, self.text, self.config = Path(reference), text, config
         self.progress = progress or (lambda what, done, total: None)
         self.first = config.ctx // 2
@@ -413,7 +431,7 @@ class Evaluation:
         self.tokens = np.zeros(0, np.int32)
         self.reference_figures: VariantFigures | None = None
 
-    def __enter__(self) -> "Evaluation":
+    def __enter__(self) -> Evaluation:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -422,7 +440,7 @@ class Evaluation:
 
     def _chunks(self, bos: int | None) -> list[np.ndarray]:
         out = list(chunks(self.tokens, self.config.ctx, bos))
-        return out[:self.config.max_chunks] if self.config.max_chunks else out
+        return out[: self.config.max_chunks] if self.config.max_chunks else out
 
     def run_reference(self) -> VariantFigures:
         t0 = time.perf_counter()
@@ -434,21 +452,24 @@ class Evaluation:
                 raise BadRequestError(
                     f"the evaluation text {self.text.path} has {len(self.tokens)} tokens; at least "
                     f"{2 * self.config.ctx} are needed for --eval-ctx {self.config.ctx}: give a longer "
-                    "--eval-text or a smaller --eval-ctx")
+                    "--eval-text or a smaller --eval-ctx"
+                )
             self.bos = model.bos if getattr(model, "add_bos", False) else None
             todo = self._chunks(self.bos)
             self.spill = ReferenceSpill(self.config.spill_dir, model.n_vocab, self.config.ctx - 1 - self.first)
             stats = Stats()
             for i, chunk in enumerate(todo):
-                logits = model.chunk_logits(chunk, self.first)[:-1]      # (ctx-1-first, V)
-                targets = chunk[self.first + 1:]
-                for s in range(0, len(targets), ROW_BLOCK):              # bounded float64 temporaries
-                    logp, nll, top = score_rows(logits[s:s + ROW_BLOCK], targets[s:s + ROW_BLOCK])
+                logits = model.chunk_logits(chunk, self.first)[:-1]  # (ctx-1-first, V)
+                targets = chunk[self.first + 1 :]
+                for s in range(0, len(targets), ROW_BLOCK):  # bounded float64 temporaries
+                    logp, nll, top = score_rows(logits[s : s + ROW_BLOCK], targets[s : s + ROW_BLOCK])
                     self.spill.append(logp, nll, top)
                     stats.add(nll=nll)
                 self.progress("reference", i + 1, len(todo))
             figures = stats.summary() | self._speed(model)
-            self.reference_figures = VariantFigures(self.reference, model.n_vocab, model.n_params, figures, time.perf_counter() - t0)
+            self.reference_figures = VariantFigures(
+                self.reference, model.n_vocab, model.n_params, figures, time.perf_counter() - t0
+            )
             return self.reference_figures
         finally:
             model.close()
@@ -462,14 +483,16 @@ class Evaluation:
         try:
             n_vocab = self.spill.n_vocab
             if model.n_vocab != n_vocab and not (isinstance(model, OnnxModel) and model.n_vocab > n_vocab):
-                raise ModelFormatError(f"{path} has {model.n_vocab} tokens in its vocabulary, the reference "
-                                       f"{self.reference} has {n_vocab}: they are not the same model")
+                raise ModelFormatError(
+                    f"{path} has {model.n_vocab} tokens in its vocabulary, the reference "
+                    f"{self.reference} has {n_vocab}: they are not the same model"
+                )
             stats = Stats()
             todo = self._chunks(self.bos)
             for i, chunk in enumerate(todo):
                 # an ONNX export may keep rows past the GGUF vocabulary (padding of the HF checkpoint): dropped
-                logits = model.chunk_logits(chunk, self.first)[:-1, :n_vocab]      # (ctx-1-first, V)
-                self._compare(i, logits, chunk[self.first + 1:], stats)
+                logits = model.chunk_logits(chunk, self.first)[:-1, :n_vocab]  # (ctx-1-first, V)
+                self._compare(i, logits, chunk[self.first + 1 :], stats)
                 self.progress(label or Path(path).name, i + 1, len(todo))
             figures = stats.summary() | self._speed(model)
             return VariantFigures(Path(path), model.n_vocab, model.n_params, figures, time.perf_counter() - t0)
@@ -477,12 +500,11 @@ class Evaluation:
             model.close()
 
     def _compare(self, i: int, logits: np.ndarray, targets: np.ndarray, stats: Stats) -> None:
-        ref = self.spill.read(i)                              # (rows,) records: one chunk in memory
-        for s in range(0, len(targets), ROW_BLOCK):          # bounded float64 temporaries
-            r = ref[s:s + ROW_BLOCK]
-            logq, nll, top = score_rows(logits[s:s + ROW_BLOCK], targets[s:s + ROW_BLOCK])
-            stats.add(nll=nll, nll_ref=r["nll"], kld=kl_rows(r["header"], r["codes"], logq),
-                      same_top=top == r["top"])
+        ref = self.spill.read(i)  # (rows,) records: one chunk in memory
+        for s in range(0, len(targets), ROW_BLOCK):  # bounded float64 temporaries
+            r = ref[s : s + ROW_BLOCK]
+            logq, nll, top = score_rows(logits[s : s + ROW_BLOCK], targets[s : s + ROW_BLOCK])
+            stats.add(nll=nll, nll_ref=r["nll"], kld=kl_rows(r["header"], r["codes"], logq), same_top=top == r["top"])
 
     def _speed(self, model: LogitsModel) -> dict:
         if not self.config.speed:
@@ -506,9 +528,9 @@ class Artifact:
     type: str
     format: str = "gguf"
     imatrix: bool = False
-    kept: bool = True                    # False: temporary, removed after the evaluation
+    kept: bool = True  # False: temporary, removed after the evaluation
     without_imatrix: Path | None = None  # the same type quantized without the imatrix (temporary)
-    fallbacks: tuple = ()                # progress.Fallback: tensors llama.cpp stored in another type
+    fallbacks: tuple = ()  # progress.Fallback: tensors llama.cpp stored in another type
 
 
 FLOAT_RANK = {"F32": 0, "F16": 1, "BF16": 2, "ONNX:FP32": 3}
@@ -530,8 +552,9 @@ def pick_reference(artifacts: list[Artifact], fallback: Artifact | None) -> Arti
     if floats:
         return floats[0]
     if fallback is None:
-        raise BadRequestError("no reference to compare with: include a float type (f32, f16 or bf16) "
-                              "or give the reference explicitly")
+        raise BadRequestError(
+            "no reference to compare with: include a float type (f32, f16 or bf16) or give the reference explicitly"
+        )
     return fallback
 
 
@@ -545,29 +568,52 @@ def gguf_type(path: Path) -> str | None:
 
 def fits_profiles(path: Path, type_name: str) -> list[str] | None:
     """Hardware profiles whose memory budget holds this GGUF at the profile's default context."""
-    from profiles.plan.shape import shape_from_gguf
     from profiles.plan.planner import FTYPES, estimate
+    from profiles.plan.shape import shape_from_gguf
     from profiles.profile import list_profiles
 
     if type_name.upper() not in FTYPES:
         return None
     shape = shape_from_gguf(Path(path))
-    return [p.name for p in list_profiles()
-            if estimate(shape, type_name.upper(), min(shape.n_ctx_train, p.runtime.context), p).fits]
+    return [
+        p.name
+        for p in list_profiles()
+        if estimate(shape, type_name.upper(), min(shape.n_ctx_train, p.runtime.context), p).fits
+    ]
 
 
-def run_ladder(name: str, folder: Path, reference: Artifact, variants: list[Artifact], text: EvalText,
-               config: EvalConfig, *, source: str = "", source_type: str | None = None, n_params: int | None = None,
-               progress: Progress | None = None) -> dict:
+def run_ladder(
+    name: str,
+    folder: Path,
+    reference: Artifact,
+    variants: list[Artifact],
+    text: EvalText,
+    config: EvalConfig,
+    *,
+    source: str = "",
+    source_type: str | None = None,
+    n_params: int | None = None,
+    progress: Progress | None = None,
+) -> dict:
     """Evaluate every variant against the reference; the report as JSON (report.schema.json)."""
     from .report import Report, Row, source_notes
 
     def row(a: Artifact, fig: VariantFigures, without: dict | None = None) -> Row:
         onnx = a.path.is_dir()
         size = sum(p.stat().st_size for p in a.path.glob("model.onnx*")) if onnx else a.path.stat().st_size
-        return Row(a.format, a.type, a.path, size, size * 8 / n_params if n_params else None, fig.figures,
-                   imatrix=a.imatrix, without_imatrix=without, fits=None if onnx else fits_profiles(a.path, a.type),
-                   kept=a.kept, fallbacks=a.fallbacks)
+        return Row(
+            a.format,
+            a.type,
+            a.path,
+            size,
+            size * 8 / n_params if n_params else None,
+            fig.figures,
+            imatrix=a.imatrix,
+            without_imatrix=without,
+            fits=None if onnx else fits_profiles(a.path, a.type),
+            kept=a.kept,
+            fallbacks=a.fallbacks,
+        )
 
     with Evaluation(reference.path, text, config, progress) as ev:
         ref_fig = ev.run_reference()
@@ -581,21 +627,39 @@ def run_ladder(name: str, folder: Path, reference: Artifact, variants: list[Arti
         ref_row = row(reference, ref_fig)
         notes = source_notes(source_type)
         if any(a.imatrix for a in variants):
-            notes.append("+imatrix: quantized with an importance matrix computed on the reference; the KLD in "
-                         "brackets is the same type quantized without it.")
+            notes.append(
+                "+imatrix: quantized with an importance matrix computed on the reference; the KLD in "
+                "brackets is the same type quantized without it."
+            )
         if any(a.format == "onnx" for a in variants) or reference.format == "onnx":
-            notes.append("ONNX rows run in onnxruntime through edge's ONNX backend on the same tokens; a folder's "
-                         "sha256 is that of its edge_onnx.json, which lists the sha256 of every file in it.")
+            notes.append(
+                "ONNX rows run in onnxruntime through edge's ONNX backend on the same tokens; a folder's "
+                "sha256 is that of its edge_onnx.json, which lists the sha256 of every file in it."
+            )
         if not reference.kept:
-            notes.append(f"The reference {reference.path.name} was a temporary intermediate and has been removed "
-                         "(keep it with --keep-intermediate); its sha256 is listed.")
-        rep = Report(name, folder, ref_row, rows, text, config.ctx, ev.n_chunks,
-                     int(ref_fig.figures["tokens"]), source=source, source_type=source_type, notes=notes)
+            notes.append(
+                f"The reference {reference.path.name} was a temporary intermediate and has been removed "
+                "(keep it with --keep-intermediate); its sha256 is listed."
+            )
+        rep = Report(
+            name,
+            folder,
+            ref_row,
+            rows,
+            text,
+            config.ctx,
+            ev.n_chunks,
+            int(ref_fig.figures["tokens"]),
+            source=source,
+            source_type=source_type,
+            notes=notes,
+        )
         return rep.to_json()
 
 
-def ladder_hook(name: str, folder: Path, source: Path, text: EvalText, config: EvalConfig, box: dict,
-                progress_for=None):
+def ladder_hook(
+    name: str, folder: Path, source: Path, text: EvalText, config: EvalConfig, box: dict, progress_for=None
+):
     """An after-hook for quantize.convert.convert: evaluates the outputs and puts the report in box["report"].
 
     The types quantized with an importance matrix are also quantized without it (temporary files,
@@ -610,8 +674,16 @@ def ladder_hook(name: str, folder: Path, source: Path, text: EvalText, config: E
             _after(quantized_from, results, matrix, bars)
 
     def _after(quantized_from: Path, results: list, matrix, bars) -> None:
-        arts = [Artifact(Path(r.path), r.type, format="onnx" if r.type.startswith("onnx:") else "gguf",
-                         imatrix=r.imatrix, fallbacks=r.fallbacks) for r in results]
+        arts = [
+            Artifact(
+                Path(r.path),
+                r.type,
+                format="onnx" if r.type.startswith("onnx:") else "gguf",
+                imatrix=r.imatrix,
+                fallbacks=r.fallbacks,
+            )
+            for r in results
+        ]
         kept = any(Path(r.path) == Path(quantized_from) for r in results) or Path(quantized_from) == Path(source)
         from_type = gguf_type(quantized_from) if Path(quantized_from).is_file() else None
         fallback = Artifact(Path(quantized_from), from_type or "reference", kept=kept)
@@ -625,14 +697,23 @@ def ladder_hook(name: str, folder: Path, source: Path, text: EvalText, config: E
                 if a.imatrix and not TYPES[a.type].needs_imatrix:
                     tmp = Path(folder) / f"{TMP_PREFIX}noimatrix-{name}-{a.type.lower()}.gguf"
                     temps.append(tmp)
-                    quantize_file(Path(quantized_from), tmp, TYPES[a.type], force=True,
-                                  allow_requantize=Path(source).is_file())
+                    quantize_file(
+                        Path(quantized_from), tmp, TYPES[a.type], force=True, allow_requantize=Path(source).is_file()
+                    )
                     a = replace(a, without_imatrix=tmp)
                 variants.append(a)
             progress = progress_for(bars) if progress_for else None
-            box["report"] = run_ladder(name, Path(folder), reference, variants, text, config, source=str(source),
-                                       source_type=gguf_type(source) if Path(source).is_file() else None,
-                                       progress=progress)
+            box["report"] = run_ladder(
+                name,
+                Path(folder),
+                reference,
+                variants,
+                text,
+                config,
+                source=str(source),
+                source_type=gguf_type(source) if Path(source).is_file() else None,
+                progress=progress,
+            )
         finally:
             for tmp in temps:
                 tmp.unlink(missing_ok=True)

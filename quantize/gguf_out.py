@@ -14,9 +14,9 @@ import contextlib
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import gguf
 import numpy as np
@@ -46,7 +46,7 @@ def atomic_output(final: Path, *, force: bool = False) -> Iterator[Path]:
     refuse_existing(final, force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(4)}-{final.name}"
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))   # mode as umask allows
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # mode as umask allows
     try:
         yield tmp
         _fsync_path(tmp)
@@ -85,8 +85,8 @@ class OutTensor:
 
     name: str
     shape: tuple[int, ...]
-    qtype: gguf.GGMLQuantizationType      # F32, F16 or BF16
-    load: Callable[[], np.ndarray]        # -> array of `shape` in the storage dtype below
+    qtype: gguf.GGMLQuantizationType  # F32, F16 or BF16
+    load: Callable[[], np.ndarray]  # -> array of `shape` in the storage dtype below
 
 
 STORAGE = {  # GGML float type -> numpy dtype of the bytes written
@@ -103,24 +103,30 @@ def to_storage(a: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=STORAGE[qtype])
 
 
-BF16_CHUNK = 1 << 20   # values per step: the temporaries stay a few MB whatever the tensor's size
+BF16_CHUNK = 1 << 20  # values per step: the temporaries stay a few MB whatever the tensor's size
 
 
 def _f32_to_bf16(a: np.ndarray) -> np.ndarray:
     """Round to nearest even, NaN kept quiet. In chunks, in uint32: whole-tensor uint64 temporaries took
     ~7 GB on an 8B model's embedding (201M values), 4.6x llama.cpp's converter."""
-    bits = np.ascontiguousarray(a).reshape(-1).view(np.uint32)            # (n,)
-    out = np.empty(bits.shape, dtype=np.uint16)                            # (n,)
+    bits = np.ascontiguousarray(a).reshape(-1).view(np.uint32)  # (n,)
+    out = np.empty(bits.shape, dtype=np.uint16)  # (n,)
     for s in range(0, bits.size, BF16_CHUNK):
-        b = bits[s:s + BF16_CHUNK]
-        rounded = (b + (0x7FFF + ((b >> 16) & 1))) >> 16                   # wraps only for NaNs, replaced below
-        out[s:s + BF16_CHUNK] = np.where((b & 0x7FFFFFFF) > 0x7F800000, (b >> 16) | 64, rounded)
+        b = bits[s : s + BF16_CHUNK]
+        rounded = (b + (0x7FFF + ((b >> 16) & 1))) >> 16  # wraps only for NaNs, replaced below
+        out[s : s + BF16_CHUNK] = np.where((b & 0x7FFFFFFF) > 0x7F800000, (b >> 16) | 64, rounded)
     return out.reshape(a.shape)
 
 
-def write_gguf(path: Path, arch_name: str, add_metadata: Callable[[gguf.GGUFWriter], None],
-               tensors: list[OutTensor], *, force: bool = False,
-               on_tensor: Callable[[OutTensor], None] = lambda t: None) -> None:
+def write_gguf(
+    path: Path,
+    arch_name: str,
+    add_metadata: Callable[[gguf.GGUFWriter], None],
+    tensors: list[OutTensor],
+    *,
+    force: bool = False,
+    on_tensor: Callable[[OutTensor], None] = lambda t: None,
+) -> None:
     """Write a GGUF file atomically, one tensor in memory at a time."""
     with atomic_output(path, force=force) as tmp:
         writer = gguf.GGUFWriter(tmp, arch_name)
@@ -135,8 +141,9 @@ def write_gguf(path: Path, arch_name: str, add_metadata: Callable[[gguf.GGUFWrit
             for t in tensors:
                 data = t.load()
                 if data.shape != t.shape or data.dtype != STORAGE[t.qtype]:
-                    raise AssertionError(f"{t.name}: produced {data.dtype}{list(data.shape)}, "
-                                         f"declared {STORAGE[t.qtype]}{list(t.shape)}")
+                    raise AssertionError(
+                        f"{t.name}: produced {data.dtype}{list(data.shape)}, declared {STORAGE[t.qtype]}{list(t.shape)}"
+                    )
                 writer.write_tensor_data(data)
                 on_tensor(t)
         finally:

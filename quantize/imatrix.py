@@ -16,9 +16,9 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,23 +27,23 @@ from edge.errors import BadRequestError, EdgeError
 from .gguf_out import atomic_output
 from .quantizer import ALIASES, TYPES, QuantType, parse_type
 
-GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64   # ggml.h
+GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64  # ggml.h
 GGML_TYPE_F32 = 0
-MIN_ROWS = 16          # llama-imatrix ignores smaller batches
+MIN_ROWS = 16  # llama-imatrix ignores smaller batches
 
 
 class GgmlTensor(ctypes.Structure):
     """struct ggml_tensor of the vendored ggml.h (llama.cpp 0c1e570), field by field."""
 
     _fields_ = [
-        ("type", ctypes.c_int),                              # enum ggml_type
-        ("buffer", ctypes.c_void_p),                         # ggml_backend_buffer *
-        ("ne", ctypes.c_int64 * GGML_MAX_DIMS),              # elements per dimension
-        ("nb", ctypes.c_size_t * GGML_MAX_DIMS),             # stride in bytes per dimension
-        ("op", ctypes.c_int),                                # enum ggml_op
+        ("type", ctypes.c_int),  # enum ggml_type
+        ("buffer", ctypes.c_void_p),  # ggml_backend_buffer *
+        ("ne", ctypes.c_int64 * GGML_MAX_DIMS),  # elements per dimension
+        ("nb", ctypes.c_size_t * GGML_MAX_DIMS),  # stride in bytes per dimension
+        ("op", ctypes.c_int),  # enum ggml_op
         ("op_params", ctypes.c_int32 * (GGML_MAX_OP_PARAMS // 4)),
         ("flags", ctypes.c_int32),
-        ("src", ctypes.c_void_p * GGML_MAX_SRC),             # ggml_tensor * sources
+        ("src", ctypes.c_void_p * GGML_MAX_SRC),  # ggml_tensor * sources
         ("view_src", ctypes.c_void_p),
         ("view_offs", ctypes.c_size_t),
         ("data", ctypes.c_void_p),
@@ -82,7 +82,7 @@ def weight_name(raw: bytes) -> str:
 class Imatrix:
     """Per weight: the sum of squared activations per input column, and how many rows were summed."""
 
-    sums: dict[str, np.ndarray] = field(default_factory=dict)     # name -> (n_mat * ncols,) f64
+    sums: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_mat * ncols,) f64
     counts: dict[str, int] = field(default_factory=dict)
     chunks: int = 0
     text_origin: str = ""
@@ -93,8 +93,8 @@ class Imatrix:
 
     def add(self, name: str, x: np.ndarray, n_mat: int) -> None:
         """x: (..., rows, ncols) float32 activations of one matrix multiplication."""
-        x = x.reshape(-1, x.shape[-1])                        # (rows, ncols)
-        acc = np.square(x, dtype=np.float64).sum(axis=0)      # (ncols,)
+        x = x.reshape(-1, x.shape[-1])  # (rows, ncols)
+        acc = np.square(x, dtype=np.float64).sum(axis=0)  # (ncols,)
         if n_mat != 1:
             raise EdgeError(f"{name}: 3-D weights (mixture of experts) are not supported by the imatrix collector")
         if name in self.sums:
@@ -118,13 +118,13 @@ class Collector:
         self.error: BaseException | None = None
         import llama_cpp
 
-        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)   # kept alive here
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)  # kept alive here
 
     def _on_tensor(self, tensor: int, ask: bool, _user: int) -> bool:
         try:
             t = GgmlTensor.from_address(tensor)
             if t.op != self.mul_mat or not t.src[0] or not t.src[1]:
-                return False if ask else True
+                return not ask
             src0, src1 = GgmlTensor.from_address(t.src[0]), GgmlTensor.from_address(t.src[1])
             name = weight_name(src0.name)
             if ask:
@@ -133,7 +133,7 @@ class Collector:
                 raise EdgeError("activations are not in host memory (GPU backend?): imatrix needs the CPU backend")
             self.imatrix.add(name, _view(src1), int(src0.ne[2] * src0.ne[3]))
             return True
-        except BaseException as exc:   # noqa: BLE001 - cannot raise through C: stop the graph, re-raise later
+        except BaseException as exc:
             self.error = self.error or exc
             return False
 
@@ -147,9 +147,16 @@ def _view(t: GgmlTensor) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(np.frombuffer(buf, np.float32), shape, strides)
 
 
-def compute_imatrix(model_path: Path, text: bytes, *, ctx: int = 512, n_threads: int | None = None,
-                    max_chunks: int | None = None, origin: str = "",
-                    progress: Callable[[int, int], None] | None = None) -> Imatrix:
+def compute_imatrix(
+    model_path: Path,
+    text: bytes,
+    *,
+    ctx: int = 512,
+    n_threads: int | None = None,
+    max_chunks: int | None = None,
+    origin: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> Imatrix:
     """Run the reference model over `text` in chunks of ctx tokens and collect the importance matrix."""
     from .evaluate import GgufModel, chunks
 
@@ -157,10 +164,12 @@ def compute_imatrix(model_path: Path, text: bytes, *, ctx: int = 512, n_threads:
     collector = Collector(imatrix)
     with GgufModel(Path(model_path), ctx, n_threads, cb_eval=collector.callback) as model:
         tokens = model.tokenize(text)
-        todo = list(chunks(tokens, ctx, model.bos if model.add_bos else None))[:max_chunks or None]
+        todo = list(chunks(tokens, ctx, model.bos if model.add_bos else None))[: max_chunks or None]
         if not todo:
-            raise BadRequestError(f"the imatrix text has {len(tokens)} tokens, fewer than one chunk of {ctx}: "
-                                  "give a longer --imatrix-text")
+            raise BadRequestError(
+                f"the imatrix text has {len(tokens)} tokens, fewer than one chunk of {ctx}: "
+                "give a longer --imatrix-text"
+            )
         for i, chunk in enumerate(todo):
             try:
                 model.chunk_logits(chunk, 0)
@@ -198,8 +207,16 @@ def imatrix_array(means: dict[str, np.ndarray]):
     return entries, keep
 
 
-def quantize_with_imatrix(src: Path, dst: Path, qtype: QuantType, imatrix: Imatrix | None, *,
-                          force: bool = False, allow_requantize: bool = False, n_threads: int | None = None) -> None:
+def quantize_with_imatrix(
+    src: Path,
+    dst: Path,
+    qtype: QuantType,
+    imatrix: Imatrix | None,
+    *,
+    force: bool = False,
+    allow_requantize: bool = False,
+    n_threads: int | None = None,
+) -> None:
     """llama_model_quantize(src -> dst) with params.imatrix set (atomic output, as quantizer.quantize_file)."""
     import llama_cpp
 
@@ -214,8 +231,9 @@ def quantize_with_imatrix(src: Path, dst: Path, qtype: QuantType, imatrix: Imatr
     with atomic_output(dst, force=force) as tmp:
         rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
         if rc != 0:
-            raise EdgeError(f"llama.cpp failed to quantize {src.name} to {qtype.name} (code {rc}); "
-                            "its log above says why")
+            raise EdgeError(
+                f"llama.cpp failed to quantize {src.name} to {qtype.name} (code {rc}); its log above says why"
+            )
     del keep
 
 

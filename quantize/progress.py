@@ -14,20 +14,34 @@ import ctypes
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 console = Console(stderr=True)
 
 
 def columns() -> tuple:
     """What every bar shows: spinner, description, bar, done/total, elapsed, time remaining."""
-    return (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    return (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
 
 
 class Bars:
@@ -36,10 +50,11 @@ class Bars:
     def __init__(self, quiet: bool, *, out: Console | None = None, get_time: Callable[[], float] | None = None):
         self.quiet = quiet
         self.console = out or console
-        self._progress = None if quiet else Progress(*columns(), console=self.console, transient=False,
-                                                     get_time=get_time)
+        self._progress = (
+            None if quiet else Progress(*columns(), console=self.console, transient=False, get_time=get_time)
+        )
 
-    def __enter__(self) -> "Bars":
+    def __enter__(self) -> Bars:
         if self._progress:
             self._progress.__enter__()
         return self
@@ -77,30 +92,41 @@ def warn(message: str) -> None:
 
 # -- llama.cpp's quantizer log ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Fallback:
     """Tensors llama.cpp stored in another type than the one asked for: their rows (ncols) are not a
     multiple of that type's block size (SmolLM2's 576-wide rows and the 256-value K-quant blocks)."""
 
     tensors: int
-    wanted: str                  # "Q4_K": what the file type asked for this tensor
-    used: str                    # "Q5_0": what it got
-    block: int                   # 256: the wanted type's block size
-    row_sizes: tuple[int, ...]   # (576,): the row lengths that did not divide
+    wanted: str  # "Q4_K": what the file type asked for this tensor
+    used: str  # "Q5_0": what it got
+    block: int  # 256: the wanted type's block size
+    row_sizes: tuple[int, ...]  # (576,): the row lengths that did not divide
 
     def summary(self) -> str:
         rows = ", ".join(map(str, self.row_sizes))
-        return (f"{self.tensors} tensor{'s' if self.tensors != 1 else ''} fell back to {self.used} "
-                f"(instead of {self.wanted}): rows not a multiple of {self.block} ({rows} values)")
+        return (
+            f"{self.tensors} tensor{'s' if self.tensors != 1 else ''} fell back to {self.used} "
+            f"(instead of {self.wanted}): rows not a multiple of {self.block} ({rows} values)"
+        )
 
     def to_json(self) -> dict:
-        return {"tensors": self.tensors, "wanted": self.wanted, "used": self.used, "block": self.block,
-                "row_sizes": list(self.row_sizes), "summary": self.summary()}
+        return {
+            "tensors": self.tensors,
+            "wanted": self.wanted,
+            "used": self.used,
+            "block": self.block,
+            "row_sizes": list(self.row_sizes),
+            "summary": self.summary(),
+        }
 
 
 # tensor_type_fallback() in llama.cpp's src/llama-quant.cpp, one line per tensor (sent in 2-3 pieces)
-_FALLBACK = re.compile(r"warning:\s*(?P<tensor>\S+)\s+-\s+ncols\s+(?P<ncols>\d+)\s+not divisible by\s+(?P<block>\d+)"
-                       r"\s+\(required for type\s+(?P<wanted>\S+)\).*falling back to\s+(?P<used>\S+)")
+_FALLBACK = re.compile(
+    r"warning:\s*(?P<tensor>\S+)\s+-\s+ncols\s+(?P<ncols>\d+)\s+not divisible by\s+(?P<block>\d+)"
+    r"\s+\(required for type\s+(?P<wanted>\S+)\).*falling back to\s+(?P<used>\S+)"
+)
 _FALLBACK_TOTAL = re.compile(r"WARNING: \d+ of \d+ tensor\(s\) required fallback quantization")
 
 
@@ -108,7 +134,7 @@ class QuantLog:
     """What llama.cpp warned about during a quantization, with the per-tensor fallbacks counted."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, tuple[str, str, int, int]] = {}   # tensor -> (wanted, used, block, ncols)
+        self._seen: dict[str, tuple[str, str, int, int]] = {}  # tensor -> (wanted, used, block, ncols)
 
     def consume(self, line: str) -> bool:
         """True when the line is a fallback warning (counted, not to be printed)."""
@@ -122,8 +148,10 @@ class QuantLog:
         groups: dict[tuple[str, str, int], list[int]] = defaultdict(list)
         for wanted, used, block, ncols in self._seen.values():
             groups[(wanted, used, block)].append(ncols)
-        return tuple(Fallback(len(n), w, u, b, tuple(sorted(set(n))))
-                     for (w, u, b), n in sorted(groups.items(), key=lambda kv: -len(kv[1])))
+        return tuple(
+            Fallback(len(n), w, u, b, tuple(sorted(set(n))))
+            for (w, u, b), n in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+        )
 
 
 # enum ggml_log_level in the vendored ggml.h (llama_cpp/_logger.py's comment is out of date)

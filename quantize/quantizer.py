@@ -23,9 +23,9 @@ Q = gguf.GGMLQuantizationType
 
 @dataclass(frozen=True)
 class QuantType:
-    name: str                          # user-facing, e.g. "Q4_K_M"
-    ftype: gguf.LlamaFileType          # what llama_model_quantize is asked for
-    float_type: Q | None = None        # set for F32/F16/BF16: these can be written directly
+    name: str  # user-facing, e.g. "Q4_K_M"
+    ftype: gguf.LlamaFileType  # what llama_model_quantize is asked for
+    float_type: Q | None = None  # set for F32/F16/BF16: these can be written directly
     needs_imatrix: bool = False
 
     @property
@@ -64,12 +64,12 @@ _TABLE = (
     QuantType("Q2_K_S", F.MOSTLY_Q2_K_S, needs_imatrix=True),
 )
 TYPES: dict[str, QuantType] = {t.name: t for t in _TABLE}
-ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}   # as llama-quantize accepts them
-FLOAT_PRECISION = ("F32", "F16", "BF16")   # best first: F16 keeps more mantissa than BF16
+ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}  # as llama-quantize accepts them
+FLOAT_PRECISION = ("F32", "F16", "BF16")  # best first: F16 keeps more mantissa than BF16
 
 
 def parse_type(text: str) -> QuantType:
-    """"q4_k_m", "gguf:Q4_K_M" -> QuantType; UnknownTypeError lists the valid names."""
+    """ "q4_k_m", "gguf:Q4_K_M" -> QuantType; UnknownTypeError lists the valid names."""
     name = text.strip().upper().removeprefix("GGUF:")
     name = ALIASES.get(name, name)
     if name not in TYPES:
@@ -78,8 +78,10 @@ def parse_type(text: str) -> QuantType:
         raise UnknownTypeError(f"unknown quantization type {text!r}; valid types: {valid_names()}")
     qtype = TYPES[name]
     if qtype.needs_imatrix:
-        raise BadRequestError(f"{qtype.name} needs an importance matrix (--imatrix-text, coming); "
-                              f"without one use e.g. Q4_K_M, IQ4_XS or Q3_K_M")
+        raise BadRequestError(
+            f"{qtype.name} needs an importance matrix (--imatrix-text, coming); "
+            f"without one use e.g. Q4_K_M, IQ4_XS or Q3_K_M"
+        )
     return qtype
 
 
@@ -116,8 +118,15 @@ def intermediate_type(requested: list[QuantType], source_float: str) -> QuantTyp
     return TYPES[source_float]
 
 
-def quantize_file(src: Path, dst: Path, qtype: QuantType, *, force: bool = False,
-                  allow_requantize: bool = False, n_threads: int | None = None) -> None:
+def quantize_file(
+    src: Path,
+    dst: Path,
+    qtype: QuantType,
+    *,
+    force: bool = False,
+    allow_requantize: bool = False,
+    n_threads: int | None = None,
+) -> None:
     """Run llama_model_quantize(src -> dst) with an atomic output."""
     import llama_cpp  # the native library loads here, not at import time
 
@@ -128,5 +137,6 @@ def quantize_file(src: Path, dst: Path, qtype: QuantType, *, force: bool = False
     with atomic_output(dst, force=force) as tmp:
         rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
         if rc != 0:
-            raise EdgeError(f"llama.cpp failed to quantize {src.name} to {qtype.name} (code {rc}); "
-                            "its log above says why")
+            raise EdgeError(
+                f"llama.cpp failed to quantize {src.name} to {qtype.name} (code {rc}); its log above says why"
+            )

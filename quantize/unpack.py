@@ -24,9 +24,15 @@ from .gguf_out import atomic_dir, to_storage
 from .progress import Bars, warn
 
 Q = gguf.GGMLQuantizationType
-KEEP = {Q.F32: "F32", Q.F16: "F16", Q.BF16: "BF16"}   # float types written as they are
-GENERATED = tuple(gguf.TENSOR_NAMES[t] for t in (    # made from config, not weights
-    gguf.MODEL_TENSOR.ROPE_FREQS, gguf.MODEL_TENSOR.ROPE_FACTORS_LONG, gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT))
+KEEP = {Q.F32: "F32", Q.F16: "F16", Q.BF16: "BF16"}  # float types written as they are
+GENERATED = tuple(
+    gguf.TENSOR_NAMES[t]
+    for t in (  # made from config, not weights
+        gguf.MODEL_TENSOR.ROPE_FREQS,
+        gguf.MODEL_TENSOR.ROPE_FACTORS_LONG,
+        gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT,
+    )
+)
 
 
 def unpack(gguf_path: Path, out_dir: Path, *, force: bool = False, quiet: bool = False) -> Path:
@@ -63,12 +69,14 @@ def hf_config(spec: ArchSpec, kv: dict[str, Any], tensors: dict[str, Any]) -> di
     config = spec.config_from_gguf(kv)
     embd = tensors.get(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight")
     if "vocab_size" not in config and embd is not None:
-        config["vocab_size"] = int(embd.shape[-1])        # gguf shapes are (n_embd, n_vocab)
+        config["vocab_size"] = int(embd.shape[-1])  # gguf shapes are (n_embd, n_vocab)
     config["tie_word_embeddings"] = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight" not in tensors
     generated = {n: np.asarray(t.data) for n, t in tensors.items() if n.startswith(GENERATED)}
     for name in sorted(set(generated) - set(spec.tensors_to_config(generated, config))):
-        warn(f"{name} is derived from rope scaling settings that GGUF does not keep; "
-             "config.json gets no rope_scaling for it")
+        warn(
+            f"{name} is derived from rope scaling settings that GGUF does not keep; "
+            "config.json gets no rope_scaling for it"
+        )
     config["torch_dtype"] = "float32"
     return config
 
@@ -78,11 +86,11 @@ def _entries(spec: ArchSpec, cfg: Any, tensors: dict[str, Any]) -> list[OutEntry
     out = []
     for name, t in tensors.items():
         if name not in names:
-            if name.startswith(GENERATED):   # back in config.json, or warned about, by hf_config
+            if name.startswith(GENERATED):  # back in config.json, or warned about, by hf_config
                 continue
             raise ModelFormatError(f"tensor {name!r} is not part of the {spec.model_type} layout; cannot unpack")
         hf_name, rule = names[name]
-        shape = tuple(int(d) for d in reversed(t.shape))   # numpy order
+        shape = tuple(int(d) for d in reversed(t.shape))  # numpy order
         dtype = KEEP.get(t.tensor_type, "F32")
         out.append(OutEntry(hf_name, dtype, shape, _loader(t, shape, dtype, rule, cfg)))
     return out
@@ -91,9 +99,9 @@ def _entries(spec: ArchSpec, cfg: Any, tensors: dict[str, Any]) -> list[OutEntry
 def _loader(t: Any, shape: tuple[int, ...], dtype: str, rule: Any, cfg: Any):
     def load() -> np.ndarray:
         if rule.transform is None and dtype != "F32":
-            raw = np.asarray(t.data).reshape(-1).view(np.uint8)               # the stored bytes, exact
+            raw = np.asarray(t.data).reshape(-1).view(np.uint8)  # the stored bytes, exact
             return raw.view("<u2" if dtype == "BF16" else "<f2").reshape(shape)
-        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)   # (GGUF layout) float32
+        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)  # (GGUF layout) float32
         if rule.transform is not None:
             data = rule.transform.inverse(data, cfg)
         if dtype == "F16":
@@ -101,4 +109,5 @@ def _loader(t: Any, shape: tuple[int, ...], dtype: str, rule: Any, cfg: Any):
         if dtype == "BF16":
             return to_storage(data, Q.BF16)
         return data.astype(np.float32)
+
     return load

@@ -22,8 +22,9 @@ import functools
 import json
 import re
 import threading
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import jinja2
 import jinja2.ext
@@ -121,7 +122,7 @@ def _precheck_method(obj: Any, args: tuple, limit: int) -> None:
 class _BoundedCodeGenerator(CodeGenerator):
     """Compiles `a ~ b` to a size-checked join (chat templates never autoescape)."""
 
-    def visit_Concat(self, node: jinja2.nodes.Concat, frame) -> None:  # noqa: N802 (jinja's visitor name)
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame) -> None:
         self.write("environment.bounded_concat((")
         for arg in node.nodes:
             self.visit(arg, frame)
@@ -179,7 +180,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
             _check_format_string(getattr(value, "__self__", None))
         return super().wrap_str_format(value)
 
-    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
+    def call(__self, __context, __obj, *args, **kwargs):
         _check_args(args, kwargs, __self.max_chars)
         _precheck_method(__obj, args, __self.max_chars)
         return charge(super().call(__context, __obj, *args, **kwargs), __self.max_chars)
@@ -208,7 +209,9 @@ def raise_exception(message: Any) -> None:
     raise jinja2.exceptions.TemplateError(str(message))
 
 
-def hf_tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
+def hf_tojson(
+    x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+) -> str:
     """HF's tojson: plain json.dumps (no HTML escaping, unlike Jinja's built-in), unicode kept."""
     return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -255,7 +258,7 @@ def run_bounded(fn: Callable[[], str], timeout: float) -> str:
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 (handed to the caller below)
+        except BaseException as e:
             box["error"] = e
 
     worker = threading.Thread(target=target, name="edge-chat-template", daemon=True)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edge.errors import BadRequestError
 from edge.chat.sandbox import compile_template, render_chunks, run_bounded
+from edge.errors import BadRequestError
 
 MAX_TEMPLATE_CHARS = 256 * 1024  # real templates are < 40 KB
 DEFAULT_MAX_CHARS = 8 * 1024 * 1024  # rendered prompt: far beyond any context window
@@ -44,7 +44,9 @@ def _content_text(content: Any) -> Any:
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind != "text":
-            raise BadRequestError(f"message content part of type {kind!r} is not supported; this server takes text only")
+            raise BadRequestError(
+                f"message content part of type {kind!r} is not supported; this server takes text only"
+            )
         texts.append(str(part.get("text", "")))
     return "\n".join(texts)
 
@@ -107,7 +109,9 @@ class ChatTemplate:
         max_chars: int = DEFAULT_MAX_CHARS,
     ):
         if source is not None and len(source) > MAX_TEMPLATE_CHARS:
-            raise BadRequestError(f"the model's chat template is {len(source)} characters; the limit is {MAX_TEMPLATE_CHARS}")
+            raise BadRequestError(
+                f"the model's chat template is {len(source)} characters; the limit is {MAX_TEMPLATE_CHARS}"
+            )
         self.source = source or None
         self.bos_token, self.eos_token = bos_token, eos_token
         self.family = (family or "").lower()
@@ -115,7 +119,7 @@ class ChatTemplate:
         self._template = compile_template(self.source, max_chars) if self.source else None
 
     @classmethod
-    def for_model(cls, info, **limits) -> "ChatTemplate":
+    def for_model(cls, info, **limits) -> ChatTemplate:
         """From an engine's ModelInfo (edge.engine.base): its template, special tokens and family."""
         return cls(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token, family=info.family, **limits)
 
@@ -139,7 +143,9 @@ class ChatTemplate:
         budget = max(MIN_BUDGET, BUDGET_PER_INPUT_CHAR * _input_chars(messages, tools))
         return run_bounded(lambda: render_chunks(template, variables, limit, budget), self.timeout)
 
-    def prompt(self, messages: list[dict], *, add_bos: bool, add_generation_prompt: bool = True, tools=None, **kw) -> str:
+    def prompt(
+        self, messages: list[dict], *, add_bos: bool, add_generation_prompt: bool = True, tools=None, **kw
+    ) -> str:
         """The text to tokenize with `add_special=add_bos`."""
         text = self.render(messages, add_generation_prompt=add_generation_prompt, tools=tools, **kw)
         if add_bos and self.bos_token and text.startswith(self.bos_token):

@@ -8,35 +8,52 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from edge.errors import report_and_exit
 from edge.config import Settings
+from edge.errors import report_and_exit
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Serve GGUF models offline over the OpenAI and Ollama APIs.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Serve GGUF models offline over the OpenAI and Ollama APIs.",
+)
 
 
 @app.command()
 def serve(
-    model: Optional[str] = typer.Argument(None, help="store name (smollm2, an alias...) or a .gguf path; default: bundled SmolLM2"),
-    host: Optional[str] = typer.Option(None, help="address to bind [env EDGE_HOST; default 127.0.0.1]"),
-    port: Optional[int] = typer.Option(None, help="port [env EDGE_PORT; default 11434, Ollama's]"),
-    models: Optional[Path] = typer.Option(None, "--models", help="folder holding the model files [env EDGE_MODELS; default ~/.edge/models]"),
-    profile: Optional[str] = typer.Option(None, help="hardware profile name or .toml path: default threads and slots"),
-    parallel: Optional[int] = typer.Option(None, help="slots decoded together [env EDGE_PARALLEL]"),
-    ctx: Optional[int] = typer.Option(None, help="context tokens per slot [env EDGE_CTX]"),
-    api_key: Optional[str] = typer.Option(None, help="require this key on every route but /health [env EDGE_API_KEY]"),
-    queue: Optional[int] = typer.Option(None, help="requests that may wait for a slot before 503 [env EDGE_QUEUE]"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads [env EDGE_THREADS; default physical cores]"),
-    api_key_file: Optional[Path] = typer.Option(None, help="read the API key from this file [env EDGE_API_KEY_FILE]"),
-    allow_host: Optional[list[str]] = typer.Option(None, help="also accept this Host header name (repeatable) [env EDGE_ALLOWED_HOSTS]"),
-    cors_origin: Optional[list[str]] = typer.Option(None, help="browser origin allowed to call the API (repeatable; default none) [env EDGE_CORS_ORIGINS]"),
-    request_timeout: Optional[float] = typer.Option(None, help="seconds one request may take; 0: none [env EDGE_REQUEST_TIMEOUT; default 600]"),
-    read_timeout: Optional[float] = typer.Option(None, help="seconds a client may take to send its request [env EDGE_READ_TIMEOUT; default 30]"),
-    uds: Optional[Path] = typer.Option(None, "--uds", help="also listen on this Unix socket (mode 0660), for robots and kiosks"),
+    model: str | None = typer.Argument(
+        None, help="store name (smollm2, an alias...) or a .gguf path; default: bundled SmolLM2"
+    ),
+    host: str | None = typer.Option(None, help="address to bind [env EDGE_HOST; default 127.0.0.1]"),
+    port: int | None = typer.Option(None, help="port [env EDGE_PORT; default 11434, Ollama's]"),
+    models: Path | None = typer.Option(
+        None, "--models", help="folder holding the model files [env EDGE_MODELS; default ~/.edge/models]"
+    ),
+    profile: str | None = typer.Option(None, help="hardware profile name or .toml path: default threads and slots"),
+    parallel: int | None = typer.Option(None, help="slots decoded together [env EDGE_PARALLEL]"),
+    ctx: int | None = typer.Option(None, help="context tokens per slot [env EDGE_CTX]"),
+    api_key: str | None = typer.Option(None, help="require this key on every route but /health [env EDGE_API_KEY]"),
+    queue: int | None = typer.Option(None, help="requests that may wait for a slot before 503 [env EDGE_QUEUE]"),
+    threads: int | None = typer.Option(None, help="CPU threads [env EDGE_THREADS; default physical cores]"),
+    api_key_file: Path | None = typer.Option(None, help="read the API key from this file [env EDGE_API_KEY_FILE]"),
+    allow_host: list[str] | None = typer.Option(
+        None, help="also accept this Host header name (repeatable) [env EDGE_ALLOWED_HOSTS]"
+    ),
+    cors_origin: list[str] | None = typer.Option(
+        None, help="browser origin allowed to call the API (repeatable; default none) [env EDGE_CORS_ORIGINS]"
+    ),
+    request_timeout: float | None = typer.Option(
+        None, help="seconds one request may take; 0: none [env EDGE_REQUEST_TIMEOUT; default 600]"
+    ),
+    read_timeout: float | None = typer.Option(
+        None, help="seconds a client may take to send its request [env EDGE_READ_TIMEOUT; default 30]"
+    ),
+    uds: Path | None = typer.Option(
+        None, "--uds", help="also listen on this Unix socket (mode 0660), for robots and kiosks"
+    ),
     tcp: bool = typer.Option(True, "--tcp/--no-tcp", help="listen on TCP (--no-tcp: only on --uds)"),
     force: bool = typer.Option(False, "--force", help="load even when the planner says the model does not fit"),
 ) -> None:
@@ -44,19 +61,27 @@ def serve(
     from edge.server import serve as run_server
     from edge.server.state import resolve_target
 
-    settings = Settings.from_env(model=model, host=host, port=port, models_dir=models, profile=profile,
-                                 parallel=parallel, ctx=ctx, api_key=api_key, queue_size=queue, threads=threads,
-                                 api_key_file=api_key_file, allowed_hosts=allow_host or None,
-                                 cors_origins=cors_origin or None, request_timeout=request_timeout,
-                                 read_timeout=read_timeout)
+    settings = Settings.from_env(
+        model=model,
+        host=host,
+        port=port,
+        models_dir=models,
+        profile=profile,
+        parallel=parallel,
+        ctx=ctx,
+        api_key=api_key,
+        queue_size=queue,
+        threads=threads,
+        api_key_file=api_key_file,
+        allowed_hosts=allow_host or None,
+        cors_origins=cors_origin or None,
+        request_timeout=request_timeout,
+        read_timeout=read_timeout,
+    )
     store = _store(settings)
     target = resolve_target(settings, store)
     run_server(_fit(settings, target.path, force), uds=uds, tcp=tcp, store=store, target=target)
 
-
-from firmware.bundle.cli import app as bundle_app  # noqa: E402 - light: imports firmware.bundle.archive lazily
-
-app.add_typer(bundle_app, name="bundle")
 
 from edge.cli.profile import profile_command  # noqa: E402
 
@@ -67,11 +92,11 @@ app.command("profile")(profile_command)
 def run(
     model: str = typer.Argument(..., help="store name or .gguf path"),
     prompt: str = typer.Argument(..., help="the user message"),
-    system: Optional[str] = typer.Option(None, help="a system message (default: the model template's own)"),
-    models: Optional[Path] = typer.Option(None, "--models", help="folder holding the model files [env EDGE_MODELS]"),
+    system: str | None = typer.Option(None, help="a system message (default: the model template's own)"),
+    models: Path | None = typer.Option(None, "--models", help="folder holding the model files [env EDGE_MODELS]"),
     max_tokens: int = typer.Option(512, min=1, help="most tokens to generate"),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (reproducible)"),
-    ctx: Optional[int] = typer.Option(None, help="context tokens"),
+    ctx: int | None = typer.Option(None, help="context tokens"),
 ) -> None:
     """Answer one prompt, streaming to the terminal (no server)."""
     settings = Settings.from_env(model=model, models_dir=models, ctx=ctx)
@@ -80,7 +105,9 @@ def run(
 
 
 @app.command("models")
-def list_models(models: Optional[Path] = typer.Option(None, "--models", help="folder holding the model files [env EDGE_MODELS]")) -> None:
+def list_models(
+    models: Path | None = typer.Option(None, "--models", help="folder holding the model files [env EDGE_MODELS]"),
+) -> None:
     """List the models in the store (name, size, format, file)."""
     from rich.console import Console
     from rich.table import Table
@@ -92,11 +119,11 @@ def list_models(models: Optional[Path] = typer.Option(None, "--models", help="fo
 
 
 async def _run_once(settings: Settings, messages: list[dict], max_tokens: int, temperature: float) -> None:
+    from edge.chat.templates import ChatTemplate
     from edge.engine import open_engine
     from edge.engine.base import Delta, Finish, SamplingParams
     from edge.server.prompts import chat_prompt
     from edge.server.state import resolve_target
-    from edge.chat.templates import ChatTemplate
 
     target = resolve_target(settings, _store(settings))
     engine = open_engine(target.path, name=target.name, n_ctx=settings.ctx, n_threads=settings.threads)
@@ -135,12 +162,30 @@ def _fit(settings: Settings, model_path: Path, force: bool) -> Settings:
     return fit.settings
 
 
+BUILTIN_COMMANDS = {"serve", "run", "models", "profile"}
+
+
+def add_plugin_commands(args: list[str]) -> None:
+    """Command groups of higher layers (`edge bundle` from firmware), found by entry point.
+
+    The runtime never imports them: a package registers a typer app under the `edge.commands`
+    entry-point group. Skipped for the built-in commands, so `edge serve` starts without the scan.
+    """
+    if args and args[0] in BUILTIN_COMMANDS:
+        return
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="edge.commands"):
+        app.add_typer(ep.load(), name=ep.name)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
+        add_plugin_commands(sys.argv[1:] if argv is None else argv)
         rc = app(args=argv, standalone_mode=False, prog_name="edge")  # click's exit code for --help
     except SystemExit:
         raise
-    except BaseException as exc:  # noqa: BLE001 - the one place a CLI error becomes a message + exit code
+    except BaseException as exc:
         if isinstance(exc, typer.Abort):  # Ctrl-C inside click
             report_and_exit(KeyboardInterrupt())
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error (typer vendors click)

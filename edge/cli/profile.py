@@ -27,13 +27,17 @@ def print_detection(found: Detection, console: Console | None = None) -> None:
     console = console or Console()
     p = found.profile
     console.print(f"[bold]{p.name}[/]: {p.description}")
-    console.print(f"  budget {found.budget_bytes / 1024**3:.2f} GiB, threads {found.threads}, "
-                  f"context up to {p.runtime.context}, {p.runtime.parallel} slot(s), types {', '.join(p.runtime.quant_types)}")
-    console.print(f"  bandwidth {p.memory.bandwidth_gbs:g} GB/s, GPU {p.gpu.kind}"
-                  + (f" ({p.gpu.n_gpu_layers} layers)" if p.gpu.kind != "none" else ""))
+    console.print(
+        f"  budget {found.budget_bytes / 1024**3:.2f} GiB, threads {found.threads}, "
+        f"context up to {p.runtime.context}, {p.runtime.parallel} slot(s), types {', '.join(p.runtime.quant_types)}"
+    )
+    console.print(
+        f"  bandwidth {p.memory.bandwidth_gbs:g} GB/s, GPU {p.gpu.kind}"
+        + (f" ({p.gpu.n_gpu_layers} layers)" if p.gpu.kind != "none" else "")
+    )
     if p.gpu.note:
         console.print(f"  note: {p.gpu.note}")
-    console.print(f"  build: CMAKE_ARGS=\"{p.build.cmake_args}\" pip install llama-cpp-python")
+    console.print(f'  build: CMAKE_ARGS="{p.build.cmake_args}" pip install llama-cpp-python')
     console.print(f"  onnxruntime: {p.build.onnx_provider}")
     console.print("why:")
     for reason in found.reasons:

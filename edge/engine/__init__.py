@@ -42,8 +42,16 @@ def detect_format(path: Path) -> str:
     )
 
 
-def open_engine(path: Path, *, name: str, n_ctx: int | None = None, n_parallel: int = 1,
-                n_threads: int | None = None, queue_size: int = 16, **backend_opts) -> Engine:
+def open_engine(
+    path: Path,
+    *,
+    name: str,
+    n_ctx: int | None = None,
+    n_parallel: int = 1,
+    n_threads: int | None = None,
+    queue_size: int = 16,
+    **backend_opts,
+) -> Engine:
     """Load the model at `path` and start its scheduler. `engine.load_ns` tells how long it took."""
     fmt = detect_format(Path(path))
     if fmt == "gguf":
@@ -55,13 +63,27 @@ def open_engine(path: Path, *, name: str, n_ctx: int | None = None, n_parallel: 
         for warning in remember(Path(path), "validated", lambda: _validation_warnings(Path(path))):
             logging.getLogger("edge.engine").warning("%s: %s", Path(path).name, warning)
 
-        return LlamaCppEngine(Path(path), name=name, n_ctx=n_ctx, n_parallel=n_parallel,
-                              n_threads=n_threads, queue_size=queue_size, **backend_opts)
-    from edge.engine.onnx.backend import OnnxEngine   # validates the folder (external data, manifest) first
+        return LlamaCppEngine(
+            Path(path),
+            name=name,
+            n_ctx=n_ctx,
+            n_parallel=n_parallel,
+            n_threads=n_threads,
+            queue_size=queue_size,
+            **backend_opts,
+        )
+    from edge.engine.onnx.backend import OnnxEngine  # validates the folder (external data, manifest) first
 
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
-    return OnnxEngine(folder, name=name, n_ctx=n_ctx, n_parallel=n_parallel, n_threads=n_threads,
-                      queue_size=queue_size, **backend_opts)
+    return OnnxEngine(
+        folder,
+        name=name,
+        n_ctx=n_ctx,
+        n_parallel=n_parallel,
+        n_threads=n_threads,
+        queue_size=queue_size,
+        **backend_opts,
+    )
 
 
 def _validation_warnings(path: Path) -> list[str]:

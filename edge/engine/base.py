@@ -8,8 +8,9 @@ the model file (`edge.engine.open_engine`). Sampling parameters are backend-neut
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal
+from typing import Literal
 
 FinishReason = Literal["stop", "length", "cancelled"]
 

@@ -41,7 +41,9 @@ def json_schema_to_gbnf(schema: dict | str) -> str:
         try:
             json.loads(text)
         except json.JSONDecodeError as exc:
-            raise BadRequestError(f"response_format json_schema is not valid JSON: {exc}", param="response_format") from exc
+            raise BadRequestError(
+                f"response_format json_schema is not valid JSON: {exc}", param="response_format"
+            ) from exc
     try:
         return convert(text)
     except Exception as exc:  # the converter raises bare Exceptions/KeyErrors on unsupported schemas

@@ -18,18 +18,23 @@ import threading
 import time
 from pathlib import Path
 
-from edge.lightimport import llama_module
 from edge.engine.base import ModelInfo, SamplingParams
-from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError
 from edge.engine.scheduler import Scheduler, SchedulerEngine
+from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError
+from edge.lightimport import llama_module
 
 L = llama_module("llama_cpp")  # the ctypes API only, not the high-level package (see edge.lightimport)
 
 DEFAULT_CTX_CAP = 4096  # per slot when the caller gives none (the model's own may be 128k)
 GGML_LOG_LEVEL_ERROR = 4
 GGML_LOG_LEVEL_CONT = 5
-META_SKIP_PREFIXES = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
-                      "tokenizer.ggml.merges", "tokenizer.chat_template")
+META_SKIP_PREFIXES = (
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.chat_template",
+)
 META_MAX_VALUE = 512  # characters of one metadata value kept for /api/show
 
 _init_lock = threading.Lock()
@@ -83,9 +88,19 @@ class LlamaCppBatcher:
     """Model + context + one llama_batch: the native half of a GGUF engine (decode thread only,
     except make_sampler/free_sampler/piece/is_eog/tokenize, which touch only the vocabulary)."""
 
-    def __init__(self, path: Path, *, n_ctx: int | None, n_parallel: int, n_threads: int,
-                 n_threads_batch: int, n_batch: int = 512, kv_unified: bool = False,
-                 flash_attn: int = -1, use_mmap: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int | None,
+        n_parallel: int,
+        n_threads: int,
+        n_threads_batch: int,
+        n_batch: int = 512,
+        kv_unified: bool = False,
+        flash_attn: int = -1,
+        use_mmap: bool = True,
+    ):
         _init_backend()
         if n_parallel < 1:
             raise BadRequestError(f"n_parallel must be >= 1, got {n_parallel}")
@@ -218,7 +233,7 @@ class LlamaCppBatcher:
         return L.llama_vocab_is_eog(self.vocab, token)
 
     # ---- samplers ---------------------------------------------------------------------------
-    def make_sampler(self, p: SamplingParams) -> "NativeSampler":
+    def make_sampler(self, p: SamplingParams) -> NativeSampler:
         grammar = None
         if p.grammar:
             grammar = L.llama_sampler_init_grammar(self.vocab, p.grammar.encode("utf-8"), b"root")
@@ -226,8 +241,13 @@ class LlamaCppBatcher:
                 raise BadRequestError("the grammar does not parse (GBNF with a `root` rule expected)", param="grammar")
         guarded = self._chain(p, grammar) if grammar else None
         plain_greedy = p.temperature <= 0 and not grammar and not _penalized(p)
-        return NativeSampler(self._chain(p, None), guarded, grammar, penalized=_penalized(p),
-                             argmax=self._argmax if plain_greedy else None)
+        return NativeSampler(
+            self._chain(p, None),
+            guarded,
+            grammar,
+            penalized=_penalized(p),
+            argmax=self._argmax if plain_greedy else None,
+        )
 
     def _chain(self, p: SamplingParams, grammar):
         """A native chain: [grammar] [penalties] then greedy, or top_k/top_p/min_p/temp/dist."""
@@ -238,8 +258,15 @@ class LlamaCppBatcher:
         if grammar:
             add(grammar)
         if _penalized(p):
-            add(L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(self.vocab), p.repeat_last_n,
-                                               p.repeat_penalty, p.frequency_penalty, p.presence_penalty))
+            add(
+                L.llama_sampler_init_penalties(
+                    L.llama_vocab_n_tokens(self.vocab),
+                    p.repeat_last_n,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
+                )
+            )
         if p.temperature <= 0:
             add(L.llama_sampler_init_greedy())
             return chain
@@ -254,10 +281,10 @@ class LlamaCppBatcher:
         add(L.llama_sampler_init_dist(seed))
         return chain
 
-    def free_sampler(self, sampler: "NativeSampler") -> None:
+    def free_sampler(self, sampler: NativeSampler) -> None:
         sampler.free()
 
-    def sample(self, sampler: "NativeSampler", row: int) -> int:
+    def sample(self, sampler: NativeSampler, row: int) -> int:
         return sampler.sample(self.ctx, row)
 
     # ---- KV cache and decoding (decode thread) -----------------------------------------------
@@ -368,15 +395,33 @@ class NativeSampler:
 class LlamaCppEngine(SchedulerEngine):
     """A GGUF model served by llama.cpp with N batched slots."""
 
-    def __init__(self, path: Path, *, name: str, n_ctx: int | None = None, n_parallel: int = 1,
-                 n_threads: int | None = None, queue_size: int = 16, n_threads_batch: int | None = None,
-                 n_batch: int = 512, kv_unified: bool = False, flash_attn: int = -1, use_mmap: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str,
+        n_ctx: int | None = None,
+        n_parallel: int = 1,
+        n_threads: int | None = None,
+        queue_size: int = 16,
+        n_threads_batch: int | None = None,
+        n_batch: int = 512,
+        kv_unified: bool = False,
+        flash_attn: int = -1,
+        use_mmap: bool = True,
+    ):
         t0 = time.perf_counter_ns()
         threads = n_threads or default_threads()
         self._batcher = LlamaCppBatcher(
-            Path(path), n_ctx=n_ctx, n_parallel=n_parallel, n_threads=threads,
-            n_threads_batch=n_threads_batch or threads, n_batch=n_batch, kv_unified=kv_unified,
-            flash_attn=flash_attn, use_mmap=use_mmap,
+            Path(path),
+            n_ctx=n_ctx,
+            n_parallel=n_parallel,
+            n_threads=threads,
+            n_threads_batch=n_threads_batch or threads,
+            n_batch=n_batch,
+            kv_unified=kv_unified,
+            flash_attn=flash_attn,
+            use_mmap=use_mmap,
         )
         self.info = self._batcher.model_info(name)
         self.n_threads = threads
@@ -398,4 +443,3 @@ class LlamaCppEngine(SchedulerEngine):
             self._batcher.free()
         else:  # freeing the context under a decode that never returned would crash the process
             sys.stderr.write("edge: the decode thread did not stop; leaving the llama.cpp context allocated\n")
-

@@ -52,8 +52,14 @@ class Batcher(Protocol):
 class Request:
     """One generation: its prompt, sampler and the asyncio queue its events go to."""
 
-    def __init__(self, prompt: list[int], params: SamplingParams, sampler: Any, loop: asyncio.AbstractEventLoop,
-                 hold: bool = False):
+    def __init__(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        sampler: Any,
+        loop: asyncio.AbstractEventLoop,
+        hold: bool = False,
+    ):
         self.prompt = prompt
         self.params = params
         self.sampler = sampler
@@ -341,7 +347,7 @@ class GenerationStream:
         self._req = req
         self._done = False
 
-    def __aiter__(self) -> "GenerationStream":
+    def __aiter__(self) -> GenerationStream:
         return self
 
     async def __anext__(self) -> Event:

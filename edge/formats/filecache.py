@@ -14,8 +14,9 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 _lock = threading.Lock()
 MAX_ENTRIES = 64  # kept small: one line per model file and kind

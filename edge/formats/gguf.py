@@ -20,9 +20,10 @@ import functools
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from edge.errors import ModelFormatError
 from edge.lightimport import gguf_constants
@@ -143,7 +144,9 @@ class _Reader:
     def array(self, key: str) -> Any:
         item_type, count = self.unpack("<I", key), self.unpack("<Q", key)
         if count > MAX_ARRAY_ITEMS or item_type not in (*_SCALARS, VT.STRING):
-            raise ModelFormatError(f"GGUF array {key} has {count} items of type {item_type}; the limit is {MAX_ARRAY_ITEMS} scalars or strings")
+            raise ModelFormatError(
+                f"GGUF array {key} has {count} items of type {item_type}; the limit is {MAX_ARRAY_ITEMS} scalars or strings"
+            )
         if count <= KEEP_ARRAY_ITEMS:
             return [self.value(item_type, key) for _ in range(count)]
         if item_type == VT.STRING:
@@ -203,7 +206,9 @@ def _read(r: _Reader, tensors: bool) -> GGUFMeta:
         raise ModelFormatError(f"GGUF version {version} is not supported (2 or 3)")
     n_tensors, n_kv = r.unpack("<Q", "tensor count"), r.unpack("<Q", "key count")
     if n_kv > MAX_KV or n_tensors > MAX_TENSORS:
-        raise ModelFormatError(f"GGUF header declares {n_kv} keys and {n_tensors} tensors; limits {MAX_KV} and {MAX_TENSORS}")
+        raise ModelFormatError(
+            f"GGUF header declares {n_kv} keys and {n_tensors} tensors; limits {MAX_KV} and {MAX_TENSORS}"
+        )
     meta = GGUFMeta(version, n_tensors)
     for _ in range(n_kv):
         key = r.string(MAX_KEY_BYTES, "key")

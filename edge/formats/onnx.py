@@ -28,15 +28,25 @@ MANIFEST = "edge_onnx.json"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-EXTERNAL_DATA_BYTES = 1 << 30   # weights above 1 GiB go to model.onnx.data (protobuf caps a file at 2 GiB)
-COMPANIONS = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-              "generation_config.json", "chat_template.jinja", "chat_template.json", "config.json")
+EXTERNAL_DATA_BYTES = 1 << 30  # weights above 1 GiB go to model.onnx.data (protobuf caps a file at 2 GiB)
+COMPANIONS = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "config.json",
+)
 
 
 def copy_companions(src: Path, dst: Path) -> list[str]:
     if not (src / "tokenizer.json").is_file():
-        raise NotFoundError(f"{src} has no tokenizer.json; the ONNX runtime needs it (save the tokenizer "
-                            "with transformers' fast tokenizer, or unpack a GGUF with edge-quantize unpack)")
+        raise NotFoundError(
+            f"{src} has no tokenizer.json; the ONNX runtime needs it (save the tokenizer "
+            "with transformers' fast tokenizer, or unpack a GGUF with edge-quantize unpack)"
+        )
     copied = []
     for name in COMPANIONS:
         if (src / name).is_file():
@@ -54,8 +64,11 @@ def sha256(path: Path) -> str:
 
 
 def write_manifest(folder: Path, model: dict[str, Any], type_label: str) -> Path:
-    files = {p.name: {"size": p.stat().st_size, "sha256": sha256(p)}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": sha256(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
     doc = {"format": "edge-onnx", "format_version": FORMAT_VERSION, "type": type_label, "model": model, "files": files}
     path = folder / MANIFEST
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
@@ -66,8 +79,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest after checking its version and every listed file's presence and size."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise ModelFormatError(f"{folder} has no {MANIFEST}: export the model with "
-                               "`edge-quantize convert SRC --to onnx:int4` (other ONNX exports lack the KV layout we need)")
+        raise ModelFormatError(
+            f"{folder} has no {MANIFEST}: export the model with "
+            "`edge-quantize convert SRC --to onnx:int4` (other ONNX exports lack the KV layout we need)"
+        )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -84,8 +99,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         if not target.is_file():
             raise ModelFormatError(f"{folder} lacks {name}, listed in its manifest; copy the whole folder")
         if target.stat().st_size != entry.get("size"):
-            raise ModelFormatError(f"{target} has {target.stat().st_size} bytes, the manifest says {entry.get('size')}: "
-                                   "the copy is truncated or modified; copy the folder again")
+            raise ModelFormatError(
+                f"{target} has {target.stat().st_size} bytes, the manifest says {entry.get('size')}: "
+                "the copy is truncated or modified; copy the folder again"
+            )
     return doc
 
 

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from edge.errors import BadRequestError, UnavailableError
 from edge.config import Settings
+from edge.errors import BadRequestError, UnavailableError
 
 __all__ = ["create_app", "serve", "bind"]
 
@@ -33,16 +33,17 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno in (98, 48):  # EADDRINUSE (Linux, macOS)
-            raise UnavailableError(f"port {port} on {host} is in use (an Ollama or another edge already "
-                                   f"running?); stop it or choose another with --port") from None
+            raise UnavailableError(
+                f"port {port} on {host} is in use (an Ollama or another edge already "
+                f"running?); stop it or choose another with --port"
+            ) from None
         raise BadRequestError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
 
-def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = True, store=None,
-          target=None) -> None:
+def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = True, store=None, target=None) -> None:
     """Run until Ctrl-C / SIGTERM. Raises the load error if the model cannot be loaded.
 
     `store`/`target`: the model store and the resolved model, when the caller has them already.
@@ -66,8 +67,8 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
 
     import uvicorn
 
-    from edge.server.supervision import Supervision
     from edge.server.security import uvicorn_options
+    from edge.server.supervision import Supervision
     from edge.server.unix import bind_unix
 
     try:
@@ -80,8 +81,9 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
         raise
     state = app.state.edge
     supervision = Supervision()
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False,
-                            **uvicorn_options(settings))
+    config = uvicorn.Config(
+        app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False, **uvicorn_options(settings)
+    )
     server = uvicorn.Server(config)
     # STOPPING=1 and the socket file removed as SIGTERM arrives (uvicorn re-raises it after shutdown)
     server.handle_exit = supervision.on_exit(server.handle_exit, lambda: uds and Path(uds).unlink(missing_ok=True))
@@ -94,13 +96,17 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
     def on_loaded(engine) -> None:
         try:  # under systemd: one-token self-test, READY=1, watchdog
             supervision.loaded(engine, stopping=lambda: server.should_exit)
-        except Exception as exc:  # noqa: BLE001 - becomes the load error the CLI reports
+        except Exception as exc:
             state.load_error, state.engine = exc, None
             engine.close()
             return on_load_error(exc)
         info = engine.info
-        print(f"edge: ready in {time.perf_counter() - t0:.2f} s ({info.family}, {info.quantization}, "
-              f"context {info.n_ctx} per slot)", file=sys.stderr, flush=True)
+        print(
+            f"edge: ready in {time.perf_counter() - t0:.2f} s ({info.family}, {info.quantization}, "
+            f"context {info.n_ctx} per slot)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     state.on_load_error, state.on_loaded = on_load_error, on_loaded
     where = []
@@ -110,8 +116,11 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
             continue
         host, port = sock.getsockname()[:2]
         where.append(f"http://{_url_host(host)}:{port}")  # beyond loopback only with a key (security.py)
-    print(f"edge: serving {state.target.name} ({state.target.path}) on {' and '.join(where)} "
-          f"- loading the model...", file=sys.stderr, flush=True)
+    print(
+        f"edge: serving {state.target.name} ({state.target.path}) on {' and '.join(where)} - loading the model...",
+        file=sys.stderr,
+        flush=True,
+    )
     supervision.loading(state.target.name)
     try:
         server.run(sockets=sockets)

@@ -8,21 +8,28 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edge.errors import (AuthenticationError, BadRequestError, EdgeError, NotFoundError, http_status_for,
-                         ollama_error_body, openai_error_body)
+from edge.config import Settings
+from edge.errors import (
+    AuthenticationError,
+    BadRequestError,
+    EdgeError,
+    NotFoundError,
+    http_status_for,
+    ollama_error_body,
+    openai_error_body,
+)
 from edge.server import metrics as metrics_mod
 from edge.server import ollama, openai
 from edge.server.security import SecurityMiddleware
 from edge.server.state import ServerState, Target, resolve_target
 from edge.server.streaming import ClientGone
-from edge.config import Settings
 
 log = logging.getLogger("edge.server")
 
@@ -47,8 +54,9 @@ def routes(state: ServerState) -> list[tuple[str, str, Callable, bool]]:
     ]
 
 
-def create_app(settings: Settings, *, store=None, target: Target | None = None, opener=None,
-               load_in_background: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings, *, store=None, target: Target | None = None, opener=None, load_in_background: bool = True
+) -> FastAPI:
     """Resolve the model now (a wrong name fails before any socket is bound); load it after startup."""
     if store is None:
         from edge.store import ModelStore
@@ -74,8 +82,9 @@ def create_app(settings: Settings, *, store=None, target: Target | None = None, 
     app.state.edge = state
     auth = Depends(_require_api_key)
     for method, path, handler, needs_key in routes(state):
-        app.add_api_route(path, handler, methods=[method], dependencies=[auth] if needs_key else [],
-                          include_in_schema=False)
+        app.add_api_route(
+            path, handler, methods=[method], dependencies=[auth] if needs_key else [], include_in_schema=False
+        )
     for exc_type in (Exception, EdgeError, RequestValidationError, StarletteHTTPException, ClientGone):
         app.add_exception_handler(exc_type, _handle_error)
     app.add_middleware(SecurityMiddleware, settings=settings, respond=error_response)

@@ -43,19 +43,29 @@ def rfc3339(seconds: float) -> str:
 
 
 def details(facts: FileFacts) -> dict:
-    return {"parent_model": "", "format": facts.format, "family": facts.family,
-            "families": [facts.family] if facts.family else None,
-            "parameter_size": human_number(facts.parameter_count) if facts.parameter_count else "",
-            "quantization_level": facts.quantization}
+    return {
+        "parent_model": "",
+        "format": facts.format,
+        "family": facts.family,
+        "families": [facts.family] if facts.family else None,
+        "parameter_size": human_number(facts.parameter_count) if facts.parameter_count else "",
+        "quantization_level": facts.quantization,
+    }
 
 
 def facts_from_info(info: ModelInfo) -> FileFacts:
     meta = info.metadata or {}
     model_info = {k: _number_or_text(v) for k, v in meta.items() if not k.startswith("tokenizer.")}
     model_info["general.parameter_count"] = info.parameter_count
-    return FileFacts(format=info.format, family=info.family, parameter_count=info.parameter_count,
-                     quantization=info.quantization, context_length=info.n_ctx_train,
-                     chat_template=info.chat_template, model_info=model_info)
+    return FileFacts(
+        format=info.format,
+        family=info.family,
+        parameter_count=info.parameter_count,
+        quantization=info.quantization,
+        context_length=info.n_ctx_train,
+        chat_template=info.chat_template,
+        model_info=model_info,
+    )
 
 
 def facts_from_file(path: Path, fmt: str) -> FileFacts:
@@ -69,10 +79,21 @@ def facts_from_file(path: Path, fmt: str) -> FileFacts:
         return FileFacts(format=fmt)
     arch = meta.architecture
     ctx_key = gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch)
-    info = {k: v for k, v in meta.kv.items() if k.startswith(("general.", f"{arch}.")) and isinstance(v, (str, int, float, bool))}
+    info = {
+        k: v
+        for k, v in meta.kv.items()
+        if k.startswith(("general.", f"{arch}.")) and isinstance(v, (str, int, float, bool))
+    }
     info["general.parameter_count"] = meta.parameter_count or 0
-    return FileFacts(format="gguf", family=arch, parameter_count=meta.parameter_count or 0, quantization=meta.quantization,
-                     context_length=int(meta.kv.get(ctx_key, 0) or 0), chat_template=meta.chat_template, model_info=info)
+    return FileFacts(
+        format="gguf",
+        family=arch,
+        parameter_count=meta.parameter_count or 0,
+        quantization=meta.quantization,
+        context_length=int(meta.kv.get(ctx_key, 0) or 0),
+        chat_template=meta.chat_template,
+        model_info=info,
+    )
 
 
 def _number_or_text(value: str):

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 from pydantic import AfterValidator
 
@@ -45,7 +46,7 @@ class Deadline:
     def __init__(self, events: AsyncIterator[Event], deadline: float, timeout: float):
         self._events, self._deadline, self._timeout = events, deadline, timeout
 
-    def __aiter__(self) -> "Deadline":
+    def __aiter__(self) -> Deadline:
         return self
 
     async def __anext__(self) -> Event:
@@ -58,7 +59,8 @@ class Deadline:
             await self.aclose()
             raise RequestTimeoutError(
                 f"the request took longer than {self._timeout:g} s (the server's --request-timeout); ask for fewer "
-                "tokens (max_tokens / options.num_predict) or a shorter prompt, or raise the limit") from None
+                "tokens (max_tokens / options.num_predict) or a shorter prompt, or raise the limit"
+            ) from None
 
     async def aclose(self) -> None:
         await self._events.aclose()  # type: ignore[attr-defined]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the /metrics route)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the /metrics route)
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from edge.engine.base import Finish
 
@@ -20,13 +26,26 @@ class Metrics:
         """`stats` returns the engine's {"slots", "busy", "queued"} (zeros while the model loads)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("edge_requests", "HTTP requests by route template and status", ["route", "status"], registry=r)
+        self.requests = Counter(
+            "edge_requests", "HTTP requests by route template and status", ["route", "status"], registry=r
+        )
         self.prompt_tokens = Counter("edge_prompt_tokens", "prompt tokens received", registry=r)
-        self.cached_tokens = Counter("edge_prompt_cached_tokens", "prompt tokens served from a slot's KV cache", registry=r)
+        self.cached_tokens = Counter(
+            "edge_prompt_cached_tokens", "prompt tokens served from a slot's KV cache", registry=r
+        )
         self.generated_tokens = Counter("edge_generated_tokens", "tokens generated", registry=r)
-        self.ttft = Histogram("edge_time_to_first_token_seconds", "time to first token", buckets=TTFT_BUCKETS, registry=r)
-        self.per_token = Histogram("edge_time_per_output_token_seconds", "mean decode time per generated token", buckets=TOKEN_BUCKETS, registry=r)
-        self.cancelled = Counter("edge_generations_cancelled", "generations cancelled by a client disconnect", registry=r)
+        self.ttft = Histogram(
+            "edge_time_to_first_token_seconds", "time to first token", buckets=TTFT_BUCKETS, registry=r
+        )
+        self.per_token = Histogram(
+            "edge_time_per_output_token_seconds",
+            "mean decode time per generated token",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "edge_generations_cancelled", "generations cancelled by a client disconnect", registry=r
+        )
         queue = Gauge("edge_queue_depth", "requests waiting for a slot", registry=r)
         busy = Gauge("edge_busy_slots", "slots generating now", registry=r)
         slots = Gauge("edge_slots", "slots loaded", registry=r)

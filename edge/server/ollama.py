@@ -12,8 +12,9 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal
+from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -98,8 +99,16 @@ async def generate(body: GenerateRequest, request: Request):
     if not body.prompt and not body.system:
         return JSONResponse({**_head(state), "response": "", "done": True, "done_reason": "load"})
     prompt = await asyncio.to_thread(_generate_prompt, state, body)
-    run = await streaming.start(engine, prompt, _params(body, len(prompt), engine.info.n_ctx), request,
-                                 state.metrics, t0, state.settings.request_timeout, stream=body.stream)
+    run = await streaming.start(
+        engine,
+        prompt,
+        _params(body, len(prompt), engine.info.n_ctx),
+        request,
+        state.metrics,
+        t0,
+        state.settings.request_timeout,
+        stream=body.stream,
+    )
     return await _respond(run, body.stream, request, state, lambda text: {"response": text})
 
 
@@ -111,13 +120,24 @@ async def chat(body: ChatRequest, request: Request):
     if any(m.images for m in body.messages):
         raise BadRequestError("this server serves text models only: send messages without images", param="messages")
     if not body.messages:
-        return JSONResponse({**_head(state), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"})
+        return JSONResponse(
+            {**_head(state), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
+        )
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
-    run = await streaming.start(engine, prompt, _params(body, len(prompt), engine.info.n_ctx), request,
-                                 state.metrics, t0, state.settings.request_timeout, stream=body.stream)
-    return await _respond(run, body.stream, request, state,
-                          lambda text: {"message": {"role": "assistant", "content": text}})
+    run = await streaming.start(
+        engine,
+        prompt,
+        _params(body, len(prompt), engine.info.n_ctx),
+        request,
+        state.metrics,
+        t0,
+        state.settings.request_timeout,
+        stream=body.stream,
+    )
+    return await _respond(
+        run, body.stream, request, state, lambda text: {"message": {"role": "assistant", "content": text}}
+    )
 
 
 def _generate_prompt(state: ServerState, body: GenerateRequest) -> list[int]:
@@ -126,7 +146,9 @@ def _generate_prompt(state: ServerState, body: GenerateRequest) -> list[int]:
         # raw, or a base model without a chat template: the prompt is the text (system first, if any)
         text = f"{body.system}\n\n{body.prompt}" if body.system and not body.raw else body.prompt
         return prompts.text_prompt(engine, text)
-    messages = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
+    messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
+        {"role": "user", "content": body.prompt}
+    ]
     return prompts.chat_prompt(engine, state.template, messages)
 
 
@@ -145,7 +167,7 @@ async def _ndjson(run: streaming.Run, state: ServerState, piece) -> AsyncIterato
                 yield _line({**_head(state), **piece(ev.text), "done": False})
             elif isinstance(ev, Finish):
                 yield _line({**_head(state), **piece(""), **_final(ev, run, state)})
-    except Exception as exc:  # noqa: BLE001 - the status line is sent: Ollama reports it as a last line
+    except Exception as exc:
         log.error("stream failed: %s", exc, exc_info=not isinstance(exc, EdgeError))
         yield _line(ollama_error_body(exc))
     finally:
@@ -166,10 +188,14 @@ def _final(fin: Finish, run: streaming.Run, state: ServerState) -> dict:
     load_duration: the model's load time on the first answer after loading (where Ollama would have
     loaded it for the request), 0 afterwards, as Ollama reports for a model already in memory."""
     return {
-        "done": True, "done_reason": "length" if fin.reason == "length" else "stop",
-        "total_duration": run.elapsed_ns(), "load_duration": state.take_load_ns(),
-        "prompt_eval_count": fin.prompt_tokens - fin.cached_tokens, "prompt_eval_duration": fin.prompt_eval_ns,
-        "eval_count": fin.completion_tokens, "eval_duration": fin.eval_ns,
+        "done": True,
+        "done_reason": "length" if fin.reason == "length" else "stop",
+        "total_duration": run.elapsed_ns(),
+        "load_duration": state.take_load_ns(),
+        "prompt_eval_count": fin.prompt_tokens - fin.cached_tokens,
+        "prompt_eval_duration": fin.prompt_eval_ns,
+        "eval_count": fin.completion_tokens,
+        "eval_duration": fin.eval_ns,
     }
 
 
@@ -180,10 +206,16 @@ def _params(body: _Request, n_prompt: int, n_ctx: int) -> SamplingParams:
     p = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, min_p=0.0, repeat_penalty=1.1, repeat_last_n=64)
     given = {
         "max_tokens": o.num_predict if o.num_predict and o.num_predict > 0 else None,
-        "temperature": o.temperature, "top_k": o.top_k, "top_p": o.top_p, "min_p": o.min_p,
-        "seed": None if o.seed in (None, -1) else o.seed, "repeat_penalty": o.repeat_penalty,
-        "repeat_last_n": o.repeat_last_n, "presence_penalty": o.presence_penalty,
-        "frequency_penalty": o.frequency_penalty, "stop": tuple(s for s in o.stop if s) if o.stop else None,
+        "temperature": o.temperature,
+        "top_k": o.top_k,
+        "top_p": o.top_p,
+        "min_p": o.min_p,
+        "seed": None if o.seed in (None, -1) else o.seed,
+        "repeat_penalty": o.repeat_penalty,
+        "repeat_last_n": o.repeat_last_n,
+        "presence_penalty": o.presence_penalty,
+        "frequency_penalty": o.frequency_penalty,
+        "stop": tuple(s for s in o.stop if s) if o.stop else None,
         "grammar": _grammar(body.format),
     }
     p = dataclasses.replace(p, **{k: v for k, v in given.items() if v is not None})
@@ -200,8 +232,10 @@ def _fit_num_ctx(p: SamplingParams, num_ctx: int | None, n_prompt: int, n_ctx: i
         log.info("num_ctx %d asked; this server loaded %d tokens per slot (edge serve --ctx)", num_ctx, n_ctx)
         return p
     if n_prompt >= num_ctx:
-        raise ContextOverflowError(f"the prompt has {n_prompt} tokens, options.num_ctx is {num_ctx}: "
-                                   "raise num_ctx or shorten the prompt", param="options.num_ctx")
+        raise ContextOverflowError(
+            f"the prompt has {n_prompt} tokens, options.num_ctx is {num_ctx}: raise num_ctx or shorten the prompt",
+            param="options.num_ctx",
+        )
     room = num_ctx - n_prompt
     return dataclasses.replace(p, max_tokens=min(p.max_tokens or room, room))
 
@@ -241,11 +275,17 @@ def show(body: ShowRequest, request: Request):
     path, fmt, modified = _locate(state, name)
     facts = _facts(state, path, fmt)
     params = "\n".join(f"stop {json.dumps(s)}" for s in _stop_tokens(state, path))
-    return JSONResponse({
-        "modelfile": f"# edge serves this file as is\nFROM {path}\n", "parameters": params,
-        "template": facts.chat_template or "", "details": catalog.details(facts), "model_info": facts.model_info,
-        "capabilities": ["completion"], "modified_at": catalog.rfc3339(modified),
-    })
+    return JSONResponse(
+        {
+            "modelfile": f"# edge serves this file as is\nFROM {path}\n",
+            "parameters": params,
+            "template": facts.chat_template or "",
+            "details": catalog.details(facts),
+            "model_info": facts.model_info,
+            "capabilities": ["completion"],
+            "modified_at": catalog.rfc3339(modified),
+        }
+    )
 
 
 def ps(request: Request):
@@ -272,15 +312,23 @@ async def root(request: Request):
 
 
 async def pull(request: Request):
-    raise BadRequestError("edge never downloads models: copy a .gguf file into the model store "
-                          "(EDGE_HOME/models or --models DIR), or map the name in the alias file")
+    raise BadRequestError(
+        "edge never downloads models: copy a .gguf file into the model store "
+        "(EDGE_HOME/models or --models DIR), or map the name in the alias file"
+    )
 
 
 def _model_row(state: ServerState, name: str, path: Path, fmt: str, size: int, modified: float) -> dict:
     facts = _facts(state, path, fmt)
     digest = state.digest(path, size, modified) if path.is_file() else ""
-    return {"name": name, "model": name, "modified_at": catalog.rfc3339(modified), "size": size,
-            "digest": digest, "details": catalog.details(facts)}
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": catalog.rfc3339(modified),
+        "size": size,
+        "digest": digest,
+        "details": catalog.details(facts),
+    }
 
 
 def _facts(state: ServerState, path: Path, fmt: str) -> catalog.FileFacts:

@@ -12,7 +12,8 @@ import json
 import logging
 import secrets
 import time
-from typing import Any, AsyncIterator, Literal
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -102,26 +103,41 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse_unsupported(body)
     if body.tools:
-        raise BadRequestError("tool calling is not supported by this server yet: send the request without `tools`", param="tools")
+        raise BadRequestError(
+            "tool calling is not supported by this server yet: send the request without `tools`", param="tools"
+        )
     if body.logprobs:
         raise BadRequestError("logprobs are not supported by this server", param="logprobs")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
     prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
     params = _params(body, body.max_completion_tokens or body.max_tokens)
-    run = await streaming.start(engine, prompt, params, request, state.metrics, t0,
-                               state.settings.request_timeout, stream=bool(body.stream))
+    run = await streaming.start(
+        engine, prompt, params, request, state.metrics, t0, state.settings.request_timeout, stream=bool(body.stream)
+    )
     ident, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _chat_chunks(run, ident, created, name, include_usage)
         return streaming.EventStreamResponse(_sse(chunks), "text/event-stream", run.aclose)
     text, fin = await streaming.collect(run, request)
-    return JSONResponse({
-        "id": ident, "object": "chat.completion", "created": created, "model": name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                     "finish_reason": _finish_reason(fin)}],
-        "usage": _usage(fin), "system_fingerprint": _fingerprint(state),
-    })
+    return JSONResponse(
+        {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": _finish_reason(fin),
+                }
+            ],
+            "usage": _usage(fin),
+            "system_fingerprint": _fingerprint(state),
+        }
+    )
 
 
 async def completions(body: CompletionRequest, request: Request):
@@ -137,8 +153,16 @@ async def completions(body: CompletionRequest, request: Request):
         raise BadRequestError("suffix (fill-in-the-middle) is not supported by this server", param="suffix")
     text_in = _single_prompt(body.prompt)
     prompt = await asyncio.to_thread(prompts.text_prompt, engine, text_in)
-    run = await streaming.start(engine, prompt, _params(body, body.max_tokens), request, state.metrics, t0,
-                               state.settings.request_timeout, stream=bool(body.stream))
+    run = await streaming.start(
+        engine,
+        prompt,
+        _params(body, body.max_tokens),
+        request,
+        state.metrics,
+        t0,
+        state.settings.request_timeout,
+        stream=bool(body.stream),
+    )
     ident, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
     prefix = text_in if body.echo else ""
     if body.stream:
@@ -146,36 +170,63 @@ async def completions(body: CompletionRequest, request: Request):
         chunks = _completion_chunks(run, ident, created, name, include_usage, prefix)
         return streaming.EventStreamResponse(_sse(chunks), "text/event-stream", run.aclose)
     text, fin = await streaming.collect(run, request)
-    return JSONResponse({
-        "id": ident, "object": "text_completion", "created": created, "model": name,
-        "choices": [{"index": 0, "text": prefix + text, "logprobs": None, "finish_reason": _finish_reason(fin)}],
-        "usage": _usage(fin), "system_fingerprint": _fingerprint(state),
-    })
+    return JSONResponse(
+        {
+            "id": ident,
+            "object": "text_completion",
+            "created": created,
+            "model": name,
+            "choices": [{"index": 0, "text": prefix + text, "logprobs": None, "finish_reason": _finish_reason(fin)}],
+            "usage": _usage(fin),
+            "system_fingerprint": _fingerprint(state),
+        }
+    )
 
 
 async def list_models(request: Request):
     state: ServerState = request.app.state.edge
     created = int(state.target.modified)
-    return JSONResponse({"object": "list", "data": [
-        {"id": state.target.name, "object": "model", "created": created, "owned_by": "edge"}]})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [{"id": state.target.name, "object": "model", "created": created, "owned_by": "edge"}],
+        }
+    )
 
 
 # -- streaming bodies --------------------------------------------------------------------------------
-async def _chat_chunks(run: streaming.Run, ident: str, created: int, name: str, include_usage: bool) -> AsyncIterator[dict]:
+async def _chat_chunks(
+    run: streaming.Run, ident: str, created: int, name: str, include_usage: bool
+) -> AsyncIterator[dict]:
     base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name}
     extra = {"usage": None} if include_usage else {}
-    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}], **extra}
+    yield {
+        **base,
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        ],
+        **extra,
+    }
     async for ev in run.events():
         if isinstance(ev, Delta) and ev.text:
-            yield {**base, "choices": [{"index": 0, "delta": {"content": ev.text}, "logprobs": None, "finish_reason": None}], **extra}
+            yield {
+                **base,
+                "choices": [{"index": 0, "delta": {"content": ev.text}, "logprobs": None, "finish_reason": None}],
+                **extra,
+            }
         elif isinstance(ev, Finish):
-            yield {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": _finish_reason(ev)}], **extra}
+            yield {
+                **base,
+                "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": _finish_reason(ev)}],
+                **extra,
+            }
             if include_usage:
                 yield {**base, "choices": [], "usage": _usage(ev)}
 
 
-async def _completion_chunks(run: streaming.Run, ident: str, created: int, name: str, include_usage: bool,
-                             prefix: str) -> AsyncIterator[dict]:
+async def _completion_chunks(
+    run: streaming.Run, ident: str, created: int, name: str, include_usage: bool, prefix: str
+) -> AsyncIterator[dict]:
     base = {"id": ident, "object": "text_completion", "created": created, "model": name}
     extra = {"usage": None} if include_usage else {}
     if prefix:
@@ -184,7 +235,11 @@ async def _completion_chunks(run: streaming.Run, ident: str, created: int, name:
         if isinstance(ev, Delta) and ev.text:
             yield {**base, "choices": [{"index": 0, "text": ev.text, "logprobs": None, "finish_reason": None}], **extra}
         elif isinstance(ev, Finish):
-            yield {**base, "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": _finish_reason(ev)}], **extra}
+            yield {
+                **base,
+                "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": _finish_reason(ev)}],
+                **extra,
+            }
             if include_usage:
                 yield {**base, "choices": [], "usage": _usage(ev)}
 
@@ -194,7 +249,7 @@ async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
     try:
         async for chunk in chunks:
             yield _event(chunk)
-    except Exception as exc:  # noqa: BLE001 - the status line is sent: tell the client in the stream
+    except Exception as exc:
         log.error("stream failed: %s", exc, exc_info=not isinstance(exc, EdgeError))
         yield _event(openai_error_body(exc))
     finally:
@@ -209,19 +264,28 @@ def _event(obj: dict) -> bytes:
 # -- mapping -------------------------------------------------------------------------------------------
 def _params(body: _Sampling, max_tokens: int | None) -> SamplingParams:
     given = {
-        "max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
-        "min_p": body.min_p, "repeat_penalty": body.repeat_penalty, "presence_penalty": body.presence_penalty,
+        "max_tokens": max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "repeat_penalty": body.repeat_penalty,
+        "presence_penalty": body.presence_penalty,
         "frequency_penalty": body.frequency_penalty,
         "seed": None if body.seed in (None, -1) else body.seed,
-        "stop": _stops(body.stop), "grammar": _grammar(body.response_format),
+        "stop": _stops(body.stop),
+        "grammar": _grammar(body.response_format),
     }
     return SamplingParams(**{k: v for k, v in given.items() if v is not None})
 
 
 def _refuse_unsupported(body: _Sampling) -> None:
     if body.n != 1:
-        raise BadRequestError(f"n={body.n} is not supported: this server returns one choice per request; "
-                              "send n separate requests (they run in parallel slots)", param="n")
+        raise BadRequestError(
+            f"n={body.n} is not supported: this server returns one choice per request; "
+            "send n separate requests (they run in parallel slots)",
+            param="n",
+        )
     if body.logit_bias:
         raise BadRequestError("logit_bias is not supported by this server", param="logit_bias")
 
@@ -247,7 +311,9 @@ def _text_of(m: ChatMessage) -> str:
         return m.content or ""
     for part in m.content:
         if part.type != "text":
-            raise BadRequestError(f"content parts of type {part.type!r} are not supported (text only)", param="messages")
+            raise BadRequestError(
+                f"content parts of type {part.type!r} are not supported (text only)", param="messages"
+            )
     return "".join(p.text or "" for p in m.content)
 
 
@@ -255,7 +321,9 @@ def _single_prompt(prompt: str | list[str]) -> str:
     if isinstance(prompt, str):
         return prompt
     if len(prompt) != 1:
-        raise BadRequestError("send exactly one prompt per request (a list of several is batching, not supported)", param="prompt")
+        raise BadRequestError(
+            "send exactly one prompt per request (a list of several is batching, not supported)", param="prompt"
+        )
     return prompt[0]
 
 
@@ -264,9 +332,12 @@ def _finish_reason(fin: Finish) -> str:
 
 
 def _usage(fin: Finish) -> dict:
-    return {"prompt_tokens": fin.prompt_tokens, "completion_tokens": fin.completion_tokens,
-            "total_tokens": fin.prompt_tokens + fin.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": fin.cached_tokens}}
+    return {
+        "prompt_tokens": fin.prompt_tokens,
+        "completion_tokens": fin.completion_tokens,
+        "total_tokens": fin.prompt_tokens + fin.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": fin.cached_tokens},
+    }
 
 
 def _fingerprint(state: ServerState) -> str:

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from edge.errors import BadRequestError, EdgeError, ForbiddenError, PayloadTooLargeError, RequestTimeoutError
 from edge.config import Settings
+from edge.errors import BadRequestError, EdgeError, ForbiddenError, PayloadTooLargeError, RequestTimeoutError
 
 LOOPBACK_NAMES = {"localhost", "localhost.", "::1"}
 MAX_HEADER_BYTES = 16 * 1024  # h11_max_incomplete_event_size: a request line + headers larger than this is cut
@@ -45,7 +45,8 @@ def require_key_for_bind(settings: Settings) -> None:
             f"refusing to listen on {settings.host} without an API key: anyone on the network could use this "
             "server. Set one with --api-key KEY, --api-key-file FILE or EDGE_API_KEY_FILE=FILE "
             "(e.g. `openssl rand -hex 32 > ~/.edge/key && chmod 600 ~/.edge/key`), or bind --host 127.0.0.1",
-            param="host")
+            param="host",
+        )
 
 
 def uvicorn_options(settings: Settings) -> dict:
@@ -97,7 +98,9 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        self.logger.info("closing a connection from %s: request not complete after %.0f s", self.client, self.read_timeout)
+        self.logger.info(
+            "closing a connection from %s: request not complete after %.0f s", self.client, self.read_timeout
+        )
         if self.cycle is None or self.cycle.response_complete:  # nothing answered yet on this request
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
         self.transport.close()
@@ -116,14 +119,18 @@ def check_host(settings: Settings, host_header: str | None) -> EdgeError | None:
     """DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1 sends `Host: evil.example`."""
     name = host_name(host_header or "")
     if not name:
-        return ForbiddenError("a request without a Host header is refused (DNS-rebinding guard): send "
-                              "`Host: localhost` (every HTTP/1.1 client does)")
+        return ForbiddenError(
+            "a request without a Host header is refused (DNS-rebinding guard): send "
+            "`Host: localhost` (every HTTP/1.1 client does)"
+        )
     if is_loopback(name) or name in settings.allowed_hosts:
         return None
     if not is_loopback(settings.host) and not settings.allowed_hosts:
         return None  # listening on the network with a key (required): any name reaching us is fine
-    return ForbiddenError(f"Host {name!r} is not allowed (DNS-rebinding guard); if clients reach this server by "
-                          f"that name, start it with --allow-host {name} (EDGE_ALLOWED_HOSTS)")
+    return ForbiddenError(
+        f"Host {name!r} is not allowed (DNS-rebinding guard); if clients reach this server by "
+        f"that name, start it with --allow-host {name} (EDGE_ALLOWED_HOSTS)"
+    )
 
 
 def origin_allowed(settings: Settings, origin: str, host_header: str) -> tuple[bool, bool]:
@@ -155,8 +162,10 @@ class SecurityMiddleware:
         if problem is None and origin is not None:
             allowed, cors = origin_allowed(self.settings, origin, headers.get("host", ""))
             if not allowed:
-                problem = ForbiddenError(f"browser origin {origin!r} is not allowed to call this API; start the "
-                                         f"server with --cors-origin {origin} (EDGE_CORS_ORIGINS) to allow it")
+                problem = ForbiddenError(
+                    f"browser origin {origin!r} is not allowed to call this API; start the "
+                    f"server with --cors-origin {origin} (EDGE_CORS_ORIGINS) to allow it"
+                )
         if problem is not None:
             return await self._reply(scope, receive, send, problem)
         if cors and scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
@@ -188,8 +197,10 @@ class SecurityMiddleware:
             except asyncio.TimeoutError:
                 if over:
                     return _too_large(limit), False
-                return RequestTimeoutError(f"the request body did not arrive within {self.settings.read_timeout:g} s "
-                                           "(EDGE_READ_TIMEOUT); send it at once"), False
+                return RequestTimeoutError(
+                    f"the request body did not arrive within {self.settings.read_timeout:g} s "
+                    "(EDGE_READ_TIMEOUT); send it at once"
+                ), False
             if message["type"] != "http.request":  # the client left; the app sees the disconnect next
                 return (_too_large(limit), False) if over else (b"".join(chunks), True)
             size += len(message.get("body", b""))
@@ -216,8 +227,9 @@ DRAIN_FACTOR = 4  # an oversized body up to 4x the limit is read and dropped bef
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(f"request body larger than {limit} bytes; send less, or raise the limit with "
-                                "EDGE_MAX_BODY")
+    return PayloadTooLargeError(
+        f"request body larger than {limit} bytes; send less, or raise the limit with EDGE_MAX_BODY"
+    )
 
 
 def _headers(scope) -> dict[str, str]:
@@ -238,10 +250,14 @@ def _replay(body: bytes, receive):
 
 
 async def _preflight(origin: str, send) -> None:
-    headers = [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin"),
-               (b"access-control-allow-methods", CORS_METHODS.encode()),
-               (b"access-control-allow-headers", CORS_HEADERS.encode()), (b"access-control-max-age", b"600"),
-               (b"content-length", b"0")]
+    headers = [
+        (b"access-control-allow-origin", origin.encode("latin-1")),
+        (b"vary", b"Origin"),
+        (b"access-control-allow-methods", CORS_METHODS.encode()),
+        (b"access-control-allow-headers", CORS_HEADERS.encode()),
+        (b"access-control-max-age", b"600"),
+        (b"content-length", b"0"),
+    ]
     await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from edge.config import Settings
 from edge.engine.base import Engine
 from edge.errors import EdgeError, ModelLoadingError, ModelNotFoundError
 from edge.server.metrics import Metrics
-from edge.config import Settings
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,14 @@ def resolve_target(settings: Settings, store) -> Target:
 
 def open_target(opener: Callable[..., Engine], target: Target, settings: Settings) -> Engine:
     """The engine for `target` with the server's context, slots, threads and queue."""
-    return opener(target.path, name=target.name, n_ctx=settings.ctx, n_parallel=settings.parallel or 1,
-                  n_threads=settings.threads, queue_size=settings.queue_size)
+    return opener(
+        target.path,
+        name=target.name,
+        n_ctx=settings.ctx,
+        n_parallel=settings.parallel or 1,
+        n_threads=settings.threads,
+        queue_size=settings.queue_size,
+    )
 
 
 class EarlyLoad:
@@ -63,7 +69,7 @@ class EarlyLoad:
         def run() -> None:
             try:
                 self._engine = open_target(opener, target, settings)
-            except BaseException as exc:  # noqa: BLE001 - re-raised by result() in the loader thread
+            except BaseException as exc:
                 self._error = exc
             finally:
                 self._done.set()
@@ -119,7 +125,7 @@ class ServerState:
             info = engine.info
             self.template = ChatTemplate.for_model(info)
             self.engine = engine
-        except BaseException as exc:  # noqa: BLE001 - reported through /health and the CLI, never swallowed
+        except BaseException as exc:
             self.load_error = exc
             if self.on_load_error:
                 self.on_load_error(exc)
@@ -148,7 +154,9 @@ class ServerState:
             raise ModelNotFoundError(
                 f"model {name!r} is not served here: this server serves {self.target.name!r} "
                 f"(available in the store: {', '.join(self.available_names()) or 'none'}); "
-                f"ask for {self.target.name!r} or restart with `edge serve {name}`", param="model")
+                f"ask for {self.target.name!r} or restart with `edge serve {name}`",
+                param="model",
+            )
         return self.require_engine()
 
     def serves(self, name: str) -> bool:

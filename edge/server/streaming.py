@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
@@ -66,8 +66,17 @@ class Run:
         return int((time.perf_counter() - self.t0) * 1e9)
 
 
-async def start(engine: Engine, prompt: list[int], params: SamplingParams, request: Request,
-                metrics: Metrics, t0: float, timeout: float = 0.0, *, stream: bool = True) -> Run:
+async def start(
+    engine: Engine,
+    prompt: list[int],
+    params: SamplingParams,
+    request: Request,
+    metrics: Metrics,
+    t0: float,
+    timeout: float = 0.0,
+    *,
+    stream: bool = True,
+) -> Run:
     """Submit and wait for the first event, giving up (and freeing the place) if the client leaves.
 
     `timeout` > 0: the whole request ends by t0 + timeout (edge.server.limits.Deadline)."""

@@ -26,8 +26,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edge.errors import EdgeError
 
@@ -42,7 +42,7 @@ class Notifier:
         self._sock: socket.socket | None = None
 
     @classmethod
-    def from_env(cls, env=None) -> "Notifier":
+    def from_env(cls, env=None) -> Notifier:
         env = os.environ if env is None else env
         return cls(env.get("NOTIFY_SOCKET") or None)
 
@@ -98,8 +98,13 @@ def watchdog_interval(env=None) -> float | None:
 class Watchdog:
     """A thread that pings while `heartbeat()` is fresh and `stopping()` is false."""
 
-    def __init__(self, notifier: Notifier, interval_s: float, heartbeat: Callable[[], float],
-                 stopping: Callable[[], bool] = lambda: False):
+    def __init__(
+        self,
+        notifier: Notifier,
+        interval_s: float,
+        heartbeat: Callable[[], float],
+        stopping: Callable[[], bool] = lambda: False,
+    ):
         self.notifier = notifier
         self.period = interval_s / 2
         self.stale_after = max(STALE_MIN_S, interval_s / 2)
@@ -108,7 +113,7 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-watchdog", daemon=True)
 
-    def start(self) -> "Watchdog":
+    def start(self) -> Watchdog:
         self._thread.start()
         return self
 
@@ -123,8 +128,9 @@ class Watchdog:
             if self.alive():
                 self.notifier.watchdog()
             else:
-                self.notifier.status(f"decode loop stalled for {time.monotonic() - self.heartbeat():.0f} s; "
-                                     "watchdog pings stopped")
+                self.notifier.status(
+                    f"decode loop stalled for {time.monotonic() - self.heartbeat():.0f} s; watchdog pings stopped"
+                )
 
     def stop(self) -> None:
         self._stop.set()
@@ -145,8 +151,10 @@ def self_test(engine) -> None:
         return n
 
     if asyncio.run(one_token()) < 1:
-        raise EdgeError("self-test failed: the model loaded but generated no token; check the model file "
-                        "(`edge run MODEL hi`) and the server log")
+        raise EdgeError(
+            "self-test failed: the model loaded but generated no token; check the model file "
+            "(`edge run MODEL hi`) and the server log"
+        )
 
 
 def engine_heartbeat(engine) -> Callable[[], float]:

@@ -20,8 +20,11 @@ SOCKET_MODE = 0o660
 def bind_unix(path: Path) -> socket.socket:
     path = Path(path)
     if not path.parent.is_dir():
-        raise BadRequestError(f"cannot listen on {path}: folder {path.parent} does not exist; create it "
-                              "(systemd: RuntimeDirectory=edge gives /run/edge)", param="uds")
+        raise BadRequestError(
+            f"cannot listen on {path}: folder {path.parent} does not exist; create it "
+            "(systemd: RuntimeDirectory=edge gives /run/edge)",
+            param="uds",
+        )
     _remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o117)  # the file is created 0660 from the start, never briefly world-writable

@@ -25,9 +25,9 @@ import json
 import os
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from edge.errors import BadRequestError, DependencyMissingError, ModelFormatError, NotFoundError, OutputExistsError
 
@@ -58,19 +58,27 @@ class Manifest:
     version: int = VERSION
 
     def to_bytes(self) -> bytes:
-        data = {"format": FORMAT, "version": self.version, "models": list(self.models), "aliases": self.aliases,
-                "profile": self.profile, "files": [vars(f) for f in self.files]}
+        data = {
+            "format": FORMAT,
+            "version": self.version,
+            "models": list(self.models),
+            "aliases": self.aliases,
+            "profile": self.profile,
+            "files": [vars(f) for f in self.files],
+        }
         return (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "Manifest":
+    def from_bytes(cls, raw: bytes) -> Manifest:
         try:
             data = json.loads(raw)
             if data.get("format") != FORMAT:
                 raise ValueError(f"not an edge bundle (format {data.get('format')!r})")
             if data.get("version") != VERSION:
-                raise ValueError(f"bundle format version {data.get('version')} is not supported (this edge reads {VERSION}); "
-                                 "upgrade edge on the device or make the bundle with this version")
+                raise ValueError(
+                    f"bundle format version {data.get('version')} is not supported (this edge reads {VERSION}); "
+                    "upgrade edge on the device or make the bundle with this version"
+                )
             files = tuple(FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"])
             aliases = data.get("aliases") or {}
             if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
@@ -101,11 +109,21 @@ class Manifest:
 def safe_member_name(name: str) -> str:
     """The name if it is a plain relative path into models/ or a known top-level file; else raises."""
     p = PurePosixPath(name)
-    if not name or name.startswith("/") or "\\" in name or p.is_absolute() or any(part in ("..", ".", "") for part in name.split("/")):
-        raise ModelFormatError(f"bundle member {name!r} has an unsafe path (absolute, `..` or empty parts); "
-                               "the bundle was not made by `edge bundle create`: refusing it")
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or p.is_absolute()
+        or any(part in ("..", ".", "") for part in name.split("/"))
+    ):
+        raise ModelFormatError(
+            f"bundle member {name!r} has an unsafe path (absolute, `..` or empty parts); "
+            "the bundle was not made by `edge bundle create`: refusing it"
+        )
     if not (name == PROFILE or (len(p.parts) == 2 and p.parts[0] == "models" and p.suffix.lower() == ".gguf")):
-        raise ModelFormatError(f"bundle member {name!r} is not a model (models/*.gguf) or {PROFILE}; refusing the bundle")
+        raise ModelFormatError(
+            f"bundle member {name!r} is not a model (models/*.gguf) or {PROFILE}; refusing the bundle"
+        )
     return name
 
 
@@ -143,7 +161,9 @@ def generate_keypair(private: Path) -> Path:
     fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return public
 
 
@@ -152,7 +172,9 @@ def sign(data: bytes, private: Path) -> bytes:
     try:
         key = serialization.load_pem_private_key(Path(private).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
-        raise BadRequestError(f"cannot read the signing key {private}: {e}; make one with `edge bundle keygen`") from None
+        raise BadRequestError(
+            f"cannot read the signing key {private}: {e}; make one with `edge bundle keygen`"
+        ) from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise BadRequestError(f"{private} is not an Ed25519 private key; make one with `edge bundle keygen`")
     return key.sign(data)
@@ -163,8 +185,9 @@ def verify_signature(data: bytes, signature: bytes | None, public: Path) -> None
     from cryptography.exceptions import InvalidSignature
 
     if signature is None:
-        raise ModelFormatError("the bundle is not signed and a signature is required; make it with "
-                               "`edge bundle create ... --sign KEY`")
+        raise ModelFormatError(
+            "the bundle is not signed and a signature is required; make it with `edge bundle create ... --sign KEY`"
+        )
     try:
         key = serialization.load_pem_public_key(Path(public).read_bytes())
     except (OSError, ValueError) as e:
@@ -174,8 +197,10 @@ def verify_signature(data: bytes, signature: bytes | None, public: Path) -> None
     try:
         key.verify(signature, data)
     except InvalidSignature:
-        raise ModelFormatError("the bundle's signature does not match its manifest or this public key: "
-                               "it was altered or signed by someone else; refusing it") from None
+        raise ModelFormatError(
+            "the bundle's signature does not match its manifest or this public key: "
+            "it was altered or signed by someone else; refusing it"
+        ) from None
 
 
 # --- creating --------------------------------------------------------------------------------
@@ -230,9 +255,17 @@ def parse_aliases(pairs: list[str], models: list[str]) -> dict[str, str]:
     return aliases
 
 
-def create(sources: list[Source], out: Path, *, aliases: dict | None = None, profile: Path | None = None,
-           profile_name: str | None = None, sign_key: Path | None = None, force: bool = False,
-           progress: Callable[[str, int, int], None] | None = None) -> Manifest:
+def create(
+    sources: list[Source],
+    out: Path,
+    *,
+    aliases: dict | None = None,
+    profile: Path | None = None,
+    profile_name: str | None = None,
+    sign_key: Path | None = None,
+    force: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Manifest:
     """Hash the files, write the archive to a temporary name and rename it: a crash leaves no half bundle."""
     out = Path(out)
     if out.exists() and not force:
@@ -284,10 +317,16 @@ class Extracted:
     signature: bytes | None
 
 
-def extract_verified(bundle: Path, dest: Path, *, pubkey: Path | None = None, require_signature: bool = False,
-                     before_files: Callable[[Manifest], None] | None = None,
-                     progress: Callable[[str, int, int], None] | None = None,
-                     on_member: Callable[[str], None] | None = None) -> Extracted:
+def extract_verified(
+    bundle: Path,
+    dest: Path,
+    *,
+    pubkey: Path | None = None,
+    require_signature: bool = False,
+    before_files: Callable[[Manifest], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    on_member: Callable[[str], None] | None = None,
+) -> Extracted:
     """Unpack `bundle` into the (new, empty, not live) folder `dest`, checking everything; see the module doc."""
     if not Path(bundle).is_file():
         raise NotFoundError(f"bundle {bundle} not found; check the path (is the USB stick mounted?)")
@@ -306,7 +345,9 @@ def _extract(tar, dest, pubkey, require_signature, before_files, progress, on_me
     members = iter(tar)
     first = next(members, None)
     if first is None or first.name != MANIFEST or not first.isreg() or first.size > MAX_MANIFEST_BYTES:
-        raise ModelFormatError(f"not an edge bundle: the first member must be {MANIFEST} (at most {MAX_MANIFEST_BYTES} bytes)")
+        raise ModelFormatError(
+            f"not an edge bundle: the first member must be {MANIFEST} (at most {MAX_MANIFEST_BYTES} bytes)"
+        )
     raw = tar.extractfile(first).read()
     if len(raw) != first.size:
         raise ModelFormatError("bundle is truncated inside its manifest; copy it again")
@@ -336,18 +377,31 @@ def _extract(tar, dest, pubkey, require_signature, before_files, progress, on_me
 
 
 def _check_member(member: tarfile.TarInfo, expected: dict, done: set) -> None:
-    kind = ("link" if member.issym() or member.islnk() else "device" if member.isdev()
-            else "directory" if member.isdir() else None if member.isreg() else "special file")
+    kind = (
+        "link"
+        if member.issym() or member.islnk()
+        else "device"
+        if member.isdev()
+        else "directory"
+        if member.isdir()
+        else None
+        if member.isreg()
+        else "special file"
+    )
     if kind:
-        raise ModelFormatError(f"bundle member {member.name!r} is a {kind}; bundles hold regular files only: refusing it")
+        raise ModelFormatError(
+            f"bundle member {member.name!r} is a {kind}; bundles hold regular files only: refusing it"
+        )
     safe_member_name(member.name)
     if member.name not in expected:
         raise ModelFormatError(f"bundle member {member.name!r} is not listed in the manifest; refusing the bundle")
     if member.name in done:
         raise ModelFormatError(f"bundle member {member.name!r} appears twice; refusing the bundle")
     if member.size != expected[member.name].size:
-        raise ModelFormatError(f"bundle member {member.name} has {member.size} bytes, the manifest says "
-                               f"{expected[member.name].size}; refusing the bundle")
+        raise ModelFormatError(
+            f"bundle member {member.name} has {member.size} bytes, the manifest says "
+            f"{expected[member.name].size}; refusing the bundle"
+        )
 
 
 def _write_member(tar, member, entry: FileEntry, dest: Path, progress, on_member) -> None:
@@ -369,8 +423,10 @@ def _write_member(tar, member, entry: FileEntry, dest: Path, progress, on_member
     if n != entry.size:
         raise ModelFormatError(f"bundle is truncated inside {entry.path} ({n} of {entry.size} bytes); copy it again")
     if h.hexdigest() != entry.sha256:
-        raise ModelFormatError(f"{entry.path} in the bundle is corrupt (sha256 {h.hexdigest()[:16]}... instead of "
-                               f"{entry.sha256[:16]}...); copy the bundle again")
+        raise ModelFormatError(
+            f"{entry.path} in the bundle is corrupt (sha256 {h.hexdigest()[:16]}... instead of "
+            f"{entry.sha256[:16]}...); copy the bundle again"
+        )
 
 
 def fsync_file(path: Path) -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Offline bundles: pack models for a device, install them atomically, roll back.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Offline bundles: pack models for a device, install them atomically, roll back.",
+)
 
 HomeOpt = typer.Option(None, "--home", help="edge's folder on the device [env EDGE_HOME; default ~/.edge]")
 
 
-def _home(home: Optional[Path]) -> Path:
+def _home(home: Path | None) -> Path:
     from edge.store import default_home
 
     return Path(home).expanduser() if home else default_home()
@@ -23,7 +25,9 @@ def _progress():
     """A rich progress bar fed with (description, bytes done now, total bytes of the item)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True
+    )
     tasks: dict[str, int] = {}
 
     def update(desc: str, n: int, total: int) -> None:
@@ -36,17 +40,17 @@ def _progress():
 
 @app.command()
 def create(
-    models: List[str] = typer.Argument(..., help="store names (smollm2:135m-q4_1, an alias...) or .gguf paths"),
+    models: list[str] = typer.Argument(..., help="store names (smollm2:135m-q4_1, an alias...) or .gguf paths"),
     output: Path = typer.Option(..., "-o", "--output", help="bundle file to write (.tar, or .tar.gz to compress)"),
-    alias: List[str] = typer.Option([], "--alias", help="ALIAS=MODEL, repeatable (e.g. llama3.1:8b=smollm2:135m-q4_1)"),
-    profile: Optional[str] = typer.Option(None, "--profile", help="hardware profile name or .toml the bundle is for"),
-    sign: Optional[Path] = typer.Option(None, "--sign", help="Ed25519 private key (PEM) from `edge bundle keygen`"),
+    alias: list[str] = typer.Option([], "--alias", help="ALIAS=MODEL, repeatable (e.g. llama3.1:8b=smollm2:135m-q4_1)"),
+    profile: str | None = typer.Option(None, "--profile", help="hardware profile name or .toml the bundle is for"),
+    sign: Path | None = typer.Option(None, "--sign", help="Ed25519 private key (PEM) from `edge bundle keygen`"),
     force: bool = typer.Option(False, "--force", help="overwrite OUTPUT"),
 ) -> None:
     """Pack models, aliases and a profile into one verifiable archive."""
+    from edge.store import ModelStore
     from firmware.bundle import archive as bundle
     from profiles.profile import get_profile
-    from edge.store import ModelStore
 
     sources = bundle.resolve_sources(models, ModelStore())
     aliases = bundle.parse_aliases(alias, [s.name for s in sources])
@@ -54,10 +58,20 @@ def create(
     prof_path = _profile_path(profile, prof.name) if prof else None
     bar, update = _progress()
     with bar:
-        manifest = bundle.create(sources, output, aliases=aliases, profile=prof_path, profile_name=prof.name if prof else None,
-                                 sign_key=sign, force=force, progress=update)
-    typer.echo(f"wrote {output}: {', '.join(manifest.models)} ({manifest.total_bytes / 2**20:.1f} MiB)"
-               f"{', signed' if sign else ''}")
+        manifest = bundle.create(
+            sources,
+            output,
+            aliases=aliases,
+            profile=prof_path,
+            profile_name=prof.name if prof else None,
+            sign_key=sign,
+            force=force,
+            progress=update,
+        )
+    typer.echo(
+        f"wrote {output}: {', '.join(manifest.models)} ({manifest.total_bytes / 2**20:.1f} MiB)"
+        f"{', signed' if sign else ''}"
+    )
 
 
 def _profile_path(spec: str, name: str) -> Path:
@@ -69,24 +83,29 @@ def _profile_path(spec: str, name: str) -> Path:
 @app.command()
 def install(
     bundle_file: Path = typer.Argument(..., help="the bundle (e.g. on a USB stick)"),
-    require_signature: bool = typer.Option(False, "--require-signature", help="refuse a bundle without a valid signature"),
-    pubkey: Optional[Path] = typer.Option(None, "--pubkey", help="Ed25519 public key (PEM) to check the signature with"),
+    require_signature: bool = typer.Option(
+        False, "--require-signature", help="refuse a bundle without a valid signature"
+    ),
+    pubkey: Path | None = typer.Option(None, "--pubkey", help="Ed25519 public key (PEM) to check the signature with"),
     keep: int = typer.Option(2, "--keep", min=1, help="installed slots to keep (the active one included)"),
-    home: Optional[Path] = HomeOpt,
+    home: Path | None = HomeOpt,
 ) -> None:
     """Verify, unpack into a new slot, smoke-test, then switch to it atomically."""
     from firmware.bundle.installs import Slots
 
     bar, update = _progress()
     with bar:
-        slot = Slots(_home(home)).install(bundle_file, pubkey=pubkey, require_signature=require_signature,
-                                          keep=keep, progress=update)
-    typer.echo(f"installed slot {slot.id} ({', '.join(slot.models)}); it is active. Restart the service to serve it: "
-               "systemctl restart edge")
+        slot = Slots(_home(home)).install(
+            bundle_file, pubkey=pubkey, require_signature=require_signature, keep=keep, progress=update
+        )
+    typer.echo(
+        f"installed slot {slot.id} ({', '.join(slot.models)}); it is active. Restart the service to serve it: "
+        "systemctl restart edge"
+    )
 
 
 @app.command()
-def rollback(home: Optional[Path] = HomeOpt) -> None:
+def rollback(home: Path | None = HomeOpt) -> None:
     """Make the previous whole slot active again."""
     from firmware.bundle.installs import Slots
 
@@ -95,8 +114,10 @@ def rollback(home: Optional[Path] = HomeOpt) -> None:
 
 
 @app.command("list")
-def list_slots(home: Optional[Path] = HomeOpt,
-               verify: bool = typer.Option(False, "--verify", help="also check every sha256 (reads every byte)")) -> None:
+def list_slots(
+    home: Path | None = HomeOpt,
+    verify: bool = typer.Option(False, "--verify", help="also check every sha256 (reads every byte)"),
+) -> None:
     """Installed slots, the active one marked."""
     from firmware.bundle.installs import Slots
 
@@ -107,7 +128,9 @@ def list_slots(home: Optional[Path] = HomeOpt,
 
 
 @app.command()
-def keygen(private: Path = typer.Argument(..., help="private key file to write (PRIVATE.pub gets the public key)")) -> None:
+def keygen(
+    private: Path = typer.Argument(..., help="private key file to write (PRIVATE.pub gets the public key)"),
+) -> None:
     """Make an Ed25519 key pair for signing bundles."""
     from firmware.bundle.archive import generate_keypair
 

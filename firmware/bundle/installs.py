@@ -37,14 +37,25 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from firmware.bundle.archive import MANIFEST, Manifest, extract_verified, fsync_dir, sha256_file
 from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError, NotFoundError
+from firmware.bundle.archive import MANIFEST, Manifest, extract_verified, fsync_dir, sha256_file
 
-PHASES = ("start", "manifest-read", "unpacking", "unpacked", "smoked", "slot-renamed", "link-made", "switched", "pruning", "done")
+PHASES = (
+    "start",
+    "manifest-read",
+    "unpacking",
+    "unpacked",
+    "smoked",
+    "slot-renamed",
+    "link-made",
+    "switched",
+    "pruning",
+    "done",
+)
 _SLOT_ID = re.compile(r"(\d{6})-([0-9a-f]{12})")
 SMOKE_TIMEOUT_S = 900
 SPACE_MARGIN = 64 << 20
@@ -103,8 +114,16 @@ class Slots:
         return True
 
     # -- installing -------------------------------------------------------------------------
-    def install(self, bundle: Path, *, pubkey: Path | None = None, require_signature: bool = False, keep: int = 2,
-                smoke: Callable[[Path], None] | None = None, progress=None) -> Slot:
+    def install(
+        self,
+        bundle: Path,
+        *,
+        pubkey: Path | None = None,
+        require_signature: bool = False,
+        keep: int = 2,
+        smoke: Callable[[Path], None] | None = None,
+        progress=None,
+    ) -> Slot:
         if keep < 1:
             raise BadRequestError(f"--keep must be at least 1, got {keep}")
         phase("start")
@@ -133,13 +152,21 @@ class Slots:
             phase("manifest-read")
             free = shutil.disk_usage(self.dir).free
             if free < manifest.total_bytes + SPACE_MARGIN:
-                raise DoesNotFitError(f"not enough disk space for the bundle: {manifest.total_bytes / 2**20:.0f} MiB "
-                                      f"needed, {free / 2**20:.0f} MiB free in {self.dir}; free space (an older "
-                                      "slot goes with `edge bundle install --keep 1` of a smaller bundle)")
+                raise DoesNotFitError(
+                    f"not enough disk space for the bundle: {manifest.total_bytes / 2**20:.0f} MiB "
+                    f"needed, {free / 2**20:.0f} MiB free in {self.dir}; free space (an older "
+                    "slot goes with `edge bundle install --keep 1` of a smaller bundle)"
+                )
 
-        got = extract_verified(bundle, tmp, pubkey=pubkey, require_signature=require_signature,
-                               before_files=before_files, progress=progress,
-                               on_member=lambda _: phase("unpacking"))
+        got = extract_verified(
+            bundle,
+            tmp,
+            pubkey=pubkey,
+            require_signature=require_signature,
+            before_files=before_files,
+            progress=progress,
+            on_member=lambda _: phase("unpacking"),
+        )
         _write_synced(tmp / "aliases.toml", _aliases_toml(got.manifest.aliases))
         _write_synced(tmp / MANIFEST, got.manifest_bytes)
         for folder in {tmp / "models", tmp}:
@@ -224,8 +251,10 @@ def smoke_test(slot_dir: Path) -> None:
         log.seek(0)
         tail = log.read()[-2000:].decode(errors="replace").strip()
     if rc != 0:
-        raise ModelFormatError(f"the new bundle failed its smoke test (exit {rc}): {tail.splitlines()[-1] if tail else 'no output'}; "
-                               "the active slot is unchanged")
+        raise ModelFormatError(
+            f"the new bundle failed its smoke test (exit {rc}): {tail.splitlines()[-1] if tail else 'no output'}; "
+            "the active slot is unchanged"
+        )
 
 
 def _smoke_main(slot_dir: Path) -> None:
@@ -252,5 +281,5 @@ if __name__ == "__main__":  # `python -m firmware.bundle.installs smoke SLOT_DIR
         if sys.argv[1:2] != ["smoke"] or len(sys.argv) != 3:
             raise BadRequestError("usage: python -m firmware.bundle.installs smoke SLOT_DIR")
         _smoke_main(Path(sys.argv[2]))
-    except BaseException as exc:  # noqa: BLE001 - one line and the mapped exit code
+    except BaseException as exc:
         report_and_exit(exc)

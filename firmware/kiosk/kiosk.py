@@ -16,8 +16,8 @@ import argparse
 import sys
 import time
 
-from firmware.client import Client
 from edge.errors import EdgeError
+from firmware.client import Client
 
 SYSTEM = "You are a friendly help desk assistant. Answer in one or two short sentences."
 MAX_TURNS = 4  # earlier questions are dropped: the context of a small model is short
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             history = []
         last = time.monotonic()
         history.append({"role": "user", "content": question})
-        messages = [{"role": "system", "content": args.system}] + history[-(2 * MAX_TURNS - 1):]
+        messages = [{"role": "system", "content": args.system}] + history[-(2 * MAX_TURNS - 1) :]
         answer = []
         try:
             for piece in client.chat(messages, max_tokens=args.max_tokens, temperature=0, stream=True):

@@ -22,8 +22,8 @@ import argparse
 import json
 import sys
 
-from firmware.client import Client
 from edge.errors import EdgeError
+from firmware.client import Client
 
 PASSED = ("max_tokens", "temperature", "top_p", "stop", "seed", "model")
 

@@ -14,20 +14,34 @@ from functools import lru_cache
 from pathlib import Path
 
 from edge.errors import DoesNotFitError, UnknownTypeError
+from edge.lightimport import gguf_constants
 from profiles.plan.shape import ModelShape, TensorInfo
 from profiles.profile import GIB, Profile
-from edge.lightimport import gguf_constants
 
 gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 T = gguf.GGMLQuantizationType
 
 # name -> default ggml type of the mix (llama_ftype_get_default_type in src/llama-quant.cpp)
 FTYPES: dict[str, T] = {
-    "F32": T.F32, "F16": T.F16, "BF16": T.BF16, "Q8_0": T.Q8_0, "Q6_K": T.Q6_K,
-    "Q5_K_M": T.Q5_K, "Q5_K_S": T.Q5_K, "Q5_1": T.Q5_1, "Q5_0": T.Q5_0,
-    "Q4_K_M": T.Q4_K, "Q4_K_S": T.Q4_K, "Q4_1": T.Q4_1, "Q4_0": T.Q4_0,
-    "IQ4_NL": T.IQ4_NL, "IQ4_XS": T.IQ4_XS,
-    "Q3_K_L": T.Q3_K, "Q3_K_M": T.Q3_K, "Q3_K_S": T.Q3_K, "Q2_K": T.Q2_K,
+    "F32": T.F32,
+    "F16": T.F16,
+    "BF16": T.BF16,
+    "Q8_0": T.Q8_0,
+    "Q6_K": T.Q6_K,
+    "Q5_K_M": T.Q5_K,
+    "Q5_K_S": T.Q5_K,
+    "Q5_1": T.Q5_1,
+    "Q5_0": T.Q5_0,
+    "Q4_K_M": T.Q4_K,
+    "Q4_K_S": T.Q4_K,
+    "Q4_1": T.Q4_1,
+    "Q4_0": T.Q4_0,
+    "IQ4_NL": T.IQ4_NL,
+    "IQ4_XS": T.IQ4_XS,
+    "Q3_K_L": T.Q3_K,
+    "Q3_K_M": T.Q3_K,
+    "Q3_K_S": T.Q3_K,
+    "Q2_K": T.Q2_K,
 }
 AS_IS = "AS_IS"  # not a quantization: the tensor types of an existing GGUF file
 LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
@@ -73,8 +87,7 @@ def _fallback(t: T, ncols: int) -> T:
     block = gguf.GGML_QUANT_SIZES[t][0]
     if ncols % block == 0:
         return t
-    t = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0,
-         T.IQ4_XS: T.IQ4_NL}.get(t, t)
+    t = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL}.get(t, t)
     return t if ncols % gguf.GGML_QUANT_SIZES[t][0] == 0 else T.F16
 
 
@@ -201,8 +214,9 @@ class Backend:
 #   +7..16   once decoding ran (scheduler thread, malloc arenas, flash-attention scratch);
 #   vocabulary: +17 MiB for SmolLM2 (49k BPE tokens and merges, 354 B/token), +42 MiB for Gemma-3
 #   (262k tokens, 166 B/token); 250 B/token keeps both processes within 3 %.
-EDGE_LLAMA_CPP = Backend("edge (llama.cpp)", swa_full=True, outputs_per_slot=1, process_bytes=36 * MIB,
-                         vocab_bytes_per_token=250)
+EDGE_LLAMA_CPP = Backend(
+    "edge (llama.cpp)", swa_full=True, outputs_per_slot=1, process_bytes=36 * MIB, vocab_bytes_per_token=250
+)
 
 
 def _pad(n: int, to: int = KV_PAD) -> int:
@@ -224,8 +238,9 @@ def kv_bytes(shape: ModelShape, n_ctx: int, n_parallel: int = 1, swa_full: bool 
     return sum(kv_cells(shape, n_ctx, n_parallel, swa_full)) * per_cell
 
 
-def compute_bytes(shape: ModelShape, n_ctx: int, flash_attn: bool = True, n_outputs: int = N_UBATCH,
-                  swa_full: bool = False) -> int:
+def compute_bytes(
+    shape: ModelShape, n_ctx: int, flash_attn: bool = True, n_outputs: int = N_UBATCH, swa_full: bool = False
+) -> int:
     """llama.cpp's CPU compute buffer, reserved for a full ubatch at a full context (fitted on the
     bundled models, tests/edge/test_plan.py). Its allocator reuses memory, so it is the larger of
     two peaks: the output (n_outputs logits rows and the last hidden states, f32) and a layer (the
@@ -265,9 +280,18 @@ class Estimate:
         return out
 
 
-def estimate(shape: ModelShape, ftype: str, n_ctx: int, profile: Profile, *, budget_bytes: int | None = None,
-             n_parallel: int = 1, swa_full: bool | None = None, flash_attn: bool = True,
-             backend: Backend = EDGE_LLAMA_CPP) -> Estimate:
+def estimate(
+    shape: ModelShape,
+    ftype: str,
+    n_ctx: int,
+    profile: Profile,
+    *,
+    budget_bytes: int | None = None,
+    n_parallel: int = 1,
+    swa_full: bool | None = None,
+    flash_attn: bool = True,
+    backend: Backend = EDGE_LLAMA_CPP,
+) -> Estimate:
     """`n_ctx` is per slot; `swa_full` None takes the backend's setting."""
     swa_full = backend.swa_full if swa_full is None else swa_full
     weights, read = weights_bytes(shape, ftype)
@@ -283,8 +307,21 @@ def estimate(shape: ModelShape, ftype: str, n_ctx: int, profile: Profile, *, bud
     speed = profile.memory.bandwidth_gbs * 1e9 * profile.runtime.efficiency / (read + kv_read)
     budget = profile.budget_bytes if budget_bytes is None else budget_bytes
     fits = (allocated + runtime) * (1 + profile.runtime.headroom) <= budget
-    return Estimate(ftype, n_ctx, file_bytes(shape, ftype), weights, kv, compute, allocated, runtime,
-                    allocated + runtime, allocated + runtime - untouched, speed, budget, fits)
+    return Estimate(
+        ftype,
+        n_ctx,
+        file_bytes(shape, ftype),
+        weights,
+        kv,
+        compute,
+        allocated,
+        runtime,
+        allocated + runtime,
+        allocated + runtime - untouched,
+        speed,
+        budget,
+        fits,
+    )
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -302,9 +339,13 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {
-            "source": self.source, "profile": self.profile, "budget_bytes": self.budget_bytes,
-            "n_ctx_train": self.n_ctx_train, "recommended": self.recommended.to_dict(),
-            "estimates": [e.to_dict() for e in self.estimates], "reasons": self.reasons,
+            "source": self.source,
+            "profile": self.profile,
+            "budget_bytes": self.budget_bytes,
+            "n_ctx_train": self.n_ctx_train,
+            "recommended": self.recommended.to_dict(),
+            "estimates": [e.to_dict() for e in self.estimates],
+            "reasons": self.reasons,
         }
 
 
@@ -343,14 +384,26 @@ def _refuse(shape, profile, n_ctx, preferred, kw) -> DoesNotFitError:
     )
 
 
-def plan(shape: ModelShape, profile: Profile, *, n_ctx: int | None = None, budget_bytes: int | None = None,
-         types: tuple[str, ...] | None = None, n_parallel: int | None = None, swa_full: bool | None = None,
-         flash_attn: bool = True) -> Plan:
+def plan(
+    shape: ModelShape,
+    profile: Profile,
+    *,
+    n_ctx: int | None = None,
+    budget_bytes: int | None = None,
+    types: tuple[str, ...] | None = None,
+    n_parallel: int | None = None,
+    swa_full: bool | None = None,
+    flash_attn: bool = True,
+) -> Plan:
     """Recommend the first of the profile's preferred types that fits, at `n_ctx` or, when none is
     given, at the largest context that fits up to min(model's own, profile's context).
     Raises DoesNotFitError (message: the numbers and a way out) when nothing preferred fits."""
-    kw = dict(budget_bytes=budget_bytes, n_parallel=n_parallel or profile.runtime.parallel, swa_full=swa_full,
-              flash_attn=flash_attn)
+    kw = dict(
+        budget_bytes=budget_bytes,
+        n_parallel=n_parallel or profile.runtime.parallel,
+        swa_full=swa_full,
+        flash_attn=flash_attn,
+    )
     preferred = types or profile.runtime.quant_types
     cap = min(shape.n_ctx_train, profile.runtime.context)
     want = n_ctx or cap
@@ -366,6 +419,8 @@ def plan(shape: ModelShape, profile: Profile, *, n_ctx: int | None = None, budge
         raise _refuse(shape, profile, want, preferred, kw)
     ladder = [estimate(shape, t, want, profile, **kw) for t in dict.fromkeys(LADDER + tuple(preferred))]
     rec = estimate(shape, choice, want, profile, **kw)
-    reasons.append(f"{choice}: first of the profile's preferred types {list(preferred)} that fits "
-                   f"({_gib(rec.memory_bytes)} + {profile.runtime.headroom:.0%} headroom <= {_gib(rec.budget_bytes)})")
+    reasons.append(
+        f"{choice}: first of the profile's preferred types {list(preferred)} that fits "
+        f"({_gib(rec.memory_bytes)} + {profile.runtime.headroom:.0%} headroom <= {_gib(rec.budget_bytes)})"
+    )
     return Plan(shape.source, profile.name, rec.budget_bytes, shape.n_ctx_train, ladder, rec, reasons)

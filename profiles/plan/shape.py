@@ -97,8 +97,12 @@ class HFConfig:
     rope_scaling: dict | None = None
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HFConfig":
-        d = {**d.get("text_config", {}), **{k: v for k, v in d.items() if k != "text_config"}} if "text_config" in d else d
+    def from_dict(cls, d: dict) -> HFConfig:
+        d = (
+            {**d.get("text_config", {}), **{k: v for k, v in d.items() if k != "text_config"}}
+            if "text_config" in d
+            else d
+        )
         names = cls.__dataclass_fields__
         try:
             return cls(**{k: v for k, v in d.items() if k in names})
@@ -168,11 +172,22 @@ def shape_from_hf_config(config: dict, *, source: str = "config.json") -> ModelS
     else:
         layers = (False,) * c.num_hidden_layers
     return ModelShape(
-        arch=arch, n_layer=c.num_hidden_layers, n_embd=c.hidden_size, n_head=c.num_attention_heads,
-        n_head_kv=c.num_key_value_heads, head_dim_k=c.head_dim, head_dim_v=c.head_dim, n_ff=c.intermediate_size,
-        n_vocab=c.vocab_size, n_ctx_train=c.max_position_embeddings, tied_embeddings=c.tie_word_embeddings,
-        n_swa=swa, swa_layers=layers, tensors=tuple(_hf_tensors(c, fused_qkv, fused_up, norms)),
-        header_bytes=HEADER_FIXED + HEADER_BYTES_PER_TOKEN * c.vocab_size, source=source,
+        arch=arch,
+        n_layer=c.num_hidden_layers,
+        n_embd=c.hidden_size,
+        n_head=c.num_attention_heads,
+        n_head_kv=c.num_key_value_heads,
+        head_dim_k=c.head_dim,
+        head_dim_v=c.head_dim,
+        n_ff=c.intermediate_size,
+        n_vocab=c.vocab_size,
+        n_ctx_train=c.max_position_embeddings,
+        tied_embeddings=c.tie_word_embeddings,
+        n_swa=swa,
+        swa_layers=layers,
+        tensors=tuple(_hf_tensors(c, fused_qkv, fused_up, norms)),
+        header_bytes=HEADER_FIXED + HEADER_BYTES_PER_TOKEN * c.vocab_size,
+        source=source,
     )
 
 
@@ -199,13 +214,15 @@ def _gguf_fields(path: Path):
     ArrayInfo (type and count only)."""
     from edge.formats import gguf as gguf_meta
 
-    with gguf_meta._mapped(path) as r:  # noqa: SLF001 - same bounds for the tensor infos (ask: a public API)
-        meta = gguf_meta._read(r, tensors=False)  # noqa: SLF001
+    with gguf_meta._mapped(path) as r:
+        meta = gguf_meta._read(r, tensors=False)
         tensors = [_tensor_info(r) for _ in range(meta.tensor_count)]
         align = int(meta.kv.get(gguf.Keys.General.ALIGNMENT, 32))
         data_offset = -(-r.pos // align) * align
-    kv = {k: (v.count if isinstance(v, gguf_meta.ArrayInfo) and k == gguf.Keys.Tokenizer.LIST else v)
-          for k, v in meta.kv.items()}
+    kv = {
+        k: (v.count if isinstance(v, gguf_meta.ArrayInfo) and k == gguf.Keys.Tokenizer.LIST else v)
+        for k, v in meta.kv.items()
+    }
     return kv, tensors, data_offset
 
 
@@ -253,11 +270,21 @@ def shape_from_gguf(path: Path) -> ModelShape:
     else:
         layers = _swa_layers(n_layer, int(pattern)) if n_swa and arch in ("gemma2", "gemma3") else (False,) * n_layer
     return ModelShape(
-        arch=arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, head_dim_k=hd_k,
-        head_dim_v=int(key(gguf.Keys.Attention.VALUE_LENGTH, hd_k)), n_ff=scalar(key(gguf.Keys.LLM.FEED_FORWARD_LENGTH, 0)),
-        n_vocab=int(n_vocab), n_ctx_train=int(key(gguf.Keys.LLM.CONTEXT_LENGTH, 4096)),
+        arch=arch,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim_k=hd_k,
+        head_dim_v=int(key(gguf.Keys.Attention.VALUE_LENGTH, hd_k)),
+        n_ff=scalar(key(gguf.Keys.LLM.FEED_FORWARD_LENGTH, 0)),
+        n_vocab=int(n_vocab),
+        n_ctx_train=int(key(gguf.Keys.LLM.CONTEXT_LENGTH, 4096)),
         tied_embeddings=gguf.TENSOR_NAMES[MT.OUTPUT] + ".weight" not in names,
-        n_swa=n_swa if any(layers) else 0, swa_layers=layers, tensors=tuple(tensors), header_bytes=data_offset,
+        n_swa=n_swa if any(layers) else 0,
+        swa_layers=layers,
+        tensors=tuple(tensors),
+        header_bytes=data_offset,
         source=str(path),
     )
 

@@ -54,7 +54,8 @@ def get_arch(model_type: str | None) -> ArchSpec:
     """The ArchSpec for a config.json `model_type`; UnsupportedArchitectureError names the supported ones."""
     if model_type not in SUPPORTED:
         raise UnsupportedArchitectureError(
-            f"model_type {model_type!r} is not supported; supported: {', '.join(available())}")
+            f"model_type {model_type!r} is not supported; supported: {', '.join(available())}"
+        )
     try:
         module = importlib.import_module(f"{__name__}.{_module_name(model_type)}")
     except ModuleNotFoundError as exc:
@@ -73,4 +74,5 @@ def get_arch_for_gguf(arch_name: str) -> ArchSpec:
         if spec.arch_name == arch_name:
             return spec
     raise UnsupportedArchitectureError(
-        f"GGUF architecture {arch_name!r} cannot be unpacked; supported model types: {', '.join(available())}")
+        f"GGUF architecture {arch_name!r} cannot be unpacked; supported model types: {', '.join(available())}"
+    )

@@ -11,8 +11,9 @@ Shapes are numpy order, as safetensors stores them: a Linear weight is (out_feat
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import gguf
 import numpy as np
@@ -31,14 +32,17 @@ class ArchConfig:
     """
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ArchConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ArchConfig:
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.name not in d and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise ModelFormatError(
-                f"config.json lacks {', '.join(missing)}: is this a complete Hugging Face checkpoint?")
+                f"config.json lacks {', '.join(missing)}: is this a complete Hugging Face checkpoint?"
+            )
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,12 +62,12 @@ class Transform:
 class TensorRule:
     """One row of the tensor table: where an HF tensor goes in the GGUF file."""
 
-    hf: str                               # HF name; "{bid}" stands for the block index
-    tensor: gguf.MODEL_TENSOR             # GGUF name from gguf.TENSOR_NAMES
-    shape: Callable[[Any], Shape]         # expected HF shape from the config
+    hf: str  # HF name; "{bid}" stands for the block index
+    tensor: gguf.MODEL_TENSOR  # GGUF name from gguf.TENSOR_NAMES
+    shape: Callable[[Any], Shape]  # expected HF shape from the config
     suffix: str = ".weight"
     transform: Transform | None = None
-    required: bool = True                 # absent optional tensors are skipped (biases, lm_head)
+    required: bool = True  # absent optional tensors are skipped (biases, lm_head)
 
     @property
     def per_block(self) -> bool:
@@ -80,8 +84,8 @@ class TensorRule:
 class MetaRow:
     """One row of the metadata table: a gguf.Keys template <-> a config attribute."""
 
-    key: str                              # e.g. gguf.Keys.LLM.CONTEXT_LENGTH ("{arch}.context_length")
-    attr: str                             # config attribute, e.g. "max_position_embeddings"
+    key: str  # e.g. gguf.Keys.LLM.CONTEXT_LENGTH ("{arch}.context_length")
+    attr: str  # config attribute, e.g. "max_position_embeddings"
     vtype: gguf.GGUFValueType
 
 
@@ -114,27 +118,27 @@ class PlannedTensor:
 
     gguf_name: str
     shape: Shape
-    hf_name: str | None = None            # None for generated tensors (e.g. rope_freqs)
+    hf_name: str | None = None  # None for generated tensors (e.g. rope_freqs)
     rule: TensorRule | None = None
-    data: np.ndarray | None = None        # generated tensors carry their (small) data
+    data: np.ndarray | None = None  # generated tensors carry their (small) data
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    model_type: str                                   # HF config.json "model_type"
+    model_type: str  # HF config.json "model_type"
     arch: gguf.MODEL_ARCH
     config: type[ArchConfig]
-    hf_architecture: str                              # config.json "architectures"[0] for unpack
+    hf_architecture: str  # config.json "architectures"[0] for unpack
     tensors: tuple[TensorRule, ...]
     metadata: tuple[MetaRow, ...]
     # Hooks for what a table cannot say (keep them short):
-    extra_metadata: Callable[[gguf.GGUFWriter, Any], None] = _nothing       # (writer, cfg)
+    extra_metadata: Callable[[gguf.GGUFWriter, Any], None] = _nothing  # (writer, cfg)
     extra_tensors: Callable[[Any], Iterable[tuple[str, np.ndarray]]] = _nothing  # cfg -> (gguf name, f32 array)
     extra_config: Callable[[dict[str, Any], dict[str, Any]], None] = _nothing  # (gguf kv, config) for unpack
     # Inverse of extra_tensors for unpack: (generated tensors by GGUF name, config) -> the names it
     # turned back into config.json fields (e.g. Phi-3's longrope factors); others are dropped with a warning.
     tensors_to_config: Callable[[dict[str, np.ndarray], dict[str, Any]], Iterable[str]] = _nothing
-    ignored: tuple[str, ...] = field(default=(".rotary_emb.inv_freq",))   # HF name suffixes dropped
+    ignored: tuple[str, ...] = field(default=(".rotary_emb.inv_freq",))  # HF name suffixes dropped
     # Embedding rows past the tokenizer's vocabulary are dropped (Gemma 3): the converter loads the
     # vocabulary unpadded and rebuilds the config with `n_vocab` = its size before planning.
     trim_vocab: bool = False
@@ -165,7 +169,8 @@ class ArchSpec:
         if extra:
             raise ModelFormatError(
                 f"checkpoint has tensors the {self.model_type} converter does not know: "
-                f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+                f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}"
+            )
         return out
 
     def write_metadata(self, writer: gguf.GGUFWriter, cfg: Any) -> None:
@@ -195,10 +200,12 @@ def _check_shape(name: str, got: Shape, want: Shape) -> None:
     if tuple(got) != tuple(want):
         raise ModelFormatError(
             f"tensor {name!r} has shape {list(got)} but config.json implies {list(want)}: "
-            "the checkpoint and its config.json disagree")
+            "the checkpoint and its config.json disagree"
+        )
 
 
 # -- shared transforms -------------------------------------------------------------------------
+
 
 def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF's rotate-half q/k rows -> llama.cpp's interleaved rotary pairs (per head).

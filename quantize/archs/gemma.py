@@ -33,8 +33,8 @@ class GemmaConfig(ArchConfig):
     num_hidden_layers: int
     num_attention_heads: int
     vocab_size: int
-    num_key_value_heads: int | None = None        # None = multi-head attention
-    head_dim: int = 256                           # transformers' default for Gemma
+    num_key_value_heads: int | None = None  # None = multi-head attention
+    head_dim: int = 256  # transformers' default for Gemma
     max_position_embeddings: int = 8192
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
@@ -46,11 +46,13 @@ class GemmaConfig(ArchConfig):
         act = self.hidden_activation or self.hidden_act
         if act not in GELU_TANH:
             raise ModelFormatError(
-                f"hidden activation {act!r} is not supported for Gemma (llama.cpp runs gelu_pytorch_tanh)")
+                f"hidden activation {act!r} is not supported for Gemma (llama.cpp runs gelu_pytorch_tanh)"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ModelFormatError(
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads {self.num_key_value_heads}: config.json is inconsistent")
+                f"num_key_value_heads {self.num_key_value_heads}: config.json is inconsistent"
+            )
 
     # shapes, numpy order (out, in)
     @property
@@ -75,8 +77,7 @@ def core_tensors(q_transform=None) -> tuple[TensorRule, ...]:
     return (
         TensorRule("model.embed_tokens.weight", T.TOKEN_EMBD, lambda c: (c.vocab_size, c.hidden_size)),
         norm(L + "input_layernorm.weight", T.ATTN_NORM),
-        TensorRule(L + "self_attn.q_proj.weight", T.ATTN_Q, lambda c: (c.q_rows, c.hidden_size),
-                   transform=q_transform),
+        TensorRule(L + "self_attn.q_proj.weight", T.ATTN_Q, lambda c: (c.q_rows, c.hidden_size), transform=q_transform),
         TensorRule(L + "self_attn.k_proj.weight", T.ATTN_K, lambda c: (c.kv_rows, c.hidden_size)),
         TensorRule(L + "self_attn.v_proj.weight", T.ATTN_V, lambda c: (c.kv_rows, c.hidden_size)),
         TensorRule(L + "self_attn.o_proj.weight", T.ATTN_OUT, lambda c: (c.hidden_size, c.q_rows)),

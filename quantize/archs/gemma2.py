@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import gguf
 
 from .base import ArchSpec, Transform, f32, u32
-from .gemma import IGNORED, METADATA as GEMMA_METADATA, GemmaConfig, L, core_tensors, norm
+from .gemma import IGNORED, GemmaConfig, L, core_tensors, norm
+from .gemma import METADATA as GEMMA_METADATA
 from .gemma import extra_config as gemma_extra_config
 
 T = gguf.MODEL_TENSOR
@@ -87,8 +88,7 @@ def write_swa_and_query_scale(writer: gguf.GGUFWriter, cfg: Any) -> None:
         writer.add_float32(QUERY_SCALAR_KEY, float(cfg.query_pre_attn_scalar))
 
 
-def read_swa_and_query_scale(kv: dict[str, Any], config: dict[str, Any], arch: str,
-                             layers_of_large: int) -> None:
+def read_swa_and_query_scale(kv: dict[str, Any], config: dict[str, Any], arch: str, layers_of_large: int) -> None:
     """Inverse of `write_swa_and_query_scale` for unpack (config.json fields)."""
     pattern = kv.get(K.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch))
     if isinstance(pattern, list):

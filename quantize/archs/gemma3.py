@@ -22,11 +22,11 @@ import gguf
 
 from edge.errors import ModelFormatError, UnsupportedArchitectureError
 
-from .base import ArchSpec, Transform, TensorRule, f32, u32
+from .base import ArchSpec, TensorRule, Transform, f32, u32
 from .gemma import IGNORED, L, core_tensors, norm
-from .gemma2 import METADATA as GEMMA2_METADATA, Gemma2Config, read_swa_and_query_scale
-from .gemma2 import write_swa_and_query_scale
 from .gemma import extra_config as gemma_extra_config
+from .gemma2 import METADATA as GEMMA2_METADATA
+from .gemma2 import Gemma2Config, read_swa_and_query_scale, write_swa_and_query_scale
 
 T = gguf.MODEL_TENSOR
 K = gguf.Keys
@@ -45,16 +45,17 @@ class Gemma3Config(Gemma2Config):
     final_logit_softcapping: float | None = None
     sliding_window: int | None = 4096
     sliding_window_pattern: int = 6
-    n_vocab: int | None = None        # tokens in the tokenizer (<= vocab_size); set by the converter
+    n_vocab: int | None = None  # tokens in the tokenizer (<= vocab_size); set by the converter
 
     LAYERS_OF_LARGE: ClassVar[int] = LAYERS_OF_27B
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Gemma3Config":
+    def from_dict(cls, d: dict[str, Any]) -> Gemma3Config:
         if "text_config" in d and "hidden_size" not in d:
             raise UnsupportedArchitectureError(
                 "this is a multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration); only the "
-                "text-only Gemma3ForCausalLM (model_type gemma3_text, e.g. gemma-3-270m, gemma-3-1b) converts")
+                "text-only Gemma3ForCausalLM (model_type gemma3_text, e.g. gemma-3-270m, gemma-3-1b) converts"
+            )
         return super().from_dict(d)
 
     def __post_init__(self) -> None:
@@ -65,7 +66,8 @@ class Gemma3Config(Gemma2Config):
         if self.n_vocab > self.vocab_size:
             raise ModelFormatError(
                 f"the tokenizer has {self.n_vocab} tokens but the embedding only {self.vocab_size} rows: "
-                "tokenizer and config.json do not belong together")
+                "tokenizer and config.json do not belong together"
+            )
 
     def default_layer_type(self, i: int) -> str:
         return "full_attention" if (i + 1) % self.sliding_window_pattern == 0 else "sliding_attention"
@@ -77,18 +79,16 @@ class Gemma3Config(Gemma2Config):
 
 
 TRIM_ROWS = Transform(
-    forward=lambda w, cfg: w[: cfg.n_vocab],               # (n_vocab, n_embd)
-    inverse=lambda w, cfg: w,                              # the trimmed rows are gone for good
+    forward=lambda w, cfg: w[: cfg.n_vocab],  # (n_vocab, n_embd)
+    inverse=lambda w, cfg: w,  # the trimmed rows are gone for good
     out_shape=lambda shape, cfg: (cfg.n_vocab, *shape[1:]),
 )
 # HF q_norm weight w -> llama.cpp (1 + w) * fold (the query scale llama.cpp lacks, see gemma2.py)
-Q_NORM = Transform(forward=lambda w, cfg: (w + 1.0) * cfg.query_fold,
-                   inverse=lambda w, cfg: w / cfg.query_fold - 1.0)
+Q_NORM = Transform(forward=lambda w, cfg: (w + 1.0) * cfg.query_fold, inverse=lambda w, cfg: w / cfg.query_fold - 1.0)
 
 _CORE = core_tensors()
 TENSORS = (
-    TensorRule("model.embed_tokens.weight", T.TOKEN_EMBD, lambda c: (c.vocab_size, c.hidden_size),
-               transform=TRIM_ROWS),
+    TensorRule("model.embed_tokens.weight", T.TOKEN_EMBD, lambda c: (c.vocab_size, c.hidden_size), transform=TRIM_ROWS),
     *_CORE[1:],
     TensorRule(L + "self_attn.q_norm.weight", T.ATTN_Q_NORM, lambda c: (c.head_dim,), transform=Q_NORM),
     norm(L + "self_attn.k_norm.weight", T.ATTN_K_NORM, size="head_dim"),
@@ -118,8 +118,7 @@ def extra_config(kv: dict[str, Any], config: dict[str, Any]) -> None:
         config["vocab_size"] = config.pop("n_vocab")
     read_swa_and_query_scale(kv, config, ARCH, LAYERS_OF_27B)
     if kv.get(K.Rope.SCALING_TYPE.format(arch=ARCH)) == "linear":
-        config["rope_scaling"] = {"rope_type": "linear",
-                                  "factor": float(kv[K.Rope.SCALING_FACTOR.format(arch=ARCH)])}
+        config["rope_scaling"] = {"rope_type": "linear", "factor": float(kv[K.Rope.SCALING_FACTOR.format(arch=ARCH)])}
     for key in ("final_logit_softcapping", "sliding_window", "rope_scaling"):
         config.setdefault(key, None)
 

@@ -9,8 +9,9 @@ linear rope scaling as metadata; tied embeddings = no `output` tensor (llama.cpp
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import gguf
 import numpy as np
@@ -30,13 +31,13 @@ class LlamaConfig(ArchConfig):
     num_hidden_layers: int
     num_attention_heads: int
     vocab_size: int
-    num_key_value_heads: int | None = None        # None = multi-head attention
-    head_dim: int | None = None                   # None = hidden_size // num_attention_heads
+    num_key_value_heads: int | None = None  # None = multi-head attention
+    head_dim: int | None = None  # None = hidden_size // num_attention_heads
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    rope_scaling: dict | None = None              # {"rope_type": "llama3" | "linear", "factor": ...}
-    rope_parameters: dict | None = None           # transformers >= 5 spelling of the two above
+    rope_scaling: dict | None = None  # {"rope_type": "llama3" | "linear", "factor": ...}
+    rope_parameters: dict | None = None  # transformers >= 5 spelling of the two above
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
@@ -50,7 +51,8 @@ class LlamaConfig(ArchConfig):
         if self.num_attention_heads % self.num_key_value_heads:
             raise ModelFormatError(
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads {self.num_key_value_heads}: config.json is inconsistent")
+                f"num_key_value_heads {self.num_key_value_heads}: config.json is inconsistent"
+            )
 
     @property
     def rope_type(self) -> str | None:
@@ -77,16 +79,36 @@ _L = "model.layers.{bid}."
 TENSORS = (
     _rows("model.embed_tokens.weight", T.TOKEN_EMBD, lambda c: (c.vocab_size, c.hidden_size)),
     _rows(_L + "input_layernorm.weight", T.ATTN_NORM, lambda c: (c.hidden_size,)),
-    _rows(_L + "self_attn.q_proj.weight", T.ATTN_Q, lambda c: (c.q_rows, c.hidden_size),
-          transform=permute_rows("num_attention_heads")),
-    _rows(_L + "self_attn.k_proj.weight", T.ATTN_K, lambda c: (c.kv_rows, c.hidden_size),
-          transform=permute_rows("num_key_value_heads")),
+    _rows(
+        _L + "self_attn.q_proj.weight",
+        T.ATTN_Q,
+        lambda c: (c.q_rows, c.hidden_size),
+        transform=permute_rows("num_attention_heads"),
+    ),
+    _rows(
+        _L + "self_attn.k_proj.weight",
+        T.ATTN_K,
+        lambda c: (c.kv_rows, c.hidden_size),
+        transform=permute_rows("num_key_value_heads"),
+    ),
     _rows(_L + "self_attn.v_proj.weight", T.ATTN_V, lambda c: (c.kv_rows, c.hidden_size)),
     _rows(_L + "self_attn.o_proj.weight", T.ATTN_OUT, lambda c: (c.hidden_size, c.q_rows)),
-    _rows(_L + "self_attn.q_proj.bias", T.ATTN_Q, lambda c: (c.q_rows,), suffix=".bias",
-          transform=permute_rows("num_attention_heads"), required=False),
-    _rows(_L + "self_attn.k_proj.bias", T.ATTN_K, lambda c: (c.kv_rows,), suffix=".bias",
-          transform=permute_rows("num_key_value_heads"), required=False),
+    _rows(
+        _L + "self_attn.q_proj.bias",
+        T.ATTN_Q,
+        lambda c: (c.q_rows,),
+        suffix=".bias",
+        transform=permute_rows("num_attention_heads"),
+        required=False,
+    ),
+    _rows(
+        _L + "self_attn.k_proj.bias",
+        T.ATTN_K,
+        lambda c: (c.kv_rows,),
+        suffix=".bias",
+        transform=permute_rows("num_key_value_heads"),
+        required=False,
+    ),
     _rows(_L + "self_attn.v_proj.bias", T.ATTN_V, lambda c: (c.kv_rows,), suffix=".bias", required=False),
     _rows(_L + "self_attn.o_proj.bias", T.ATTN_OUT, lambda c: (c.hidden_size,), suffix=".bias", required=False),
     _rows(_L + "post_attention_layernorm.weight", T.FFN_NORM, lambda c: (c.hidden_size,)),
@@ -117,9 +139,10 @@ METADATA = (
 def extra_metadata(writer: gguf.GGUFWriter, cfg: LlamaConfig) -> None:
     kind = cfg.rope_type
     if kind == "llama3":
-        writer.add_uint32(ORIGINAL_CTX_KEY, int(cfg.rope_scaling.get("original_max_position_embeddings",
-                                                                      LLAMA3_ORIGINAL_CTX)))
-    if kind in (None, "llama3"):          # llama3 is carried by the rope_freqs tensor
+        writer.add_uint32(
+            ORIGINAL_CTX_KEY, int(cfg.rope_scaling.get("original_max_position_embeddings", LLAMA3_ORIGINAL_CTX))
+        )
+    if kind in (None, "llama3"):  # llama3 is carried by the rope_freqs tensor
         return
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -159,8 +182,9 @@ LLAMA3_ORIGINAL_CTX = 8192  # every Llama 3.x release; only the ratios to it rea
 ORIGINAL_CTX_KEY = "edge_quantize.llama3_original_max_position_embeddings"
 
 
-def llama3_rope_scaling(factors: np.ndarray, rope_theta: float, head_dim: int,
-                        ctx: int = LLAMA3_ORIGINAL_CTX) -> dict[str, Any] | None:
+def llama3_rope_scaling(
+    factors: np.ndarray, rope_theta: float, head_dim: int, ctx: int = LLAMA3_ORIGINAL_CTX
+) -> dict[str, Any] | None:
     """Inverse of llama3_rope_factors: the rope_scaling dict that reproduces `factors`.
 
     factors (head_dim // 2,): 1 for short wavelengths, `factor` for long ones, and between them
@@ -184,8 +208,13 @@ def llama3_rope_scaling(factors: np.ndarray, rope_theta: float, head_dim: int,
         long_ = inv_wavelen[r >= factor * (1 - 1e-6)].max(initial=0.0)  # shortest fully scaled one
         high, low = ctx * short * (1 - 1e-9), ctx * long_ * (1 + 1e-9)
     sig = lambda x: float(f"{x:.6g}")  # noqa: E731 - drop the float32 noise of the stored factors
-    return {"rope_type": "llama3", "factor": sig(factor), "low_freq_factor": sig(low),
-            "high_freq_factor": sig(high), "original_max_position_embeddings": ctx}
+    return {
+        "rope_type": "llama3",
+        "factor": sig(factor),
+        "low_freq_factor": sig(low),
+        "high_freq_factor": sig(high),
+        "original_max_position_embeddings": ctx,
+    }
 
 
 def tensors_to_config(generated: dict[str, np.ndarray], config: dict[str, Any]) -> Iterable[str]:
@@ -204,8 +233,7 @@ def tensors_to_config(generated: dict[str, np.ndarray], config: dict[str, Any]) 
 def extra_config(kv: dict[str, Any], config: dict[str, Any]) -> None:
     arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
     if kv.get(K.Rope.SCALING_TYPE.format(arch=arch)) == "linear":
-        config["rope_scaling"] = {"rope_type": "linear",
-                                  "factor": float(kv[K.Rope.SCALING_FACTOR.format(arch=arch)])}
+        config["rope_scaling"] = {"rope_type": "linear", "factor": float(kv[K.Rope.SCALING_FACTOR.format(arch=arch)])}
     if ORIGINAL_CTX_KEY in kv:  # completed into the whole llama3 rope_scaling by tensors_to_config
         config["rope_scaling"] = {"original_max_position_embeddings": int(kv[ORIGINAL_CTX_KEY])}
     config.setdefault("hidden_act", "silu")

@@ -17,8 +17,9 @@ What differs from llama:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import gguf
 import numpy as np
@@ -42,7 +43,7 @@ class Phi3Config(ArchConfig):
     vocab_size: int
     num_key_value_heads: int | None = None
     max_position_embeddings: int = 4096
-    original_max_position_embeddings: int | None = None   # None = max_position_embeddings
+    original_max_position_embeddings: int | None = None  # None = max_position_embeddings
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
@@ -53,11 +54,10 @@ class Phi3Config(ArchConfig):
 
     def __post_init__(self) -> None:
         self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
-        self.original_max_position_embeddings = (self.original_max_position_embeddings
-                                                 or self.max_position_embeddings)
+        self.original_max_position_embeddings = self.original_max_position_embeddings or self.max_position_embeddings
         self.head_dim = self.hidden_size // self.num_attention_heads
         self.rope_dims = int(self.partial_rotary_factor * self.head_dim)
-        self.sliding_window = self.sliding_window or 0     # 0 = none (what llama.cpp's converter writes)
+        self.sliding_window = self.sliding_window or 0  # 0 = none (what llama.cpp's converter writes)
         if self.hidden_act != "silu":
             raise ModelFormatError(f"hidden_act {self.hidden_act!r} is not supported for Phi-3 (llama.cpp runs silu)")
         if self.rope_scaling:
@@ -72,13 +72,15 @@ class Phi3Config(ArchConfig):
     def _check_longrope(self) -> None:
         if self.rope_type not in LONGROPE:
             raise ModelFormatError(
-                f"rope_scaling type {self.rope_type!r} is not supported for Phi-3 (supported: longrope, su)")
+                f"rope_scaling type {self.rope_type!r} is not supported for Phi-3 (supported: longrope, su)"
+            )
         for key in ("long_factor", "short_factor"):
             got = len(self.rope_scaling.get(key) or ())
             if got != self.rope_dims // 2:
                 raise ModelFormatError(
                     f"rope_scaling.{key} has {got} values, expected {self.rope_dims // 2} "
-                    "(rotary dimensions / 2): config.json is inconsistent")
+                    "(rotary dimensions / 2): config.json is inconsistent"
+                )
 
     @property
     def attn_factor(self) -> float:
@@ -153,9 +155,11 @@ def tensors_to_config(generated: dict[str, np.ndarray], config: dict[str, Any]) 
     long, short = (gguf.TENSOR_NAMES[t] + ".weight" for t in (T.ROPE_FACTORS_LONG, T.ROPE_FACTORS_SHORT))
     if long not in generated or short not in generated:
         return ()
-    config["rope_scaling"] = {"type": "longrope",
-                              "long_factor": [float(x) for x in generated[long].reshape(-1)],
-                              "short_factor": [float(x) for x in generated[short].reshape(-1)]}
+    config["rope_scaling"] = {
+        "type": "longrope",
+        "long_factor": [float(x) for x in generated[long].reshape(-1)],
+        "short_factor": [float(x) for x in generated[short].reshape(-1)],
+    }
     return long, short
 
 

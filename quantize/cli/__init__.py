@@ -10,41 +10,53 @@ and write `<name>-report.md` / `<name>-report.json` next to the outputs (quantiz
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 
 from edge.errors import report_and_exit
-
 from quantize.progress import console
 
 _TEXT_HELP = "Debian's GPL-3 licence text, else a licence text shipped by an installed package"
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Convert Hugging Face checkpoints to GGUF at selectable bit widths.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Convert Hugging Face checkpoints to GGUF at selectable bit widths.",
+)
 
 
 @app.command()
 def convert(
     src: Path = typer.Argument(..., help="Hugging Face checkpoint folder or a .gguf file (requantized)."),
-    to: str = typer.Option(..., "--to", "-t", help="Comma list of types, e.g. f16,q8_0,q4_k_m (gguf: prefix ok), onnx:fp32,onnx:fp16,onnx:int8,onnx:int4 "
-                                         "(int4 options: _bs16/32/64/128, _asym, _acc0-4, _head8)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; files are <name>-<type>.gguf, ONNX folders <name>-onnx-<type>/."),
-    name: Optional[str] = typer.Option(None, help="Base name of the outputs (default: source name)."),
+    to: str = typer.Option(
+        ...,
+        "--to",
+        "-t",
+        help="Comma list of types, e.g. f16,q8_0,q4_k_m (gguf: prefix ok), onnx:fp32,onnx:fp16,onnx:int8,onnx:int4 "
+        "(int4 options: _bs16/32/64/128, _asym, _acc0-4, _head8).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder; files are <name>-<type>.gguf, ONNX folders <name>-onnx-<type>/."
+    ),
+    name: str | None = typer.Option(None, help="Base name of the outputs (default: source name)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
     keep_intermediate: bool = typer.Option(False, help="Keep the high-precision intermediate GGUF."),
-    eval_text: Optional[Path] = typer.Option(None, help=f"Text for the quality report (default: {_TEXT_HELP})."),
+    eval_text: Path | None = typer.Option(None, help=f"Text for the quality report (default: {_TEXT_HELP})."),
     eval_ctx: int = typer.Option(512, help="Tokens per evaluation chunk (llama.cpp's tables use 512)."),
-    imatrix_text: Optional[Path] = typer.Option(None, help="Compute an importance matrix on this text and "
-                                                "quantize with it (unlocks IQ2_XXS, IQ2_XS, IQ3_XXS, ...)."),
+    imatrix_text: Path | None = typer.Option(
+        None,
+        help="Compute an importance matrix on this text and quantize with it (unlocks IQ2_XXS, IQ2_XS, IQ3_XXS, ...).",
+    ),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the quality report."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned outputs and sizes; write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the tables."),
 ) -> None:
     """Convert SRC to one GGUF file per requested type; with several types, measure them (report)."""
-    from quantize.convert import ImatrixOptions, convert as run, default_name, plan_outputs
+    from quantize.convert import ImatrixOptions, default_name, plan_outputs
+    from quantize.convert import convert as run
 
     if dry_run:
         return _print_plan(plan_outputs(src, to, out, name=name, imatrix=imatrix_text is not None), as_json)
@@ -53,8 +65,17 @@ def convert(
     box: dict = {}
     hook = None if no_eval or n_types < 2 else _ladder_hook(name, out, src, eval_text, eval_ctx, box)
     imatrix = ImatrixOptions(imatrix_text, eval_ctx) if imatrix_text else None
-    results = run(src, to, out, force=force, quiet=quiet or as_json, keep_intermediate=keep_intermediate, name=name,
-                  imatrix=imatrix, after=hook)
+    results = run(
+        src,
+        to,
+        out,
+        force=force,
+        quiet=quiet or as_json,
+        keep_intermediate=keep_intermediate,
+        name=name,
+        imatrix=imatrix,
+        after=hook,
+    )
     if not quiet and not as_json:
         table = Table(title="edge-quantize")
         for col in ("type", "file", "size", "bits/weight", "seconds"):
@@ -68,11 +89,13 @@ def convert(
 
 @app.command("eval")
 def eval_(
-    reference: Path = typer.Argument(..., help="The most precise file (F32/F16/BF16 GGUF): what the others are compared with."),
+    reference: Path = typer.Argument(
+        ..., help="The most precise file (F32/F16/BF16 GGUF): what the others are compared with."
+    ),
     variants: list[Path] = typer.Argument(..., help="Quantized files of the same model."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the report (default: the first variant's)."),
-    name: Optional[str] = typer.Option(None, help="Base name of the report files (default: the reference's)."),
-    eval_text: Optional[Path] = typer.Option(None, help=f"Text to measure on (default: {_TEXT_HELP})."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the report (default: the first variant's)."),
+    name: str | None = typer.Option(None, help="Base name of the report files (default: the reference's)."),
+    eval_text: Path | None = typer.Option(None, help=f"Text to measure on (default: {_TEXT_HELP})."),
     eval_ctx: int = typer.Option(512, help="Tokens per evaluation chunk (llama.cpp's tables use 512)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
@@ -87,12 +110,21 @@ def eval_(
     arts = [artifact_for(p) for p in variants]
     ref = artifact_for(reference)
     with Bars(quiet or as_json) as bars, llama_log_to(bars, None):
-        data = run_ladder(name, folder, ref, arts, _text(eval_text), EvalConfig(ctx=eval_ctx),
-                          source=str(reference), source_type=ref.type, progress=_progress(bars))
+        data = run_ladder(
+            name,
+            folder,
+            ref,
+            arts,
+            _text(eval_text),
+            EvalConfig(ctx=eval_ctx),
+            source=str(reference),
+            source_type=ref.type,
+            progress=_progress(bars),
+        )
     _emit_report(data, folder, name, quiet, as_json)
 
 
-def _text(path: Optional[Path]):
+def _text(path: Path | None):
     from quantize.evaluate import EvalText, default_eval_text
 
     return EvalText.from_file(path, "--eval-text") if path else default_eval_text()
@@ -132,8 +164,11 @@ def _print_plan(planned, as_json: bool) -> None:
     import json
 
     if as_json:
-        print(json.dumps([{"type": p.type, "path": str(p.path), "predicted_bytes": p.predicted_bytes}
-                          for p in planned], indent=2))
+        print(
+            json.dumps(
+                [{"type": p.type, "path": str(p.path), "predicted_bytes": p.predicted_bytes} for p in planned], indent=2
+            )
+        )
         return
     table = Table(title="edge-quantize --dry-run (nothing written)")
     for col in ("type", "file", "predicted size"):
@@ -173,15 +208,15 @@ def _size(n: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        rc = app(args=argv, standalone_mode=False)   # returns click's exit code for --help
+        rc = app(args=argv, standalone_mode=False)  # returns click's exit code for --help
     except SystemExit:
         raise
-    except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
-        if isinstance(exc, typer.Abort):               # click's Ctrl-C
+    except BaseException as exc:
+        if isinstance(exc, typer.Abort):  # click's Ctrl-C
             report_and_exit(KeyboardInterrupt())
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):   # a usage error (typer vendors click)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error (typer vendors click)
             exc.show()
-            raise SystemExit(exc.exit_code)
+            raise SystemExit(exc.exit_code) from None
         report_and_exit(exc)
     raise SystemExit(rc if isinstance(rc, int) else 0)
 

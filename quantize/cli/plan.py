@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from profiles.plan.shape import read_model_shape
 from profiles.plan.planner import Plan, plan
+from profiles.plan.shape import read_model_shape
 from profiles.profile import GIB, get_profile
 
 
 def plan_command(
     src: Path = typer.Argument(..., help="A .gguf file, or a Hugging Face folder (only config.json is read)."),
-    profile: str = typer.Option(..., "--profile", "-p", help="Hardware profile name (see `edge profile`) or .toml path."),
-    ctx: Optional[int] = typer.Option(None, "--ctx", min=256, help="Context length; default: the largest that fits."),
+    profile: str = typer.Option(
+        ..., "--profile", "-p", help="Hardware profile name (see `edge profile`) or .toml path."
+    ),
+    ctx: int | None = typer.Option(None, "--ctx", min=256, help="Context length; default: the largest that fits."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Predict file size, memory and speed per quantization type on a device, and recommend one."""
@@ -40,8 +41,14 @@ def print_plan(result: Plan, console: Console | None = None) -> None:
         table.add_column(col, justify="left" if col == "type" else "right")
     for e in result.estimates:
         mark = "*" if e.type == rec.type else ""
-        table.add_row(e.type + mark, f"{e.file_bytes / GIB:.2f}", f"{e.memory_bytes / GIB:.2f}",
-                      f"{e.kv_bytes / GIB:.2f}", f"{e.tokens_per_s:.1f}", "yes" if e.fits else "no")
+        table.add_row(
+            e.type + mark,
+            f"{e.file_bytes / GIB:.2f}",
+            f"{e.memory_bytes / GIB:.2f}",
+            f"{e.kv_bytes / GIB:.2f}",
+            f"{e.tokens_per_s:.1f}",
+            "yes" if e.fits else "no",
+        )
     console.print(table)
     console.print(f"budget {result.budget_bytes / GIB:.2f} GiB; recommended: [bold]{rec.type}[/] at --ctx {rec.n_ctx}")
     for reason in result.reasons:

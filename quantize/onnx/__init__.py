@@ -19,5 +19,6 @@ def get_spec(model_type: str | None):
     """The DecoderSpec for a config.json `model_type`; unsupported ones name the supported list."""
     if model_type not in SUPPORTED:
         raise UnsupportedArchitectureError(
-            f"model_type {model_type!r} cannot be exported to ONNX; supported: {', '.join(SUPPORTED)}")
+            f"model_type {model_type!r} cannot be exported to ONNX; supported: {', '.join(SUPPORTED)}"
+        )
     return importlib.import_module(f"{__name__}.{ALIASES.get(model_type, model_type)}").SPEC

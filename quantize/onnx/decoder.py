@@ -17,8 +17,9 @@ Graph interface (B = batch, S = new tokens, T = KV buffer length chosen by the r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto
@@ -33,21 +34,21 @@ FLOAT = TensorProto.FLOAT
 class Weights:
     """HF tensor names ("{bid}" = block index). Tuples are concatenated along the output rows."""
 
-    qkv: tuple[str, ...]                    # (q, k, v) or (qkv_proj,)
+    qkv: tuple[str, ...]  # (q, k, v) or (qkv_proj,)
     o: str
-    gate_up: tuple[str, ...]                # (gate, up) or (gate_up_proj,)
+    gate_up: tuple[str, ...]  # (gate, up) or (gate_up_proj,)
     down: str
     attn_norm: str = "model.layers.{bid}.input_layernorm.weight"
     ffn_norm: str = "model.layers.{bid}.post_attention_layernorm.weight"
-    post_attn_norm: str | None = None       # Gemma 2/3: norm of the attention output before the add
+    post_attn_norm: str | None = None  # Gemma 2/3: norm of the attention output before the add
     post_ffn_norm: str | None = None
-    q_norm: str | None = None               # Gemma 3: per-head RMSNorm of q and k
+    q_norm: str | None = None  # Gemma 3: per-head RMSNorm of q and k
     k_norm: str | None = None
-    qkv_bias: tuple[str, ...] = ()          # optional (absent tensors are skipped)
+    qkv_bias: tuple[str, ...] = ()  # optional (absent tensors are skipped)
     o_bias: str | None = None
     embed: str = "model.embed_tokens.weight"
     final_norm: str = "model.norm.weight"
-    lm_head: str = "lm_head.weight"          # absent = tied to the embedding
+    lm_head: str = "lm_head.weight"  # absent = tied to the embedding
 
 
 @dataclass(frozen=True)
@@ -59,25 +60,25 @@ class Layout:
     n_kv_heads: int
     head_dim: int
     hidden: int
-    vocab: int                              # logits rows kept (Gemma 3 drops out-of-vocabulary rows)
+    vocab: int  # logits rows kept (Gemma 3 drops out-of-vocabulary rows)
     eps: float
-    ropes: list[Rope]                       # per block
-    long_ropes: list[Rope] | None = None    # Phi-3 longrope: used once total length > long_after
+    ropes: list[Rope]  # per block
+    long_ropes: list[Rope] | None = None  # Phi-3 longrope: used once total length > long_after
     long_after: int = 0
-    windows: list[int] = field(default_factory=list)   # per block: sliding window (tokens), 0 = none
-    attn_scale: float = 0.0                 # 0 = 1/sqrt(head_dim)
+    windows: list[int] = field(default_factory=list)  # per block: sliding window (tokens), 0 = none
+    attn_scale: float = 0.0  # 0 = 1/sqrt(head_dim)
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
-    norm_offset: float = 0.0                # Gemma: RMSNorm multiplies by (1 + w)
-    embed_scale: float = 1.0                # Gemma: embeddings times sqrt(hidden)
-    act: str = "silu"                       # "silu" | "gelu_tanh"
+    norm_offset: float = 0.0  # Gemma: RMSNorm multiplies by (1 + w)
+    embed_scale: float = 1.0  # Gemma: embeddings times sqrt(hidden)
+    act: str = "silu"  # "silu" | "gelu_tanh"
 
 
 @dataclass(frozen=True)
 class DecoderSpec:
     model_type: str
     weights: Weights
-    layout: Callable[[Any, int], Layout]    # (arch config, vocab rows kept) -> Layout
+    layout: Callable[[Any, int], Layout]  # (arch config, vocab rows kept) -> Layout
     max_positions: Callable[[Any], int] = lambda cfg: cfg.max_position_embeddings
 
 
@@ -129,7 +130,9 @@ def build(spec: DecoderSpec, lay: Layout, ld: Loader, g: Graph, on_block=lambda 
         on_block(i)
     h, _ = g.skip_rms_norm(h, residual, _norm_weight(g, ld, w.final_norm, lay), lay.eps)
     head = ld.get(w.lm_head) if ld.has(w.lm_head) else ld.get(w.embed)
-    logits = g.linear("lm_head", h, head[: lay.vocab], out=None if lay.final_softcap else "logits", wf=_head_format(g.wf))
+    logits = g.linear(
+        "lm_head", h, head[: lay.vocab], out=None if lay.final_softcap else "logits", wf=_head_format(g.wf)
+    )
     if lay.final_softcap:
         cap = g.const("final_softcap", np.array(lay.final_softcap, dtype=np.float32))
         t = g.op("Tanh", [g.op("Div", [logits, cap])[0]])[0]
@@ -147,7 +150,7 @@ def _head_format(wf):
 
 
 def _embed(g: Graph, lay: Layout, ld: Loader, w: Weights) -> str:
-    table = ld.get(w.embed)[: lay.vocab]                                  # (vocab, hidden)
+    table = ld.get(w.embed)[: lay.vocab]  # (vocab, hidden)
     if g.wf.kind == "fp32":
         x = g.op("Gather", [g.const("embed_tokens", table), "input_ids"])[0]
     else:  # half the bytes; only the gathered rows are widened
@@ -183,8 +186,10 @@ def _rope_caches(g: Graph, lay: Layout) -> list[tuple[str, str]]:
                 lcos, lsin = long.caches()
                 limit = g.const("long_after", np.array(lay.long_after, dtype=np.int32))
                 use_long = g.op("Greater", ["total_sequence_length", limit])[0]
-                pair = (g.op("Where", [use_long, g.const(f"cos_cache_long_{n}", lcos), pair[0]])[0],
-                        g.op("Where", [use_long, g.const(f"sin_cache_long_{n}", lsin), pair[1]])[0])
+                pair = (
+                    g.op("Where", [use_long, g.const(f"cos_cache_long_{n}", lcos), pair[0]])[0],
+                    g.op("Where", [use_long, g.const(f"sin_cache_long_{n}", lsin), pair[1]])[0],
+                )
             names[key] = pair
         out.append(names[key])
     return out
@@ -192,29 +197,39 @@ def _rope_caches(g: Graph, lay: Layout) -> list[tuple[str, str]]:
 
 def _attention(g: Graph, lay: Layout, ld: Loader, w: Weights, i: int, h: str, cache: tuple[str, str]) -> str:
     p = f"layers.{i}.attn"
-    qkv_w = ld.cat(w.qkv, i)                                          # (q + 2 kv rows, hidden)
+    qkv_w = ld.cat(w.qkv, i)  # (q + 2 kv rows, hidden)
     bias_names = tuple(b for b in w.qkv_bias if ld.has(b.format(bid=i)))
     bias = ld.cat(bias_names, i) if bias_names else None
     qkv = g.linear(p + ".qkv", h, qkv_w, bias)
     q_rows, kv_rows = lay.n_heads * lay.head_dim, lay.n_kv_heads * lay.head_dim
     if w.q_norm:  # per-head RMSNorm on q and k before rotary (Gemma 3): unpacked inputs
-        q, k, v = g.op("Split", [qkv, g.const("split_qkv", np.array([q_rows, kv_rows, kv_rows], dtype=np.int64))],
-                       3, axis=-1)
+        q, k, v = g.op(
+            "Split", [qkv, g.const("split_qkv", np.array([q_rows, kv_rows, kv_rows], dtype=np.int64))], 3, axis=-1
+        )
         q = _head_norm(g, ld, w.q_norm.format(bid=i), lay, q, lay.n_heads)
         k = _head_norm(g, ld, w.k_norm.format(bid=i), lay, k, lay.n_kv_heads)
         qkv_inputs = [q, k, v]
     else:
         qkv_inputs = [qkv, "", ""]
     past_k, past_v, pres_k, pres_v = kv_names(i)
-    attrs = dict(num_heads=lay.n_heads, kv_num_heads=lay.n_kv_heads, do_rotary=1, rotary_interleaved=0,
-                 scale=float(lay.attn_scale))
+    attrs = dict(
+        num_heads=lay.n_heads,
+        kv_num_heads=lay.n_kv_heads,
+        do_rotary=1,
+        rotary_interleaved=0,
+        scale=float(lay.attn_scale),
+    )
     if lay.windows and lay.windows[i]:
-        attrs["local_window_size"] = int(lay.windows[i])   # same count as HF (checked against transformers)
+        attrs["local_window_size"] = int(lay.windows[i])  # same count as HF (checked against transformers)
     if lay.attn_softcap:
         attrs["softcap"] = float(lay.attn_softcap)
-    a = g.op("GroupQueryAttention",
-             [*qkv_inputs, past_k, past_v, "seqlens_k", "total_sequence_length", cache[0], cache[1]],
-             domain=MS, outputs=[f"/{p}/out", pres_k, pres_v], **attrs)[0]
+    a = g.op(
+        "GroupQueryAttention",
+        [*qkv_inputs, past_k, past_v, "seqlens_k", "total_sequence_length", cache[0], cache[1]],
+        domain=MS,
+        outputs=[f"/{p}/out", pres_k, pres_v],
+        **attrs,
+    )[0]
     o_bias = ld.get(w.o_bias.format(bid=i)) if w.o_bias and ld.has(w.o_bias.format(bid=i)) else None
     return g.linear(p + ".o", a, ld.get(w.o.format(bid=i)), o_bias)
 
@@ -228,7 +243,7 @@ def _head_norm(g: Graph, ld: Loader, name: str, lay: Layout, x: str, heads: int)
 
 def _mlp(g: Graph, lay: Layout, ld: Loader, w: Weights, i: int, h: str) -> str:
     p = f"layers.{i}.mlp"
-    gate_up = g.linear(p + ".gate_up", h, ld.cat(w.gate_up, i))       # (B, S, 2 * intermediate)
+    gate_up = g.linear(p + ".gate_up", h, ld.cat(w.gate_up, i))  # (B, S, 2 * intermediate)
     gate, up = g.op("Split", [gate_up], 2, axis=-1, num_outputs=2)
     if lay.act == "silu":
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate])[0]])[0]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ModelFormatError, NotFoundError, OutputExistsError
+from edge.formats.onnx import EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
 
 from ..archs import get_arch
 from ..checkpoint import Checkpoint
@@ -27,7 +28,6 @@ from ..progress import Bars, warn
 from . import get_spec
 from .decoder import Loader, build
 from .graph import Graph, WeightFormat
-from edge.formats.onnx import EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
 from .quant import OnnxType, parse_onnx_type
 from .weights import WeightSink
 
@@ -36,15 +36,23 @@ TMP_PREFIX = ".edge-tmp-"
 
 @dataclass(frozen=True)
 class OnnxResult:
-    type: str            # "onnx:int4_bs32"
-    path: Path           # the model folder
-    size_bytes: int      # model.onnx + external data
+    type: str  # "onnx:int4_bs32"
+    path: Path  # the model folder
+    size_bytes: int  # model.onnx + external data
     bits_per_weight: float
     seconds: float
 
 
-def export_onnx(src: Path, types: list[str] | str, out_dir: Path, *, force: bool = False, quiet: bool = False,
-                name: str | None = None, external_data_bytes: int = EXTERNAL_DATA_BYTES) -> list[OnnxResult]:
+def export_onnx(
+    src: Path,
+    types: list[str] | str,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    quiet: bool = False,
+    name: str | None = None,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
+) -> list[OnnxResult]:
     src, out_dir = Path(src), Path(out_dir)
     otypes = [parse_onnx_type(t) for t in (types.split(",") if isinstance(types, str) else types)]
     if not src.exists():
@@ -66,8 +74,10 @@ def _from_gguf(src, otypes, targets, out_dir, name, bars, external_data_bytes) -
 
     if src.suffix.lower() != ".gguf":
         raise ModelFormatError(f"{src} is a file but not a .gguf; give a GGUF file or a checkpoint folder")
-    warn(f"{src.name} is a GGUF file: it is unpacked (dequantized) first; quantizing again compounds the error. "
-         "For best quality export from the original Hugging Face checkpoint.")
+    warn(
+        f"{src.name} is a GGUF file: it is unpacked (dequantized) first; quantizing again compounds the error. "
+        "For best quality export from the original Hugging Face checkpoint."
+    )
     tmp = out_dir / f"{TMP_PREFIX}unpack-{name}"
     try:
         unpack(src, tmp, force=True, quiet=True)
@@ -99,11 +109,11 @@ def _export_one(src: Path, otype: OnnxType, target: Path, bars: Bars, external_d
     start = time.perf_counter()
     config = _read_config(src)
     model_type = config.get("model_type")
-    dspec = get_spec(model_type)                 # unsupported architectures stop here
+    dspec = get_spec(model_type)  # unsupported architectures stop here
     aspec = get_arch(model_type)
     cfg = aspec.load_config(config)
     ckpt = Checkpoint.open(src)
-    aspec.plan(cfg, ckpt.shapes())               # every tensor known, present and of the right shape
+    aspec.plan(cfg, ckpt.shapes())  # every tensor known, present and of the right shape
     vocab = min(_tokenizer_size(src), cfg.vocab_size) if aspec.trim_vocab else cfg.vocab_size
     lay = dspec.layout(cfg, vocab)
     tmp = target.parent / f"{TMP_PREFIX}{target.name}"
@@ -114,7 +124,7 @@ def _export_one(src: Path, otype: OnnxType, target: Path, bars: Bars, external_d
         wf = otype.weights
         n_params = sum(int(np.prod(ckpt.refs[n].shape)) for n in ckpt.refs)
         big = n_params * _bytes_per_weight(wf) > external_data_bytes
-        sink = WeightSink(tmp / MODEL_FILE, external=big)   # weights go to disk as the graph takes them
+        sink = WeightSink(tmp / MODEL_FILE, external=big)  # weights go to disk as the graph takes them
         try:
             g = Graph(f"{model_type}-decoder", wf, sink)
             build(dspec, lay, Loader(ckpt, set()), g, on_block=lambda i: bars.advance(task))
@@ -147,7 +157,7 @@ def _eos_ids(src: Path, config: dict) -> list[int]:
     for source in (src / "generation_config.json", None):
         data = config if source is None else (json.loads(source.read_text()) if source.is_file() else {})
         eos = data.get("eos_token_id")
-        for i in (eos if isinstance(eos, list) else [eos]):
+        for i in eos if isinstance(eos, list) else [eos]:
             if isinstance(i, int) and i not in ids:
                 ids.append(i)
     return ids
@@ -157,9 +167,15 @@ def _model_section(config: dict, cfg, lay, n_params: int, src: Path) -> dict:
     return {
         "model_type": config.get("model_type"),
         "architecture": (config.get("architectures") or [None])[0],
-        "n_layers": lay.n_layers, "n_heads": lay.n_heads, "n_kv_heads": lay.n_kv_heads,
-        "head_dim": lay.head_dim, "hidden_size": lay.hidden, "vocab_size": lay.vocab,
-        "max_positions": min(lay.ropes[0].positions, 131072), "context_length": cfg.max_position_embeddings,
-        "parameter_count": n_params, "eos_token_ids": _eos_ids(src, config),
+        "n_layers": lay.n_layers,
+        "n_heads": lay.n_heads,
+        "n_kv_heads": lay.n_kv_heads,
+        "head_dim": lay.head_dim,
+        "hidden_size": lay.hidden,
+        "vocab_size": lay.vocab,
+        "max_positions": min(lay.ropes[0].positions, 131072),
+        "context_length": cfg.max_position_embeddings,
+        "parameter_count": n_params,
+        "eos_token_ids": _eos_ids(src, config),
         "bos_token_id": config.get("bos_token_id"),
     }

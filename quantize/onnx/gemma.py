@@ -21,10 +21,20 @@ WEIGHTS = Weights(
 
 
 def gemma_layout(cfg: GemmaConfig, vocab: int, ropes: list[Rope], **kw) -> Layout:
-    return Layout(n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads,
-                  n_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, hidden=cfg.hidden_size, vocab=vocab,
-                  eps=cfg.rms_norm_eps, ropes=ropes, norm_offset=1.0, embed_scale=cfg.hidden_size ** 0.5,
-                  act="gelu_tanh", **kw)
+    return Layout(
+        n_layers=cfg.num_hidden_layers,
+        n_heads=cfg.num_attention_heads,
+        n_kv_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        hidden=cfg.hidden_size,
+        vocab=vocab,
+        eps=cfg.rms_norm_eps,
+        ropes=ropes,
+        norm_offset=1.0,
+        embed_scale=cfg.hidden_size**0.5,
+        act="gelu_tanh",
+        **kw,
+    )
 
 
 def layout(cfg: GemmaConfig, vocab: int) -> Layout:

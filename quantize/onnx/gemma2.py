@@ -27,10 +27,12 @@ WEIGHTS: Weights = replace(
 
 
 def gemma2_extras(cfg: Gemma2Config) -> dict:
-    return dict(windows=[cfg.sliding_window if swa else 0 for swa in cfg.swa_layers],
-                attn_scale=float(cfg.query_pre_attn_scalar) ** -0.5,
-                attn_softcap=float(cfg.attn_logit_softcapping or 0.0),
-                final_softcap=float(cfg.final_logit_softcapping or 0.0))
+    return dict(
+        windows=[cfg.sliding_window if swa else 0 for swa in cfg.swa_layers],
+        attn_scale=float(cfg.query_pre_attn_scalar) ** -0.5,
+        attn_softcap=float(cfg.attn_logit_softcapping or 0.0),
+        final_softcap=float(cfg.final_logit_softcapping or 0.0),
+    )
 
 
 def layout(cfg: Gemma2Config, vocab: int):

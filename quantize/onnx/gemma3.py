@@ -28,8 +28,10 @@ def layout(cfg: Gemma3Config, vocab: int):
     linear = float(cfg.rope_scaling["factor"]) if cfg.rope_type == "linear" else 1.0
     if cfg.rope_type not in (None, "linear"):
         from edge.errors import UnsupportedArchitectureError
-        raise UnsupportedArchitectureError(f"Gemma 3 rope_scaling {cfg.rope_type!r} is not supported by the ONNX export "
-                                           "(supported: none, linear)")
+
+        raise UnsupportedArchitectureError(
+            f"Gemma 3 rope_scaling {cfg.rope_type!r} is not supported by the ONNX export (supported: none, linear)"
+        )
     glob = Rope(dim=cfg.head_dim, base=cfg.rope_theta, positions=positions, linear=linear)
     ropes = [local if swa else glob for swa in cfg.swa_layers]
     return gemma_layout(cfg, vocab, ropes, **gemma2_extras(cfg))

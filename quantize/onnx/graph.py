@@ -25,12 +25,12 @@ MS = "com.microsoft"
 class WeightFormat:
     """How linear weights are stored: "fp32", "fp16" (Cast to fp32 at load) or n-bit blocks."""
 
-    kind: str = "fp32"           # "fp32" | "fp16" | "int8" (dynamic) | "nbits"
+    kind: str = "fp32"  # "fp32" | "fp16" | "int8" (dynamic) | "nbits"
     bits: int = 4
     block_size: int = 32
     symmetric: bool = True
-    accuracy_level: int = 4      # MatMulNBits: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
-    head_bits: int = 4           # bits of the output projection (8 keeps it near-lossless)
+    accuracy_level: int = 4  # MatMulNBits: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
+    head_bits: int = 4  # bits of the output projection (8 keeps it near-lossless)
 
 
 class Graph:
@@ -43,7 +43,7 @@ class Graph:
         self.sink = sink
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, TensorProto] = {}
-        self._written: set[str] = set()   # names the sink wrote inline (not in `inits`)
+        self._written: set[str] = set()  # names the sink wrote inline (not in `inits`)
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._n = 0
@@ -55,8 +55,9 @@ class Graph:
 
     def op(self, op: str, inputs: list[str], n_out: int = 1, *, domain: str = "", outputs=None, **attrs) -> list[str]:
         outs = outputs or self._out(op, n_out)
-        self.nodes.append(helper.make_node(op, inputs, outs, name=f"{op}_{self._n}_{len(self.nodes)}",
-                                           domain=domain or None, **attrs))
+        self.nodes.append(
+            helper.make_node(op, inputs, outs, name=f"{op}_{self._n}_{len(self.nodes)}", domain=domain or None, **attrs)
+        )
         return outs
 
     def const(self, name: str, array: np.ndarray) -> str:
@@ -80,12 +81,20 @@ class Graph:
         self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
 
     # -- ops -------------------------------------------------------------------------------------
-    def linear(self, name: str, x: str, w: np.ndarray, bias: np.ndarray | None = None, *, out: str | None = None,
-               wf: WeightFormat | None = None) -> str:
+    def linear(
+        self,
+        name: str,
+        x: str,
+        w: np.ndarray,
+        bias: np.ndarray | None = None,
+        *,
+        out: str | None = None,
+        wf: WeightFormat | None = None,
+    ) -> str:
         """x @ w.T (+ bias). w: (out_features, in_features) float32, as HF stores it. `wf` overrides the format."""
         wf = wf or self.wf
         outputs = [out] if out and bias is None else None
-        wt = np.ascontiguousarray(w.T, dtype=np.float32)   # (K=in, N=out)
+        wt = np.ascontiguousarray(w.T, dtype=np.float32)  # (K=in, N=out)
         if wf.kind == "nbits":
             y = self._matmul_nbits(name, x, wt, outputs, wf)
         elif wf.kind == "int8":
@@ -96,8 +105,9 @@ class Graph:
         else:
             y = self.op("MatMul", [x, self.const(name + ".weight", wt)], outputs=outputs)[0]
         if bias is not None:
-            y = self.op("Add", [y, self.const(name + ".bias", bias.astype(np.float32))],
-                        outputs=[out] if out else None)[0]
+            y = self.op(
+                "Add", [y, self.const(name + ".bias", bias.astype(np.float32))], outputs=[out] if out else None
+            )[0]
         return y
 
     def _matmul_nbits(self, name: str, x: str, wt: np.ndarray, outputs, wf: WeightFormat) -> str:
@@ -108,26 +118,39 @@ class Graph:
         if k_blocks * wf.block_size != k:
             wt = np.pad(wt, ((0, k_blocks * wf.block_size - k), (0, 0)))
         per_byte = 8 // wf.bits
-        packed = np.zeros((n, k_blocks, wf.block_size // per_byte), dtype=np.uint8)   # (N, blocks, blob)
-        zeros = np.zeros((n, -(-k_blocks // per_byte)), dtype=np.uint8)               # (N, packed zero points)
-        scales = np.zeros((n, k_blocks), dtype=np.float32)                             # (N, blocks)
+        packed = np.zeros((n, k_blocks, wf.block_size // per_byte), dtype=np.uint8)  # (N, blocks, blob)
+        zeros = np.zeros((n, -(-k_blocks // per_byte)), dtype=np.uint8)  # (N, packed zero points)
+        scales = np.zeros((n, k_blocks), dtype=np.float32)  # (N, blocks)
         quant = C.quantize_matmul_4bits if wf.bits == 4 else C.quantize_matmul_8bits
         quant(packed, wt, scales, zeros, wf.block_size, n, k, wf.symmetric)
         inputs = [x, self.const(name + ".qweight", packed), self.const(name + ".scales", scales)]
         if not wf.symmetric:
             inputs.append(self.const(name + ".zero_points", zeros))
-        return self.op("MatMulNBits", inputs, domain=MS, outputs=outputs, K=k, N=n, bits=wf.bits,
-                       block_size=wf.block_size, accuracy_level=wf.accuracy_level)[0]
+        return self.op(
+            "MatMulNBits",
+            inputs,
+            domain=MS,
+            outputs=outputs,
+            K=k,
+            N=n,
+            bits=wf.bits,
+            block_size=wf.block_size,
+            accuracy_level=wf.accuracy_level,
+        )[0]
 
     def _dynamic_int8(self, name: str, x: str, wt: np.ndarray, outputs) -> str:
         """onnxruntime's dynamic quantization: int8 weights, symmetric with one scale per output column,
         activations quantized to uint8 per call (DynamicQuantizeMatMul, the op quantize_dynamic's
         MatMulInteger pattern fuses into; per-column scales keep small models usable)."""
-        scale = np.abs(wt).max(axis=0) / 127.0                                        # (N,)
+        scale = np.abs(wt).max(axis=0) / 127.0  # (N,)
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        q = np.clip(np.rint(wt / scale), -127, 127).astype(np.int8)                   # (K, N)
-        return self.op("DynamicQuantizeMatMul", [x, self.const(name + ".qweight", q), self.const(name + ".scale", scale)],
-                       domain=MS, outputs=outputs)[0]
+        q = np.clip(np.rint(wt / scale), -127, 127).astype(np.int8)  # (K, N)
+        return self.op(
+            "DynamicQuantizeMatMul",
+            [x, self.const(name + ".qweight", q), self.const(name + ".scale", scale)],
+            domain=MS,
+            outputs=outputs,
+        )[0]
 
     def rms_norm(self, x: str, w: str, eps: float) -> str:
         return self.op("SimplifiedLayerNormalization", [x, w], axis=-1, epsilon=eps, stash_type=1)[0]
@@ -139,7 +162,10 @@ class Graph:
 
     def model(self) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, list(self.inits.values()))
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
-                                  producer_name="edge-quantize")
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
+            producer_name="edge-quantize",
+        )
         model.ir_version = 10
         return model

@@ -31,16 +31,24 @@ def rope(cfg: LlamaConfig) -> Rope:
         return Rope(**base, linear=float(cfg.rope_scaling["factor"]))
     if kind == "llama3":
         return Rope(**base, divisors=tuple(float(f) for f in llama3_rope_factors(cfg)))
-    raise ValueError(f"rope_scaling {kind!r}")   # LlamaConfig's checks refuse other kinds before this
+    raise ValueError(f"rope_scaling {kind!r}")  # LlamaConfig's checks refuse other kinds before this
 
 
 def layout(cfg: LlamaConfig, vocab: int) -> Layout:
     if cfg.mlp_bias:
         from edge.errors import UnsupportedArchitectureError
+
         raise UnsupportedArchitectureError("Llama checkpoints with mlp_bias are not supported by the ONNX export")
-    return Layout(n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads, n_kv_heads=cfg.num_key_value_heads,
-                  head_dim=cfg.head_dim, hidden=cfg.hidden_size, vocab=vocab, eps=cfg.rms_norm_eps,
-                  ropes=[rope(cfg)] * cfg.num_hidden_layers)
+    return Layout(
+        n_layers=cfg.num_hidden_layers,
+        n_heads=cfg.num_attention_heads,
+        n_kv_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        hidden=cfg.hidden_size,
+        vocab=vocab,
+        eps=cfg.rms_norm_eps,
+        ropes=[rope(cfg)] * cfg.num_hidden_layers,
+    )
 
 
 SPEC = DecoderSpec(model_type="llama", weights=WEIGHTS, layout=layout)

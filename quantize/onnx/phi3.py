@@ -29,10 +29,18 @@ def layout(cfg: Phi3Config, vocab: int) -> Layout:
         short = Rope(**base, divisors=tuple(map(float, rs["short_factor"])), magnitude=cfg.attn_factor)
         long = Rope(**base, divisors=tuple(map(float, rs["long_factor"])), magnitude=cfg.attn_factor)
     n = cfg.num_hidden_layers
-    return Layout(n_layers=n, n_heads=cfg.num_attention_heads, n_kv_heads=cfg.num_key_value_heads,
-                  head_dim=cfg.head_dim, hidden=cfg.hidden_size, vocab=vocab, eps=cfg.rms_norm_eps,
-                  ropes=[short] * n, long_ropes=[long] * n if long is not short else None,
-                  long_after=cfg.original_max_position_embeddings)
+    return Layout(
+        n_layers=n,
+        n_heads=cfg.num_attention_heads,
+        n_kv_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        hidden=cfg.hidden_size,
+        vocab=vocab,
+        eps=cfg.rms_norm_eps,
+        ropes=[short] * n,
+        long_ropes=[long] * n if long is not short else None,
+        long_after=cfg.original_max_position_embeddings,
+    )
 
 
 SPEC = DecoderSpec(model_type="phi3", weights=WEIGHTS, layout=layout)

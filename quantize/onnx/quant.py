@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from edge.errors import UnknownTypeError
 
@@ -28,8 +27,8 @@ _INT4 = re.compile(r"^int4((?:_bs\d+|_asym|_sym|_acc\d|_head8)*)$")
 
 @dataclass(frozen=True)
 class OnnxType:
-    name: str                 # canonical, e.g. "int4_bs32" (also the folder suffix)
-    weights: WeightFormat     # how the graph stores linear weights
+    name: str  # canonical, e.g. "int4_bs32" (also the folder suffix)
+    weights: WeightFormat  # how the graph stores linear weights
 
     @property
     def label(self) -> str:
@@ -47,8 +46,10 @@ def parse_onnx_type(text: str) -> OnnxType:
         return OnnxType("int8", WeightFormat("int8"))
     m = _INT4.match(t)
     if not m:
-        raise UnknownTypeError(f"unknown ONNX type {text!r}; choose onnx:fp32, onnx:fp16, onnx:int8 or "
-                               "onnx:int4 (options: _bs16/_bs32/_bs64/_bs128, _asym, _acc0.._acc4, _head8, e.g. onnx:int4_bs64_asym)")
+        raise UnknownTypeError(
+            f"unknown ONNX type {text!r}; choose onnx:fp32, onnx:fp16, onnx:int8 or "
+            "onnx:int4 (options: _bs16/_bs32/_bs64/_bs128, _asym, _acc0.._acc4, _head8, e.g. onnx:int4_bs64_asym)"
+        )
     block, sym, acc, head = 32, True, 4, 4
     for opt in re.findall(r"_(bs\d+|asym|sym|acc\d|head8)", m.group(1)):
         if opt.startswith("bs"):
@@ -63,5 +64,12 @@ def parse_onnx_type(text: str) -> OnnxType:
             head = 8
         else:
             sym = opt == "sym"
-    name = f"int4_bs{block}" + ("" if sym else "_asym") + ("" if acc == 4 else f"_acc{acc}") + ("_head8" if head == 8 else "")
-    return OnnxType(name, WeightFormat("nbits", bits=4, block_size=block, symmetric=sym, accuracy_level=acc, head_bits=head))
+    name = (
+        f"int4_bs{block}"
+        + ("" if sym else "_asym")
+        + ("" if acc == 4 else f"_acc{acc}")
+        + ("_head8" if head == 8 else "")
+    )
+    return OnnxType(
+        name, WeightFormat("nbits", bits=4, block_size=block, symmetric=sym, accuracy_level=acc, head_bits=head)
+    )

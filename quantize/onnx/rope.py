@@ -17,12 +17,12 @@ MAX_CACHE_POSITIONS = 131072  # rows of the caches at most (the context a model 
 
 @dataclass(frozen=True)
 class Rope:
-    dim: int                               # rotary dimensions (head_dim, or less for partial rotary)
+    dim: int  # rotary dimensions (head_dim, or less for partial rotary)
     base: float
-    positions: int                         # cache rows (= the longest context the graph supports)
-    divisors: tuple[float, ...] | None = None   # per-frequency divisors (llama3, longrope), (dim/2,)
-    linear: float = 1.0                    # linear scaling factor (positions / factor)
-    magnitude: float = 1.0                 # longrope attention factor, multiplies cos and sin
+    positions: int  # cache rows (= the longest context the graph supports)
+    divisors: tuple[float, ...] | None = None  # per-frequency divisors (llama3, longrope), (dim/2,)
+    linear: float = 1.0  # linear scaling factor (positions / factor)
+    magnitude: float = 1.0  # longrope attention factor, multiplies cos and sin
 
     def inv_freq(self) -> np.ndarray:
         """(dim/2,) float32, as transformers computes it."""
@@ -34,6 +34,8 @@ class Rope:
     def caches(self) -> tuple[np.ndarray, np.ndarray]:
         """(cos, sin), each (positions, dim/2) float32."""
         pos = np.arange(min(self.positions, MAX_CACHE_POSITIONS), dtype=np.float32)
-        freqs = np.outer(pos, self.inv_freq()).astype(np.float32)            # (positions, dim/2)
-        return ((np.cos(freqs) * self.magnitude).astype(np.float32),
-                (np.sin(freqs) * self.magnitude).astype(np.float32))
+        freqs = np.outer(pos, self.inv_freq()).astype(np.float32)  # (positions, dim/2)
+        return (
+            (np.cos(freqs) * self.magnitude).astype(np.float32),
+            (np.sin(freqs) * self.magnitude).astype(np.float32),
+        )

@@ -24,9 +24,9 @@ from typing import BinaryIO
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
-SMALL = 1024     # bytes: below this a tensor stays in the graph proto
-ALIGN = 4096     # external data offsets, as onnx's own writer aligns for mmap
-_GRAPH, _INITIALIZER = 7, 5   # field numbers: ModelProto.graph, GraphProto.initializer
+SMALL = 1024  # bytes: below this a tensor stays in the graph proto
+ALIGN = 4096  # external data offsets, as onnx's own writer aligns for mmap
+_GRAPH, _INITIALIZER = 7, 5  # field numbers: ModelProto.graph, GraphProto.initializer
 
 
 def _varint(n: int) -> bytes:
@@ -59,7 +59,7 @@ class WeightSink:
         self.external = external
         self.data_path = self.model_path.with_name(self.model_path.name + ".data")
         self._f: BinaryIO = open(self.data_path if external else self.model_path, "wb")
-        self.bytes = 0   # weight bytes written
+        self.bytes = 0  # weight bytes written
 
     def add(self, name: str, array: np.ndarray) -> TensorProto | None:
         """Write `array`; returns the TensorProto the graph keeps (external), or None (inline)."""
@@ -72,11 +72,15 @@ class WeightSink:
             offset = self._f.tell()
             self._f.write(memoryview(array).cast("B"))
             t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", self.data_path.name), ("offset", str(offset)), ("length", str(array.nbytes))):
+            for key, value in (
+                ("location", self.data_path.name),
+                ("offset", str(offset)),
+                ("length", str(array.nbytes)),
+            ):
                 entry = t.external_data.add()
                 entry.key, entry.value = key, value
             return t
-        head = t.SerializeToString()   # name, type, dims; raw_data (field 9) follows without a copy
+        head = t.SerializeToString()  # name, type, dims; raw_data (field 9) follows without a copy
         raw = _header(9, array.nbytes)
         tensor_len = len(head) + len(raw) + array.nbytes
         self._f.write(_header(_GRAPH, len(_header(_INITIALIZER, tensor_len)) + tensor_len))

@@ -14,5 +14,14 @@ from .hf_write import write_hf_tokenizer
 from .model import BPE, SPM, TokenType, Vocab
 from .safety import check_vocab
 
-__all__ = ["Vocab", "TokenType", "BPE", "SPM", "load_vocab", "add_vocab_to_gguf", "vocab_from_gguf",
-           "write_hf_tokenizer", "check_vocab"]
+__all__ = [
+    "Vocab",
+    "TokenType",
+    "BPE",
+    "SPM",
+    "load_vocab",
+    "add_vocab_to_gguf",
+    "vocab_from_gguf",
+    "write_hf_tokenizer",
+    "check_vocab",
+]

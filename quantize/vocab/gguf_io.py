@@ -9,14 +9,20 @@ import numpy as np
 
 from edge.errors import ModelFormatError
 
-from .model import BPE, SPECIAL_ROLES, SPM, Vocab
 from .gguf_meta import read_metadata
+from .model import BPE, SPECIAL_ROLES, SPM, Vocab
 from .safety import check_vocab
 
 K = gguf.Keys.Tokenizer
 _ROLE_KEYS = {
-    "bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "sep": K.SEP_ID, "pad": K.PAD_ID,
-    "mask": K.MASK_ID, "eot": K.EOT_ID, "eom": K.EOM_ID,
+    "bos": K.BOS_ID,
+    "eos": K.EOS_ID,
+    "unk": K.UNK_ID,
+    "sep": K.SEP_ID,
+    "pad": K.PAD_ID,
+    "mask": K.MASK_ID,
+    "eot": K.EOT_ID,
+    "eom": K.EOM_ID,
 }
 assert set(_ROLE_KEYS) == set(SPECIAL_ROLES)
 
@@ -46,8 +52,11 @@ def add_vocab_to_gguf(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
 def vocab_from_gguf(reader_or_path: gguf.GGUFReader | Path | str) -> Vocab:
     """Read the vocabulary of a GGUF file (a path, or an already open GGUFReader)."""
     if isinstance(reader_or_path, gguf.GGUFReader):
-        f = {k: _field_value(v) for k, v in reader_or_path.fields.items()
-             if k.startswith("tokenizer.") or k == gguf.Keys.General.NAME}
+        f = {
+            k: _field_value(v)
+            for k, v in reader_or_path.fields.items()
+            if k.startswith("tokenizer.") or k == gguf.Keys.General.NAME
+        }
     else:
         f = read_metadata(Path(reader_or_path))
     model = _get(f, K.MODEL)

@@ -19,8 +19,19 @@ import numpy as np
 
 from edge.errors import ModelFormatError
 
-_NUM = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32,
-        6: np.float32, 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
+_NUM = {
+    0: np.uint8,
+    1: np.int8,
+    2: np.uint16,
+    3: np.int16,
+    4: np.uint32,
+    5: np.int32,
+    6: np.float32,
+    7: np.bool_,
+    10: np.uint64,
+    11: np.int64,
+    12: np.float64,
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -41,7 +52,7 @@ class _Parser:
     def metadata(self) -> dict[str, object]:
         if self.take(4) != b"GGUF":
             raise ValueError("bad magic")
-        version, = self.unpack("<I")
+        (version,) = self.unpack("<I")
         if version not in (2, 3):
             raise ValueError(f"unsupported GGUF version {version}")
         _n_tensors, n_kv = self.unpack("<QQ")
@@ -49,7 +60,7 @@ class _Parser:
         out: dict[str, object] = {}
         for _ in range(n_kv):
             key = self.string()
-            typ, = self.unpack("<I")
+            (typ,) = self.unpack("<I")
             out[key] = self.value(typ)
         return out
 
@@ -59,7 +70,7 @@ class _Parser:
 
     def take(self, n: int) -> bytes:
         self.need(n)
-        b = self.buf[self.pos:self.pos + n]
+        b = self.buf[self.pos : self.pos + n]
         self.pos += n
         return b
 
@@ -67,7 +78,7 @@ class _Parser:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
 
     def string(self) -> str:
-        n, = self.unpack("<Q")
+        (n,) = self.unpack("<Q")
         return self.take(n).decode("utf-8", errors="surrogateescape")
 
     def value(self, typ: int):

@@ -42,15 +42,21 @@ def load_vocab(src_dir: Path, *, vocab_size: int | None = None) -> Vocab:
     elif kind == SPM:
         vocab = _from_spm_json(tj)
     elif tj is None:
-        raise ModelFormatError(f"{src_dir} has neither tokenizer.json nor tokenizer.model; copy the model's tokenizer files there")
+        raise ModelFormatError(
+            f"{src_dir} has neither tokenizer.json nor tokenizer.model; copy the model's tokenizer files there"
+        )
     else:
-        raise ModelFormatError(f"{src_dir}/tokenizer.json: unsupported tokenizer model {kind!r} "
-                               "(supported: byte-level BPE, SentencePiece BPE with byte fallback)")
+        raise ModelFormatError(
+            f"{src_dir}/tokenizer.json: unsupported tokenizer model {kind!r} "
+            "(supported: byte-level BPE, SentencePiece BPE with byte fallback)"
+        )
     _fill_specials(vocab, tj, cfg, src_dir)
     if vocab_size is not None:
         if vocab_size < len(vocab):
-            raise ModelFormatError(f"tokenizer has {len(vocab)} tokens but the embedding only {vocab_size} rows; "
-                                   "the tokenizer does not belong to these weights")
+            raise ModelFormatError(
+                f"tokenizer has {len(vocab)} tokens but the embedding only {vocab_size} rows; "
+                "the tokenizer does not belong to these weights"
+            )
         vocab.pad_to(vocab_size)
     check_vocab(vocab)
     return vocab
@@ -74,8 +80,10 @@ def _kind(tj: dict) -> str:
         return BPE
     if model.get("byte_fallback") or "\u2581" in blob or '"Metaspace"' in blob:
         return SPM
-    raise ModelFormatError("tokenizer.json is BPE but neither byte-level nor SentencePiece-style "
-                           "(no ByteLevel, no byte_fallback, no Metaspace): not supported by llama.cpp")
+    raise ModelFormatError(
+        "tokenizer.json is BPE but neither byte-level nor SentencePiece-style "
+        "(no ByteLevel, no byte_fallback, no Metaspace): not supported by llama.cpp"
+    )
 
 
 # ---------------------------------------------------------------- tokens by id
@@ -127,8 +135,14 @@ def _from_spm_json(tj: dict) -> Vocab:
         elif t == unk:
             types[i] = int(TokenType.UNKNOWN)
     scores = _scores_from_merges(tokens, model.get("merges", []))
-    return Vocab(model=SPM, pre="default", tokens=tokens, scores=scores, token_types=types,
-                 add_space_prefix=_space_prefix(tj, default=False))
+    return Vocab(
+        model=SPM,
+        pre="default",
+        tokens=tokens,
+        scores=scores,
+        token_types=types,
+        add_space_prefix=_space_prefix(tj, default=False),
+    )
 
 
 def _scores_from_merges(tokens: list[str], merges: list) -> list[float]:
@@ -168,8 +182,11 @@ def _from_spm_model(path: Path, tj: dict | None, cfg: dict, src_dir: Path) -> Vo
                 types[i] = int(TokenType.CONTROL if special else TokenType.USER_DEFINED)
             continue
         while len(tokens) < i:
-            tokens.append(f"[PAD{len(tokens)}]"); scores.append(-1000.0); types.append(int(TokenType.UNUSED))
-        tokens.append(text); scores.append(-1000.0)
+            tokens.append(f"[PAD{len(tokens)}]")
+            scores.append(-1000.0)
+            types.append(int(TokenType.UNUSED))
+        tokens.append(text)
+        scores.append(-1000.0)
         types.append(int(TokenType.CONTROL if special else TokenType.USER_DEFINED))
     space = _space_prefix(tj, default=m.add_dummy_prefix) if tj else m.add_dummy_prefix
     if cfg.get("add_prefix_space") is not None:

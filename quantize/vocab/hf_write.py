@@ -69,9 +69,17 @@ def _vocab_map(vocab: Vocab) -> dict[str, int]:
 def _added_tokens(vocab: Vocab) -> list[dict]:
     rstrip = _rstrip_texts(vocab)
     return [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": t in rstrip,
-         "normalized": False, "special": typ != TokenType.USER_DEFINED}
-        for i, (t, typ) in enumerate(zip(vocab.tokens, vocab.token_types)) if typ in _ADDED_TYPES
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": t in rstrip,
+            "normalized": False,
+            "special": typ != TokenType.USER_DEFINED,
+        }
+        for i, (t, typ) in enumerate(zip(vocab.tokens, vocab.token_types))
+        if typ in _ADDED_TYPES
     ]
 
 
@@ -86,8 +94,13 @@ def _rstrip_texts(vocab: Vocab) -> set[str]:
 
 def _bpe_model(vocab: Vocab) -> dict:
     return {
-        "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-        "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+        "type": "BPE",
+        "dropout": None,
+        "unk_token": None,
+        "continuing_subword_prefix": None,
+        "end_of_word_suffix": None,
+        "fuse_unk": False,
+        "byte_fallback": False,
         "ignore_merges": ignore_merges(vocab.pre),
         "vocab": _vocab_map(vocab),
         "merges": [m.split(" ", 1) for m in vocab.merges],
@@ -96,8 +109,14 @@ def _bpe_model(vocab: Vocab) -> dict:
 
 def _spm_model(vocab: Vocab) -> dict:
     return {
-        "type": "BPE", "dropout": None, "unk_token": vocab.token("unk"), "continuing_subword_prefix": None,
-        "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+        "type": "BPE",
+        "dropout": None,
+        "unk_token": vocab.token("unk"),
+        "continuing_subword_prefix": None,
+        "end_of_word_suffix": None,
+        "fuse_unk": True,
+        "byte_fallback": True,
+        "ignore_merges": False,
         "vocab": _vocab_map(vocab),
         "merges": spm_merges(vocab),
     }
@@ -149,11 +168,16 @@ def _post_processor(vocab: Vocab) -> dict:
     pair: list[dict] = [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}]
     used = []
     if vocab.add_bos and vocab.token("bos") is not None:
-        single.insert(0, special("bos")); pair.insert(0, special("bos")); used.append("bos")
+        single.insert(0, special("bos"))
+        pair.insert(0, special("bos"))
+        used.append("bos")
     if vocab.add_eos and vocab.token("eos") is not None:
-        single.append(special("eos")); pair.append(special("eos")); used.append("eos")
-    tokens = {vocab.token(r): {"id": vocab.token(r), "ids": [vocab.special_ids[r]], "tokens": [vocab.token(r)]}
-              for r in used}
+        single.append(special("eos"))
+        pair.append(special("eos"))
+        used.append("eos")
+    tokens = {
+        vocab.token(r): {"id": vocab.token(r), "ids": [vocab.special_ids[r]], "tokens": [vocab.token(r)]} for r in used
+    }
     return {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": tokens}
 
 

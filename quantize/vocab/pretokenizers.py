@@ -46,20 +46,25 @@ class PreTokenizer:
 _NUM = ("split", r"\p{N}")
 TABLE: tuple[PreTokenizer, ...] = (
     # Llama 3 / 3.1 / 3.2 (and Falcon 3, ...): one Split regex + ByteLevel without its own regex.
-    PreTokenizer("llama-bpe", ((("split", LLAMA3_RE), ("bytelevel", False)),),
-                 (("split", LLAMA3_RE), ("bytelevel", False)), ignore_merges=True),
+    PreTokenizer(
+        "llama-bpe",
+        ((("split", LLAMA3_RE), ("bytelevel", False)),),
+        (("split", LLAMA3_RE), ("bytelevel", False)),
+        ignore_merges=True,
+    ),
     # Qwen 2 / 2.5: as Llama 3 but single digits.
-    PreTokenizer("qwen2", ((("split", QWEN2_RE), ("bytelevel", False)),),
-                 (("split", QWEN2_RE), ("bytelevel", False)), clean_spaces=False),
+    PreTokenizer(
+        "qwen2",
+        ((("split", QWEN2_RE), ("bytelevel", False)),),
+        (("split", QWEN2_RE), ("bytelevel", False)),
+        clean_spaces=False,
+    ),
     # GPT-4o / Llama 4 style.
-    PreTokenizer("gpt-4o", ((("split", GPT4O_RE), ("bytelevel", False)),),
-                 (("split", GPT4O_RE), ("bytelevel", False))),
+    PreTokenizer("gpt-4o", ((("split", GPT4O_RE), ("bytelevel", False)),), (("split", GPT4O_RE), ("bytelevel", False))),
     # SmolLM / SmolLM2 (clean_up_tokenization_spaces false): digits isolated, then GPT-2's regex.
-    PreTokenizer("smollm", ((("digits", True), ("bytelevel", True)),),
-                 (_NUM, ("bytelevel", True)), clean_spaces=False),
+    PreTokenizer("smollm", ((("digits", True), ("bytelevel", True)),), (_NUM, ("bytelevel", True)), clean_spaces=False),
     # StarCoder: the same split, cleaned spaces when detokenizing.
-    PreTokenizer("starcoder", ((("digits", True), ("bytelevel", True)),),
-                 (_NUM, ("bytelevel", True))),
+    PreTokenizer("starcoder", ((("digits", True), ("bytelevel", True)),), (_NUM, ("bytelevel", True))),
     # GPT-2 itself: ByteLevel with its built-in regex.
     PreTokenizer("gpt-2", ((("bytelevel", True),),), (("bytelevel", True),)),
 )
@@ -96,8 +101,11 @@ def detect_pre(tokenizer_json: dict, *, clean_up_spaces: bool | None = None) -> 
     if rows:
         return rows[0].pre
     if steps and steps[-1] == ("bytelevel", True):
-        log.warning("unknown pre-tokenizer %s: using llama.cpp's 'gpt-2' splitting (closest safe choice); "
-                    "check tokenization of digits and non-Latin text", steps)
+        log.warning(
+            "unknown pre-tokenizer %s: using llama.cpp's 'gpt-2' splitting (closest safe choice); "
+            "check tokenization of digits and non-Latin text",
+            steps,
+        )
         return "gpt-2"
     raise ModelFormatError(
         f"byte-level BPE pre-tokenizer {steps!r} is not one llama.cpp knows; supported: "
@@ -110,8 +118,9 @@ def hf_pre_tokenizer(pre: str | None) -> dict:
     """The tokenizer.json pre_tokenizer that splits as llama.cpp does for `pre`."""
     row = BY_PRE.get(pre or "default")
     if row is None:
-        raise ModelFormatError(f"GGUF tokenizer.ggml.pre {pre!r} is not supported for export; "
-                               f"supported: {', '.join(sorted(BY_PRE))}")
+        raise ModelFormatError(
+            f"GGUF tokenizer.ggml.pre {pre!r} is not supported for export; supported: {', '.join(sorted(BY_PRE))}"
+        )
     return {"type": "Sequence", "pretokenizers": [_hf_node(s) for s in row.hf_steps]}
 
 

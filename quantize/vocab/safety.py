@@ -37,9 +37,7 @@ def check_vocab(vocab: Vocab) -> None:
 
 def _check_spm_bytes(vocab: Vocab) -> None:
     present = set(vocab.tokens)
-    missing = [
-        t for b, t in enumerate(BYTE_TOKENS) if t not in present and not (b < 128 and chr(b) in present)
-    ]
+    missing = [t for b, t in enumerate(BYTE_TOKENS) if t not in present and not (b < 128 and chr(b) in present)]
     if missing:
         raise ModelFormatError(
             f"SentencePiece vocabulary lacks {len(missing)} byte-fallback tokens (e.g. {missing[0]}): "

@@ -71,7 +71,7 @@ def _fields(buf: bytes):
             ln, i = _varint(buf, i)
             if i + ln > n:
                 raise IndexError("length past end of message")
-            v, i = buf[i:i + ln], i + ln
+            v, i = buf[i : i + ln], i + ln
         elif wire == 5:
             v, i = struct.unpack_from("<f", buf, i)[0], i + 4
         elif wire == 1:

@@ -36,8 +36,8 @@ def server(edge_home):
 @pytest.fixture(scope="session")
 def oracle(smollm2_path):
     """The engine in this process on the same file, with one slot: the greedy answers to match."""
-    from edge.engine import open_engine
     from edge.chat.templates import ChatTemplate
+    from edge.engine import open_engine
 
     engine = open_engine(smollm2_path, name="oracle", n_ctx=CTX, n_parallel=1, n_threads=1)
     info = engine.info

@@ -10,14 +10,19 @@ import sys
 import httpx
 import pytest
 
-from edge.errors import BadRequestError
 from edge.config import DEFAULT_HOST, DEFAULT_PORT, Settings
+from edge.errors import BadRequestError
 from tests.support.live import LOAD_TIMEOUT, edge_env, start_server
 
 
 def edge(home, *args: str, timeout: float = LOAD_TIMEOUT, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=edge_env(home, EDGE_THREADS="1", **env))
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=edge_env(home, EDGE_THREADS="1", **env),
+    )
 
 
 def test_models_lists_the_bundled_models(tmp_path):

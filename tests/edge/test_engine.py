@@ -12,6 +12,7 @@ import pytest
 
 from edge.engine import open_engine
 from edge.engine.base import Delta, Finish, SamplingParams
+from edge.engine.grammar import JSON_OBJECT_GBNF, json_schema_to_gbnf
 from edge.errors import (
     BadRequestError,
     ContextOverflowError,
@@ -20,7 +21,6 @@ from edge.errors import (
     NotFoundError,
     QueueFullError,
 )
-from edge.engine.grammar import JSON_OBJECT_GBNF, json_schema_to_gbnf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GREEDY = SamplingParams(temperature=0, max_tokens=32)
@@ -121,8 +121,10 @@ def test_seed_makes_sampling_reproducible(engine):
     first, _, _ = gen(engine, prompt, params)
     second, _, _ = gen(engine, prompt, params)
     assert first == second
-    others = {gen(engine, prompt, SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=s,
-                                                 max_tokens=24))[0] for s in (1, 2, 3)}
+    others = {
+        gen(engine, prompt, SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=s, max_tokens=24))[0]
+        for s in (1, 2, 3)
+    }
     assert len(others | {first}) > 1, "different seeds should not all give the same sample"
 
 
@@ -147,6 +149,7 @@ def test_concurrent_generations_match_single(engine):
 def test_queue_full_and_cancel_free_the_slot(model_path):
     eng = open_engine(model_path, name="one", n_ctx=256, n_parallel=1, n_threads=1, queue_size=0)
     try:
+
         async def main():
             prompt = chat_prompt(eng, "Tell me a long story about a dragon.")
             stream = eng.generate(prompt, SamplingParams(temperature=0, max_tokens=200))
@@ -218,8 +221,9 @@ def test_grammar_forces_json(engine):
         "required": ["name", "age"],
     }
     prompt = chat_prompt(engine, "Describe a person as JSON.")
-    text, fin, _ = gen(engine, prompt, SamplingParams(temperature=0, max_tokens=64,
-                                                      grammar=json_schema_to_gbnf(schema)))
+    text, fin, _ = gen(
+        engine, prompt, SamplingParams(temperature=0, max_tokens=64, grammar=json_schema_to_gbnf(schema))
+    )
     assert fin.reason == "stop", text
     doc = json.loads(text)
     assert set(doc) == {"name", "age"} and isinstance(doc["age"], int)
@@ -296,8 +300,11 @@ def test_large_vocabulary_greedy_takes_the_argmax_path_and_picks_the_same_tokens
     try:
         batcher = eng._batcher
         assert batcher.n_vocab > 200_000 and batcher._argmax is not None
-        for p, fast in ((SamplingParams(temperature=0), True), (SamplingParams(temperature=0, repeat_penalty=1.1), False),
-                        (SamplingParams(temperature=0.7), False)):
+        for p, fast in (
+            (SamplingParams(temperature=0), True),
+            (SamplingParams(temperature=0, repeat_penalty=1.1), False),
+            (SamplingParams(temperature=0.7), False),
+        ):
             sampler = batcher.make_sampler(p)
             assert (sampler.argmax is not None) == fast, p
             batcher.free_sampler(sampler)
@@ -331,8 +338,10 @@ def test_backend_import_skips_the_high_level_package():
     import subprocess
     import sys
 
-    code = ("import sys, edge.engine.llamacpp; "
-            "print(sorted(m for m in ('llama_cpp.llama', 'numpy', 'jinja2') if m in sys.modules))")
+    code = (
+        "import sys, edge.engine.llamacpp; "
+        "print(sorted(m for m in ('llama_cpp.llama', 'numpy', 'jinja2') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -11,7 +11,6 @@ sent after the same load; see edge.server.supervision).
 from __future__ import annotations
 
 import hashlib
-import json
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.live import LiveServer, chat_messages, edge_env, free_port, start_server, wait_ready
+from tests.support.live import LiveServer, chat_messages, edge_env, free_port, start_server
 
 MODEL = "smollm2:135m-q4_1"
 RESTART_SEC = 2.0  # the unit's RestartSec
@@ -41,7 +40,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "Supervisor":
+    def start(self) -> Supervisor:
         self._thread.start()
         return self
 
@@ -92,8 +91,12 @@ def test_sigkill_mid_stream_then_the_supervisor_restarts_it(tmp_path, smollm2_pa
     try:
         _wait_health(server.url, sup)
         first_pid = sup.proc.pid
-        body = {"model": "default", "messages": chat_messages("Write a very long story about a cat."),
-                "max_tokens": 800, "stream": True}
+        body = {
+            "model": "default",
+            "messages": chat_messages("Write a very long story about a cat."),
+            "max_tokens": 800,
+            "stream": True,
+        }
         got = []
         with pytest.raises(httpx.HTTPError):  # the stream breaks: the server died under it
             with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
@@ -104,9 +107,16 @@ def test_sigkill_mid_stream_then_the_supervisor_restarts_it(tmp_path, smollm2_pa
         assert len(got) >= 6 and got[-1] != "data: [DONE]"
         _wait_health(server.url, sup)
         assert sup.exits[0] == -signal.SIGKILL and sup.proc.pid != first_pid and sup.starts == 2
-        r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
-            "model": "default", "messages": chat_messages("What is the capital of France?"), "max_tokens": 16,
-            "temperature": 0})
+        r = httpx.post(
+            server.url + "/v1/chat/completions",
+            timeout=120,
+            json={
+                "model": "default",
+                "messages": chat_messages("What is the capital of France?"),
+                "max_tokens": 16,
+                "temperature": 0,
+            },
+        )
         assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
     finally:
         sup.stop()
@@ -156,8 +166,10 @@ def test_health_answers_while_a_long_prompt_is_evaluated(tmp_path):
         assert r.status_code == 200, r.text
         n_prompt = r.json()["usage"]["prompt_tokens"]
         during = [lat for t, lat in latencies if t_start + 0.2 < t < t_end - 0.2]
-        print(f"\nhealth: {n_prompt}-token prompt took {t_end - t_start:.2f} s; {len(during)} /health calls during it, "
-              f"slowest {max(during) * 1000:.0f} ms, median {sorted(during)[len(during) // 2] * 1000:.0f} ms")
+        print(
+            f"\nhealth: {n_prompt}-token prompt took {t_end - t_start:.2f} s; {len(during)} /health calls during it, "
+            f"slowest {max(during) * 1000:.0f} ms, median {sorted(during)[len(during) // 2] * 1000:.0f} ms"
+        )
         assert 1800 <= n_prompt <= 2400
         assert busy_seen and len(during) >= 3, "the prompt finished before /health could be asked during it"
         assert max(during) < max(0.5, (t_end - t_start) / 4), "/health waited for the prompt"

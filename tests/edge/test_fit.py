@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from edge.config import Settings
 from edge.errors import DoesNotFitError
 from edge.fit import fit_model
-from edge.config import Settings
 
 
 def test_profile_fills_threads_slots_and_the_largest_context(smollm2_path):
@@ -36,8 +36,24 @@ def test_a_context_that_does_not_fit_is_refused_with_numbers_and_a_way_out(smoll
 
 
 def test_serve_refuses_and_exits_5_before_binding(smollm2_path):
-    proc = subprocess.run([sys.executable, "-m", "edge.cli", "serve", str(smollm2_path), "--profile", "rpi5-4gb",
-                           "--ctx", "131072", "--port", "1"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "serve",
+            str(smollm2_path),
+            "--profile",
+            "rpi5-4gb",
+            "--ctx",
+            "131072",
+            "--port",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 5, proc.stderr
     assert "error: SmolLM2-135M-Instruct.Q4_1.gguf needs" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -10,15 +10,20 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
+from edge.config import Settings
 from edge.errors import ModelFormatError
 from edge.server import create_app
-from edge.config import Settings
 from tests.support.live import HTTP_TIMEOUT, chat_messages, start_server
 
 MODEL = "smollm2:135m-q4_1"
 KEY = "s3cret-key"
-LONG = {"model": MODEL, "messages": chat_messages("Write a very long story about a cat and a dog."),
-        "max_tokens": 800, "temperature": 0, "stream": True}
+LONG = {
+    "model": MODEL,
+    "messages": chat_messages("Write a very long story about a cat and a dog."),
+    "max_tokens": 800,
+    "temperature": 0,
+    "stream": True,
+}
 
 
 # -- shapes, on the shared server ---------------------------------------------------------------------
@@ -38,10 +43,18 @@ def test_validation_errors_are_400_in_each_shape(server):
 @pytest.mark.slow
 def test_what_the_server_cannot_honour_is_refused_not_ignored(server):
     with server.client() as http:
-        r = http.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]})
+        r = http.post(
+            "/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}
+        )
         assert r.status_code == 400 and "images" in r.json()["error"]
-        r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": chat_messages("x"),
-                                                    "tools": [{"type": "function", "function": {"name": "f"}}]})
+        r = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": chat_messages("x"),
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
         r = http.post("/api/pull", json={"model": "llama3.1:8b"})
         assert r.status_code == 400 and "never downloads" in r.json()["error"]
@@ -87,8 +100,11 @@ def test_oversized_body_is_413_every_time(server):
 @pytest.mark.slow
 def test_metrics_count_requests_by_route_and_status(server):
     before = server.metric("edge_time_to_first_token_seconds_count")
-    httpx.post(server.url + "/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,
-                                                   "options": {"num_predict": 2}}, timeout=HTTP_TIMEOUT)
+    httpx.post(
+        server.url + "/api/generate",
+        json={"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}},
+        timeout=HTTP_TIMEOUT,
+    )
     assert server.metric("edge_time_to_first_token_seconds_count") == before + 1
     httpx.get(server.url + "/api/version")
     httpx.post(server.url + "/api/show", json={"model": MODEL})
@@ -97,8 +113,14 @@ def test_metrics_count_requests_by_route_and_status(server):
     assert 'edge_requests_total{route="/api/version",status="200"}' in text
     assert 'edge_requests_total{route="/api/show",status="200"}' in text
     assert 'edge_requests_total{route="/api/show",status="404"}' in text
-    for name in ("edge_prompt_tokens_total", "edge_generated_tokens_total", "edge_time_to_first_token_seconds_bucket",
-                 "edge_time_per_output_token_seconds_bucket", "edge_queue_depth", "edge_busy_slots"):
+    for name in (
+        "edge_prompt_tokens_total",
+        "edge_generated_tokens_total",
+        "edge_time_to_first_token_seconds_bucket",
+        "edge_time_per_output_token_seconds_bucket",
+        "edge_queue_depth",
+        "edge_busy_slots",
+    ):
         assert name in text, name
 
 
@@ -177,7 +199,9 @@ def test_full_queue_is_503_with_retry_after_and_a_disconnect_frees_the_slot(tigh
             r = httpx.post(tight.url + "/v1/chat/completions", headers=AUTH, json={**LONG, "stream": False})
             assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
             assert r.json()["error"]["code"] == "queue_full"
-            r = httpx.post(tight.url + "/api/chat", headers=AUTH, json={"model": MODEL, "messages": chat_messages("Hi")})
+            r = httpx.post(
+                tight.url + "/api/chat", headers=AUTH, json={"model": MODEL, "messages": chat_messages("Hi")}
+            )
             assert r.status_code == 503 and isinstance(r.json()["error"], str) and r.headers["retry-after"]
         # leaving the `with` closed the connection mid-stream
     deadline = time.monotonic() + 30
@@ -185,9 +209,17 @@ def test_full_queue_is_503_with_retry_after_and_a_disconnect_frees_the_slot(tigh
         assert time.monotonic() < deadline, "the disconnected stream still holds its slot"
         time.sleep(0.05)
     assert tight.metric("edge_generations_cancelled_total", AUTH) >= 1
-    r = httpx.post(tight.url + "/v1/chat/completions", headers=AUTH, timeout=HTTP_TIMEOUT,
-                   json={"model": MODEL, "messages": chat_messages("What is the capital of France?"), "max_tokens": 16,
-                         "temperature": 0})
+    r = httpx.post(
+        tight.url + "/v1/chat/completions",
+        headers=AUTH,
+        timeout=HTTP_TIMEOUT,
+        json={
+            "model": MODEL,
+            "messages": chat_messages("What is the capital of France?"),
+            "max_tokens": 16,
+            "temperature": 0,
+        },
+    )
     assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
 
 

@@ -36,12 +36,21 @@ async def one_request(http: httpx.AsyncClient, kind: str, i: int) -> str:
     text = f"Say a word about the number {i}."
     if kind.startswith("openai") or kind == "abandon":
         path = "/v1/chat/completions"
-        body = {"model": MODEL, "messages": chat_messages(text), "max_tokens": MAX_TOKENS if kind != "abandon" else 32,
-                "temperature": 0.7, "stream": kind != "openai"}
+        body = {
+            "model": MODEL,
+            "messages": chat_messages(text),
+            "max_tokens": MAX_TOKENS if kind != "abandon" else 32,
+            "temperature": 0.7,
+            "stream": kind != "openai",
+        }
     else:
         path = "/api/chat"
-        body = {"model": MODEL, "messages": chat_messages(text), "stream": kind == "ollama_stream",
-                "options": {"num_predict": MAX_TOKENS}}
+        body = {
+            "model": MODEL,
+            "messages": chat_messages(text),
+            "stream": kind == "ollama_stream",
+            "options": {"num_predict": MAX_TOKENS},
+        }
     async with http.stream("POST", path, json=body) as r:
         if r.status_code == 503:
             await r.aread()
@@ -117,15 +126,25 @@ def test_32_clients_x_10_requests(loaded_server):
     by_result: Counter = Counter()
     for (_, result), n in outcomes.items():
         by_result[result] += n
-    print(f"\nload: {CLIENTS}x{PER_CLIENT} requests served in {seconds:.1f} s: {by_result['ok']} answered, "
-          f"{by_result['abandoned']} abandoned mid-stream, {by_result['busy']} 503 queue-full answers (then retried)")
+    print(
+        f"\nload: {CLIENTS}x{PER_CLIENT} requests served in {seconds:.1f} s: {by_result['ok']} answered, "
+        f"{by_result['abandoned']} abandoned mid-stream, {by_result['busy']} 503 queue-full answers (then retried)"
+    )
     print(f"load: server RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB ({growth * 100:+.2f} %)")
     assert by_result["ok"] + by_result["abandoned"] == CLIENTS * PER_CLIENT  # every request served in the end
     assert by_result["busy"] > 0, "32 clients never filled 4 slots + 16 queue places: the load is too light"
     abandoned = sum(n for (k, r), n in outcomes.items() if r == "abandoned")
     assert abandoned > 0 and srv.metric("edge_generations_cancelled_total") >= cancelled0 + abandoned
     assert growth < 0.05
-    r = httpx.post(srv.url + "/v1/chat/completions", timeout=120, json={
-        "model": MODEL, "messages": chat_messages("What is the capital of France?"), "max_tokens": 16, "temperature": 0})
+    r = httpx.post(
+        srv.url + "/v1/chat/completions",
+        timeout=120,
+        json={
+            "model": MODEL,
+            "messages": chat_messages("What is the capital of France?"),
+            "max_tokens": 16,
+            "temperature": 0,
+        },
+    )
     assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
     assert "Traceback" not in srv.log_text()

@@ -16,7 +16,7 @@ from tests.support.live import LOAD_TIMEOUT, edge_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
-INSIDE = textwrap.dedent('''
+INSIDE = textwrap.dedent("""
     import json, socket, subprocess, sys, time
     import httpx, openai
 
@@ -52,7 +52,7 @@ INSIDE = textwrap.dedent('''
     finally:
         srv.terminate()
         srv.wait(timeout=30)
-''')
+""")
 
 
 def _netns_available() -> str | None:
@@ -72,8 +72,16 @@ def test_chat_and_stream_inside_a_loopback_only_namespace(tmp_path):
         pytest.skip(reason)
     script = tmp_path / "inside.py"
     script.write_text(INSIDE)
-    cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$1" "$2"', sys.executable, str(script),
-           str(LOAD_TIMEOUT)]
+    cmd = [
+        "unshare",
+        "-n",
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$0" "$1" "$2"',
+        sys.executable,
+        str(script),
+        str(LOAD_TIMEOUT),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=LOAD_TIMEOUT + 300, env=edge_env(tmp_path))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])

@@ -13,7 +13,14 @@ from tests.support.live import HTTP_TIMEOUT, SYSTEM, chat_messages
 pytestmark = pytest.mark.slow
 MODEL = "smollm2:135m-q4_1"
 GREEDY = {"temperature": 0, "repeat_penalty": 1.0}  # the oracle's sampler (Ollama's default penalty is 1.1)
-TIMINGS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration")
+TIMINGS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +29,13 @@ def client(server) -> ollama.Client:
 
 
 def test_generate_answers_and_reports_timings(client):
-    r = client.generate(model=MODEL, prompt="What is the capital of France?", system=SYSTEM, stream=False,
-                        options={**GREEDY, "num_predict": 24})
+    r = client.generate(
+        model=MODEL,
+        prompt="What is the capital of France?",
+        system=SYSTEM,
+        stream=False,
+        options={**GREEDY, "num_predict": 24},
+    )
     assert "Paris" in r.response
     assert r.done and r.done_reason == "stop"
     for key in TIMINGS:
@@ -50,8 +62,15 @@ def test_streaming_chat_matches_non_streaming(client):
 
 
 def test_streaming_generate(client):
-    parts = list(client.generate(model=MODEL, prompt="What is the capital of France?", system=SYSTEM, stream=True,
-                                 options={**GREEDY, "num_predict": 24}))
+    parts = list(
+        client.generate(
+            model=MODEL,
+            prompt="What is the capital of France?",
+            system=SYSTEM,
+            stream=True,
+            options={**GREEDY, "num_predict": 24},
+        )
+    )
     assert "Paris" in "".join(p.response for p in parts)
     assert parts[-1].done and all(parts[-1][k] is not None for k in TIMINGS)
 
@@ -67,28 +86,42 @@ def test_stream_is_ndjson_by_default(server):
 
 def test_the_classic_curl_example_works_with_the_alias(server):
     """curl http://localhost:11434/api/generate -d '{"model": "llama3.1:8b", "prompt": "Hello!"}'"""
-    r = httpx.post(server.url.replace("127.0.0.1", "localhost") + "/api/generate", timeout=HTTP_TIMEOUT,
-                   content=json.dumps({"model": "llama3.1:8b", "prompt": "Hello!", "options": {"num_predict": 8}}))
+    r = httpx.post(
+        server.url.replace("127.0.0.1", "localhost") + "/api/generate",
+        timeout=HTTP_TIMEOUT,
+        content=json.dumps({"model": "llama3.1:8b", "prompt": "Hello!", "options": {"num_predict": 8}}),
+    )
     assert r.status_code == 200
     lines = [json.loads(line) for line in r.text.splitlines()]
     assert lines[-1]["done"] and "".join(o["response"] for o in lines).strip()
 
 
 def test_num_predict_stops_with_length(client):
-    r = client.generate(model=MODEL, prompt="Write a long story about a cat.", stream=False,
-                        options={**GREEDY, "num_predict": 4})
+    r = client.generate(
+        model=MODEL, prompt="Write a long story about a cat.", stream=False, options={**GREEDY, "num_predict": 4}
+    )
     assert r.done_reason == "length" and r.eval_count == 4
 
 
 def test_stop_option_cuts_the_text(client):
-    r = client.generate(model=MODEL, prompt="Count from one to ten in words, separated by commas.", system=SYSTEM,
-                        stream=False, options={**GREEDY, "num_predict": 40, "stop": ["four"]})
+    r = client.generate(
+        model=MODEL,
+        prompt="Count from one to ten in words, separated by commas.",
+        system=SYSTEM,
+        stream=False,
+        options={**GREEDY, "num_predict": 40, "stop": ["four"]},
+    )
     assert "four" not in r.response and "five" not in r.response
 
 
 def test_format_json_gives_json(client):
-    r = client.generate(model=MODEL, prompt="Describe Paris as a JSON object with keys city and country.",
-                        format="json", stream=False, options={**GREEDY, "num_predict": 60})
+    r = client.generate(
+        model=MODEL,
+        prompt="Describe Paris as a JSON object with keys city and country.",
+        format="json",
+        stream=False,
+        options={**GREEDY, "num_predict": 60},
+    )
     if r.done_reason == "stop":
         assert isinstance(json.loads(r.response), dict)
     else:
@@ -141,18 +174,27 @@ def test_empty_prompt_loads_like_ollama(server):
 def test_prefix_reuse_evaluates_only_new_tokens(client):
     """A kiosk's long system prompt: the second request evaluates only what follows the shared prefix."""
     system = SYSTEM + " " + " ".join(f"Rule {i}: answer briefly and politely, in plain English." for i in range(40))
-    first = client.chat(model=MODEL, stream=False, options={**GREEDY, "num_predict": 4},
-                        messages=[{"role": "system", "content": system}, {"role": "user", "content": "What is 2+2?"}])
-    second = client.chat(model=MODEL, stream=False, options={**GREEDY, "num_predict": 4},
-                         messages=[{"role": "system", "content": system}, {"role": "user", "content": "Name a fruit."}])
+    first = client.chat(
+        model=MODEL,
+        stream=False,
+        options={**GREEDY, "num_predict": 4},
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "What is 2+2?"}],
+    )
+    second = client.chat(
+        model=MODEL,
+        stream=False,
+        options={**GREEDY, "num_predict": 4},
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": "Name a fruit."}],
+    )
     assert first.prompt_eval_count > 400
     assert second.prompt_eval_count < 20, second.prompt_eval_count
 
 
 def test_num_ctx_bounds_the_window(client):
     def run(num_ctx: int):
-        return client.generate(model=MODEL, prompt="Once upon a time", raw=True, stream=False,
-                               options={**GREEDY, "num_ctx": num_ctx})
+        return client.generate(
+            model=MODEL, prompt="Once upon a time", raw=True, stream=False, options={**GREEDY, "num_ctx": num_ctx}
+        )
 
     small, larger = run(16), run(20)
     assert small.done_reason == larger.done_reason == "length"

@@ -17,7 +17,7 @@ from edge.engine.onnx.sampling import NumpySampler
 from edge.errors import BadRequestError
 from tests.support.live import chat_messages, start_server
 
-LOGITS = np.array([0.0, 3.0, 2.9, -1.0, 1.0, 2.0], dtype=np.float32)   # (vocab,) best: 1, then 2, 5
+LOGITS = np.array([0.0, 3.0, 2.9, -1.0, 1.0, 2.0], dtype=np.float32)  # (vocab,) best: 1, then 2, 5
 
 
 def test_greedy_and_top_k_1_are_argmax():
@@ -31,17 +31,26 @@ def test_seeded_sampling_repeats_and_filters_hold():
     s1, s2 = NumpySampler(p), NumpySampler(p)
     assert [s1.sample(LOGITS) for _ in range(20)] == [s2.sample(LOGITS) for _ in range(20)]
     assert set(a) <= {1, 2, 5}
-    draws = {NumpySampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.5, seed=i)).sample(LOGITS)
-             for i in range(50)}
-    assert draws <= {1, 2}          # min_p 0.5: only tokens with p >= p_max / 2
-    assert len({NumpySampler(SamplingParams(temperature=5.0, top_k=0, top_p=1.0, min_p=0.0, seed=i)).sample(LOGITS)
-                for i in range(200)}) == 6
+    draws = {
+        NumpySampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.5, seed=i)).sample(LOGITS)
+        for i in range(50)
+    }
+    assert draws <= {1, 2}  # min_p 0.5: only tokens with p >= p_max / 2
+    assert (
+        len(
+            {
+                NumpySampler(SamplingParams(temperature=5.0, top_k=0, top_p=1.0, min_p=0.0, seed=i)).sample(LOGITS)
+                for i in range(200)
+            }
+        )
+        == 6
+    )
 
 
 def test_penalties_move_the_greedy_choice():
     s = NumpySampler(SamplingParams(temperature=0, repeat_penalty=2.0))
     assert s.sample(LOGITS) == 1
-    assert s.sample(LOGITS) == 2     # 3.0 / 2 = 1.5 < 2.9
+    assert s.sample(LOGITS) == 2  # 3.0 / 2 = 1.5 < 2.9
     f = NumpySampler(SamplingParams(temperature=0, frequency_penalty=0.5, presence_penalty=0.0))
     assert [f.sample(LOGITS) for _ in range(3)] == [1, 2, 1]
 
@@ -56,7 +65,7 @@ def smollm2_int4(smollm2_path, module_tmp) -> Path:
     from quantize.onnx.export import export_onnx
 
     out = module_tmp("onnx-smollm2")
-    [r] = export_onnx(smollm2_path, ["onnx:int4"], out, quiet=True, name="smollm2")   # GGUF in: unpacked first
+    [r] = export_onnx(smollm2_path, ["onnx:int4"], out, quiet=True, name="smollm2")  # GGUF in: unpacked first
     return r.path
 
 
@@ -81,7 +90,7 @@ def test_engine_streams_and_refuses_grammar(smollm2_int4):
         text, fin = asyncio.run(run(SamplingParams(max_tokens=12, temperature=0)))
         assert isinstance(fin, Finish) and fin.completion_tokens > 0 and text.strip()
         again, fin2 = asyncio.run(run(SamplingParams(max_tokens=12, temperature=0)))
-        assert fin2.cached_tokens > 0                   # the slot's KV buffer is reused
+        assert fin2.cached_tokens > 0  # the slot's KV buffer is reused
         with pytest.raises(BadRequestError, match="ONNX backend"):
             asyncio.run(run(SamplingParams(grammar='root ::= "x"')))
     finally:
@@ -95,13 +104,15 @@ def test_serving_an_onnx_folder_imports_no_quantize_and_no_torch(smollm2_int4):
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "from edge.engine import open_engine\n"
-            f"e = open_engine({str(smollm2_int4)!r}, name='x', n_ctx=256, n_threads=1)\n"
-            "e.close()\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('quantize', 'torch', 'transformers', 'optimum'))\n"
-            "print(bad)\n"
-            "sys.exit(bool(bad))\n")
+    code = (
+        "import sys\n"
+        "from edge.engine import open_engine\n"
+        f"e = open_engine({str(smollm2_int4)!r}, name='x', n_ctx=256, n_threads=1)\n"
+        "e.close()\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('quantize', 'torch', 'transformers', 'optimum'))\n"
+        "print(bad)\n"
+        "sys.exit(bool(bad))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
 
@@ -110,8 +121,8 @@ def test_serving_an_onnx_folder_imports_no_quantize_and_no_torch(smollm2_int4):
 def test_openai_client_streams_from_edge_serve(smollm2_int4, tmp_path):
     import openai
 
-    from edge.engine import open_engine
     from edge.chat.templates import ChatTemplate
+    from edge.engine import open_engine
 
     messages = chat_messages("What is the capital of France?")
     engine = open_engine(smollm2_int4, name="oracle", n_ctx=1024, n_threads=1)
@@ -133,8 +144,9 @@ def test_openai_client_streams_from_edge_serve(smollm2_int4, tmp_path):
     server = start_server(tmp_path / "home", str(smollm2_int4), "--ctx", "1024")
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
-        stream = client.chat.completions.create(model=smollm2_int4.name, messages=messages, temperature=0,
-                                                max_tokens=24, stream=True)
+        stream = client.chat.completions.create(
+            model=smollm2_int4.name, messages=messages, temperature=0, max_tokens=24, stream=True
+        )
         got = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     finally:
         server.stop()

@@ -20,8 +20,9 @@ def client(server) -> openai.OpenAI:
 
 
 def test_chat_answers_the_question(client):
-    r = client.chat.completions.create(model=MODEL, messages=chat_messages("What is the capital of France?"),
-                                       temperature=0, max_tokens=24)
+    r = client.chat.completions.create(
+        model=MODEL, messages=chat_messages("What is the capital of France?"), temperature=0, max_tokens=24
+    )
     choice = r.choices[0]
     assert "Paris" in choice.message.content
     assert choice.message.role == "assistant"
@@ -41,8 +42,14 @@ def test_chat_greedy_equals_the_engine(client, oracle):
 def test_streaming_chat_matches_non_streaming(client):
     messages = chat_messages("What is the capital of Germany?")
     whole = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=20)
-    stream = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=20,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        temperature=0,
+        max_tokens=20,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -66,8 +73,9 @@ def test_stream_ends_with_done_marker(server):
 
 
 def test_max_tokens_gives_finish_reason_length(client):
-    r = client.chat.completions.create(model=MODEL, messages=chat_messages("Write a long story about a cat."),
-                                       temperature=0, max_tokens=5)
+    r = client.chat.completions.create(
+        model=MODEL, messages=chat_messages("Write a long story about a cat."), temperature=0, max_tokens=5
+    )
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 5
 
@@ -95,8 +103,9 @@ def test_models_lists_the_served_model(client):
 
 
 def test_alias_of_the_served_model_works(client):
-    r = client.chat.completions.create(model="llama3.1:8b", messages=chat_messages("What is the capital of France?"),
-                                       temperature=0, max_tokens=24)
+    r = client.chat.completions.create(
+        model="llama3.1:8b", messages=chat_messages("What is the capital of France?"), temperature=0, max_tokens=24
+    )
     assert "Paris" in r.choices[0].message.content
     r = client.chat.completions.create(model="smollm2", messages=chat_messages("Hi"), max_tokens=2)
     assert r.choices[0].message.content
@@ -104,8 +113,12 @@ def test_alias_of_the_served_model_works(client):
 
 def test_json_object_response_format_gives_json(client):
     r = client.chat.completions.create(
-        model=MODEL, temperature=0, max_tokens=80, response_format={"type": "json_object"},
-        messages=chat_messages("Give the name and the country of the capital of France as JSON."))
+        model=MODEL,
+        temperature=0,
+        max_tokens=80,
+        response_format={"type": "json_object"},
+        messages=chat_messages("Give the name and the country of the capital of France as JSON."),
+    )
     if r.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(r.choices[0].message.content), dict)
     else:  # cut by max_tokens: still a JSON object's beginning
@@ -113,11 +126,19 @@ def test_json_object_response_format_gives_json(client):
 
 
 def test_json_schema_response_format_is_enforced(client):
-    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
-              "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
     r = client.chat.completions.create(
-        model=MODEL, temperature=0, max_tokens=40, messages=chat_messages("What is the capital of France?"),
-        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
+        model=MODEL,
+        temperature=0,
+        max_tokens=40,
+        messages=chat_messages("What is the capital of France?"),
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )
     data = json.loads(r.choices[0].message.content)
     assert list(data) == ["city"] and isinstance(data["city"], str)
 
@@ -125,8 +146,11 @@ def test_json_schema_response_format_is_enforced(client):
 def test_cached_prompt_tokens_are_reported(client):
     system = "You are a kiosk assistant. " + " ".join(f"Rule {i}: be brief and kind." for i in range(60))
     ask = lambda q: client.chat.completions.create(  # noqa: E731
-        model=MODEL, temperature=0, max_tokens=2,
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": q}])
+        model=MODEL,
+        temperature=0,
+        max_tokens=2,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": q}],
+    )
     first, second = ask("What is 2+2?"), ask("Name a fruit.")
     assert second.usage.prompt_tokens > 400
     assert second.usage.prompt_tokens_details.cached_tokens >= second.usage.prompt_tokens - 20
@@ -153,8 +177,12 @@ def test_context_overflow_is_a_400(client):
 
 def test_four_clients_at_once_get_their_own_greedy_answers(client, oracle):
     """Batched slots must not mix sequences: each concurrent answer equals the one-slot engine's."""
-    questions = ["What is the capital of France?", "What is the capital of Germany?", "What is 2+2?",
-                 "What color is the sky on a clear day?"]
+    questions = [
+        "What is the capital of France?",
+        "What is the capital of Germany?",
+        "What is 2+2?",
+        "What color is the sky on a clear day?",
+    ]
     expected = {q: oracle.chat(chat_messages(q), 16) for q in questions}
     answers: dict[str, str] = {}
     errors: list[BaseException] = []
@@ -163,7 +191,7 @@ def test_four_clients_at_once_get_their_own_greedy_answers(client, oracle):
         try:
             r = client.chat.completions.create(model=MODEL, messages=chat_messages(q), temperature=0, max_tokens=16)
             answers[q] = r.choices[0].message.content
-        except BaseException as exc:  # noqa: BLE001 - re-raised below in the test thread
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
@@ -189,9 +217,9 @@ def _common_prefix(a: str, b: str) -> int:
 
 def test_chat_prompts_carry_exactly_one_bos(gemma3_path, smollm2_path):
     """Gemma-3 adds BOS itself and its (fallback) chat format writes "<bos>" too: never both."""
+    from edge.chat.templates import ChatTemplate
     from edge.engine import open_engine
     from edge.server.prompts import chat_prompt, text_prompt
-    from edge.chat.templates import ChatTemplate
 
     for path in (gemma3_path, smollm2_path):
         engine = open_engine(path, name="bos-check", n_ctx=256, n_parallel=1, n_threads=1)

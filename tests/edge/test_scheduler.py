@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from edge.engine.base import Delta, Finish, SamplingParams
+from edge.engine.base import Delta, SamplingParams
 from edge.engine.detok import StopMatcher, TextStream
-from edge.errors import BadRequestError, ContextOverflowError, QueueFullError
 from edge.engine.scheduler import GenerationStream, Scheduler
+from edge.errors import BadRequestError, ContextOverflowError, QueueFullError
 
 VOCAB = 1000
 EOG = 0
@@ -186,7 +186,7 @@ def test_concurrent_requests_are_batched_without_cross_talk(make):
         return await asyncio.gather(*(collect(sched, p, max_tokens=6) for p in prompts))
 
     results = asyncio.run(main())
-    for i, (deltas, fin) in enumerate(results, start=1):
+    for i, (deltas, _fin) in enumerate(results, start=1):
         start = 10 * i + 2
         assert text_of(deltas) == "".join(f"<{t}>" for t in range(start, start + 6))
     assert max(len(b) for b in fb.batches) == 4, "the four slots should share decode calls"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,11 +17,11 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from edge.config import Settings
 from edge.engine import open_engine
 from edge.errors import BadRequestError
 from edge.server import create_app
 from edge.server.security import check_host, host_name, is_loopback
-from edge.config import Settings
 from tests.support.live import edge_env, free_port, start_server
 
 MODEL = "smollm2:135m-q4_1"
@@ -36,8 +35,14 @@ def chat(text: str, **kw) -> dict:
 @pytest.fixture(scope="module")
 def app_client(smollm2_path, tmp_path_factory):
     """The real model in process, one slot, a small context, one allowed extra origin."""
-    settings = Settings(model=str(smollm2_path), home=tmp_path_factory.mktemp("home"), ctx=256, threads=1,
-                        cors_origins=("https://app.example",), allowed_hosts=("edge.lan",))
+    settings = Settings(
+        model=str(smollm2_path),
+        home=tmp_path_factory.mktemp("home"),
+        ctx=256,
+        threads=1,
+        cors_origins=("https://app.example",),
+        allowed_hosts=("edge.lan",),
+    )
     with TestClient(create_app(settings, load_in_background=False), base_url=BASE) as c:
         yield c
 
@@ -47,14 +52,18 @@ def requests_served(c: TestClient) -> int:
 
 
 # -- Host allow-list ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("host", ["", "evil.example", "evil.example:11434", "127.0.0.1.evil.example", "localhost.evil.example"])
+@pytest.mark.parametrize(
+    "host", ["", "evil.example", "evil.example:11434", "127.0.0.1.evil.example", "localhost.evil.example"]
+)
 def test_foreign_or_empty_host_is_refused(app_client, host):
     r = app_client.get("/v1/models", headers={"Host": host})
     assert r.status_code == 403
     assert ("Host" in r.json()["error"]["message"]) and ("--allow-host" in r.json()["error"]["message"] or not host)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:11434", "localhost", "LOCALHOST:8080", "[::1]:11434", "127.0.0.2", "edge.lan:11434"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:11434", "localhost", "LOCALHOST:8080", "[::1]:11434", "127.0.0.2", "edge.lan:11434"]
+)
 def test_loopback_names_and_the_allow_list_pass(app_client, host):
     assert app_client.get("/v1/models", headers={"Host": host}).status_code == 200
 
@@ -80,8 +89,11 @@ def test_host_rules_on_a_network_bind():
 def test_a_foreign_page_cannot_make_the_server_generate(app_client):
     """A "simple" cross-site POST (text/plain, no preflight) is refused before any token is evaluated."""
     before = requests_served(app_client)
-    r = app_client.post("/api/generate", content=json.dumps({"model": MODEL, "prompt": "hi", "stream": False}),
-                        headers={"Origin": "https://evil.example", "Content-Type": "text/plain"})
+    r = app_client.post(
+        "/api/generate",
+        content=json.dumps({"model": MODEL, "prompt": "hi", "stream": False}),
+        headers={"Origin": "https://evil.example", "Content-Type": "text/plain"},
+    )
     assert r.status_code == 403 and "--cors-origin https://evil.example" in r.json()["error"]
     assert "access-control-allow-origin" not in r.headers
     assert requests_served(app_client) == before
@@ -92,19 +104,26 @@ def test_same_origin_and_listed_origins(app_client):
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers  # same origin: no CORS needed
     r = app_client.get("/v1/models", headers={"Origin": "https://app.example"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
-    pre = app_client.options("/v1/chat/completions", headers={"Origin": "https://app.example",
-                                                                "Access-Control-Request-Method": "POST",
-                                                                "Access-Control-Request-Headers": "authorization"})
+    pre = app_client.options(
+        "/v1/chat/completions",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "https://app.example"
     assert "Authorization" in pre.headers["access-control-allow-headers"]
-    pre = app_client.options("/v1/chat/completions", headers={"Origin": "https://other.example",
-                                                                "Access-Control-Request-Method": "POST"})
+    pre = app_client.options(
+        "/v1/chat/completions", headers={"Origin": "https://other.example", "Access-Control-Request-Method": "POST"}
+    )
     assert pre.status_code == 403 and "access-control-allow-origin" not in pre.headers
 
 
 # -- limits -------------------------------------------------------------------------------------------------
 def test_a_chunked_body_over_the_limit_is_413(app_client):
     """No Content-Length to check up front: the body is counted as it arrives."""
+
     def body():
         yield b'{"model": "x", "prompt": "'
         for _ in range(5):
@@ -123,15 +142,33 @@ def test_a_body_past_the_drain_bound_is_413_and_closes_the_connection(app_client
     assert r.status_code == 413 and r.headers["connection"] == "close"
 
 
-@pytest.mark.parametrize("route, body, param, allowed", [
-    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens", "between 1 and 1048576"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 2**63}, "max_tokens", "between 1 and 1048576"),
-    ("/v1/chat/completions", chat("x", max_completion_tokens=-7), "max_completion_tokens", "between 1 and 1048576"),
-    ("/v1/chat/completions", chat("x", temperature=1e300), "temperature", "between 0.0 and 2.0"),
-    ("/api/generate", {"model": MODEL, "prompt": "x", "options": {"num_predict": -3}}, "options.num_predict", "between -2 and 1048576"),
-    ("/api/generate", {"model": MODEL, "prompt": "x", "options": {"num_ctx": 0}}, "options.num_ctx", "between 1 and 16777216"),
-    ("/api/chat", {"model": MODEL, "messages": [], "options": {"num_ctx": 2**40}}, "options.num_ctx", "between 1 and 16777216"),
-])
+@pytest.mark.parametrize(
+    "route, body, param, allowed",
+    [
+        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens", "between 1 and 1048576"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 2**63}, "max_tokens", "between 1 and 1048576"),
+        ("/v1/chat/completions", chat("x", max_completion_tokens=-7), "max_completion_tokens", "between 1 and 1048576"),
+        ("/v1/chat/completions", chat("x", temperature=1e300), "temperature", "between 0.0 and 2.0"),
+        (
+            "/api/generate",
+            {"model": MODEL, "prompt": "x", "options": {"num_predict": -3}},
+            "options.num_predict",
+            "between -2 and 1048576",
+        ),
+        (
+            "/api/generate",
+            {"model": MODEL, "prompt": "x", "options": {"num_ctx": 0}},
+            "options.num_ctx",
+            "between 1 and 16777216",
+        ),
+        (
+            "/api/chat",
+            {"model": MODEL, "messages": [], "options": {"num_ctx": 2**40}},
+            "options.num_ctx",
+            "between 1 and 16777216",
+        ),
+    ],
+)
 def test_absurd_numbers_are_400_with_the_allowed_range(app_client, route, body, param, allowed):
     before = requests_served(app_client)
     r = app_client.post(route, json=body)
@@ -176,8 +213,9 @@ def slow_client(smollm2_path, tmp_path_factory):
         engines.append(open_engine(path, **kw))
         return SlowDevice(engines[-1], 0.05)
 
-    settings = Settings(model=str(smollm2_path), home=tmp_path_factory.mktemp("home"), ctx=512, threads=1,
-                        request_timeout=1.0)
+    settings = Settings(
+        model=str(smollm2_path), home=tmp_path_factory.mktemp("home"), ctx=512, threads=1, request_timeout=1.0
+    )
     with TestClient(create_app(settings, opener=opener, load_in_background=False), base_url=BASE) as c:
         yield c, engines[0]
 
@@ -251,8 +289,14 @@ def test_api_key_file(tmp_path, capsys):
 
 
 def test_limits_from_the_environment_and_flags():
-    s = Settings.from_env({"EDGE_ALLOWED_HOSTS": "Robot.lan, kiosk", "EDGE_CORS_ORIGINS": "https://a.example/",
-                           "EDGE_REQUEST_TIMEOUT": "2.5", "EDGE_READ_TIMEOUT": "nope"})
+    s = Settings.from_env(
+        {
+            "EDGE_ALLOWED_HOSTS": "Robot.lan, kiosk",
+            "EDGE_CORS_ORIGINS": "https://a.example/",
+            "EDGE_REQUEST_TIMEOUT": "2.5",
+            "EDGE_READ_TIMEOUT": "nope",
+        }
+    )
     assert s.allowed_hosts == ("robot.lan", "kiosk") and s.cors_origins == ("https://a.example",)
     assert s.request_timeout == 2.5 and s.read_timeout == 30.0  # a bad env value falls back
     with pytest.raises(BadRequestError, match="between 1 and 3600"):
@@ -261,8 +305,13 @@ def test_limits_from_the_environment_and_flags():
 
 # -- live: binding without a key, key file, trickling clients ------------------------------------------------
 def run_cli(home, *args, timeout=120, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or edge_env(home))
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or edge_env(home),
+    )
 
 
 @pytest.mark.slow
@@ -322,7 +371,7 @@ def test_a_client_trickling_its_headers_is_cut_off(guarded):
     closed = False
     for i in range(40):  # one header byte every 0.1 s: never complete within the deadline
         try:
-            s.sendall(b"X-Slow: "[i % 8:i % 8 + 1])
+            s.sendall(b"X-Slow: "[i % 8 : i % 8 + 1])
         except OSError:
             closed = True
             break
@@ -339,10 +388,15 @@ def test_an_idle_connection_and_a_stalled_body_are_closed(guarded):
     t0 = time.monotonic()
     data, t_closed = read_all(idle)
     idle.close()
-    assert t_closed - t0 < 3.5 and data in (b"", b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert t_closed - t0 < 3.5 and data in (
+        b"",
+        b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    )
     s = raw(guarded.port)
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer file-key-123\r\n"
-              b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"prompt\": ")
+    s.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer file-key-123\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"prompt": '
+    )
     t0 = time.monotonic()
     data, t_closed = read_all(s)
     s.close()
@@ -371,7 +425,9 @@ def test_a_crafted_gguf_is_refused_before_llama_cpp_sees_it(smollm2_path, tmp_pa
     assert not any((tmp_path / "out").glob("*.gguf"))
 
 
-@pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/passwd", "..", "models/../../x.gguf", "~/.ssh/id_rsa"])
+@pytest.mark.parametrize(
+    "name", ["../../../../etc/passwd", "/etc/passwd", "..", "models/../../x.gguf", "~/.ssh/id_rsa"]
+)
 def test_model_names_in_requests_never_reach_the_file_system(app_client, name):
     r = app_client.post("/api/show", json={"model": name})
     assert r.status_code == 404 and "root:" not in r.text

@@ -78,7 +78,11 @@ def test_unknown_name_lists_what_is_available(home, tmp_path_factory):
 @pytest.mark.parametrize("suffix", ["toml", "json"])
 def test_aliases_map_client_names_to_local_models(home, tmp_path_factory, suffix):
     _model(home, "tiny-q8_0.gguf")
-    text = '"llama3.1:8b" = "tiny:q8_0"\n"gpt-4o" = "llama3.1:8b"\n' if suffix == "toml" else json.dumps({"llama3.1:8b": "tiny:q8_0", "gpt-4o": "llama3.1:8b"})
+    text = (
+        '"llama3.1:8b" = "tiny:q8_0"\n"gpt-4o" = "llama3.1:8b"\n'
+        if suffix == "toml"
+        else json.dumps({"llama3.1:8b": "tiny:q8_0", "gpt-4o": "llama3.1:8b"})
+    )
     (home / f"aliases.{suffix}").write_text(text)
     store = _store(home, tmp_path_factory)
     assert store.resolve("llama3.1:8b").name == "tiny:q8_0"
@@ -108,7 +112,16 @@ def test_alias_target_is_a_name_never_a_path(home, tmp_path_factory, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["../outside-q4_0", "../outside-q4_0.gguf", "/etc/passwd", "models/../../outside-q4_0", "outside:q4_0/../../x", "..", "~root"]
+    "name",
+    [
+        "../outside-q4_0",
+        "../outside-q4_0.gguf",
+        "/etc/passwd",
+        "models/../../outside-q4_0",
+        "outside:q4_0/../../x",
+        "..",
+        "~root",
+    ],
 )
 def test_names_never_resolve_outside_the_store(home, tmp_path_factory, name):
     (home / "outside-q4_0.gguf").write_bytes(b"GGUF")  # next to models/, not in it

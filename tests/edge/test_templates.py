@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from edge.chat.templates import ChatTemplate
 from edge.errors import BadRequestError
 from edge.formats.gguf import read_gguf_meta, token_text
-from edge.chat.templates import ChatTemplate
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],
@@ -14,7 +14,7 @@ CONVERSATIONS = [
     [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello! How can I help?"},
-        {"role": "user", "content": "Tell me a joke about  <tags> & \"quotes\" {{ 7*7 }} {% raw %} ünïcødé 🙂"},
+        {"role": "user", "content": 'Tell me a joke about  <tags> & "quotes" {{ 7*7 }} {% raw %} ünïcødé 🙂'},
     ],
 ]
 
@@ -33,7 +33,16 @@ FEATURE_TEMPLATE = """{%- set ns = namespace(n=0) -%}
 {{ messages | tojson }}|{{ ns.n }}
 {% if add_generation_prompt %}<assistant>{% endif %}"""
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Météo <now>", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Météo <now>",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 def _hf_render(template: str, messages, *, bos: str, eos: str, add_generation_prompt=True, tools=None) -> str:
@@ -79,17 +88,23 @@ def test_hf_helpers_match_transformers(tools):
     t = ChatTemplate(FEATURE_TEMPLATE, bos_token="<s>", eos_token="</s>")
     ours = t.render(messages, tools=tools)
     assert ours == _hf_render(FEATURE_TEMPLATE, messages, bos="<s>", eos="</s>", tools=tools)
-    assert "<tags> & \\\"quotes\\\"" in ours and "🙂" in ours  # HF tojson: no HTML escaping, unicode kept
+    assert '<tags> & \\"quotes\\"' in ours and "🙂" in ours  # HF tojson: no HTML escaping, unicode kept
 
 
 def test_raise_exception_becomes_bad_request_with_its_message():
-    t = ChatTemplate("{% if messages[0].role != 'user' %}{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}ok", bos_token="", eos_token="")
+    t = ChatTemplate(
+        "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}ok",
+        bos_token="",
+        eos_token="",
+    )
     assert t.render([{"role": "user", "content": "x"}]) == "ok"
     with pytest.raises(BadRequestError, match="Conversation roles must alternate user/assistant"):
         t.render([{"role": "assistant", "content": "x"}])
 
 
-@pytest.mark.parametrize("source", ["{% for m in messages %}", "{{ messages[0].content | no_such_filter }}", "{{ 1 / 0 }}"])
+@pytest.mark.parametrize(
+    "source", ["{% for m in messages %}", "{{ messages[0].content | no_such_filter }}", "{{ 1 / 0 }}"]
+)
 def test_broken_templates_are_bad_requests(source):
     with pytest.raises(BadRequestError, match="chat template"):
         ChatTemplate(source, bos_token="", eos_token="").render([{"role": "user", "content": "x"}])

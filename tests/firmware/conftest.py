@@ -18,8 +18,14 @@ from tests.support.live import edge_env  # noqa: E402
 
 def edge_cli(home: Path, *args: str, env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """`python -m edge.cli ARGS` with EDGE_HOME=home; output captured as text."""
-    proc = subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
-                          env=edge_env(home, **(env_extra or {})), cwd=str(_ROOT), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=edge_env(home, **(env_extra or {})),
+        cwd=str(_ROOT),
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"edge {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -29,6 +35,16 @@ def edge_cli(home: Path, *args: str, env_extra: dict | None = None, check: bool 
 def smollm2_bundle(tmp_path_factory, smollm2_path) -> Path:
     """A bundle of the real SmolLM2 with an alias, made by the CLI."""
     out = tmp_path_factory.mktemp("bundles") / "smollm2.tar"
-    edge_cli(tmp_path_factory.mktemp("maker-home"), "bundle", "create", str(smollm2_path), "-o", str(out),
-             "--alias", "robot=smollm2:135m-q4_1", "--profile", "rpi5-8gb")
+    edge_cli(
+        tmp_path_factory.mktemp("maker-home"),
+        "bundle",
+        "create",
+        str(smollm2_path),
+        "-o",
+        str(out),
+        "--alias",
+        "robot=smollm2:135m-q4_1",
+        "--profile",
+        "rpi5-8gb",
+    )
     return out

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from firmware.bundle.archive import MANIFEST, FileEntry, Manifest, extract_verified
 from edge.errors import ModelFormatError
-from firmware.bundle.installs import Slots
 from edge.store import ModelStore
+from firmware.bundle.archive import MANIFEST, FileEntry, Manifest, extract_verified
+from firmware.bundle.installs import Slots
 from tests.firmware.conftest import edge_cli
 
 
@@ -53,6 +53,7 @@ def _assert_active_whole(home: Path) -> str:
 
 # --- the happy path -------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_install_serves_the_active_slot_and_keeps_n(tmp_path, smollm2_bundle, smollm2_path):
     home = tmp_path / "home"
@@ -62,7 +63,9 @@ def test_install_serves_the_active_slot_and_keeps_n(tmp_path, smollm2_bundle, sm
     store = ModelStore(home)
     assert store.resolve("robot").name == "smollm2:135m-q4_1"  # the bundle's alias
     assert store.resolve("default").name == "smollm2:135m-q4_1"  # every bundle maps "default"
-    assert (home / "current" / "profile.toml").read_bytes() == (Path(__file__).parents[2] / "profiles" / "rpi5-8gb.toml").read_bytes()
+    assert (home / "current" / "profile.toml").read_bytes() == (
+        Path(__file__).parents[2] / "profiles" / "rpi5-8gb.toml"
+    ).read_bytes()
     assert (home / "current" / "models" / "smollm2-135m-q4_1.gguf").read_bytes() == smollm2_path.read_bytes()
 
     edge_cli(home, "bundle", "install", smollm2_bundle, "--keep", "2")
@@ -131,6 +134,7 @@ def test_smoke_failure_leaves_the_old_slot_active(tmp_path, smollm2_bundle):
 
 # --- refusals: nothing changes ---------------------------------------------------------------------
 
+
 def _refused(home: Path, bundle: Path, expect: str) -> None:
     before = sorted(p.name for p in (home / "slots").iterdir()), os.readlink(home / "current")
     out = edge_cli(home, "bundle", "install", bundle, check=False)
@@ -182,7 +186,9 @@ def test_unsafe_member_names_are_refused(tmp_path, installed_home, name):
     assert not (tmp_path / "evil.gguf").exists() and not Path("/tmp/evil.gguf").exists()
 
 
-@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE, tarfile.DIRTYPE])
+@pytest.mark.parametrize(
+    "kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE, tarfile.DIRTYPE]
+)
 def test_links_devices_and_directories_are_refused(tmp_path, installed_home, kind):
     manifest = _manifest({"models/x-1.gguf": b"data"})
     info = tarfile.TarInfo("models/x-1.gguf")
@@ -193,13 +199,33 @@ def test_links_devices_and_directories_are_refused(tmp_path, installed_home, kin
 
 def test_unlisted_and_manifestless_members_are_refused(tmp_path, installed_home):
     data = b"payload"
-    extra = _tar(tmp_path / "extra.tar", [_reg(MANIFEST, _manifest({"models/x-1.gguf": data})),
-                                          _reg("models/x-1.gguf", data), _reg("models/y-1.gguf", data)])
+    extra = _tar(
+        tmp_path / "extra.tar",
+        [
+            _reg(MANIFEST, _manifest({"models/x-1.gguf": data})),
+            _reg("models/x-1.gguf", data),
+            _reg("models/y-1.gguf", data),
+        ],
+    )
     _refused(installed_home, extra, "not listed in the manifest")
     nomanifest = _tar(tmp_path / "nomanifest.tar", [_reg("models/x-1.gguf", data)])
     _refused(installed_home, nomanifest, "first member must be manifest.json")
-    lying = _tar(tmp_path / "lying.tar", [_reg(MANIFEST, json.dumps({"format": "edge-bundle", "version": 1, "models": [],
-                                                                    "files": [{"path": "../x.gguf", "size": 1, "sha256": "0" * 64}]}).encode())])
+    lying = _tar(
+        tmp_path / "lying.tar",
+        [
+            _reg(
+                MANIFEST,
+                json.dumps(
+                    {
+                        "format": "edge-bundle",
+                        "version": 1,
+                        "models": [],
+                        "files": [{"path": "../x.gguf", "size": 1, "sha256": "0" * 64}],
+                    }
+                ).encode(),
+            )
+        ],
+    )
     _refused(installed_home, lying, "unsafe path")
 
 

@@ -7,13 +7,12 @@ import http.server
 import json
 import stat
 import threading
-from pathlib import Path
 
 import pytest
 
 import firmware.client as client_mod
-from firmware.client import Client
 from edge.errors import BadRequestError, ModelNotFoundError, RequestTimeoutError, UnavailableError
+from firmware.client import Client
 from tests.support.live import CTX, SYSTEM, start_server
 
 QUESTION = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"}]
@@ -40,7 +39,9 @@ def test_chat_and_generate_over_tcp_and_uds(uds_server, oracle):
         assert c.chat(QUESTION, max_tokens=24, temperature=0) == expected
         assert "".join(c.chat(QUESTION, max_tokens=24, temperature=0, stream=True)) == expected
         text = c.generate("The capital of France is", max_tokens=8, temperature=0)
-        assert text and text == "".join(c.generate("The capital of France is", max_tokens=8, temperature=0, stream=True))
+        assert text and text == "".join(
+            c.generate("The capital of France is", max_tokens=8, temperature=0, stream=True)
+        )
     assert uds.health()
 
 
@@ -58,7 +59,7 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
     script: list = []  # (status, headers, body) answered in order; the last one repeats
     seen: list = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         type(self).seen.append(self.path)
         type(self).auth = self.headers.get("Authorization")
@@ -134,8 +135,10 @@ def test_bad_url_is_refused():
 def test_api_key_is_sent_and_stream_errors_raise(scripted):
     from edge.errors import EdgeError
 
-    sse = (b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'
-           b'data: {"error": {"message": "generation failed: out of memory"}}\n\n')
+    sse = (
+        b'data: {"choices": [{"delta": {"content": "Hel"}}]}\n\n'
+        b'data: {"error": {"message": "generation failed: out of memory"}}\n\n'
+    )
     url, handler = scripted([(200, {"Content-Type": "text/event-stream"}, sse)])
     pieces = []
     with pytest.raises(EdgeError, match="out of memory"):

@@ -29,8 +29,14 @@ def uds_only(tmp_path_factory):
 
 
 def _run(script: str, sock: Path, stdin: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(KIOSK / script), "--url", f"unix://{sock}", *args], input=stdin,
-                          capture_output=True, text=True, timeout=600, env=edge_env(sock.parent))
+    return subprocess.run(
+        [sys.executable, str(KIOSK / script), "--url", f"unix://{sock}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=edge_env(sock.parent),
+    )
 
 
 @pytest.mark.slow
@@ -44,8 +50,15 @@ def test_no_tcp_listener(uds_only):
 def test_robot_bridge_json_lines(uds_only):
     _, sock = uds_only
     requests = [
-        {"id": 1, "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"}],
-         "max_tokens": 16, "temperature": 0},
+        {
+            "id": 1,
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
+            "max_tokens": 16,
+            "temperature": 0,
+        },
         {"id": "b", "prompt": "The capital of France is", "stream": True, "max_tokens": 6, "temperature": 0},
         "this is not json",
         {"id": 3},
@@ -68,7 +81,9 @@ def test_robot_bridge_json_lines(uds_only):
 @pytest.mark.slow
 def test_kiosk_launcher_streams_answers(uds_only):
     _, sock = uds_only
-    proc = _run("kiosk.py", sock, "What is the capital of France?\n\nAnd of Italy?\n", "--max-tokens", "24", "--system", SYSTEM)
+    proc = _run(
+        "kiosk.py", sock, "What is the capital of France?\n\nAnd of Italy?\n", "--max-tokens", "24", "--system", SYSTEM
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("starting...\nHello!")
     assert "Paris" in proc.stdout and proc.stdout.count("> ") >= 3

@@ -37,7 +37,7 @@ class FakeSystemd:
         while not self._stop:
             try:
                 data = self.sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -69,8 +69,11 @@ def test_notifier_sends_datagrams(tmp_path, abstract):
         n = Notifier(address)
         assert n.ready("serving x") and n.watchdog() and n.stopping()
         fake.wait_for("STOPPING", timeout=10)
-        assert [m for _, m in fake.messages] == [{"READY": "1", "STATUS": "serving x"}, {"WATCHDOG": "1"},
-                                                 {"STOPPING": "1", "STATUS": "stopping"}]
+        assert [m for _, m in fake.messages] == [
+            {"READY": "1", "STATUS": "serving x"},
+            {"WATCHDOG": "1"},
+            {"STOPPING": "1", "STATUS": "stopping"},
+        ]
     finally:
         fake.close()
     assert not Notifier(None).ready("x")  # unsupervised: a no-op

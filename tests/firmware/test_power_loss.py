@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware.bundle.installs import PHASES, Slots
 from edge.store import ModelStore
+from firmware.bundle.installs import PHASES, Slots
 from tests.firmware.conftest import edge_cli
 
 SWITCHED = PHASES.index("switched")  # from this phase on the new slot is the active one
@@ -27,7 +27,16 @@ def first_home(tmp_path_factory, smollm2_bundle) -> Path:
 @pytest.fixture(scope="session")
 def second_bundle(tmp_path_factory, smollm2_path) -> Path:
     out = tmp_path_factory.mktemp("bundle2") / "update.tar"
-    edge_cli(tmp_path_factory.mktemp("maker"), "bundle", "create", smollm2_path, "-o", out, "--alias", "update=smollm2:135m-q4_1")
+    edge_cli(
+        tmp_path_factory.mktemp("maker"),
+        "bundle",
+        "create",
+        smollm2_path,
+        "-o",
+        out,
+        "--alias",
+        "update=smollm2:135m-q4_1",
+    )
     return out
 
 

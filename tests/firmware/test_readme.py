@@ -40,24 +40,36 @@ def test_readme_commands_run(tmp_path):
     device_home = root / "var" / "lib" / "edge"
     sock = tmp_path / "edge.sock"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
-    env.update(USB=str(usb), KEYS=str(keys), EDGE_HOME=str(device_home), HF_HUB_OFFLINE="1",
-               PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHON=sys.executable)
+    env.update(
+        USB=str(usb),
+        KEYS=str(keys),
+        EDGE_HOME=str(device_home),
+        HF_HUB_OFFLINE="1",
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
+        PYTHON=sys.executable,
+    )
     server = None
     ran = []
     try:
         for lang, body in blocks():
             if "/run/edge/edge.sock" in body and server is None:  # the service, as the unit starts it
-                server = start_server(device_home, "default", "--ctx", str(CTX), "--no-tcp", "--uds", str(sock), wait=False)
+                server = start_server(
+                    device_home, "default", "--ctx", str(CTX), "--no-tcp", "--uds", str(sock), wait=False
+                )
                 Client(f"unix://{sock}").wait_ready(timeout=180)
             if lang == "python":
                 code = adapt(body, root, sock)
-                proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+                proc = subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+                )
                 assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
                 ran.append("python block")
                 continue
             for line in body.strip().splitlines():
                 cmd = adapt(line, root, sock)
-                proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+                proc = subprocess.run(
+                    ["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+                )
                 assert proc.returncode == 0, f"{line}\n-> {cmd}\n{proc.stdout}\n{proc.stderr}"
                 ran.append(line)
     finally:

@@ -57,10 +57,21 @@ def test_generated_unit_per_profile(tmp_path, profile):
 
 def test_hardening():
     d = _directives((SYSTEMD / "edge.service").read_text())
-    expected = {"Type": "notify", "NotifyAccess": "main", "Restart": "on-failure", "User": "edge",
-                "ProtectSystem": "strict", "PrivateTmp": "yes", "NoNewPrivileges": "yes", "IPAddressDeny": "any",
-                "IPAddressAllow": "localhost", "ReadOnlyPaths": "/var/lib/edge", "ProtectHome": "yes",
-                "CapabilityBoundingSet": "", "RuntimeDirectory": "edge"}
+    expected = {
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "Restart": "on-failure",
+        "User": "edge",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "IPAddressDeny": "any",
+        "IPAddressAllow": "localhost",
+        "ReadOnlyPaths": "/var/lib/edge",
+        "ProtectHome": "yes",
+        "CapabilityBoundingSet": "",
+        "RuntimeDirectory": "edge",
+    }
     for key, value in expected.items():
         assert d.get(key) == [value], f"{key}={d.get(key)} (want {value})"
     assert int(d["WatchdogSec"][0]) >= 10  # idle loops beat every second; a decode step may take a few
@@ -70,8 +81,12 @@ def test_hardening():
 @pytest.mark.parametrize("unit, most", [("edge.service", 2.0), ("edge-install@.service", 6.0)])
 def test_exposure_score(unit, most):
     """systemd's own hardening score (0 = locked down, 10 = exposed) of the shipped units."""
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(SYSTEMD / unit)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(SYSTEMD / unit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", proc.stdout + proc.stderr)
     assert found, proc.stdout + proc.stderr
     print(f"{unit}: exposure {found[1]}")

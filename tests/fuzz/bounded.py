@@ -54,7 +54,10 @@ def _main(listing: str) -> None:
             result, message = "ModelFormatError", e.message
         except Exception as e:  # reported, and the test fails on it
             result, message = type(e).__name__, str(e)
-        print(json.dumps({"path": path, "result": result, "message": message, "seconds": time.perf_counter() - t}), flush=True)
+        print(
+            json.dumps({"path": path, "result": result, "message": message, "seconds": time.perf_counter() - t}),
+            flush=True,
+        )
     os._exit(0)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
@@ -38,7 +38,7 @@ class Layout:
     alignment: int = 32
     extra_tensor_count: int = 0  # declared count = len(tensors) + this
 
-    def copy(self) -> "Layout":
+    def copy(self) -> Layout:
         return replace(self, kv=list(self.kv), tensors=[replace(t, dims=list(t.dims)) for t in self.tensors])
 
     def index(self, key: str) -> int:
@@ -155,7 +155,9 @@ def parse(path: Path, head_bytes: int = 16 << 20) -> tuple[Layout, list[tuple[st
         name = c.string(tag and f"{tag}: name length")
         n_dims = c.take("<I", tag and f"{tag}: n_dims")
         dims = [c.take("<q", tag and f"{tag}: dim {j}") for j in range(n_dims)]
-        tensors.append(Tensor(name, dims, c.take("<I", tag and f"{tag}: ggml type"), c.take("<Q", tag and f"{tag}: offset")))
+        tensors.append(
+            Tensor(name, dims, c.take("<I", tag and f"{tag}: ggml type"), c.take("<Q", tag and f"{tag}: offset"))
+        )
     table_end = c.pos
     align = next((struct.unpack("<I", raw)[0] for k, vt, raw in kv if k == b"general.alignment"), 32)
     start = -(-table_end // align) * align

@@ -13,15 +13,20 @@ from profiles.cpu import cgroup_cpu_limit, parse_cpuinfo, physical_cores
 def _x86(cores: int, threads_per_core: int, sockets: int = 1) -> str:
     blocks, cpu = [], 0
     for socket in range(sockets):
-        for t in range(threads_per_core):
+        for _t in range(threads_per_core):
             for core in range(cores):
-                blocks.append(f"processor\t: {cpu}\nvendor_id\t: GenuineIntel\nphysical id\t: {socket}\ncore id\t\t: {core}\n")
+                blocks.append(
+                    f"processor\t: {cpu}\nvendor_id\t: GenuineIntel\nphysical id\t: {socket}\ncore id\t\t: {core}\n"
+                )
                 cpu += 1
     return "\n".join(blocks)
 
 
 def _arm(parts: list[int]) -> str:
-    blocks = [f"processor\t: {i}\nBogoMIPS\t: 48.00\nCPU implementer\t: 0x41\nCPU part\t: {p:#x}\n" for i, p in enumerate(parts)]
+    blocks = [
+        f"processor\t: {i}\nBogoMIPS\t: 48.00\nCPU implementer\t: 0x41\nCPU part\t: {p:#x}\n"
+        for i, p in enumerate(parts)
+    ]
     return "\n".join(blocks) + "\nHardware\t: fake board\n"
 
 
@@ -69,7 +74,9 @@ def test_unknown_arm_parts_fall_back_to_sysfs_capacity(tmp_path):
     assert physical_cores(root2, allowed=set(range(4))) == 4
 
 
-@pytest.mark.parametrize("cpu_max, expected", [("max 100000\n", 4), ("200000 100000\n", 2), ("150000 100000\n", 1), ("50000 100000\n", 1)])
+@pytest.mark.parametrize(
+    "cpu_max, expected", [("max 100000\n", 4), ("200000 100000\n", 2), ("150000 100000\n", 1), ("50000 100000\n", 1)]
+)
 def test_cgroup_quota_caps_the_thread_count(tmp_path, cpu_max, expected):
     root = _tree(tmp_path, _x86(4, 2), cpu_max=cpu_max)
     assert physical_cores(root, allowed=set(range(8))) == expected

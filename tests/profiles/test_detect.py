@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from profiles.detect import detect
 from edge.cli.profile import profile_command
+from profiles.detect import detect
 from profiles.profile import GIB
 
 DEVICES = Path(__file__).parent / "fixtures" / "devices"

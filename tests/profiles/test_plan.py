@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -17,8 +17,8 @@ import typer
 from typer.testing import CliRunner
 
 from edge.errors import DoesNotFitError, ModelFormatError, UnknownTypeError
-from profiles.plan.shape import read_model_shape
 from profiles.plan.planner import MIB, MIN_AUTO_CTX, estimate, file_bytes, largest_context, plan, tensor_types
+from profiles.plan.shape import read_model_shape
 from profiles.profile import GIB, get_profile, list_profiles
 from quantize.cli.plan import plan_command
 
@@ -44,23 +44,36 @@ GB = 1e9
 # +5.3 %, +6.2 %): that is the size today's llama-quantize writes, not the published files' size.
 # Phi-3 Q4_K_M is unaffected in total (old: all Q5_K; new: half Q6_K, half Q4_K).
 PUBLISHED = [
-    ("llama-3.1-8b", "F16", 14.96 * GIB), ("llama-3.1-8b", "Q8_0", 7.95 * GIB),
-    ("llama-3.1-8b", "Q6_K", 6.14 * GIB), ("llama-3.1-8b", "Q5_K_M", 5.33 * GIB),
-    ("llama-3.1-8b", "Q5_K_S", 5.21 * GIB), ("llama-3.1-8b", "Q4_K_M", 4.58 * GIB),
-    ("llama-3.1-8b", "Q4_K_S", 4.36 * GIB), ("llama-3.1-8b", "IQ4_XS", 4.17 * GIB),
-    ("llama-3.1-8b", "IQ4_NL", 4.38 * GIB), ("llama-3.1-8b", "Q3_K_L", 4.02 * GIB),
-    ("llama-3.1-8b", "Q3_K_M", 3.74 * GIB), ("llama-3.1-8b", "Q3_K_S", 3.41 * GIB),
+    ("llama-3.1-8b", "F16", 14.96 * GIB),
+    ("llama-3.1-8b", "Q8_0", 7.95 * GIB),
+    ("llama-3.1-8b", "Q6_K", 6.14 * GIB),
+    ("llama-3.1-8b", "Q5_K_M", 5.33 * GIB),
+    ("llama-3.1-8b", "Q5_K_S", 5.21 * GIB),
+    ("llama-3.1-8b", "Q4_K_M", 4.58 * GIB),
+    ("llama-3.1-8b", "Q4_K_S", 4.36 * GIB),
+    ("llama-3.1-8b", "IQ4_XS", 4.17 * GIB),
+    ("llama-3.1-8b", "IQ4_NL", 4.38 * GIB),
+    ("llama-3.1-8b", "Q3_K_L", 4.02 * GIB),
+    ("llama-3.1-8b", "Q3_K_M", 3.74 * GIB),
+    ("llama-3.1-8b", "Q3_K_S", 3.41 * GIB),
     ("llama-3.1-8b", "Q2_K", 2.95 * GIB),
     ("phi-3-mini-4k", "F16", 7.64 * GB),  # [ms]
-    ("phi-3-mini-4k", "Q8_0", 4.06 * GB), ("phi-3-mini-4k", "Q6_K", 3.14 * GB),  # [mrad]
-    ("phi-3-mini-4k", "Q5_K_S", 2.64 * GB), ("phi-3-mini-4k", "Q4_K_M", 2.39 * GB),  # [mrad]
-    ("phi-3-mini-4k", "Q4_K_S", 2.19 * GB), ("phi-3-mini-4k", "Q3_K_M", 1.96 * GB),  # [mrad]
+    ("phi-3-mini-4k", "Q8_0", 4.06 * GB),
+    ("phi-3-mini-4k", "Q6_K", 3.14 * GB),  # [mrad]
+    ("phi-3-mini-4k", "Q5_K_S", 2.64 * GB),
+    ("phi-3-mini-4k", "Q4_K_M", 2.39 * GB),  # [mrad]
+    ("phi-3-mini-4k", "Q4_K_S", 2.19 * GB),
+    ("phi-3-mini-4k", "Q3_K_M", 1.96 * GB),  # [mrad]
     ("phi-3-mini-4k", "Q3_K_S", 1.68 * GB),  # [mrad]
-    ("phi-3-mini-4k", "IQ4_NL", 2.18 * GB), ("phi-3-mini-4k", "IQ4_XS", 2.06 * GB),  # [bart-phi]
+    ("phi-3-mini-4k", "IQ4_NL", 2.18 * GB),
+    ("phi-3-mini-4k", "IQ4_XS", 2.06 * GB),  # [bart-phi]
     ("gemma-2-2b", "Q8_0", 2.78 * GB),  # [bart-g2-q8]
-    ("gemma-2-2b", "Q6_K", 2.15 * GB), ("gemma-2-2b", "Q5_K_M", 1.92 * GB),  # [bart-g2]
-    ("gemma-2-2b", "Q5_K_S", 1.88 * GB), ("gemma-2-2b", "Q4_K_M", 1.71 * GB),  # [bart-g2]
-    ("gemma-2-2b", "Q4_K_S", 1.64 * GB), ("gemma-2-2b", "Q3_K_L", 1.55 * GB),  # [bart-g2]
+    ("gemma-2-2b", "Q6_K", 2.15 * GB),
+    ("gemma-2-2b", "Q5_K_M", 1.92 * GB),  # [bart-g2]
+    ("gemma-2-2b", "Q5_K_S", 1.88 * GB),
+    ("gemma-2-2b", "Q4_K_M", 1.71 * GB),  # [bart-g2]
+    ("gemma-2-2b", "Q4_K_S", 1.64 * GB),
+    ("gemma-2-2b", "Q3_K_L", 1.55 * GB),  # [bart-g2]
     ("gemma-2-2b", "IQ4_XS", 1.57 * GB),  # [bart-g2]
 ]
 
@@ -137,8 +150,10 @@ def test_gemma3_sliding_window_layers_from_header():
     # edge's backend keeps llama.cpp's default swa_full: every layer gets the whole context
     assert estimate(shape, "Q4_K_M", 8192, get_profile("generic")).kv_bytes == 18 * 8192 * 1024
     # two slots are two KV streams: twice the cells on every layer
-    assert estimate(shape, "Q4_K_M", 8192, get_profile("generic"), n_parallel=2, swa_full=False).kv_bytes \
+    assert (
+        estimate(shape, "Q4_K_M", 8192, get_profile("generic"), n_parallel=2, swa_full=False).kv_bytes
         == 2 * small.kv_bytes
+    )
 
 
 # --- what edge serve's process really takes -----------------------------------------------------
@@ -177,13 +192,19 @@ engine.close()
 _BUFFER = re.compile(r"(\w+)\s+(model|KV|compute|output) buffer size =\s+([\d.]+) MiB")
 
 
-@lru_cache(maxsize=None)
+@cache
 def serve_process(path: Path, n_ctx: int, n_parallel: int = 1, fill: int = 0) -> tuple[dict[str, float], dict]:
     """(MiB per buffer kind as llama.cpp logs them when edge's backend loads the model, the
     child's /proc/self/status after loading and after filling `fill` tokens)."""
     env = {**os.environ, "EDGE_LLAMA_LOG": "1"}
-    out = subprocess.run([sys.executable, "-c", _SERVE, str(path), str(n_ctx), str(n_parallel), str(fill)],
-                         capture_output=True, text=True, timeout=900, check=False, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _SERVE, str(path), str(n_ctx), str(n_parallel), str(fill)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     sizes: dict[str, float] = {}
     for _, kind, mib in _BUFFER.findall(out.stderr):
@@ -292,12 +313,16 @@ def _cli():
 
 def test_plan_command_json_and_table():
     runner = CliRunner()
-    result = runner.invoke(_cli(), ["plan-command", str(CONFIGS / "llama-3.1-8b.json"), "--profile", "rpi5-8gb", "--json"])
+    result = runner.invoke(
+        _cli(), ["plan-command", str(CONFIGS / "llama-3.1-8b.json"), "--profile", "rpi5-8gb", "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["recommended"]["type"] == "Q4_K_M" and data["recommended"]["n_ctx"] == 4096
     assert {e["type"] for e in data["estimates"]} >= {"F16", "Q8_0", "Q4_K_M", "Q2_K"}
-    table = runner.invoke(_cli(), ["plan-command", str(CONFIGS / "gemma-2-2b.json"), "--profile", "rpi5-4gb", "--ctx", "2048"])
+    table = runner.invoke(
+        _cli(), ["plan-command", str(CONFIGS / "gemma-2-2b.json"), "--profile", "rpi5-4gb", "--ctx", "2048"]
+    )
     assert table.exit_code == 0, table.output
     assert "Q4_K_M*" in table.output and "recommended: Q4_K_M at --ctx 2048" in table.output
     missing = runner.invoke(_cli(), ["plan-command", str(CONFIGS), "--profile", "rpi5-8gb"])  # no config.json there
@@ -307,8 +332,10 @@ def test_plan_command_json_and_table():
 
 
 def test_planner_and_detection_import_no_torch():
-    code = ("import sys, profiles.plan.planner, profiles.detect, profiles.plan.shape, edge.cli.profile, quantize.cli.plan; "
-            "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    code = (
+        "import sys, profiles.plan.planner, profiles.detect, profiles.plan.shape, edge.cli.profile, quantize.cli.plan; "
+        "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 

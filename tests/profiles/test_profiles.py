@@ -12,14 +12,26 @@ from profiles.profile import get_profile, list_profiles, load_profile_file
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 REQUIRED = {
-    "laptop-x86-avx2", "laptop-x86-avx512", "apple-m1", "apple-m2", "apple-m3", "apple-m4",
-    "rpi5-4gb", "rpi5-8gb", "rpi5-16gb", "jetson-orin-nano-8gb", "jetson-orin-nano-super",
-    "jetson-orin-nx-16gb", "jetson-agx-orin-64gb", "android-8gb-termux", "generic",
+    "laptop-x86-avx2",
+    "laptop-x86-avx512",
+    "apple-m1",
+    "apple-m2",
+    "apple-m3",
+    "apple-m4",
+    "rpi5-4gb",
+    "rpi5-8gb",
+    "rpi5-16gb",
+    "jetson-orin-nano-8gb",
+    "jetson-orin-nano-super",
+    "jetson-orin-nx-16gb",
+    "jetson-agx-orin-64gb",
+    "android-8gb-termux",
+    "generic",
 }
 
 
 def test_all_required_profiles_ship():
-    assert REQUIRED <= {p.name for p in list_profiles()}
+    assert {p.name for p in list_profiles()} >= REQUIRED
 
 
 @pytest.mark.parametrize("profile", list_profiles(), ids=lambda p: p.name)
@@ -37,8 +49,11 @@ def test_profile_is_consistent(profile):
 
 @pytest.mark.parametrize("path", sorted(PROFILES_DIR.glob("*.toml")), ids=lambda p: p.stem)
 def test_every_figure_has_a_source_comment(path):
-    lines = [line for line in path.read_text().splitlines() if line.split("=")[0].strip() in
-             ("total_gib", "bandwidth_gbs", "big_cores")]
+    lines = [
+        line
+        for line in path.read_text().splitlines()
+        if line.split("=")[0].strip() in ("total_gib", "bandwidth_gbs", "big_cores")
+    ]
     assert lines and all("#" in line for line in lines), "each figure needs its source in a comment"
 
 
@@ -52,10 +67,10 @@ def test_unknown_key_is_rejected_with_the_allowed_ones(tmp_path):
 
 def test_unknown_section_and_missing_section(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[memory]\ntotal_gib = 1.0\nbudget_gib = 0.5\nbandwidth_gbs = 1\n[cpus]\nbig_cores = 1\n')
+    bad.write_text("[memory]\ntotal_gib = 1.0\nbudget_gib = 0.5\nbandwidth_gbs = 1\n[cpus]\nbig_cores = 1\n")
     with pytest.raises(BadRequestError, match="cpus"):
         load_profile_file(bad)
-    bad.write_text('[memory]\ntotal_gib = 1.0\nbudget_gib = 0.5\nbandwidth_gbs = 1\n')
+    bad.write_text("[memory]\ntotal_gib = 1.0\nbudget_gib = 0.5\nbandwidth_gbs = 1\n")
     with pytest.raises(BadRequestError, match=r"missing section \[cpu\]"):
         load_profile_file(bad)
 

@@ -37,6 +37,8 @@ TOLERANCE_GELU_F32 = 1e-2  # Gemma family: ggml's fp16 GELU table alone costs ~4
 
 def tolerance(kind: str, qtype: str) -> float:
     return TOLERANCE_GELU_F32 if qtype == "f32" and kind.startswith("gemma") else TOLERANCE[qtype]
+
+
 N_PROMPT = 24  # > SLIDING_WINDOW, so sliding layers see a window that differs from full attention
 N_GEN = 32
 MAX_TIES = 3  # of N_GEN greedy steps (phi3 F16 has 1-2: top-2 gaps of ~0.003 in its random logits)
@@ -63,30 +65,38 @@ def hf_run(hf_dir: Path, ids: list[int], n_vocab: int) -> tuple[np.ndarray, list
 
     torch.set_num_threads(1)  # tiny matrices: more threads only fight over the shared CPUs
     model = AutoModelForCausalLM.from_pretrained(
-        hf_dir, dtype=torch.float32, attn_implementation="eager", local_files_only=True).eval()
+        hf_dir, dtype=torch.float32, attn_implementation="eager", local_files_only=True
+    ).eval()
     seq = list(ids)
     with torch.no_grad():
         for _ in range(N_GEN):  # no KV cache: each step recomputes the whole (tiny) sequence
             step = model(torch.tensor([seq])).logits[0, -1, :n_vocab]
             seq.append(int(torch.argmax(step)))
         logits = model(torch.tensor([seq])).logits[0, :, :n_vocab].double().numpy()
-    return logits, seq[len(ids):]
+    return logits, seq[len(ids) :]
 
 
-def llamacpp_run(gguf_path: Path, ids: list[int], forced: list[int], *, kv_type: str = "f16"
-                 ) -> tuple[np.ndarray, int]:
+def llamacpp_run(gguf_path: Path, ids: list[int], forced: list[int], *, kv_type: str = "f16") -> tuple[np.ndarray, int]:
     """llama.cpp's logits at every position when fed `ids` in one batch (prompt processing),
     then `forced` one token at a time (the decode path, through the KV cache of `kv_type`).
 
     -> logits (len(ids) + len(forced), n_vocab), n_vocab
     """
+    import llama_cpp
     from llama_cpp import Llama
 
-    import llama_cpp
-
     kv = {"f32": llama_cpp.GGML_TYPE_F32, "f16": llama_cpp.GGML_TYPE_F16}[kv_type]
-    llm = Llama(model_path=str(gguf_path), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True,
-                n_threads=1, seed=0, verbose=False, type_k=kv, type_v=kv)
+    llm = Llama(
+        model_path=str(gguf_path),
+        n_ctx=N_CTX,
+        n_batch=N_CTX,
+        logits_all=True,
+        n_threads=1,
+        seed=0,
+        verbose=False,
+        type_k=kv,
+        type_v=kv,
+    )
     try:
         llm.eval(ids)
         for tok in forced:
@@ -138,8 +148,10 @@ def test_llamacpp_matches_transformers(kind, qtype, tiny_gguf, hf_reference):
     # the logit bound above already implies transformers' own top-2 gap is <= 2 * diff (a near-tie
     # within float error); such steps are reported and at most MAX_TIES are accepted.
     ties = greedy_disagreements(cpp_logits, hf_logits)
-    print(f"\n{kind} {qtype}: max |logit diff| = {diff / std:.2e} std (tolerance {tol:g}), "
-          f"greedy near-ties {len(ties)}/{N_GEN}")
+    print(
+        f"\n{kind} {qtype}: max |logit diff| = {diff / std:.2e} std (tolerance {tol:g}), "
+        f"greedy near-ties {len(ties)}/{N_GEN}"
+    )
     assert len(ties) <= MAX_TIES, f"{kind} {qtype}: {len(ties)} near-ties in {N_GEN} steps: {ties}"
 
 
@@ -148,19 +160,35 @@ EXPECTED_META = {
     "llama3": {"tensors": {"rope_freqs.weight", "output.weight"}},
     "llama3-tied": {"tensors": {"rope_freqs.weight"}, "absent": {"output.weight"}},
     "llama2": {"tensors": {"output.weight"}, "absent": {"rope_freqs.weight"}},
-    "phi3": {"tensors": {"rope_factors_long.weight", "rope_factors_short.weight",
-                         "blk.0.attn_qkv.weight", "blk.0.ffn_up.weight"},
-             "absent": {"blk.0.attn_q.weight", "blk.0.ffn_gate.weight"},
-             "kv": {"phi3.rope.scaling.attn_factor": 1.1180339887,
-                    "phi3.rope.scaling.original_context_length": 256}},
+    "phi3": {
+        "tensors": {
+            "rope_factors_long.weight",
+            "rope_factors_short.weight",
+            "blk.0.attn_qkv.weight",
+            "blk.0.ffn_up.weight",
+        },
+        "absent": {"blk.0.attn_q.weight", "blk.0.ffn_gate.weight"},
+        "kv": {"phi3.rope.scaling.attn_factor": 1.1180339887, "phi3.rope.scaling.original_context_length": 256},
+    },
     "gemma": {"absent": {"output.weight"}},
-    "gemma2": {"absent": {"output.weight"},
-               "kv": {"gemma2.attn_logit_softcapping": 5.0, "gemma2.final_logit_softcapping": 4.0,
-                      "gemma2.attention.sliding_window": 8}},
-    "gemma3": {"absent": {"output.weight"},
-               "kv": {"gemma3.attention.sliding_window": 8, "gemma3.rope.freq_base": 1e6,
-                      "gemma3.rope.freq_base_swa": 1e4, "gemma3.rope.scaling.factor": 8.0,
-                      "gemma3.attention.sliding_window_pattern": [1, 1, 0, 1, 1, 0]}},
+    "gemma2": {
+        "absent": {"output.weight"},
+        "kv": {
+            "gemma2.attn_logit_softcapping": 5.0,
+            "gemma2.final_logit_softcapping": 4.0,
+            "gemma2.attention.sliding_window": 8,
+        },
+    },
+    "gemma3": {
+        "absent": {"output.weight"},
+        "kv": {
+            "gemma3.attention.sliding_window": 8,
+            "gemma3.rope.freq_base": 1e6,
+            "gemma3.rope.freq_base_swa": 1e4,
+            "gemma3.rope.scaling.factor": 8.0,
+            "gemma3.attention.sliding_window_pattern": [1, 1, 0, 1, 1, 0],
+        },
+    },
 }
 
 
@@ -226,10 +254,22 @@ def test_unpack_restores_hf_weights(kind, tiny_checkpoint, tiny_gguf, hf_referen
         np.testing.assert_allclose(back[name], w, rtol=1e-5, atol=1e-6, err_msg=f"{kind}: {name}")
     cfg_in = json.loads((src / "config.json").read_text())
     cfg_out = json.loads((Path(out) / "config.json").read_text())
-    for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "intermediate_size", "rope_theta", "sliding_window",
-                "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
-                "rope_local_base_freq", "layer_types", "rope_scaling"):
+    for key in (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "rope_theta",
+        "sliding_window",
+        "query_pre_attn_scalar",
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+        "rope_local_base_freq",
+        "layer_types",
+        "rope_scaling",
+    ):
         if cfg_in.get(key) is not None:
             assert _same(cfg_out.get(key), cfg_in[key]), f"{kind}: config {key}: {cfg_out.get(key)}"
     ids, n_vocab, hf_logits, greedy = hf_reference(kind)
@@ -244,7 +284,8 @@ def _hf_logits(hf_dir: Path, ids: list[int]) -> np.ndarray:
 
     torch.set_num_threads(1)
     model = AutoModelForCausalLM.from_pretrained(
-        hf_dir, dtype=torch.float32, attn_implementation="eager", local_files_only=True).eval()
+        hf_dir, dtype=torch.float32, attn_implementation="eager", local_files_only=True
+    ).eval()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].double().numpy()
 
@@ -266,9 +307,14 @@ def test_config_errors_name_the_problem():
 
     with pytest.raises(UnsupportedArchitectureError, match="Gemma3ForCausalLM"):
         get_arch("gemma3").load_config({"model_type": "gemma3", "text_config": {"hidden_size": 640}})
-    phi3 = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "vocab_size": 1024,
-            "rope_scaling": {"type": "longrope", "long_factor": [1.0] * 3, "short_factor": [1.0] * 16}}
+    phi3 = {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 1024,
+        "rope_scaling": {"type": "longrope", "long_factor": [1.0] * 3, "short_factor": [1.0] * 16},
+    }
     with pytest.raises(ModelFormatError, match="long_factor has 3 values, expected 16"):
         get_arch("phi3").load_config(phi3)
     with pytest.raises(ModelFormatError, match="not supported for Phi-3"):
@@ -280,10 +326,24 @@ def test_llama3_rope_scaling_is_solved_from_the_factors_of_a_foreign_file():
     from quantize.archs.llama import LlamaConfig, llama3_rope_factors, llama3_rope_scaling
 
     for factor, head_dim in ((8.0, 128), (32.0, 64)):  # Llama-3.1-8B, Llama-3.2-1B
-        rs = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-              "original_max_position_embeddings": 8192}
-        cfg = LlamaConfig.from_dict({"hidden_size": head_dim * 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-                                     "intermediate_size": 64, "num_hidden_layers": 1, "vocab_size": 8,
-                                     "rope_theta": 500000.0, "rope_scaling": rs})
+        rs = {
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
+        cfg = LlamaConfig.from_dict(
+            {
+                "hidden_size": head_dim * 32,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "vocab_size": 8,
+                "rope_theta": 500000.0,
+                "rope_scaling": rs,
+            }
+        )
         assert llama3_rope_scaling(llama3_rope_factors(cfg), 500000.0, head_dim) == rs
     assert llama3_rope_scaling(np.ones(64, dtype=np.float32), 500000.0, 128) is None

@@ -56,7 +56,7 @@ def test_sigkill_mid_write_leaves_no_final_file(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     partial = [p for p in tmp_path.iterdir() if p.name.startswith(TMP_PREFIX)]
-    assert len(partial) == 1 and partial[0].stat().st_size > 2 * 256 * 256 * 4   # it was mid-write
+    assert len(partial) == 1 and partial[0].stat().st_size > 2 * 256 * 256 * 4  # it was mid-write
 
 
 def test_interrupt_removes_temp_file(tmp_path):
@@ -65,8 +65,10 @@ def test_interrupt_removes_temp_file(tmp_path):
     def boom() -> np.ndarray:
         raise KeyboardInterrupt
 
-    tensors = [OutTensor("a.weight", (4,), F32, lambda: np.zeros(4, np.float32)),
-               OutTensor("b.weight", (4,), F32, boom)]
+    tensors = [
+        OutTensor("a.weight", (4,), F32, lambda: np.zeros(4, np.float32)),
+        OutTensor("b.weight", (4,), F32, boom),
+    ]
     with pytest.raises(KeyboardInterrupt):
         write_gguf(out, "llama", lambda w: None, tensors)
     assert list(tmp_path.iterdir()) == []
@@ -86,9 +88,8 @@ def test_existing_file_refused_and_kept(tmp_path):
 
 def test_written_file_reads_back(tmp_path):
     out = tmp_path / "m.gguf"
-    a = np.arange(6, dtype=np.float32).reshape(2, 3)      # (2, 3)
-    write_gguf(out, "llama", lambda w: w.add_uint32("x.y", 7),
-               [OutTensor("a.weight", (2, 3), F32, lambda: a)])
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)  # (2, 3)
+    write_gguf(out, "llama", lambda w: w.add_uint32("x.y", 7), [OutTensor("a.weight", (2, 3), F32, lambda: a)])
     reader = gguf.GGUFReader(out)
     assert reader.fields["x.y"].contents() == 7
     np.testing.assert_array_equal(reader.tensors[0].data, a)

@@ -22,8 +22,9 @@ def _raw_file(path: Path, header: dict, data: bytes) -> Path:
 
 
 def test_offsets_past_end_of_file_name_file_and_tensor(tmp_path):
-    f = _raw_file(tmp_path / "model.safetensors",
-                  {"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 32)
+    f = _raw_file(
+        tmp_path / "model.safetensors", {"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}, b"\0" * 32
+    )
     with pytest.raises(ModelFormatError) as e:
         read_header(f)
     assert "model.safetensors" in e.value.message and "'w'" in e.value.message
@@ -37,12 +38,15 @@ def test_header_length_past_end_of_file(tmp_path):
         read_header(f)
 
 
-@pytest.mark.parametrize("entry, why", [
-    ({"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 32]}, "need 64"),       # size disagrees with shape
-    ({"dtype": "Q4", "shape": [4], "data_offsets": [0, 2]}, "unsupported dtype"),
-    ({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}, "invalid shape"),
-    ({"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}, "past the end"),     # begin > end
-])
+@pytest.mark.parametrize(
+    "entry, why",
+    [
+        ({"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 32]}, "need 64"),  # size disagrees with shape
+        ({"dtype": "Q4", "shape": [4], "data_offsets": [0, 2]}, "unsupported dtype"),
+        ({"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}, "invalid shape"),
+        ({"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}, "past the end"),  # begin > end
+    ],
+)
 def test_malformed_entries(tmp_path, entry, why):
     f = _raw_file(tmp_path / "a.safetensors", {"t": entry}, b"\0" * 64)
     with pytest.raises(ModelFormatError, match=why):
@@ -57,10 +61,11 @@ def test_not_json(tmp_path):
 
 
 def test_bf16_is_widened_exactly(tmp_path):
-    values = np.array([[1.0, -2.5], [3.140625, 1e-3]], dtype=np.float32)   # (2, 2)
-    bits = (values.view(np.uint32) >> 16).astype(np.uint16)                # truncated bf16
-    _raw_file(tmp_path / "m.safetensors",
-              {"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]}}, bits.tobytes())
+    values = np.array([[1.0, -2.5], [3.140625, 1e-3]], dtype=np.float32)  # (2, 2)
+    bits = (values.view(np.uint32) >> 16).astype(np.uint16)  # truncated bf16
+    _raw_file(
+        tmp_path / "m.safetensors", {"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]}}, bits.tobytes()
+    )
     ckpt = Checkpoint.open(tmp_path)
     got = ckpt.load("w")
     assert got.dtype == np.float32
@@ -69,10 +74,11 @@ def test_bf16_is_widened_exactly(tmp_path):
 
 
 def test_writer_and_reader_round_trip(tmp_path):
-    a = np.arange(12, dtype=np.float32).reshape(3, 4)                      # (3, 4)
-    h = np.arange(5, dtype=np.float16)                                     # (5,)
-    write_safetensors(tmp_path / "x.safetensors", [OutEntry("a", "F32", (3, 4), lambda: a),
-                                                    OutEntry("h", "F16", (5,), lambda: h)])
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)  # (3, 4)
+    h = np.arange(5, dtype=np.float16)  # (5,)
+    write_safetensors(
+        tmp_path / "x.safetensors", [OutEntry("a", "F32", (3, 4), lambda: a), OutEntry("h", "F16", (5,), lambda: h)]
+    )
     from safetensors.numpy import load_file  # the reference implementation reads our file
 
     ref = load_file(tmp_path / "x.safetensors")
@@ -82,21 +88,32 @@ def test_writer_and_reader_round_trip(tmp_path):
 
 
 def test_sharded_index_with_missing_shard(tmp_path):
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    _raw_file(tmp_path / "model-00001-of-00002.safetensors",
-              {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
+    _raw_file(
+        tmp_path / "model-00001-of-00002.safetensors",
+        {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+        b"\0" * 4,
+    )
     with pytest.raises(NotFoundError, match="model-00002-of-00002.safetensors"):
         Checkpoint.open(tmp_path)
 
 
 def test_sharded_checkpoint_reads_all_shards(tmp_path):
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
-    _raw_file(tmp_path / "s1.safetensors", {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
-              np.float32(1.5).tobytes())
-    _raw_file(tmp_path / "s2.safetensors", {"b": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}},
-              np.float16(2.5).tobytes())
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}})
+    )
+    _raw_file(
+        tmp_path / "s1.safetensors",
+        {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+        np.float32(1.5).tobytes(),
+    )
+    _raw_file(
+        tmp_path / "s2.safetensors",
+        {"b": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}},
+        np.float16(2.5).tobytes(),
+    )
     ckpt = Checkpoint.open(tmp_path)
     assert ckpt.load("a")[0] == 1.5 and ckpt.load("b")[0] == 2.5
 
@@ -115,7 +132,7 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_truncated_checkpoint_gives_error_and_no_output(tiny_checkpoint, tmp_path):
     src = _copy(tiny_checkpoint("llama3"), tmp_path / "ckpt")
     weights = src / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-1000])            # cut the last tensor short
+    weights.write_bytes(weights.read_bytes()[:-1000])  # cut the last tensor short
     out = tmp_path / "out"
     with pytest.raises(ModelFormatError, match="past the end"):
         convert(src, ["f16", "q8_0"], out, quiet=True)
@@ -125,7 +142,7 @@ def test_truncated_checkpoint_gives_error_and_no_output(tiny_checkpoint, tmp_pat
 def test_shapes_disagreeing_with_config(tiny_checkpoint, tmp_path):
     src = _copy(tiny_checkpoint("llama3"), tmp_path / "ckpt")
     config = json.loads((src / "config.json").read_text())
-    config["intermediate_size"] = 512                             # the weights say 256
+    config["intermediate_size"] = 512  # the weights say 256
     (src / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out"
     with pytest.raises(ModelFormatError, match=r"shape \[256, 128\] but config.json implies \[512, 128\]"):

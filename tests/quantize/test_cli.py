@@ -12,27 +12,49 @@ ROOT = Path(__file__).parents[2]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "quantize.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**__import__("os").environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "quantize.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    )
 
 
 @pytest.mark.slow
 def test_convert_and_unpack_end_to_end(tiny_checkpoint, tmp_path):
-    r = run("convert", str(tiny_checkpoint("llama3")), "--to", "f16,q4_0", "-o", str(tmp_path / "out"),
-            "--name", "tiny")
+    r = run(
+        "convert", str(tiny_checkpoint("llama3")), "--to", "f16,q4_0", "-o", str(tmp_path / "out"), "--name", "tiny"
+    )
     assert r.returncode == 0, r.stderr
     assert "tiny-f16.gguf" in r.stderr and "tiny-q4_0.gguf" in r.stderr and "bits/weight" in r.stderr
     # two types: the GGUF files plus the quality report (model card) beside them, nothing else
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "tiny-f16.gguf", "tiny-q4_0.gguf", "tiny-report.json", "tiny-report.md"]
+        "tiny-f16.gguf",
+        "tiny-q4_0.gguf",
+        "tiny-report.json",
+        "tiny-report.md",
+    ]
 
-    again = run("convert", str(tiny_checkpoint("llama3")), "--to", "q4_0", "-o", str(tmp_path / "out"),
-                "--name", "tiny")
+    again = run(
+        "convert", str(tiny_checkpoint("llama3")), "--to", "q4_0", "-o", str(tmp_path / "out"), "--name", "tiny"
+    )
     assert again.returncode == 6 and "already exists" in again.stderr and "--force" in again.stderr
     assert "Traceback" not in again.stderr
 
-    quiet = run("convert", str(tiny_checkpoint("llama3")), "--to", "q4_0", "-o", str(tmp_path / "out"),
-                "--name", "tiny", "--force", "--quiet")
+    quiet = run(
+        "convert",
+        str(tiny_checkpoint("llama3")),
+        "--to",
+        "q4_0",
+        "-o",
+        str(tmp_path / "out"),
+        "--name",
+        "tiny",
+        "--force",
+        "--quiet",
+    )
     assert quiet.returncode == 0 and "bits/weight" not in quiet.stderr + quiet.stdout
 
     u = run("unpack", str(tmp_path / "out" / "tiny-f16.gguf"), "-o", str(tmp_path / "hf"))
@@ -40,13 +62,16 @@ def test_convert_and_unpack_end_to_end(tiny_checkpoint, tmp_path):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
 
 
-@pytest.mark.parametrize("args, code, text", [
-    (["convert", "{ckpt}", "--to", "q9_k", "-o", "{out}"], 2, "unknown quantization type 'q9_k'"),
-    (["convert", "{ckpt}", "--to", "iq2_xxs", "-o", "{out}"], 2, "needs an importance matrix"),
-    (["convert", "{missing}", "--to", "f16", "-o", "{out}"], 3, "does not exist"),
-    (["unpack", "{missing}", "-o", "{out}"], 3, "does not exist"),
-    (["convert", "{ckpt}", "-o", "{out}"], 2, "--to"),                       # usage error
-])
+@pytest.mark.parametrize(
+    "args, code, text",
+    [
+        (["convert", "{ckpt}", "--to", "q9_k", "-o", "{out}"], 2, "unknown quantization type 'q9_k'"),
+        (["convert", "{ckpt}", "--to", "iq2_xxs", "-o", "{out}"], 2, "needs an importance matrix"),
+        (["convert", "{missing}", "--to", "f16", "-o", "{out}"], 3, "does not exist"),
+        (["unpack", "{missing}", "-o", "{out}"], 3, "does not exist"),
+        (["convert", "{ckpt}", "-o", "{out}"], 2, "--to"),  # usage error
+    ],
+)
 def test_errors_map_to_exit_codes(tiny_checkpoint, tmp_path, args, code, text):
     subst = {"ckpt": str(tiny_checkpoint("llama3")), "out": str(tmp_path / "out"), "missing": str(tmp_path / "x")}
     r = run(*[a.format(**subst) for a in args])

@@ -11,13 +11,34 @@ from pathlib import Path
 import gguf
 import pytest
 
-from edge.errors import BadRequestError, NotFoundError, OutputExistsError, UnknownTypeError, \
-    UnsupportedArchitectureError
+from edge.errors import (
+    BadRequestError,
+    NotFoundError,
+    OutputExistsError,
+    UnknownTypeError,
+    UnsupportedArchitectureError,
+)
 from quantize.convert import convert, default_name
 from quantize.quantizer import TYPES, intermediate_type, parse_types, quantize_file
 
-ALL_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1",
-             "Q3_K_M", "Q3_K_L", "Q2_K", "IQ4_XS", "IQ4_NL"]
+ALL_TYPES = [
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "Q4_1",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q2_K",
+    "IQ4_XS",
+    "IQ4_NL",
+]
 
 
 def sha256(path: Path) -> str:
@@ -36,8 +57,8 @@ def test_type_names():
 
 def test_intermediate_choice():
     pick = lambda types, src: intermediate_type(parse_types(types), src).name  # noqa: E731
-    assert pick("f16,q4_k_m", "F32") == "F16"      # quantize from the F16 the user gets
-    assert pick("q4_k_m", "BF16") == "BF16"        # nothing requested in float: the source's type
+    assert pick("f16,q4_k_m", "F32") == "F16"  # quantize from the F16 the user gets
+    assert pick("q4_k_m", "BF16") == "BF16"  # nothing requested in float: the source's type
     assert pick("bf16,f32,q8_0", "F16") == "F32"
     assert pick("bf16,f16", "BF16") == "BF16"
 
@@ -80,7 +101,7 @@ def test_existing_output_refused_without_force(tiny_checkpoint, tmp_path):
     with pytest.raises(OutputExistsError, match="--force"):
         convert(tiny_checkpoint("llama3"), "f16,q8_0", out, name="m", quiet=True)
     assert existing.read_bytes() == b"keep me"
-    assert sorted(p.name for p in out.iterdir()) == ["m-q8_0.gguf"]     # and nothing else was written
+    assert sorted(p.name for p in out.iterdir()) == ["m-q8_0.gguf"]  # and nothing else was written
     convert(tiny_checkpoint("llama3"), "q8_0", out, name="m", quiet=True, force=True)
     assert gguf.GGUFReader(existing).tensors
 
@@ -107,8 +128,11 @@ def test_quantized_type_is_made_from_the_requested_f16(tiny_checkpoint, tmp_path
     quantize_file(f32, from_f32, TYPES["Q4_K_M"])
     assert sha256(from_f32) != sha256(results["Q4_K_M"].path)
     ref = tmp_path / "ref.gguf"  # llama.cpp's own llama-quantize (the anchor), built on first use
-    subprocess.run([str(anchor_tool("llama-quantize")), str(results["F16"].path), str(ref), "Q4_K_M"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(anchor_tool("llama-quantize")), str(results["F16"].path), str(ref), "Q4_K_M"],
+        check=True,
+        capture_output=True,
+    )
     assert sha256(ref) == sha256(results["Q4_K_M"].path)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ N_CHUNKS = 3
 
 def test_encode_decode_round_trip_within_half_a_code():
     rng = np.random.default_rng(0)
-    logp = ev.log_softmax(rng.normal(0, 4, (5, 300)).astype(np.float32))        # (5, 300)
+    logp = ev.log_softmax(rng.normal(0, 4, (5, 300)).astype(np.float32))  # (5, 300)
     header, codes = ev.encode_rows(logp)
     back = ev.decode_rows(header, codes)
     keep = logp > logp.max(axis=1, keepdims=True) + ev.MIN_LOG_PROB
@@ -49,7 +48,7 @@ def test_kl_is_zero_for_identical_and_positive_for_different_distributions():
 
 
 def test_chunks_drop_the_tail_and_start_with_bos():
-    tokens = np.arange(10, 35, dtype=np.int32)       # 25 tokens
+    tokens = np.arange(10, 35, dtype=np.int32)  # 25 tokens
     out = list(ev.chunks(tokens, 8, bos=1))
     assert len(out) == 3 and all(c[0] == 1 for c in out)
     assert out[1][1:].tolist() == list(range(19, 26))
@@ -102,7 +101,7 @@ def _evaluate(ref: Path, variant: Path, config: ev.EvalConfig) -> dict:
 def test_f32_against_itself_is_kl_zero_and_all_tops_agree_reproducibly(smol_ladder):
     config = ev.EvalConfig(max_chunks=2, speed=False)
     first = _evaluate(smol_ladder["F32"], smol_ladder["F32"], config)
-    assert abs(first["kld_mean"]) < 1e-5 and first["kld_p99"] < 1e-4   # 16-bit codes of the spilled reference
+    assert abs(first["kld_mean"]) < 1e-5 and first["kld_p99"] < 1e-4  # 16-bit codes of the spilled reference
     assert first["same_top_pct"] == 100.0
     assert first["ppl"] == first["ppl_ref"] and first["ppl_delta_pct"] == 0.0
     assert first["tokens"] == 2 * 255
@@ -113,10 +112,15 @@ def test_f32_against_itself_is_kl_zero_and_all_tops_agree_reproducibly(smol_ladd
 def _llama_perplexity_kld(tool: Path, ref: Path, variant: Path, text: Path, work: Path) -> dict:
     base = work / "base.kld"
     common_args = ["-c", "512", "-b", "512", "--chunks", str(N_CHUNKS), "-t", "2"]
-    subprocess.run([tool, "-m", ref, "-f", text, *common_args, "--kl-divergence-base", base],
-                   check=True, capture_output=True)
-    out = subprocess.run([tool, "-m", variant, *common_args, "--kl-divergence-base", base, "--kl-divergence"],
-                         check=True, capture_output=True, text=True)
+    subprocess.run(
+        [tool, "-m", ref, "-f", text, *common_args, "--kl-divergence-base", base], check=True, capture_output=True
+    )
+    out = subprocess.run(
+        [tool, "-m", variant, *common_args, "--kl-divergence-base", base, "--kl-divergence"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     log = out.stdout + out.stderr
 
     def grab(pattern: str) -> float:
@@ -124,21 +128,27 @@ def _llama_perplexity_kld(tool: Path, ref: Path, variant: Path, text: Path, work
         assert m, f"{pattern!r} not in llama-perplexity's output:\n{log[-2000:]}"
         return float(m.group(1))
 
-    return {"kld_mean": grab(r"Mean\s+KLD:\s+([0-9.eE+-]+)"), "ppl": grab(r"Mean PPL\(Q\)\s+:\s+([0-9.]+)"),
-            "ppl_ref": grab(r"Mean PPL\(base\)\s+:\s+([0-9.]+)"), "same_top_pct": grab(r"Same top p:\s+([0-9.]+)"),
-            "kld_p99": grab(r"99\.0%\s+KLD:\s+([0-9.]+)")}
+    return {
+        "kld_mean": grab(r"Mean\s+KLD:\s+([0-9.eE+-]+)"),
+        "ppl": grab(r"Mean PPL\(Q\)\s+:\s+([0-9.]+)"),
+        "ppl_ref": grab(r"Mean PPL\(base\)\s+:\s+([0-9.]+)"),
+        "same_top_pct": grab(r"Same top p:\s+([0-9.]+)"),
+        "kld_p99": grab(r"99\.0%\s+KLD:\s+([0-9.]+)"),
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q3_K_M"])
 def test_figures_agree_with_llama_perplexity_within_2_percent(smol_ladder, qtype, tmp_path, anchor_tool):
     text = ev.default_eval_text()
-    theirs = _llama_perplexity_kld(anchor_tool("llama-perplexity"), smol_ladder["F32"], smol_ladder[qtype], text.path, tmp_path)
+    theirs = _llama_perplexity_kld(
+        anchor_tool("llama-perplexity"), smol_ladder["F32"], smol_ladder[qtype], text.path, tmp_path
+    )
     ours = _evaluate(smol_ladder["F32"], smol_ladder[qtype], ev.EvalConfig(max_chunks=N_CHUNKS, speed=False))
     assert ours["tokens"] == N_CHUNKS * 255
     for key in ("kld_mean", "ppl", "ppl_ref", "same_top_pct", "kld_p99"):
         assert ours[key] == pytest.approx(theirs[key], rel=0.02), (key, ours[key], theirs[key])
-    assert ours["kld_mean"] > 1e-3   # a real difference was measured, not two copies of the reference
+    assert ours["kld_mean"] > 1e-3  # a real difference was measured, not two copies of the reference
 
 
 @pytest.mark.slow

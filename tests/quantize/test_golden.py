@@ -31,9 +31,11 @@ def digest(path: Path) -> dict[str, dict[str, str]]:
             continue
         value = field.contents()
         meta[field.name] = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-    tensors = {t.name: f"{t.tensor_type.name}{list(map(int, t.shape))}:"
-                       f"{hashlib.sha256(np.ascontiguousarray(t.data).tobytes()).hexdigest()[:16]}"
-               for t in reader.tensors}
+    tensors = {
+        t.name: f"{t.tensor_type.name}{list(map(int, t.shape))}:"
+        f"{hashlib.sha256(np.ascontiguousarray(t.data).tobytes()).hexdigest()[:16]}"
+        for t in reader.tensors
+    }
     return {"metadata": meta, "tensors": tensors}
 
 

@@ -34,8 +34,11 @@ def test_types_needing_an_imatrix_are_refused_without_one_and_allowed_with_one()
         parse_types("q4_k_m,iq2_xxs")
     with pytest.raises(BadRequestError, match="importance matrix"):
         im.parse_types_with_imatrix("iq2_xxs", have_imatrix=False)
-    assert [t.name for t in im.parse_types_with_imatrix("gguf:q4_k_m,IQ2_XXS,iq3_xxs", True)] == \
-        ["Q4_K_M", "IQ2_XXS", "IQ3_XXS"]
+    assert [t.name for t in im.parse_types_with_imatrix("gguf:q4_k_m,IQ2_XXS,iq3_xxs", True)] == [
+        "Q4_K_M",
+        "IQ2_XXS",
+        "IQ3_XXS",
+    ]
 
 
 def test_weight_names_drop_graph_decorations():
@@ -49,11 +52,11 @@ def test_collects_every_block_matmul_weight_with_token_counts(matrix, smol_f32):
     n_layer = reader.fields["llama.block_count"].parts[-1][0]
     expected = {f"blk.{i}.{w}.weight" for i in range(n_layer) for w in MATMUL_WEIGHTS}
     assert set(matrix.sums) == expected
-    assert set(matrix.counts.values()) == {2 * 512}          # every token of both chunks
+    assert set(matrix.counts.values()) == {2 * 512}  # every token of both chunks
     shapes = {t.name: t.shape for t in reader.tensors}
     means = matrix.means()
     for name, values in means.items():
-        assert values.dtype == np.float32 and values.shape == (shapes[name][0],)   # one per input column
+        assert values.dtype == np.float32 and values.shape == (shapes[name][0],)  # one per input column
         assert np.isfinite(values).all() and (values >= 0).all() and values.max() > 0
 
 
@@ -67,7 +70,7 @@ def test_imatrix_changes_the_quantized_tensors_and_unlocks_iq2(matrix, smol_f32,
     assert a.keys() == b.keys()
     changed = {n for n in a if a[n] != b[n]}
     assert any(".ffn_down." in n for n in changed) and any(".attn_q." in n for n in changed)
-    assert "token_embd.weight" not in changed                 # no activations collected for it
+    assert "token_embd.weight" not in changed  # no activations collected for it
     im.quantize_with_imatrix(smol_f32, iq2, TYPES["IQ2_XXS"], matrix)
     assert iq2.stat().st_size < plain.stat().st_size
 

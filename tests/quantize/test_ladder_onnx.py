@@ -30,9 +30,27 @@ def ladder(tiny_checkpoint, module_tmp) -> tuple[Path, dict]:
     from quantize.evaluate import default_eval_text
 
     text.write_bytes(default_eval_text().path.read_bytes()[:4000])
-    run = subprocess.run([*CLI, "convert", str(tiny_checkpoint("llama3")), "--to", "f32,q8_0,onnx:fp32,onnx:int4",
-                          "-o", str(out), "--name", "tiny", "--eval-text", str(text), "--eval-ctx", "128", "--json"],
-                         capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [
+            *CLI,
+            "convert",
+            str(tiny_checkpoint("llama3")),
+            "--to",
+            "f32,q8_0,onnx:fp32,onnx:int4",
+            "-o",
+            str(out),
+            "--name",
+            "tiny",
+            "--eval-text",
+            str(text),
+            "--eval-ctx",
+            "128",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return out, json.loads(run.stdout)
 
@@ -48,7 +66,9 @@ def test_onnx_rows_share_the_table_and_the_reference(ladder):
     assert fp32["kld_mean"] < 1e-4 and fp32["same_top_pct"] > 99.0, fp32
     assert abs(fp32["ppl_delta_pct"]) < 0.1
     int4 = rows[("onnx", "onnx:int4_bs32")]
-    assert int4["kld_mean"] > 10 * fp32["kld_mean"] and int4["size_bytes"] < fp32["size_bytes"] / 2   # a tiny model: the fp16 embedding weighs a lot
+    assert (
+        int4["kld_mean"] > 10 * fp32["kld_mean"] and int4["size_bytes"] < fp32["size_bytes"] / 2
+    )  # a tiny model: the fp16 embedding weighs a lot
     for v in (fp32, int4):
         folder = out / v["file"]
         assert folder.is_dir() and v["sha256"] == hashlib.sha256((folder / "edge_onnx.json").read_bytes()).hexdigest()
@@ -57,9 +77,24 @@ def test_onnx_rows_share_the_table_and_the_reference(ladder):
 
 def test_eval_takes_onnx_folders(ladder):
     out, _ = ladder
-    run = subprocess.run([*CLI, "eval", str(out / "tiny-f32.gguf"), str(out / "tiny-onnx-fp32"),
-                          "--eval-text", str(out / "eval.txt"), "--eval-ctx", "128", "--json", "-o", str(out / "again")],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            *CLI,
+            "eval",
+            str(out / "tiny-f32.gguf"),
+            str(out / "tiny-onnx-fp32"),
+            "--eval-text",
+            str(out / "eval.txt"),
+            "--eval-ctx",
+            "128",
+            "--json",
+            "-o",
+            str(out / "again"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     [row] = json.loads(run.stdout)["variants"]
     assert row["format"] == "onnx" and row["type"] == "onnx:fp32" and row["kld_mean"] < 1e-4

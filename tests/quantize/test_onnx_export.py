@@ -30,15 +30,16 @@ def _hf_model(folder: Path):
     import torch
     import transformers
 
-    return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
-                                                             attn_implementation="eager").eval()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
 
 
 def _hf_logits(model, ids: list[int], vocab: int) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0, :, :vocab].float().numpy()   # (n, vocab)
+        return model(torch.tensor([ids])).logits[0, :, :vocab].float().numpy()  # (n, vocab)
 
 
 def _batcher(folder: Path, n_ctx: int = 256):
@@ -108,9 +109,10 @@ def test_fp32_logits_and_greedy_match_transformers(kind, tiny_checkpoint, export
 
     prompt = ids[:8]
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=N_GREEDY, min_new_tokens=N_GREEDY,
-                             do_sample=False, pad_token_id=0)
-    want = out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=N_GREEDY, min_new_tokens=N_GREEDY, do_sample=False, pad_token_id=0
+        )
+    want = out[0, len(prompt) :].tolist()
     assert _greedy(folder, prompt, N_GREEDY) == want
 
 
@@ -135,7 +137,7 @@ def test_quantized_types_load_generate_and_agree(otype, exported):
     print(f"{otype}: top-1 agreement with fp32 {top1:.3f}, KL {kl:.4f}, logit correlation {corr:.4f}")
     # random tiny weights have near-ties everywhere, so top-1 is only bounded for the near-lossless
     # types; the correlation of the logits catches a broken quantizer (wrong packing gives ~0)
-    assert corr >= {"onnx:fp16": 0.9999, "onnx:int8": 0.99}.get(otype, 0.7)   # int4 measured 0.85
+    assert corr >= {"onnx:fp16": 0.9999, "onnx:int8": 0.99}.get(otype, 0.7)  # int4 measured 0.85
     if otype == "onnx:fp16":
         assert top1 == 1.0
     assert len(_greedy(folder, ids[:8], 8)) == 8
@@ -148,15 +150,14 @@ def test_manifest_lists_files_with_hashes(exported):
     doc = json.loads((folder / "edge_onnx.json").read_text())
     assert {"model.onnx", "tokenizer.json", "tokenizer_config.json", "config.json"} <= set(doc["files"])
     assert doc["files"]["model.onnx"]["sha256"] == sha256(folder / "model.onnx")
-    assert doc["model"]["vocab_size"] < 1024 + 64   # Gemma 3's out-of-vocabulary rows are gone
+    assert doc["model"]["vocab_size"] < 1024 + 64  # Gemma 3's out-of-vocabulary rows are gone
     verify_folder(folder)
 
 
 def test_external_data_stays_inside_and_tampering_is_refused(tiny_checkpoint, tmp_path):
     import onnx
 
-    [r] = export_onnx(tiny_checkpoint("llama3"), ["onnx:fp32"], tmp_path, quiet=True, name="ext",
-                      external_data_bytes=0)
+    [r] = export_onnx(tiny_checkpoint("llama3"), ["onnx:fp32"], tmp_path, quiet=True, name="ext", external_data_bytes=0)
     assert (r.path / "model.onnx.data").is_file()
     assert _batcher(r.path).logits_all(0, [5, 6, 7], 0).shape == (3, 2000 if False else _vocab(r.path))
 
@@ -217,14 +218,27 @@ def test_cli_convert_writes_onnx_and_gguf(tiny_checkpoint, tmp_path):
     from quantize.cli import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(["convert", str(tiny_checkpoint("phi3")), "--to", "onnx:int4_bs16,q8_0", "-o", str(tmp_path),
-              "--name", "p", "--quiet", "--no-eval"])
+        main(
+            [
+                "convert",
+                str(tiny_checkpoint("phi3")),
+                "--to",
+                "onnx:int4_bs16,q8_0",
+                "-o",
+                str(tmp_path),
+                "--name",
+                "p",
+                "--quiet",
+                "--no-eval",
+            ]
+        )
     assert exit_.value.code == 0
     assert (tmp_path / "p-onnx-int4_bs16" / "model.onnx").is_file()
     assert len(list(tmp_path.glob("p-*8_0.gguf"))) == 1
 
 
 # -- the real model ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def smollm2_onnx(smollm2_path, module_tmp):
@@ -238,9 +252,11 @@ def smollm2_onnx(smollm2_path, module_tmp):
     return hf, {r.type: r.path for r in results}
 
 
-TEXT = ("The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that "
-        "changed physics: the photoelectric effect, Brownian motion, special relativity and mass-energy "
-        "equivalence. Today, many")
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that "
+    "changed physics: the photoelectric effect, Brownian motion, special relativity and mass-energy "
+    "equivalence. Today, many"
+)
 
 
 @pytest.mark.slow
@@ -253,14 +269,14 @@ def test_smollm2_fp32_matches_transformers_and_quantized_agreement(smollm2_onnx)
     got = _chunked_logits(fp32, ids)
     err = float(np.abs(got - ref).max())
     print(f"smollm2 fp32: max |onnx - transformers| = {err:.2e}, logits std {ref.std():.2f}")
-    assert err <= 1e-3 * ref.std()   # 30 layers: a little more rounding than the 2-layer fixtures
+    assert err <= 1e-3 * ref.std()  # 30 layers: a little more rounding than the 2-layer fixtures
 
     import torch
 
     prompt = ids[:12]
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=N_GREEDY, min_new_tokens=N_GREEDY, do_sample=False)
-    assert _greedy(folders["onnx:fp32"], prompt, N_GREEDY) == out[0, len(prompt):].tolist()
+    assert _greedy(folders["onnx:fp32"], prompt, N_GREEDY) == out[0, len(prompt) :].tolist()
 
     for otype in ("onnx:int8", "onnx:int4_bs32"):
         top1, kl = _agreement(got, _batcher(folders[otype]).logits_all(0, ids, 0))

@@ -13,14 +13,16 @@ from quantize.onnx.weights import ALIGN, WeightSink
 
 def _graph(sink) -> tuple[Graph, dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
-    arrays = {"big.f32": rng.standard_normal((64, 48)).astype(np.float32),
-              "big.f16": rng.standard_normal((33, 40)).astype(np.float16),
-              "big.u8": rng.integers(0, 255, (7, 300), dtype=np.uint8),
-              "small": np.arange(5, dtype=np.float32)}
+    arrays = {
+        "big.f32": rng.standard_normal((64, 48)).astype(np.float32),
+        "big.f16": rng.standard_normal((33, 40)).astype(np.float16),
+        "big.u8": rng.integers(0, 255, (7, 300), dtype=np.uint8),
+        "small": np.arange(5, dtype=np.float32),
+    }
     g = Graph("t", WeightFormat("fp32"), sink)
     x = g.input("x", TensorProto.FLOAT, [1, 48])
     y = g.op("MatMul", [x, g.const("big.f32", arrays["big.f32"].T.copy())])[0]
-    for name in ("big.f16", "big.u8", "small", "big.f32"):   # the second "big.f32" is deduplicated
+    for name in ("big.f16", "big.u8", "small", "big.f32"):  # the second "big.f32" is deduplicated
         g.const(name, arrays[name])
     g.output(y, TensorProto.FLOAT, [1, 64])
     return g, arrays
@@ -32,7 +34,7 @@ def test_written_initializers_read_back_exactly(tmp_path, external):
     sink = WeightSink(path, external=external)
     g, arrays = _graph(sink)
     sink.finish(g.model())
-    model = onnx.load(str(path))   # external data resolved from the folder
+    model = onnx.load(str(path))  # external data resolved from the folder
     got = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     assert sorted(got) == sorted(arrays)
     np.testing.assert_array_equal(got["big.f32"], arrays["big.f32"].T)
@@ -43,7 +45,7 @@ def test_written_initializers_read_back_exactly(tmp_path, external):
     raw = onnx.load(str(path), load_external_data=False)
     ext = [t for t in raw.graph.initializer if t.data_location == TensorProto.EXTERNAL]
     if external:
-        assert {t.name for t in ext} == {"big.f32", "big.f16", "big.u8"}   # "small" stays in the proto
+        assert {t.name for t in ext} == {"big.f32", "big.f16", "big.u8"}  # "small" stays in the proto
         offsets = [int(next(e.value for e in t.external_data if e.key == "offset")) for t in ext]
         assert all(o % ALIGN == 0 for o in offsets)
     else:

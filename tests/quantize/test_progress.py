@@ -23,7 +23,7 @@ def _console() -> tuple[Console, io.StringIO]:
 
 
 def _plain(buf: io.StringIO) -> str:
-    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())   # drop colours and cursor moves
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())  # drop colours and cursor moves
 
 
 def test_every_bar_has_a_time_remaining_column():
@@ -68,6 +68,7 @@ def test_convert_shows_per_tensor_and_per_type_bars_with_time_remaining(smollm2_
 
 # -- llama.cpp's per-tensor fallback warnings ------------------------------------------------------------
 
+
 def test_quant_log_counts_fallbacks_by_type_and_keeps_other_warnings():
     log = progress_mod.QuantLog()
     lines = [
@@ -82,8 +83,16 @@ def test_quant_log_counts_fallbacks_by_type_and_keeps_other_warnings():
     assert all(log.consume(line) for line in lines)
     assert not log.consume("llama_model_loader: some other warning")
     first, second = log.fallbacks()
-    assert (first.tensors, first.wanted, first.used, first.block, first.row_sizes) == (2, "Q4_K", "Q5_0", 256, (576, 640))
-    assert first.summary() == "2 tensors fell back to Q5_0 (instead of Q4_K): rows not a multiple of 256 (576, 640 values)"
+    assert (first.tensors, first.wanted, first.used, first.block, first.row_sizes) == (
+        2,
+        "Q4_K",
+        "Q5_0",
+        256,
+        (576, 640),
+    )
+    assert (
+        first.summary() == "2 tensors fell back to Q5_0 (instead of Q4_K): rows not a multiple of 256 (576, 640 values)"
+    )
     assert second.summary() == "1 tensor fell back to Q8_0 (instead of Q6_K): rows not a multiple of 256 (576 values)"
 
 
@@ -111,7 +120,7 @@ def test_k_quant_fallbacks_are_summarised_once_not_flooded(smollm2_path, tmp_pat
     assert "falling back" not in err and "not divisible" not in err and "required fallback" not in err
     in_file = _block_types_in(result.path)
     assert {(f.used, f.tensors) for f in result.fallbacks} == {("Q5_0", in_file["Q5_0"]), ("Q8_0", in_file["Q8_0"])}
-    assert sum(f.tensors for f in result.fallbacks) == 180          # llama.cpp: "180 of 272 tensor(s)"
+    assert sum(f.tensors for f in result.fallbacks) == 180  # llama.cpp: "180 of 272 tensor(s)"
     assert all(f.block == 256 and f.row_sizes == (576,) for f in result.fallbacks)
     summaries = [f"Q4_K_M: {f.summary()}" for f in result.fallbacks]
     for line in summaries:
@@ -125,11 +134,13 @@ def test_llama_log_capture_works_after_the_runtime_imported_llama_cpp_lightly():
     import subprocess
     import sys
 
-    code = ("from edge.lightimport import llama_module\n"
-            "llama_module('llama_cpp')\n"
-            "from quantize.progress import Bars, llama_log_to\n"
-            "with llama_log_to(Bars(True), None):\n"
-            "    pass\n"
-            "print('captured')\n")
+    code = (
+        "from edge.lightimport import llama_module\n"
+        "llama_module('llama_cpp')\n"
+        "from quantize.progress import Bars, llama_log_to\n"
+        "with llama_log_to(Bars(True), None):\n"
+        "    pass\n"
+        "print('captured')\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "captured" in out.stdout, out.stderr[-2000:]

@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 
 from quantize.vocab import load_vocab, vocab_from_gguf, write_hf_tokenizer
-from tests.support.tokenizers import MIXED_STRINGS, LlamaCppVocab, write_vocab_gguf
 from tests.quantize.test_vocab import assert_same_tokens, same_types
+from tests.support.tokenizers import MIXED_STRINGS, LlamaCppVocab, write_vocab_gguf
 
 tokenizers = pytest.importorskip("tokenizers")
 
 REAL_STRINGS = MIXED_STRINGS + (
-    "Café", " ٣٤ and ۵۶ then 7890", "Ca fé naïve",
+    "Café",
+    " ٣٤ and ۵۶ then 7890",
+    "Ca fé naïve",
     "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",  # SmolLM2's chat markup
     "<start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",  # Gemma-3's chat markup
 )
@@ -106,7 +108,7 @@ def test_f16_greedy_agrees_with_transformers(unpacked, tmp_path):
     ids = tok(prompt)["input_ids"]
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
     with torch.no_grad():
-        want = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):].tolist()
+        want = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids) :].tolist()
     llm = llama_cpp.Llama(model_path=str(f16.path), n_ctx=128, n_threads=2, verbose=False)
     assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == ids
     got = []

@@ -25,14 +25,24 @@ def test_round_trip_is_exact(tiny_checkpoint, tmp_path, kind):
     out = unpack(f32, tmp_path / "hf", quiet=True)
     want, got = _load(src / "model.safetensors"), _load(out / "model.safetensors")
     if kind == "llama3-tied":
-        want.pop("lm_head.weight", None)       # tied: transformers may or may not save it
+        want.pop("lm_head.weight", None)  # tied: transformers may or may not save it
     assert sorted(got) == sorted(want)
     for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)   # q/k permutation undone
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)  # q/k permutation undone
     config, orig = json.loads((out / "config.json").read_text()), json.loads((src / "config.json").read_text())
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "vocab_size", "rms_norm_eps", "rope_theta", "tie_word_embeddings",
-                "max_position_embeddings", "model_type"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "rms_norm_eps",
+        "rope_theta",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+        "model_type",
+    ):
         assert config[key] == orig[key], key
     assert (out / "tokenizer.json").is_file()
 

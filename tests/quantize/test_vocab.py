@@ -18,17 +18,32 @@ import gguf
 import pytest
 
 from edge.errors import ModelFormatError
-from quantize.vocab import (BPE, SPM, TokenType, Vocab, add_vocab_to_gguf, check_vocab, load_vocab,
-                            vocab_from_gguf, write_hf_tokenizer)
-from tests.support.tokenizers import (KINDS, LLAMA3_TEMPLATE, MIXED_STRINGS, LlamaCppVocab, write_tokenizer,
-                                       write_vocab_gguf)
+from quantize.vocab import (
+    BPE,
+    SPM,
+    TokenType,
+    Vocab,
+    add_vocab_to_gguf,
+    check_vocab,
+    load_vocab,
+    vocab_from_gguf,
+    write_hf_tokenizer,
+)
+from tests.support.tokenizers import (
+    KINDS,
+    LLAMA3_TEMPLATE,
+    MIXED_STRINGS,
+    LlamaCppVocab,
+    write_tokenizer,
+    write_vocab_gguf,
+)
 
 tokenizers = pytest.importorskip("tokenizers")
 
 # Prompts as each family's chat template renders them: special tokens inside text.
 CHAT_STRINGS = {
     "llama3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
-              "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
     "llama2": "<s>[INST] <<SYS>>\nBe brief\n<</SYS>>\n\nHi there [/INST] Hello </s>",
     "phi3": "<|system|>\nBe brief<|end|>\n<|user|>\nHi there<|end|>\n<|assistant|>\n",
     "gemma": "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
@@ -44,8 +59,10 @@ def assert_same_tokens(hf, lc: LlamaCppVocab, strings) -> None:
             want = hf.encode(s, add_special_tokens=add).ids
             got = lc.tokenize(s, add_special=add, parse_special=True)
             if want != got:
-                diffs.append(f"{s!r} add_special={add}\n  hf:       {[hf.id_to_token(i) for i in want]}"
-                             f"\n  llama.cpp: {[hf.id_to_token(i) for i in got]}")
+                diffs.append(
+                    f"{s!r} add_special={add}\n  hf:       {[hf.id_to_token(i) for i in want]}"
+                    f"\n  llama.cpp: {[hf.id_to_token(i) for i in got]}"
+                )
     assert not diffs, "\n".join(diffs)
 
 

@@ -15,9 +15,10 @@ query_pre_attn_scalar that differs from head_dim, ...).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.support.tokenizers import write_tokenizer
 
@@ -48,15 +49,29 @@ def _llama3(vocab: int, ids: dict[str, int | None], *, tied: bool):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,  # GQA 2:1
-        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # GQA 2:1
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
         # original_max_position_embeddings is tiny on purpose: with 64 the low/high frequency
         # bands fall inside head_dim 32, so all three branches of llama3 scaling are used.
-        rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
-        tie_word_embeddings=tied, initializer_range=INIT_STD,
-        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=None,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 4.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+        tie_word_embeddings=tied,
+        initializer_range=INIT_STD,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=None,
     )
 
 
@@ -64,11 +79,20 @@ def _llama2(vocab: int, ids: dict[str, int | None]):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,  # plain MHA
-        max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
-        tie_word_embeddings=False, initializer_range=INIT_STD,
-        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=None,
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,  # plain MHA
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        initializer_range=INIT_STD,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=None,
     )
 
 
@@ -81,17 +105,26 @@ def _phi3(vocab: int, ids: dict[str, int | None]):
     short = [1.0 + 0.5 * i / (n - 1) for i in range(n)]  # (head_dim/2,)
     long = [1.0 + 7.0 * (i / (n - 1)) ** 2 for i in range(n)]  # (head_dim/2,)
     return Phi3Config(
-        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,  # fused qkv with GQA
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # fused qkv with GQA
         # max/original = 4 gives an attention factor sqrt(1 + ln 4 / ln 256) = 1.118.
         # The tests run with a context <= 256, where both runtimes pick the short factors.
-        max_position_embeddings=1024, original_max_position_embeddings=256,
+        max_position_embeddings=1024,
+        original_max_position_embeddings=256,
         rope_scaling={"type": "longrope", "short_factor": short, "long_factor": long},
-        rope_theta=10000.0, rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
         # llama.cpp ignores Phi-3's sliding window (it warns); keep it longer than any test input.
         sliding_window=2047,
-        tie_word_embeddings=False, initializer_range=INIT_STD,
-        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=None,
+        tie_word_embeddings=False,
+        initializer_range=INIT_STD,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=None,
     )
 
 
@@ -99,12 +132,23 @@ def _gemma(vocab: int, ids: dict[str, int | None]):
     from transformers import GemmaConfig
 
     return GemmaConfig(
-        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,  # MQA like Gemma-2B
-        head_dim=32, max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
-        hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",
-        tie_word_embeddings=True, initializer_range=INIT_STD,
-        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,  # MQA like Gemma-2B
+        head_dim=32,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        hidden_act="gelu_pytorch_tanh",
+        hidden_activation="gelu_pytorch_tanh",
+        tie_word_embeddings=True,
+        initializer_range=INIT_STD,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
     )
 
 
@@ -112,18 +156,29 @@ def _gemma2(vocab: int, ids: dict[str, int | None]):
     from transformers import Gemma2Config
 
     return Gemma2Config(
-        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=32, max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
         hidden_activation="gelu_pytorch_tanh",
         # 48 != head_dim 32: llama.cpp scales queries by 1/sqrt(head_dim), so the converter has
         # to fold the difference into the weights.
         query_pre_attn_scalar=48,
         # Caps low enough to bite on these logits (a converter dropping them fails the test).
-        attn_logit_softcapping=5.0, final_logit_softcapping=4.0,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=4.0,
         sliding_window=SLIDING_WINDOW,  # layers 0 and 2 slide, 1 and 3 are global
-        tie_word_embeddings=True, initializer_range=INIT_STD,
-        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+        tie_word_embeddings=True,
+        initializer_range=INIT_STD,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
     )
 
 
@@ -131,20 +186,34 @@ def _gemma3(vocab: int, ids: dict[str, int | None]):
     from transformers import Gemma3TextConfig
 
     n_layers, pattern = 6, 3
-    layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
-                   for i in range(n_layers)]  # s s F s s F: not llama.cpp's default of 6
+    layer_types = [
+        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n_layers)
+    ]  # s s F s s F: not llama.cpp's default of 6
     return Gemma3TextConfig(
-        vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=1,
-        head_dim=32, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
         hidden_activation="gelu_pytorch_tanh",
-        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
         rope_scaling={"rope_type": "linear", "factor": 8.0},  # global layers only (Gemma-3 4B+)
         query_pre_attn_scalar=24,
-        sliding_window=SLIDING_WINDOW, layer_types=layer_types, sliding_window_pattern=pattern,
-        final_logit_softcapping=None, attn_logit_softcapping=None,
-        tie_word_embeddings=True, initializer_range=INIT_STD,
-        bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+        sliding_window=SLIDING_WINDOW,
+        layer_types=layer_types,
+        sliding_window_pattern=pattern,
+        final_logit_softcapping=None,
+        attn_logit_softcapping=None,
+        tie_word_embeddings=True,
+        initializer_range=INIT_STD,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
     )
 
 
@@ -155,8 +224,7 @@ KINDS: dict[str, Kind] = {
     "phi3": Kind("phi3", _phi3, "Phi3ForCausalLM", 33),
     "gemma": Kind("gemma", _gemma, "GemmaForCausalLM", 7, gemma_norms=True),
     "gemma2": Kind("gemma", _gemma2, "Gemma2ForCausalLM", 8, gemma_norms=True),
-    "gemma3": Kind("gemma3-json", _gemma3, "Gemma3ForCausalLM", 9, gemma_norms=True,
-                   extra_rows=GEMMA3_OOV_ROWS),
+    "gemma3": Kind("gemma3-json", _gemma3, "Gemma3ForCausalLM", 9, gemma_norms=True, extra_rows=GEMMA3_OOV_ROWS),
 }
 
 _BOS = ("<|begin_of_text|>", "<bos>", "<s>")
@@ -166,6 +234,7 @@ _PAD = ("<pad>", "<|finetune_right_pad_id|>")
 
 def special_ids(tok_dir: Path) -> dict[str, int | None]:
     """bos/eos/pad ids of the tokenizer files in `tok_dir` (tokenizer.json or tokenizer.model)."""
+
     def first(find: Callable[[str], int | None], names: tuple[str, ...]) -> int | None:
         return next((i for i in map(find, names) if i is not None), None)
 
@@ -178,7 +247,7 @@ def special_ids(tok_dir: Path) -> dict[str, int | None]:
         import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
-        find = lambda s: (i if (i := sp.piece_to_id(s)) != sp.unk_id() or s == "<unk>" else None)  # noqa: E731
+        find = lambda s: i if (i := sp.piece_to_id(s)) != sp.unk_id() or s == "<unk>" else None  # noqa: E731
     return {"bos": first(find, _BOS), "eos": first(find, _EOS), "pad": first(find, _PAD)}
 
 

@@ -24,8 +24,8 @@ import numpy as np
 from edge.engine.base import ModelInfo, SamplingParams
 from edge.engine.onnx.sampling import NumpySampler
 from edge.engine.onnx.vocab import Vocab
-from edge.errors import BadRequestError, DependencyMissingError, EdgeError, ModelFormatError
 from edge.engine.scheduler import Scheduler, SchedulerEngine
+from edge.errors import BadRequestError, DependencyMissingError, EdgeError, ModelFormatError
 
 DEFAULT_CTX_CAP = 4096  # per slot when the caller gives none
 MODEL_FILE = "model.onnx"
@@ -53,29 +53,36 @@ class _SlotIO:
 
     def __init__(self, sess, ort, n_layers: int, kv_shape: tuple[int, ...], vocab: int):
         self.binding = sess.io_binding()
-        self.kv = []                                          # numpy buffers, kept alive with their OrtValues
+        self.kv = []  # numpy buffers, kept alive with their OrtValues
         for i in range(n_layers):
             for kind in ("key", "value"):
-                buf = np.zeros(kv_shape, dtype=np.float32)    # (1, n_kv, n_ctx, head_dim)
+                buf = np.zeros(kv_shape, dtype=np.float32)  # (1, n_kv, n_ctx, head_dim)
                 ov = ort.OrtValue.ortvalue_from_numpy(buf)
                 self.binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", ov)
                 self.binding.bind_ortvalue_output(f"present.{i}.{kind}", ov)
                 self.kv.append((buf, ov))
-        self.logits1 = np.zeros((1, 1, vocab), dtype=np.float32)   # (1, 1, vocab) the decode step's row
+        self.logits1 = np.zeros((1, 1, vocab), dtype=np.float32)  # (1, 1, vocab) the decode step's row
         self.logits1_ov = ort.OrtValue.ortvalue_from_numpy(self.logits1)
 
 
 class OnnxBatcher:
-    def __init__(self, folder: Path, *, n_ctx: int | None, n_parallel: int, n_threads: int,
-                 providers: tuple[str, ...] | list[str] | None = None):
-        from edge.formats.validate import validate_onnx_folder
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        n_ctx: int | None,
+        n_parallel: int,
+        n_threads: int,
+        providers: tuple[str, ...] | list[str] | None = None,
+    ):
         from edge.formats.onnx import read_manifest
+        from edge.formats.validate import validate_onnx_folder
 
         if n_parallel < 1:
             raise BadRequestError(f"n_parallel must be >= 1, got {n_parallel}")
         self.folder = Path(folder)
-        validate_onnx_folder(self.folder)                     # external data stays inside the folder
-        self.manifest = read_manifest(self.folder)            # sizes as exported (truncated copies refused)
+        validate_onnx_folder(self.folder)  # external data stays inside the folder
+        self.manifest = read_manifest(self.folder)  # sizes as exported (truncated copies refused)
         m = self.manifest["model"]
         self.m = m
         self.ort = ort = _ort()
@@ -89,9 +96,9 @@ class OnnxBatcher:
         self.n_vocab = int(m["vocab_size"])
         self.slots = [_SlotIO(self.sess, ort, int(m["n_layers"]), kv_shape, self.n_vocab) for _ in range(n_parallel)]
         # decode-step inputs shared by all slots (steps run one slot at a time)
-        self.ids1 = np.zeros((1, 1), dtype=np.int64)          # (1, 1) the token
-        self.seqlens = np.zeros((1,), dtype=np.int32)         # (1,) tokens in cache after the step - 1
-        self.total = np.zeros((), dtype=np.int32)             # () tokens in cache after the step
+        self.ids1 = np.zeros((1, 1), dtype=np.int64)  # (1, 1) the token
+        self.seqlens = np.zeros((1,), dtype=np.int32)  # (1,) tokens in cache after the step - 1
+        self.total = np.zeros((), dtype=np.int32)  # () tokens in cache after the step
         self._ids1_ov = ort.OrtValue.ortvalue_from_numpy(self.ids1)
         self._seqlens_ov = ort.OrtValue.ortvalue_from_numpy(self.seqlens)
         self._total_ov = ort.OrtValue.ortvalue_from_numpy(self.total)
@@ -106,21 +113,32 @@ class OnnxBatcher:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         try:
-            return ort.InferenceSession(str(self.folder / MODEL_FILE), so, providers=list(providers or ["CPUExecutionProvider"]))
+            return ort.InferenceSession(
+                str(self.folder / MODEL_FILE), so, providers=list(providers or ["CPUExecutionProvider"])
+            )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
-            raise ModelFormatError(f"onnxruntime could not load {self.folder / MODEL_FILE}: {exc}; "
-                                   "re-export the folder with edge-quantize convert") from None
+            raise ModelFormatError(
+                f"onnxruntime could not load {self.folder / MODEL_FILE}: {exc}; "
+                "re-export the folder with edge-quantize convert"
+            ) from None
 
     def model_info(self, name: str) -> ModelInfo:
         m = self.m
         size = sum(p.stat().st_size for p in self.folder.glob("model.onnx*"))
         return ModelInfo(
-            name=name, path=str(self.folder), format="onnx", family=str(m.get("model_type") or "unknown"),
+            name=name,
+            path=str(self.folder),
+            format="onnx",
+            family=str(m.get("model_type") or "unknown"),
             parameter_count=int(m.get("parameter_count") or 0),
             quantization=str(self.manifest.get("type", "onnx")).removeprefix("onnx:").upper(),
-            size_bytes=size, n_ctx_train=int(m.get("context_length") or self.n_ctx), n_ctx=self.n_ctx,
-            chat_template=self.vocab.chat_template(self.folder), bos_token=self.vocab.bos_token,
-            eos_token=self.vocab.eos_token, add_bos=self.vocab.add_bos,
+            size_bytes=size,
+            n_ctx_train=int(m.get("context_length") or self.n_ctx),
+            n_ctx=self.n_ctx,
+            chat_template=self.vocab.chat_template(self.folder),
+            bos_token=self.vocab.bos_token,
+            eos_token=self.vocab.eos_token,
+            add_bos=self.vocab.add_bos,
             metadata={"onnx.type": str(self.manifest.get("type")), "general.architecture": str(m.get("model_type"))},
         )
 
@@ -139,7 +157,7 @@ class OnnxBatcher:
 
     # ---- KV cache and decoding (decode thread) --------------------------------------------------
     def keep_prefix(self, seq: int, n_keep: int) -> int:
-        return max(0, n_keep)   # rows past n_keep are overwritten by the next step; seqlens_k bounds attention
+        return max(0, n_keep)  # rows past n_keep are overwritten by the next step; seqlens_k bounds attention
 
     def decode(self, entries: list[tuple[int, list[int], int, bool]]) -> list[int]:
         self._rows = []
@@ -166,7 +184,7 @@ class OnnxBatcher:
             b.bind_ortvalue_output("logits", slot.logits1_ov)
             self.sess.run_with_iobinding(b)
             return slot.logits1[0, 0]
-        ids = np.asarray(tokens, dtype=np.int64)[None, :]      # (1, n)
+        ids = np.asarray(tokens, dtype=np.int64)[None, :]  # (1, n)
         logits = np.empty((1, n, self.n_vocab), dtype=np.float32)
         keep = (self.ort.OrtValue.ortvalue_from_numpy(ids), self.ort.OrtValue.ortvalue_from_numpy(logits))
         b.bind_ortvalue_input("input_ids", keep[0])
@@ -200,12 +218,23 @@ class OnnxBatcher:
 class OnnxEngine(SchedulerEngine):
     """An ONNX model folder served by onnxruntime with N slots."""
 
-    def __init__(self, folder: Path, *, name: str, n_ctx: int | None = None, n_parallel: int = 1,
-                 n_threads: int | None = None, queue_size: int = 16, providers=None, **_ignored):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        name: str,
+        n_ctx: int | None = None,
+        n_parallel: int = 1,
+        n_threads: int | None = None,
+        queue_size: int = 16,
+        providers=None,
+        **_ignored,
+    ):
         t0 = time.perf_counter_ns()
         threads = n_threads or default_threads()
-        self._batcher = OnnxBatcher(Path(folder), n_ctx=n_ctx, n_parallel=n_parallel, n_threads=threads,
-                                    providers=providers)
+        self._batcher = OnnxBatcher(
+            Path(folder), n_ctx=n_ctx, n_parallel=n_parallel, n_threads=threads, providers=providers
+        )
         self.info = self._batcher.model_info(name)
         self.n_threads = threads
         self.scheduler = Scheduler(self._batcher, queue_size=queue_size, name=f"edge-decode-{name}")
@@ -224,4 +253,3 @@ class OnnxEngine(SchedulerEngine):
         self._closed = True
         self.scheduler.close()
         self._batcher.free()
-

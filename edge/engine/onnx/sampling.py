@@ -19,8 +19,11 @@ from edge.errors import BadRequestError
 class NumpySampler:
     def __init__(self, p: SamplingParams):
         if p.grammar:
-            raise BadRequestError("grammars (response_format json_object/json_schema) are not supported by the "
-                                  "ONNX backend; serve a GGUF model for constrained output", param="response_format")
+            raise BadRequestError(
+                "grammars (response_format json_object/json_schema) are not supported by the "
+                "ONNX backend; serve a GGUF model for constrained output",
+                param="response_format",
+            )
         self.p = p
         self.rng = np.random.default_rng(p.seed)
         self.history: deque[int] = deque(maxlen=max(p.repeat_last_n, 0) or None)
@@ -48,8 +51,8 @@ class NumpySampler:
 
     def _penalize(self, logits: np.ndarray) -> np.ndarray:
         x = logits.copy()
-        ids = np.fromiter(self.counts.keys(), dtype=np.int64)          # (n,) tokens seen
-        n = np.fromiter(self.counts.values(), dtype=np.float32)        # (n,) how often
+        ids = np.fromiter(self.counts.keys(), dtype=np.int64)  # (n,) tokens seen
+        n = np.fromiter(self.counts.values(), dtype=np.float32)  # (n,) how often
         v = x[ids]
         rp = self.p.repeat_penalty
         v = np.where(v <= 0, v * rp, v / rp)
@@ -59,12 +62,12 @@ class NumpySampler:
     def _draw(self, x: np.ndarray) -> int:
         p = self.p
         if 0 < p.top_k < x.shape[0]:
-            ids = np.argpartition(-x, p.top_k - 1)[: p.top_k]          # (k,) unordered
+            ids = np.argpartition(-x, p.top_k - 1)[: p.top_k]  # (k,) unordered
         else:
             ids = np.arange(x.shape[0])
         vals = x[ids].astype(np.float64)
         order = np.argsort(-vals, kind="stable")
-        ids, vals = ids[order], vals[order]                              # (k,) best first
+        ids, vals = ids[order], vals[order]  # (k,) best first
         if p.top_p < 1.0:
             probs = _softmax(vals)
             keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)

@@ -16,7 +16,16 @@ from typing import Any
 
 from edge.errors import ModelFormatError
 
-EOT_NAMES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "</s>")
+EOT_NAMES = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<eos>",
+    "</s>",
+)
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
@@ -46,7 +55,9 @@ class Vocab:
             self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
             raw = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
         except Exception as exc:  # the tokenizers library raises plain Exceptions on bad files
-            raise ModelFormatError(f"{folder / 'tokenizer.json'} is not a readable tokenizer ({exc}); re-export the model") from None
+            raise ModelFormatError(
+                f"{folder / 'tokenizer.json'} is not a readable tokenizer ({exc}); re-export the model"
+            ) from None
         cfg_path = folder / "tokenizer_config.json"
         self.config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
         self.byte_level = "ByteLevel" in json.dumps(raw.get("decoder") or {})

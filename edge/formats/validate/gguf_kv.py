@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.errors import ModelFormatError
-from edge.formats.gguf import _SCALARS, MAX_ARRAY_ITEMS, MAX_KEY_BYTES, MAX_KV, MAX_STRING_BYTES, MAX_TENSORS, VT, _Reader
+from edge.formats.gguf import (
+    _SCALARS,
+    MAX_ARRAY_ITEMS,
+    MAX_KEY_BYTES,
+    MAX_KV,
+    MAX_STRING_BYTES,
+    MAX_TENSORS,
+    VT,
+    _Reader,
+)
 from edge.lightimport import gguf_constants
 
 gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
@@ -72,12 +81,18 @@ def read_header(r: _Reader) -> Header:
     r.pos = 4
     version = r.unpack("<I", "version")
     if version not in (2, 3):
-        raise ModelFormatError(f"GGUF version {version} is not supported (2 or 3); re-convert the model with edge-quantize")
+        raise ModelFormatError(
+            f"GGUF version {version} is not supported (2 or 3); re-convert the model with edge-quantize"
+        )
     n_tensors, n_kv = r.unpack("<Q", "tensor count"), r.unpack("<Q", "key count")
     if n_kv > MAX_KV:
-        raise ModelFormatError(f"GGUF header declares {n_kv} keys; the limit is {MAX_KV}: the file is corrupt or hostile")
+        raise ModelFormatError(
+            f"GGUF header declares {n_kv} keys; the limit is {MAX_KV}: the file is corrupt or hostile"
+        )
     if n_tensors > MAX_TENSORS:
-        raise ModelFormatError(f"GGUF header declares {n_tensors} tensors; the limit is {MAX_TENSORS}: the file is corrupt or hostile")
+        raise ModelFormatError(
+            f"GGUF header declares {n_tensors} tensors; the limit is {MAX_TENSORS}: the file is corrupt or hostile"
+        )
     header = Header(version, n_tensors, {}, {}, 0)
     budget = [MAX_STRING_ITEMS]
     for i in range(n_kv):
@@ -142,7 +157,9 @@ def _check_key_types(header: Header) -> None:
         key = template.format(arch=arch) if "{arch}" in template else template
         if key in header.types and header.types[key] not in allowed:
             want = " or ".join(VT(t).name.lower() for t in allowed)
-            raise ModelFormatError(f"GGUF {key} must be a {want}, found {_type_name(header.types[key])}; llama.cpp refuses it")
+            raise ModelFormatError(
+                f"GGUF {key} must be a {want}, found {_type_name(header.types[key])}; llama.cpp refuses it"
+            )
 
 
 def _type_name(vtype: int) -> str:

@@ -53,7 +53,9 @@ def read_tensor_infos(r: _Reader, n_tensors: int) -> list[TensorInfo]:
 def _tensor_info(r: _Reader, i: int) -> TensorInfo:
     name = r.string(GGML_MAX_NAME, f"name of tensor {i}")
     if len(name.encode()) >= GGML_MAX_NAME:
-        raise ModelFormatError(f"GGUF tensor name {name!r} is {len(name.encode())} bytes; llama.cpp allows {GGML_MAX_NAME - 1}")
+        raise ModelFormatError(
+            f"GGUF tensor name {name!r} is {len(name.encode())} bytes; llama.cpp allows {GGML_MAX_NAME - 1}"
+        )
     n_dims = r.unpack("<I", f"dimension count of {name}")
     if n_dims > GGML_MAX_DIMS:
         raise ModelFormatError(f"GGUF tensor {name} has {n_dims} dimensions; ggml allows at most {GGML_MAX_DIMS}")
@@ -93,15 +95,21 @@ def data_start(table_end: int, alignment: int, n_tensors: int) -> int:
 def check_layout(infos: list[TensorInfo], start: int, file_size: int, alignment: int) -> int:
     """Offsets aligned, packed in order without overlap, every tensor inside the file; returns the data size."""
     if start > file_size:
-        raise ModelFormatError(f"GGUF file is truncated: the data section would start at byte {start}, the file has {file_size}")
+        raise ModelFormatError(
+            f"GGUF file is truncated: the data section would start at byte {start}, the file has {file_size}"
+        )
     expected, prev = 0, None
     for t in infos:
         if t.offset % alignment:
             raise ModelFormatError(f"GGUF tensor {t.name} is at offset {t.offset}, not aligned to {alignment} bytes")
         if t.offset < expected:
-            raise ModelFormatError(f"GGUF tensor {t.name} (offset {t.offset}) overlaps tensor {prev} (which ends at {expected})")
+            raise ModelFormatError(
+                f"GGUF tensor {t.name} (offset {t.offset}) overlaps tensor {prev} (which ends at {expected})"
+            )
         if t.offset > expected:
-            raise ModelFormatError(f"GGUF tensor {t.name} is at offset {t.offset}, expected {expected}: llama.cpp needs the tensors packed in order")
+            raise ModelFormatError(
+                f"GGUF tensor {t.name} is at offset {t.offset}, expected {expected}: llama.cpp needs the tensors packed in order"
+            )
         if start + t.offset + t.nbytes > file_size:
             raise ModelFormatError(
                 f"GGUF file is truncated: tensor {t.name} needs bytes {start + t.offset}..{start + t.offset + t.nbytes}, "

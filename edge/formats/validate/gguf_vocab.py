@@ -53,7 +53,9 @@ class Vocab:
 def check_vocab(r: _Reader, h: Header, tensors: list[TensorInfo]) -> Vocab:
     model = _string_key(h, K.MODEL, required=True)
     if model not in names.TOKENIZER_MODELS:
-        raise ModelFormatError(f"GGUF {K.MODEL} is {model!r}, which llama.cpp does not know; known: {', '.join(names.TOKENIZER_MODELS)}")
+        raise ModelFormatError(
+            f"GGUF {K.MODEL} is {model!r}, which llama.cpp does not know; known: {', '.join(names.TOKENIZER_MODELS)}"
+        )
     pre = _pre(h, model)
     if model in names.NO_VOCAB:
         return Vocab(model, pre, 0)
@@ -74,7 +76,9 @@ def check_vocab(r: _Reader, h: Header, tensors: list[TensorInfo]) -> Vocab:
 def _string_key(h: Header, key: str, required: bool = False) -> str:
     if key not in h.kv:
         if required:
-            raise ModelFormatError(f"GGUF file has no {key}: it carries no tokenizer, llama.cpp cannot load it; convert the model again")
+            raise ModelFormatError(
+                f"GGUF file has no {key}: it carries no tokenizer, llama.cpp cannot load it; convert the model again"
+            )
         return ""
     if h.types[key] != VT.STRING:
         raise ModelFormatError(f"GGUF {key} must be a string, found value type {h.types[key]}")
@@ -181,7 +185,9 @@ def _check_byte_tokens(tokens: list[str], types, model: str) -> None:
 
 
 def _is_hex_byte(t: str) -> bool:
-    return len(t) == 6 and t.startswith("<0x") and t.endswith(">") and all(c in "0123456789abcdefABCDEF" for c in t[3:5])
+    return (
+        len(t) == 6 and t.startswith("<0x") and t.endswith(">") and all(c in "0123456789abcdefABCDEF" for c in t[3:5])
+    )
 
 
 def _check_coverage(tokens: list[str], model: str, pre: str) -> None:
@@ -228,14 +234,27 @@ def _check_special_ids(h: Header, model: str, pre: str, n: int) -> None:
             raise ModelFormatError(f"GGUF {key} is {h.kv[key]}, outside the vocabulary of {n} tokens")
         ids[key] = h.kv[key]
     bos, eos, sep = _DEFAULT_IDS.get(model, (None, None, None))
-    bos = None if pre in names.PRE_NO_BOS and K.BOS_ID not in ids else ids.get(K.BOS_ID, bos if bos is not None and bos < n else None)
+    bos = (
+        None
+        if pre in names.PRE_NO_BOS and K.BOS_ID not in ids
+        else ids.get(K.BOS_ID, bos if bos is not None and bos < n else None)
+    )
     eos = ids.get(K.EOS_ID, eos if eos is not None and eos < n else None)
     sep = ids.get(K.SEP_ID, sep if sep is not None and sep < n else None)
-    add_bos = _flag(h, K.ADD_BOS, model in ("llama", "bert") or pre in names.PRE_ADD_BOS) or pre in ("gemma4", "granite-embed-multi-311m")
+    add_bos = _flag(h, K.ADD_BOS, model in ("llama", "bert") or pre in names.PRE_ADD_BOS) or pre in (
+        "gemma4",
+        "granite-embed-multi-311m",
+    )
     add_eos = _flag(h, K.ADD_EOS, model == "t5")
-    for needed, what, key in ((add_bos or model == "bert", bos, K.BOS_ID), (add_eos, eos, K.EOS_ID), (model == "bert", sep, K.SEP_ID)):
+    for needed, what, key in (
+        (add_bos or model == "bert", bos, K.BOS_ID),
+        (add_eos, eos, K.EOS_ID),
+        (model == "bert", sep, K.SEP_ID),
+    ):
         if needed and what is None:
-            raise ModelFormatError(f"GGUF vocabulary must add a token on every prompt but has no valid {key}; llama.cpp aborts on it")
+            raise ModelFormatError(
+                f"GGUF vocabulary must add a token on every prompt but has no valid {key}; llama.cpp aborts on it"
+            )
 
 
 def _flag(h: Header, key: str, default: bool) -> bool:
@@ -255,4 +274,6 @@ def _check_embedding(h: Header, tensors: list[TensorInfo], n: int) -> None:
         name = gguf.TENSOR_NAMES[kind] + ".weight"
         t = next((t for t in tensors if t.name == name), None)
         if t is not None and len(t.shape) >= 2 and t.shape[1] != n:
-            raise ModelFormatError(f"GGUF tensor {name} has shape {t.shape}: {t.shape[1]} rows for a vocabulary of {n} tokens")
+            raise ModelFormatError(
+                f"GGUF tensor {name} has shape {t.shape}: {t.shape[1]} rows for a vocabulary of {n} tokens"
+            )

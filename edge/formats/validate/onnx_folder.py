@@ -10,8 +10,8 @@ external data and refuse such locations before onnxruntime sees the folder.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Iterator
 
 from edge.errors import DependencyMissingError, ModelFormatError, NotFoundError
 
@@ -42,7 +42,9 @@ def _import_onnx():
     try:
         import onnx
     except ImportError:
-        raise DependencyMissingError("checking an ONNX model folder needs the onnx package: pip install 'edge-llm[onnx]'") from None
+        raise DependencyMissingError(
+            "checking an ONNX model folder needs the onnx package: pip install 'edge-llm[onnx]'"
+        ) from None
     return onnx
 
 
@@ -69,7 +71,11 @@ def _check_external(root: Path, model_path: Path, tensor) -> None:
     what = f"{model_path.name}: tensor {tensor.name!r} keeps its data in {location!r}"
     if not location:
         raise ModelFormatError(f"{what}: no location")
-    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute() or PureWindowsPath(location).drive:
+    if (
+        PurePosixPath(location).is_absolute()
+        or PureWindowsPath(location).is_absolute()
+        or PureWindowsPath(location).drive
+    ):
         raise ModelFormatError(f"{what}, an absolute path; external data must stay inside the model folder")
     if ".." in PurePosixPath(location.replace("\\", "/")).parts:
         raise ModelFormatError(f"{what}, which leaves the model folder; external data must stay inside it")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.gguf_fields import enc_array, parse, VT
+from tests.fuzz.gguf_fields import VT, enc_array, parse
 
 atheris = pytest.importorskip("atheris", reason="pip install atheris (dev extra)")
 
@@ -53,7 +53,9 @@ def test_fuzz_validator_60s_no_crash_no_hang(seeds, tmp_path):
            f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"]  # fmt: skip
     (tmp_path / "corpus").mkdir()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120, preexec_fn=_limit)
-    findings = sorted(p.name for p in tmp_path.glob("*-*") if p.name.split("-")[0] in ("crash", "timeout", "oom", "leak"))
+    findings = sorted(
+        p.name for p in tmp_path.glob("*-*") if p.name.split("-")[0] in ("crash", "timeout", "oom", "leak")
+    )
     assert proc.returncode == 0 and not findings, f"{findings}\n{proc.stderr[-4000:]}"
     runs = [line for line in proc.stderr.splitlines() if "stat::number_of_executed_units" in line]
     assert runs and int(runs[0].split()[-1]) > 1000, proc.stderr[-2000:]  # it really ran

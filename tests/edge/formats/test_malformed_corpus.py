@@ -124,6 +124,8 @@ def test_refusals_name_the_problem(corpus, results):
     """Spot checks: truncation says truncated, absurd counts state the limit."""
     by_what = {what: results[str(p)]["message"] for p, what in corpus.items() if str(p) in results}
     truncated = [m for w, m in by_what.items() if w.startswith("truncated at") and "at 0 " not in w]
-    assert truncated and all("truncated" in m or "past the end" in m or "bad magic" in m for m in truncated), truncated[:5]
+    assert truncated and all("truncated" in m or "past the end" in m or "bad magic" in m for m in truncated), truncated[
+        :5
+    ]
     huge_keys = [m for w, m in by_what.items() if w == f"key count = {1 << 63}"]
     assert huge_keys and all("the limit is 4096" in m for m in huge_keys)

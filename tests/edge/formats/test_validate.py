@@ -9,7 +9,6 @@ with a SentencePiece vocabulary that lacks byte tokens, which we refuse.
 from __future__ import annotations
 
 import re
-import resource
 import struct
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import gguf
 import pytest
 
 from edge.errors import ModelFormatError
-from edge.formats.validate import validate_gguf
 from edge.formats.validate import llama_vocab_names as names
+from edge.formats.validate import validate_gguf
 from tests.fuzz.gguf_fields import VT, decode_scalars, enc_array, enc_str, parse
 
 VOCAB_CPP = Path("/work/anchors/llama_cpp_python-0.3.36/vendor/llama.cpp/src/llama-vocab.cpp")
@@ -52,7 +51,13 @@ def refused(layout, tmp_path, *fragments: str) -> str:
 
 def test_bundled_smollm2_passes(smollm2_path):
     s = validate_gguf(smollm2_path)
-    assert (s.version, s.n_tensors, s.architecture, s.tokenizer_model, s.tokenizer_pre) == (3, 272, "llama", "gpt2", "smollm")
+    assert (s.version, s.n_tensors, s.architecture, s.tokenizer_model, s.tokenizer_pre) == (
+        3,
+        272,
+        "llama",
+        "gpt2",
+        "smollm",
+    )
     assert s.n_vocab == 49152 and s.alignment == 32
     assert s.data_offset + s.data_size == s.file_size == smollm2_path.stat().st_size
     assert 130e6 < s.parameter_count < 140e6 and s.tensor_types["Q4_1"] == 210
@@ -363,7 +368,9 @@ GGUF_READER = textwrap.dedent("""
 
 def tiny_hostile_file(path: Path) -> Path:
     """40 bytes: one key, an array of u8 claiming 2**62 items and holding none."""
-    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + enc_str("a") + struct.pack("<IIQ", VT.ARRAY, VT.UINT8, 1 << 62))
+    path.write_bytes(
+        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + enc_str("a") + struct.pack("<IIQ", VT.ARRAY, VT.UINT8, 1 << 62)
+    )
     return path
 
 
@@ -373,7 +380,9 @@ def test_gguf_reader_hangs_or_blows_up_where_we_refuse_at_once(tmp_path):
     with pytest.raises(ModelFormatError, match="declares 4611686018427387904 items"):
         validate_gguf(path)
     try:
-        proc = subprocess.run([sys.executable, "-c", GGUF_READER, str(path)], capture_output=True, text=True, timeout=20)
+        proc = subprocess.run(
+            [sys.executable, "-c", GGUF_READER, str(path)], capture_output=True, text=True, timeout=20
+        )
     except subprocess.TimeoutExpired:
         return  # hung (growing its field list) for 20 s on a 40-byte file
     assert "returned" not in proc.stdout and "MemoryError" in proc.stderr, proc.stderr[-1000:]
