@@ -10,7 +10,7 @@ from edge.errors import BadRequestError, NotFoundError
 from profiles.plan.planner import FTYPES
 from profiles.profile import get_profile, list_profiles, load_profile_file
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles" / "data"
 REQUIRED = {
     "laptop-x86-avx2",
     "laptop-x86-avx512",

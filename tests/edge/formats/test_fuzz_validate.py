@@ -20,7 +20,7 @@ from tests.fuzz.gguf_fields import VT, enc_array, parse
 atheris = pytest.importorskip("atheris", reason="pip install atheris (dev extra)")
 
 FUZZ_SECONDS = 60
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _small_seed(path: Path, n_tokens: int) -> bytes:
