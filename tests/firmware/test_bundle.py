@@ -16,7 +16,7 @@ from edge.errors import ModelFormatError
 from edge.store import ModelStore
 from firmware.bundle.archive import MANIFEST, FileEntry, Manifest, extract_verified
 from firmware.bundle.installs import Slots
-from tests.firmware.conftest import edge_cli
+from tests.support.live import edge_cli
 
 
 def _sha(data: bytes) -> str:
@@ -64,7 +64,7 @@ def test_install_serves_the_active_slot_and_keeps_n(tmp_path, smollm2_bundle, sm
     assert store.resolve("robot").name == "smollm2:135m-q4_1"  # the bundle's alias
     assert store.resolve("default").name == "smollm2:135m-q4_1"  # every bundle maps "default"
     assert (home / "current" / "profile.toml").read_bytes() == (
-        Path(__file__).parents[2] / "profiles" / "rpi5-8gb.toml"
+        Path(__file__).parents[2] / "profiles" / "data" / "rpi5-8gb.toml"
     ).read_bytes()
     assert (home / "current" / "models" / "smollm2-135m-q4_1.gguf").read_bytes() == smollm2_path.read_bytes()
 

@@ -12,7 +12,7 @@ import pytest
 
 from edge.store import ModelStore
 from firmware.bundle.installs import PHASES, Slots
-from tests.firmware.conftest import edge_cli
+from tests.support.live import edge_cli
 
 SWITCHED = PHASES.index("switched")  # from this phase on the new slot is the active one
 

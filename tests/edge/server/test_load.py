@@ -4,7 +4,7 @@ waits Retry-After and sends the same request again. Expected: nothing but 200 an
 (with Retry-After), every request served in the end, every stream well-formed, every slot and queue place free
 afterwards, and resident memory growth under 5 % between a warm-up round and the end.
 
-Run: .venv/bin/pytest tests/edge/test_load.py -q -s   (prints the figures; ~1-2 min on 2 busy cores)
+Run: .venv/bin/pytest tests/edge/server/test_load.py -q -s   (prints the figures; ~1-2 min on 2 busy cores)
 """
 
 from __future__ import annotations
