@@ -1,4 +1,4 @@
-"""Load (issue 8): 32 concurrent clients x 10 requests against a real `edge serve` on loopback, mixed
+"""Load: 32 concurrent clients x 10 requests against a real `edge serve` on loopback, mixed
 OpenAI/Ollama, streaming and not, one request in five abandoned mid-stream; a client answered 503
 waits Retry-After and sends the same request again. Expected: nothing but 200 and 503 queue-full
 (with Retry-After), every request served in the end, every stream well-formed, every slot and queue place free
