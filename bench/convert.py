@@ -1,4 +1,4 @@
-"""Benchmark (issue 2): our converter and quantizer against llama.cpp's, in one run.
+"""Benchmark: our converter and quantizer against llama.cpp's, in one run.
 
     python bench/convert.py [--repeats 3] [--json]
 

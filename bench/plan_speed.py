@@ -1,4 +1,4 @@
-"""Benchmark (issue 4): real generation speed of the bundled models against the planner's prediction.
+"""Benchmark: real generation speed of the bundled models against the planner's prediction.
 
     python bench/plan_speed.py [--repeats 3] [--tokens 128] [--profile NAME] [--json]
 

@@ -1,11 +1,11 @@
-"""8B at scale on a small box: HF bf16 checkpoint with Llama-3.1-8B's shape -> Q4_K_M (issue 6).
+"""8B at scale on a small box: HF bf16 checkpoint with Llama-3.1-8B's shape -> Q4_K_M.
 
     python bench/scale.py [--work DIR] [--keep]      # needs ~35 GB free on DIR's disk; takes long
 
 1. A random-weight checkpoint with the real Llama-3.1-8B config (bf16, sharded safetensors + index).
    The vocabulary is SmolLM2's (unpacked from the bundled GGUF by `edge-quantize unpack`): a real
    BPE tokenizer that llama.cpp's converter recognises, with vocab_size = 49152 (7.4B parameters,
-   14.7 GB), as in the issue's measurement. The weights are one random bf16 pool written cyclically
+   14.7 GB). The weights are one random bf16 pool written cyclically
    (their values do not change the work done).
 2. Anchor: convert_hf_to_gguf.py --outtype f16, then llama-quantize F16 -> Q4_K_M (both from the
    llama-cpp-python sdist), wall time and peak RSS of each process.

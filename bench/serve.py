@@ -1,4 +1,4 @@
-"""Benchmark (issue 3): `edge serve` against llama-server and llama_cpp.server, in one run.
+"""Benchmark: `edge serve` against llama-server and llama_cpp.server, in one run.
 
     python bench/serve.py [--quick] [--rounds N] [--json] [--only ours,llama-server]
 

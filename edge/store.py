@@ -8,7 +8,7 @@ Layout (nothing is ever downloaded; a model is a file someone put there):
       models/<name>-<tag>/*.onnx     an ONNX model folder    -> "<name>:<tag>"
       aliases.toml | aliases.json    {"llama3.1:8b" = "smollm2:135m-q4_1"}
       cache/bundled/                 bundled models that must be assembled (Gemma-3) live here
-      current/models/, current/aliases.toml   the active slot of an installed bundle (firmware.bundle.installs);
+      current/models/, current/aliases.toml   the active install slot of a bundle (firmware.bundle.installs);
                                      its models are found first, its aliases under the home's own
 
 Naming rule: the file name (without .gguf, and without a `-00001-of-00003` shard suffix) is
@@ -237,7 +237,7 @@ class ModelStore:
     def __init__(self, home: Path | None = None, *, models_dir: Path | None = None, cache_dir: Path | None = None):
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.models_dir = Path(models_dir).expanduser() if models_dir is not None else self.home / "models"
-        # the active slot of an installed bundle (firmware.bundle.installs), scanned first, unless --models was given
+        # the active install slot of a bundle (firmware.bundle.installs), scanned first, unless --models was given
         self.slot_dir = self.home / "current" if models_dir is None else None
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else self.home / "cache" / "bundled"
 

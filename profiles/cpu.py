@@ -1,4 +1,4 @@
-"""Device detection: how many threads the model should run on (extended by the hardware-profile issue).
+"""Device detection: how many threads the model should run on.
 
 `physical_cores()` is the default thread count for llama.cpp: token generation is bound by memory
 bandwidth and a second hyper-thread per core only adds contention, and on big.LITTLE ARM boards

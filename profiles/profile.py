@@ -1,4 +1,4 @@
-"""Hardware profiles: one frozen dataclass, loaded from the TOML files shipped in `profiles/`.
+"""Hardware profiles: one frozen dataclass, loaded from the TOML files shipped in `profiles/data/`.
 
 A profile is data about a device class (memory, bandwidth, cores, what to build, what to run).
 Unknown keys are rejected on purpose: a typo in a profile must fail loudly, not fall back to a

@@ -103,7 +103,7 @@ def convert(
 
 @dataclass
 class _Extra:
-    """The quality issue's additions to a conversion: importance matrix and the after-hook."""
+    """Optional steps of a conversion: the importance matrix and the after-hook."""
 
     options: ImatrixOptions | None
     after: AfterHook | None

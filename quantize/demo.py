@@ -1,4 +1,4 @@
-"""The main job end to end, offline, on the bundled SmolLM2-135M-Instruct (`make demo`).
+"""The main job end to end, offline, on the bundled SmolLM2-135M-Instruct (`python -m quantize.demo`).
 
 1. `edge-quantize unpack` the bundled GGUF into a Hugging Face checkpoint (the converter's input);
 2. `edge-quantize convert` it to a ladder of GGUF types;

@@ -107,8 +107,8 @@ BF16_CHUNK = 1 << 20  # values per step: the temporaries stay a few MB whatever 
 
 
 def _f32_to_bf16(a: np.ndarray) -> np.ndarray:
-    """Round to nearest even, NaN kept quiet. In chunks, in uint32: whole-tensor uint64 temporaries took
-    ~7 GB on an 8B model's embedding (201M values), 4.6x llama.cpp's converter."""
+    """Round to nearest even, NaN kept quiet. In chunks, in uint32: whole-tensor uint64 temporaries
+    would take ~7 GB on an 8B model's embedding (201M values)."""
     bits = np.ascontiguousarray(a).reshape(-1).view(np.uint32)  # (n,)
     out = np.empty(bits.shape, dtype=np.uint16)  # (n,)
     for s in range(0, bits.size, BF16_CHUNK):

@@ -1,6 +1,6 @@
 """The quantization ladder report: a rich table, and a model card in Markdown + JSON next to the outputs.
 
-One row per variant (GGUF today, ONNX with the ONNX issue: `format` says which), all measured
+One row per variant (GGUF or ONNX: `format` says which), all measured
 against the same reference. The JSON validates against report.schema.json (beside this file) and
 lists the sha256 of every artifact, so a machine can check the files it describes.
 """

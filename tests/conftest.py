@@ -1,6 +1,9 @@
-"""Shared session fixtures: the bundled real GGUF models, and an offline Hugging Face stack.
+"""Fixtures shared by more than one test folder: the bundled real GGUF models, the in-process
+greedy oracle, the llama.cpp anchor tools, module-scoped temp folders; and an offline Hugging
+Face stack.
 
-Nothing else belongs here; per-area fixtures live beside their tests.
+Nothing else belongs here; per-area fixtures live in their folder's conftest.py, and helpers
+that are plain functions live in tests/support/.
 """
 
 from __future__ import annotations
@@ -40,6 +43,18 @@ def gemma3_path() -> Path:
     return _bundled("gemma3:270m-q4_k_m")
 
 
+@pytest.fixture(scope="session")
+def oracle(smollm2_path):
+    """The engine in this process on SmolLM2, with one slot: the greedy answers a live server must match."""
+    from edge.chat.templates import ChatTemplate
+    from edge.engine import open_engine
+    from tests.support.live import CTX, Oracle
+
+    engine = open_engine(smollm2_path, name="oracle", n_ctx=CTX, n_parallel=1, n_threads=1)
+    yield Oracle(engine, ChatTemplate.for_model(engine.info))
+    engine.close()
+
+
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,8 +84,8 @@ def anchor_tool():
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory):
     """`module_tmp(name)`: tmp_path_factory.mktemp for module-scoped fixtures, removed once the
-    module's tests are done. A full run used to leave ~16 GB of unpacked models, ladders and ONNX
-    exports in the base temp until the session ended; now the peak is about one module's files."""
+    module's tests are done, so the disk holds about one module's unpacked models, ladders and ONNX
+    exports at a time instead of the whole session's."""
     made: list[Path] = []
 
     def mk(name: str) -> Path:

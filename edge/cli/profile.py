@@ -1,4 +1,4 @@
-"""`edge profile [--json]`: what was detected on this device and why (wired into edge/cli.py by the lead)."""
+"""`edge profile [--json]`: what was detected on this device and why."""
 
 from __future__ import annotations
 

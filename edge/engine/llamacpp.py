@@ -1,7 +1,7 @@
 """The GGUF backend on llama-cpp-python's LOW-LEVEL API (llama_cpp.llama_cpp, ctypes).
 
 Why not the high-level `Llama` class: it copies logits into numpy per token and serializes
-requests (~0.75x llama-server here). This backend keeps Python out of the per-token path:
+requests. This backend keeps Python out of the per-token path:
 one `llama_decode` per step for all slots (sequence id = slot), native sampler chains
 (`llama_sampler_sample` reads the logits row inside llama.cpp), token pieces cached as bytes.
 

@@ -87,43 +87,45 @@ def install(
         False, "--require-signature", help="refuse a bundle without a valid signature"
     ),
     pubkey: Path | None = typer.Option(None, "--pubkey", help="Ed25519 public key (PEM) to check the signature with"),
-    keep: int = typer.Option(2, "--keep", min=1, help="installed slots to keep (the active one included)"),
+    keep: int = typer.Option(2, "--keep", min=1, help="install slots to keep (the active one included)"),
     home: Path | None = HomeOpt,
 ) -> None:
-    """Verify, unpack into a new slot, smoke-test, then switch to it atomically."""
-    from firmware.bundle.installs import Slots
+    """Verify, unpack into a new install slot, smoke-test, then switch to it atomically."""
+    from firmware.bundle.installs import Installs
 
     bar, update = _progress()
     with bar:
-        slot = Slots(_home(home)).install(
+        slot = Installs(_home(home)).install(
             bundle_file, pubkey=pubkey, require_signature=require_signature, keep=keep, progress=update
         )
     typer.echo(
-        f"installed slot {slot.id} ({', '.join(slot.models)}); it is active. Restart the service to serve it: "
-        "systemctl restart edge"
+        f"installed {', '.join(slot.models)} into install slot {slot.id}; it is active. "
+        "Restart the service to serve it: systemctl restart edge"
     )
 
 
 @app.command()
 def rollback(home: Path | None = HomeOpt) -> None:
-    """Make the previous whole slot active again."""
-    from firmware.bundle.installs import Slots
+    """Make the previous whole install slot active again."""
+    from firmware.bundle.installs import Installs
 
-    slot = Slots(_home(home)).rollback()
-    typer.echo(f"active slot is now {slot.id} ({', '.join(slot.models)}); restart the service: systemctl restart edge")
+    slot = Installs(_home(home)).rollback()
+    typer.echo(
+        f"active install slot is now {slot.id} ({', '.join(slot.models)}); restart the service: systemctl restart edge"
+    )
 
 
 @app.command("list")
-def list_slots(
+def list_installs(
     home: Path | None = HomeOpt,
     verify: bool = typer.Option(False, "--verify", help="also check every sha256 (reads every byte)"),
 ) -> None:
-    """Installed slots, the active one marked."""
-    from firmware.bundle.installs import Slots
+    """Install slots, the active one marked."""
+    from firmware.bundle.installs import Installs
 
-    slots = Slots(_home(home))
-    for s in slots.list():
-        state = "whole" if slots.whole(s.path, hashes=verify) else "DAMAGED"
+    installs = Installs(_home(home))
+    for s in installs.list():
+        state = "whole" if installs.whole(s.path, hashes=verify) else "DAMAGED"
         typer.echo(f"{'*' if s.active else ' '} {s.id}  {state:7}  {', '.join(s.models)}")
 
 

@@ -1,13 +1,15 @@
 """Install slots: `edge bundle install | rollback | list`, safe against power loss at any moment.
 
+An install slot is one installed bundle (not a KV-cache slot of the engine).
+
 Layout under $EDGE_HOME:
 
     slots/000007-<sha12>/      one installed bundle: models/, aliases.toml, profile.toml, manifest.json
     slots/.new-<id>/           being unpacked (a leftover of a crash; removed by the next install)
     slots/.trash-<id>/         being deleted (idem)
-    current -> slots/<id>      THE active slot: a relative symlink, only ever replaced by rename(2)
+    current -> slots/<id>      THE active install slot: a relative symlink, only ever replaced by rename(2)
 
-Slot ids start with a counter, not a date: kiosks and Pis often boot without a real-time clock.
+Install slot ids start with a counter, not a date: kiosks and Pis often boot without a real-time clock.
 
 Install order, and why each crash point is harmless:
 1. unpack into slots/.new-<id> while hashing every byte (firmware.bundle.archive.extract_verified); anything
@@ -69,7 +71,9 @@ def phase(name: str) -> None:
 
 
 @dataclass(frozen=True)
-class Slot:
+class InstallSlot:
+    """One installed bundle: slots/<id>, whether `current` names it, and its manifest."""
+
     id: str
     path: Path
     active: bool
@@ -80,7 +84,9 @@ class Slot:
         return self.manifest.models if self.manifest else ()
 
 
-class Slots:
+class Installs:
+    """The install slots under $EDGE_HOME: list, install, switch, roll back, prune."""
+
     def __init__(self, home: Path):
         self.home = Path(home)
         self.dir = self.home / "slots"
@@ -95,15 +101,15 @@ class Slots:
         name = Path(target).name
         return name if _SLOT_ID.fullmatch(name) else None
 
-    def list(self) -> list[Slot]:
+    def list(self) -> list[InstallSlot]:
         if not self.dir.is_dir():
             return []
         active = self.active_id()
         ids = sorted(p.name for p in self.dir.iterdir() if _SLOT_ID.fullmatch(p.name))
-        return [Slot(i, self.dir / i, i == active, _read_manifest(self.dir / i)) for i in ids]
+        return [InstallSlot(i, self.dir / i, i == active, _read_manifest(self.dir / i)) for i in ids]
 
     def whole(self, slot_dir: Path, *, hashes: bool = False) -> bool:
-        """Every file of the slot's manifest is there with its size (and sha256 when `hashes`)."""
+        """Every file of the install slot's manifest is there with its size (and sha256 when `hashes`)."""
         manifest = _read_manifest(slot_dir)
         if manifest is None:
             return False
@@ -123,7 +129,7 @@ class Slots:
         keep: int = 2,
         smoke: Callable[[Path], None] | None = None,
         progress=None,
-    ) -> Slot:
+    ) -> InstallSlot:
         if keep < 1:
             raise BadRequestError(f"--keep must be at least 1, got {keep}")
         phase("start")
@@ -155,7 +161,7 @@ class Slots:
                 raise DoesNotFitError(
                     f"not enough disk space for the bundle: {manifest.total_bytes / 2**20:.0f} MiB "
                     f"needed, {free / 2**20:.0f} MiB free in {self.dir}; free space (an older "
-                    "slot goes with `edge bundle install --keep 1` of a smaller bundle)"
+                    "install slot goes with `edge bundle install --keep 1` of a smaller bundle)"
                 )
 
         got = extract_verified(
@@ -174,9 +180,9 @@ class Slots:
         phase("unpacked")
 
     def switch(self, slot_id: str) -> None:
-        """Make slots/<slot_id> the active slot with one rename(2)."""
+        """Make slots/<slot_id> the active install slot with one rename(2)."""
         if not self.whole(self.dir / slot_id):
-            raise ModelFormatError(f"slot {slot_id} is not whole; refusing to switch to it")
+            raise ModelFormatError(f"install slot {slot_id} is not whole; refusing to switch to it")
         link = self.home / ".current.new"
         link.unlink(missing_ok=True)
         os.symlink(f"slots/{slot_id}", link)
@@ -185,12 +191,14 @@ class Slots:
         fsync_dir(self.home)
         phase("switched")
 
-    def rollback(self) -> Slot:
-        """Switch to the newest whole slot older than the active one."""
+    def rollback(self) -> InstallSlot:
+        """Switch to the newest whole install slot older than the active one."""
         active = self.active_id()
         older = [s for s in self.list() if not s.active and (active is None or s.id < active) and self.whole(s.path)]
         if not older:
-            raise NotFoundError("there is no earlier whole slot to roll back to (`edge bundle list` shows the slots)")
+            raise NotFoundError(
+                "there is no earlier whole install slot to roll back to (`edge bundle list` shows the install slots)"
+            )
         self.switch(older[-1].id)
         return next(s for s in self.list() if s.id == older[-1].id)
 
@@ -241,7 +249,7 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 
 def smoke_test(slot_dir: Path) -> None:
-    """Load every model of the slot in a child process and generate one token; raises on failure."""
+    """Load every model of the install slot in a child process and generate one token; raises on failure."""
     cmd = [sys.executable, "-m", "firmware.bundle.installs", "smoke", str(slot_dir)]
     with tempfile.TemporaryFile() as log:
         try:
@@ -253,7 +261,7 @@ def smoke_test(slot_dir: Path) -> None:
     if rc != 0:
         raise ModelFormatError(
             f"the new bundle failed its smoke test (exit {rc}): {tail.splitlines()[-1] if tail else 'no output'}; "
-            "the active slot is unchanged"
+            "the active install slot is unchanged"
         )
 
 

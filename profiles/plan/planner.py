@@ -209,7 +209,7 @@ class Backend:
 
 # `edge serve`'s GGUF backend (edge/engine/llamacpp.py): llama.cpp's context defaults (so swa_full
 # stays true, unlike llama-server) except n_outputs_max = n_parallel, one logits row per slot.
-# Its process, measured on the bundled models (tests/edge/test_plan.py::test_peak_rss_*):
+# Its process, measured on the bundled models (tests/profiles/test_plan.py::test_peak_rss_*):
 #   27 MiB   Python + edge + libllama/ggml before a model is loaded (VmRSS);
 #   +7..16   once decoding ran (scheduler thread, malloc arenas, flash-attention scratch);
 #   vocabulary: +17 MiB for SmolLM2 (49k BPE tokens and merges, 354 B/token), +42 MiB for Gemma-3
@@ -242,7 +242,7 @@ def compute_bytes(
     shape: ModelShape, n_ctx: int, flash_attn: bool = True, n_outputs: int = N_UBATCH, swa_full: bool = False
 ) -> int:
     """llama.cpp's CPU compute buffer, reserved for a full ubatch at a full context (fitted on the
-    bundled models, tests/edge/test_plan.py). Its allocator reuses memory, so it is the larger of
+    bundled models, tests/profiles/test_plan.py). Its allocator reuses memory, so it is the larger of
     two peaks: the output (n_outputs logits rows and the last hidden states, f32) and a layer (the
     ubatch's FFN intermediates and residuals, f32, plus an f16 KQ mask of n_ubatch x KV cells per
     attention kind; without flash attention the f32 KQ scores of all heads when they are larger)."""

@@ -1,6 +1,6 @@
 """`edge-quantize plan SRC --profile NAME [--ctx N] [--json]`: thin command over profiles.plan.planner.
 
-The lead wires it into quantize/cli.py with `app.command("plan")(plan_command)`.
+Registered in quantize/cli/__init__.py with `app.command("plan")(plan_command)`.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
 - fp16: weights stored as float16 (half the file) and widened once at load (Cast nodes that
   onnxruntime folds); the graph computes in fp32 so every CPU runs it.
 - int8: onnxruntime's dynamic quantization, written while the graph is built: int8 weights with one
-  scale per output column, activations quantized on the fly (DynamicQuantizeMatMul). Running
-  onnxruntime.quantization.quantize_dynamic on a saved fp32 graph instead held the whole model in
-  memory (4x its size) and its per-tensor weight scales wrecked a 135M model (KL 0.97 vs fp32).
+  scale per output column, activations quantized on the fly (DynamicQuantizeMatMul). Not
+  onnxruntime.quantization.quantize_dynamic on a saved fp32 graph: it holds the whole model in
+  memory (4x its size), and its per-tensor weight scales are too coarse for a 135M model.
 - int4: MatMulNBits (`_head8`: the output projection at 8 bits), 4-bit blocks of `block_size` weights along K, symmetric (default) or with zero
   points, `accuracy_level` (4 = int8 compute on CPU, the fast one; 1 = fp32) packed tensor by tensor
   with onnxruntime's own C++ quantizer while the graph is built, so the fp32 model never exists.

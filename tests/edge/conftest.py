@@ -1,20 +1,14 @@
-"""A real `edge serve` process on a free loopback port serving the bundled SmolLM2, and an
-in-process engine on the same file as the oracle for greedy answers (helpers in live.py).
+"""A real `edge serve` process on a free loopback port serving the bundled SmolLM2 (helpers in
+tests/support/live.py; the in-process `oracle` fixture is in tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-# `tests.support.live` is imported from the repository root (as tests/quantize/conftest.py does).
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.support.live import CTX, Oracle, start_server  # noqa: E402
+from tests.support.live import CTX, start_server
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +25,3 @@ def server(edge_home):
     srv = start_server(edge_home, "--parallel", "4", "--ctx", str(CTX))
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="session")
-def oracle(smollm2_path):
-    """The engine in this process on the same file, with one slot: the greedy answers to match."""
-    from edge.chat.templates import ChatTemplate
-    from edge.engine import open_engine
-
-    engine = open_engine(smollm2_path, name="oracle", n_ctx=CTX, n_parallel=1, n_threads=1)
-    info = engine.info
-    template = ChatTemplate.for_model(info)
-    yield Oracle(engine, template)
-    engine.close()

@@ -15,8 +15,8 @@ import pytest
 from edge.errors import ModelFormatError
 from edge.store import ModelStore
 from firmware.bundle.archive import MANIFEST, FileEntry, Manifest, extract_verified
-from firmware.bundle.installs import Slots
-from tests.firmware.conftest import edge_cli
+from firmware.bundle.installs import Installs
+from tests.support.live import edge_cli
 
 
 def _sha(data: bytes) -> str:
@@ -42,10 +42,10 @@ def _manifest(files: dict[str, bytes]) -> bytes:
 
 def _assert_active_whole(home: Path) -> str:
     """The active slot's every file matches its manifest's sha256, and the store resolves its model."""
-    slots = Slots(home)
-    active = slots.active_id()
+    installs = Installs(home)
+    active = installs.active_id()
     assert active is not None, "no active slot"
-    assert slots.whole(slots.dir / active, hashes=True), f"active slot {active} is not whole"
+    assert installs.whole(installs.dir / active, hashes=True), f"active slot {active} is not whole"
     entry = ModelStore(home).resolve("smollm2:135m-q4_1")
     assert Path(entry.path).resolve().is_relative_to((home / "slots" / active).resolve())
     return active
@@ -58,19 +58,19 @@ def _assert_active_whole(home: Path) -> str:
 def test_install_serves_the_active_slot_and_keeps_n(tmp_path, smollm2_bundle, smollm2_path):
     home = tmp_path / "home"
     out = edge_cli(home, "bundle", "install", smollm2_bundle)
-    assert "installed slot" in out.stdout
+    assert "into install slot" in out.stdout
     first = _assert_active_whole(home)
     store = ModelStore(home)
     assert store.resolve("robot").name == "smollm2:135m-q4_1"  # the bundle's alias
     assert store.resolve("default").name == "smollm2:135m-q4_1"  # every bundle maps "default"
     assert (home / "current" / "profile.toml").read_bytes() == (
-        Path(__file__).parents[2] / "profiles" / "rpi5-8gb.toml"
+        Path(__file__).parents[2] / "profiles" / "data" / "rpi5-8gb.toml"
     ).read_bytes()
     assert (home / "current" / "models" / "smollm2-135m-q4_1.gguf").read_bytes() == smollm2_path.read_bytes()
 
     edge_cli(home, "bundle", "install", smollm2_bundle, "--keep", "2")
     edge_cli(home, "bundle", "install", smollm2_bundle, "--keep", "2")
-    ids = [s.id for s in Slots(home).list()]
+    ids = [s.id for s in Installs(home).list()]
     assert len(ids) == 2 and first not in ids  # the oldest went
     third = _assert_active_whole(home)
     assert third == ids[-1]
@@ -80,7 +80,7 @@ def test_install_serves_the_active_slot_and_keeps_n(tmp_path, smollm2_bundle, sm
     edge_cli(home, "bundle", "rollback")
     assert _assert_active_whole(home) == ids[0]
     err = edge_cli(home, "bundle", "rollback", check=False)
-    assert err.returncode == 3 and "no earlier whole slot" in err.stderr
+    assert err.returncode == 3 and "no earlier whole install slot" in err.stderr
 
 
 def test_operator_aliases_win_over_the_bundle(tmp_path, smollm2_bundle):
@@ -127,9 +127,9 @@ def test_smoke_failure_leaves_the_old_slot_active(tmp_path, smollm2_bundle):
     bad = tmp_path / "bad.tar"
     edge_cli(home, "bundle", "create", junk, "-o", bad)
     out = edge_cli(home, "bundle", "install", bad, check=False)
-    assert out.returncode == 4 and "smoke test" in out.stderr and "active slot is unchanged" in out.stderr
+    assert out.returncode == 4 and "smoke test" in out.stderr and "active install slot is unchanged" in out.stderr
     assert _assert_active_whole(home) == before
-    assert [s.id for s in Slots(home).list()] == [before]
+    assert [s.id for s in Installs(home).list()] == [before]
 
 
 # --- refusals: nothing changes ---------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_gzip_bundle_round_trip(tmp_path):
     out = tmp_path / "b.tar.gz"
     create([Source("tiny:1", model, "models/tiny-1.gguf")], out, aliases={"default:latest": "tiny:1"})
     assert out.read_bytes()[:2] == b"\x1f\x8b"
-    slot = Slots(tmp_path / "home").install(out, smoke=lambda path: None)
+    slot = Installs(tmp_path / "home").install(out, smoke=lambda path: None)
     assert (slot.path / "models" / "tiny-1.gguf").read_bytes() == model.read_bytes()
     assert ModelStore(tmp_path / "home").resolve("default").name == "tiny:1"
 
@@ -257,13 +257,13 @@ def test_gzip_bundle_round_trip(tmp_path):
 def test_not_enough_disk_space_changes_nothing(tmp_path, installed_home, smollm2_bundle, monkeypatch):
     import collections
 
-    import firmware.bundle.installs as slots_mod
+    import firmware.bundle.installs as installs_mod
     from edge.errors import DoesNotFitError
 
     before = os.readlink(installed_home / "current")
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(slots_mod.shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 10 << 20))
+    monkeypatch.setattr(installs_mod.shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 10 << 20))
     with pytest.raises(DoesNotFitError, match="not enough disk space"):
-        Slots(installed_home).install(smollm2_bundle, smoke=lambda p: None)
+        Installs(installed_home).install(smollm2_bundle, smoke=lambda p: None)
     assert os.readlink(installed_home / "current") == before
     assert not [p for p in (installed_home / "slots").iterdir() if p.name.startswith(".")]

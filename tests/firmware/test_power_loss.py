@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge.store import ModelStore
-from firmware.bundle.installs import PHASES, Slots
-from tests.firmware.conftest import edge_cli
+from firmware.bundle.installs import PHASES, Installs
+from tests.support.live import edge_cli
 
 SWITCHED = PHASES.index("switched")  # from this phase on the new slot is the active one
 
@@ -45,14 +45,14 @@ def second_bundle(tmp_path_factory, smollm2_path) -> Path:
 def test_sigkill_at_every_phase_leaves_a_whole_active_slot(tmp_path, first_home, second_bundle, phase):
     home = tmp_path / "home"
     shutil.copytree(first_home, home, symlinks=True, copy_function=os.link)  # slot files are never written in place
-    old = Slots(home).active_id()
+    old = Installs(home).active_id()
 
     killed = edge_cli(home, "bundle", "install", second_bundle, env_extra={"EDGE_BUNDLE_KILL_AT": phase}, check=False)
     assert killed.returncode == -signal.SIGKILL, f"the installer did not reach phase {phase}: {killed.stderr}"
 
-    slots = Slots(home)
-    active = slots.active_id()
-    assert slots.whole(slots.dir / active, hashes=True)
+    installs = Installs(home)
+    active = installs.active_id()
+    assert installs.whole(installs.dir / active, hashes=True)
     expected_new = PHASES.index(phase) >= SWITCHED
     assert (active != old) == expected_new, f"after a kill at {phase} the active slot is {active} (old {old})"
     store = ModelStore(home)
@@ -61,7 +61,7 @@ def test_sigkill_at_every_phase_leaves_a_whole_active_slot(tmp_path, first_home,
 
     # the next install cleans what the killed one left and succeeds
     edge_cli(home, "bundle", "install", second_bundle)
-    assert not [p for p in slots.dir.iterdir() if p.name.startswith(".")]
+    assert not [p for p in installs.dir.iterdir() if p.name.startswith(".")]
     assert not (home / ".current.new").exists()
-    assert slots.whole(slots.dir / slots.active_id(), hashes=True)
+    assert installs.whole(installs.dir / installs.active_id(), hashes=True)
     assert "update:latest" in ModelStore(home).aliases()

@@ -78,7 +78,7 @@ def test_readme_commands_run(tmp_path):
     assert len(ran) >= 10
     assert (root / "etc" / "systemd" / "system" / "edge.service").is_file()
     assert (device_home / "current" / "models" / "smollm2-135m-q4_1.gguf").is_file()
-    from firmware.bundle.installs import Slots
+    from firmware.bundle.installs import Installs
 
-    slots = Slots(device_home)
-    assert [s.active for s in slots.list()] == [True, False]  # provisioned, updated, rolled back to the first
+    installs = Installs(device_home)
+    assert [s.active for s in installs.list()] == [True, False]  # provisioned, updated, rolled back to the first

@@ -1,5 +1,5 @@
 """firmware/systemd: every unit passes `systemd-analyze verify`; the generator puts each profile's
-memory budget into MemoryMax; the hardening the issue asks for is there."""
+memory budget into MemoryMax; the unit's sandboxing and hardening options are there."""
 
 from __future__ import annotations
 

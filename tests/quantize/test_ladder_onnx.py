@@ -1,4 +1,4 @@
-"""GGUF and ONNX variants of one model in one report, against one reference (issue 6's ONNX rows).
+"""GGUF and ONNX variants of one model in one report, against one reference.
 
 The tiny Llama-3 checkpoint goes to F32 GGUF (the reference), Q8_0, ONNX fp32 and ONNX int4 in one
 `edge-quantize convert`. The ONNX fp32 folder holds the same float32 weights as the F32 GGUF, so two

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from quantize.vocab import load_vocab, vocab_from_gguf, write_hf_tokenizer
-from tests.quantize.test_vocab import assert_same_tokens, same_types
-from tests.support.tokenizers import MIXED_STRINGS, LlamaCppVocab, write_vocab_gguf
+from tests.support.tokenizers import MIXED_STRINGS, LlamaCppVocab, assert_same_tokens, same_types, write_vocab_gguf
 
 tokenizers = pytest.importorskip("tokenizers")
 

@@ -34,6 +34,8 @@ from tests.support.tokenizers import (
     LLAMA3_TEMPLATE,
     MIXED_STRINGS,
     LlamaCppVocab,
+    assert_same_tokens,
+    same_types,
     write_tokenizer,
     write_vocab_gguf,
 )
@@ -49,28 +51,6 @@ CHAT_STRINGS = {
     "gemma": "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
     "gemma3-json": "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
 }
-
-
-def assert_same_tokens(hf, lc: LlamaCppVocab, strings) -> None:
-    """HF and llama.cpp agree on every string, with and without added special tokens."""
-    diffs = []
-    for s in strings:
-        for add in (False, True):
-            want = hf.encode(s, add_special_tokens=add).ids
-            got = lc.tokenize(s, add_special=add, parse_special=True)
-            if want != got:
-                diffs.append(
-                    f"{s!r} add_special={add}\n  hf:       {[hf.id_to_token(i) for i in want]}"
-                    f"\n  llama.cpp: {[hf.id_to_token(i) for i in got]}"
-                )
-    assert not diffs, "\n".join(diffs)
-
-
-def same_types(a: list[int], b: list[int]) -> bool:
-    """Token types equal, except that HF has no "unknown" added token: <unk> comes back as control
-    (llama.cpp treats both alike when tokenizing: matched only with parse_special)."""
-    norm = {int(TokenType.UNKNOWN): int(TokenType.CONTROL)}
-    return [norm.get(t, t) for t in a] == [norm.get(t, t) for t in b]
 
 
 @pytest.fixture(scope="module")

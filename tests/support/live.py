@@ -1,5 +1,5 @@
 """Helpers for live-server tests: start `edge serve` as a real process, wait for /health, read
-/metrics; and the in-process greedy oracle.
+/metrics; run any `edge` command as a process (`edge_cli`); and the in-process greedy oracle.
 
 Servers run with one thread: these tests check what clients see, not speed, and a 2-core CI box
 shared with other jobs makes llama.cpp's spinning thread pool very slow when oversubscribed.
@@ -23,6 +23,7 @@ SYSTEM = "You are a helpful assistant."  # SmolLM2's own default system prompt d
 CTX = 1024
 LOAD_TIMEOUT = 180.0  # seconds; loading takes ~1 s on an idle box, far more on a busy shared one
 HTTP_TIMEOUT = 300.0
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 @dataclass
@@ -67,6 +68,21 @@ def edge_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
     env.update({"EDGE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra})
     return env
+
+
+def edge_cli(home: Path, *args: str, env_extra: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m edge.cli ARGS` with EDGE_HOME=home; output captured as text."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=edge_env(home, **(env_extra or {})),
+        cwd=str(ROOT),
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edge {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
 
 def start_server(home: Path, *args: str, wait: bool = True, env: dict | None = None) -> LiveServer:

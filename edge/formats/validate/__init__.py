@@ -1,4 +1,4 @@
-"""Bounded validation of model files before anything loads them (issue 8, "Model files").
+"""Bounded validation of model files before anything loads them.
 
 `validate_gguf(path)` reads the header and tensor table of a GGUF file with every length checked
 against caps and the remaining bytes first, and refuses (ModelFormatError) anything llama.cpp would

@@ -1,7 +1,7 @@
 """Tokenizer names llama.cpp 0c1e570 knows (src/llama-vocab.cpp, llama_vocab::impl::load).
 
 A name outside these lists makes llama.cpp refuse to load the file, so we refuse it first with the
-list. tests/edge/test_validate.py checks both tuples against the vendored llama-vocab.cpp.
+list. tests/edge/formats/test_validate.py checks both tuples against the vendored llama-vocab.cpp.
 """
 
 # tokenizer.ggml.model

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.gguf_fields import VT, enc_array, parse
+from tests.support.fuzz.gguf_fields import VT, enc_array, parse
 
 atheris = pytest.importorskip("atheris", reason="pip install atheris (dev extra)")
 
@@ -48,7 +48,7 @@ def _limit():
 
 @pytest.mark.slow
 def test_fuzz_validator_60s_no_crash_no_hang(seeds, tmp_path):
-    cmd = [sys.executable, "-m", "tests.fuzz.fuzz_validate", str(tmp_path / "corpus"), str(seeds),
+    cmd = [sys.executable, "-m", "tests.support.fuzz.fuzz_validate", str(tmp_path / "corpus"), str(seeds),
            f"-max_total_time={FUZZ_SECONDS}", "-timeout=10", "-rss_limit_mb=2048", "-max_len=65536",
            f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"]  # fmt: skip
     (tmp_path / "corpus").mkdir()

@@ -5,7 +5,7 @@ Cases: truncation at many offsets (header, key/values, tensor table, data); ever
 (version, counts, key/string lengths, value and item types, array counts, tensor name lengths,
 n_dims, dims, ggml types, offsets) set to 0, -1, 2**63 (2**31 for u32) and just past the end.
 Crafted semantic cases (wrong types, duplicates, overlaps, vocabularies that abort llama.cpp) are
-in test_validate.py. Files are sparse copies: only the header is written (tests/fuzz/gguf_fields.py).
+in test_validate.py. Files are sparse copies: only the header is written (tests/support/fuzz/gguf_fields.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.bounded import run_bounded
-from tests.fuzz.gguf_fields import parse
+from tests.support.fuzz.bounded import run_bounded
+from tests.support.fuzz.gguf_fields import parse
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """edge.formats.validate on the real bundled models and on crafted files: each refusal names its problem.
 
-Crafted files are sparse copies of the real headers with one thing changed (tests/fuzz/gguf_fields.py).
+Crafted files are sparse copies of the real headers with one thing changed (tests/support/fuzz/gguf_fields.py).
 Two tests prove the point with the real tools in a child process: gguf's own GGUFReader hangs and
 grows without bound on a tiny file we refuse at once, and llama.cpp kills the process on an emoji
 with a SentencePiece vocabulary that lacks byte tokens, which we refuse.
@@ -21,7 +21,7 @@ import pytest
 from edge.errors import ModelFormatError
 from edge.formats.validate import llama_vocab_names as names
 from edge.formats.validate import validate_gguf
-from tests.fuzz.gguf_fields import VT, decode_scalars, enc_array, enc_str, parse
+from tests.support.fuzz.gguf_fields import VT, decode_scalars, enc_array, enc_str, parse
 
 VOCAB_CPP = Path("/work/anchors/llama_cpp_python-0.3.36/vendor/llama.cpp/src/llama-vocab.cpp")
 K = gguf.Keys.Tokenizer

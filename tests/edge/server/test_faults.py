@@ -1,4 +1,4 @@
-"""Faults (issue 8): a server killed with SIGKILL mid-stream comes back under its supervisor and answers,
+"""Faults: a server killed with SIGKILL mid-stream comes back under its supervisor and answers,
 with no model file or store entry damaged; /health answers while a ~2000-token prompt is evaluated.
 
 The supervisor is a small loop emulating the firmware's systemd unit (firmware/systemd/edge.service):

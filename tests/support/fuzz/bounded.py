@@ -1,6 +1,6 @@
 """Run edge.formats.validate.validate_gguf on many files in ONE child process under resource limits.
 
-    python -m tests.fuzz.bounded LIST_FILE  (one path a line) -> one JSON line per file on stdout:
+    python -m tests.support.fuzz.bounded LIST_FILE  (one path a line) -> one JSON line per file on stdout:
     {"path": ..., "result": "ok" | "ModelFormatError" | "<other exception type>", "message": ..., "seconds": ...}
 
 The child caps its address space (RLIMIT_AS) and CPU time, so a case that allocates by a length
@@ -26,8 +26,8 @@ def run_bounded(paths: list[Path], work: Path, timeout: float = 300) -> dict[str
     """path -> result dict (see the module docstring)."""
     listing = work / "cases.txt"
     listing.write_text("".join(f"{p}\n" for p in paths))
-    proc = subprocess.run([sys.executable, "-m", "tests.fuzz.bounded", str(listing)], capture_output=True, text=True,
-                          timeout=timeout, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "tests.support.fuzz.bounded", str(listing)], capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parents[3])  # fmt: skip
     results = {}
     for line in proc.stdout.splitlines():
         if line.startswith("{"):

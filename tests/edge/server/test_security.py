@@ -1,4 +1,4 @@
-"""Hostile clients (issue 8, HTTP): API keys and key files, the refusal to listen on the network without
+"""Hostile clients over HTTP: API keys and key files, the refusal to listen on the network without
 one, Host allow-list (DNS rebinding), browser origins (CORS), limits (body, numbers, context, time) and
 clients that trickle their request. What test_http_errors.py already covers (401 on every route, a
 foreign Host on loopback, a 413 by Content-Length) is not repeated here.

@@ -1,10 +1,10 @@
 """Coverage-guided fuzzing of edge.formats.validate.validate_gguf with atheris.
 
-    python -m tests.fuzz.fuzz_validate SEED_DIR [atheris/libFuzzer flags, e.g. -max_total_time=60]
+    python -m tests.support.fuzz.fuzz_validate SEED_DIR [atheris/libFuzzer flags, e.g. -max_total_time=60]
 
 Each input is written to a file and validated; ModelFormatError is the expected outcome, any other
 exception is a finding (atheris stops and saves the input as crash-*). The seed corpus is the real
-bundled headers (tests/edge/test_fuzz_validate.py writes them, cut to their key/value and tensor
+bundled headers (tests/edge/formats/test_fuzz_validate.py writes them, cut to their key/value and tensor
 tables). Run it under resource limits (RLIMIT_AS, -timeout) so a hang or a blow-up is a finding too.
 """
 

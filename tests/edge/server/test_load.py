@@ -1,10 +1,10 @@
-"""Load (issue 8): 32 concurrent clients x 10 requests against a real `edge serve` on loopback, mixed
+"""Load: 32 concurrent clients x 10 requests against a real `edge serve` on loopback, mixed
 OpenAI/Ollama, streaming and not, one request in five abandoned mid-stream; a client answered 503
 waits Retry-After and sends the same request again. Expected: nothing but 200 and 503 queue-full
 (with Retry-After), every request served in the end, every stream well-formed, every slot and queue place free
 afterwards, and resident memory growth under 5 % between a warm-up round and the end.
 
-Run: .venv/bin/pytest tests/edge/test_load.py -q -s   (prints the figures; ~1-2 min on 2 busy cores)
+Run: .venv/bin/pytest tests/edge/server/test_load.py -q -s   (prints the figures; ~1-2 min on 2 busy cores)
 """
 
 from __future__ import annotations
