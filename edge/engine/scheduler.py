@@ -304,6 +304,7 @@ class Scheduler:
             text, stopped = slot.text.push(self.b.piece(token))
             entries: tuple[TokenLogprob, ...] = ()
         else:
+            assert isinstance(slot.text, AlignedTextStream)  # _start gives one to every request with logprobs
             text, stopped, entries = slot.text.push_token(self.b.piece(token), logprob)
         if text or entries:
             req.emit(Delta(text, slot.n_unsent, entries))
@@ -317,7 +318,8 @@ class Scheduler:
     def _finish(self, slot: _Slot, reason: str, *, flush: bool = True) -> None:
         req = slot.req
         now = time.perf_counter_ns()
-        tail, entries = "", ()
+        tail = ""
+        entries: tuple[TokenLogprob, ...] = ()
         if flush and isinstance(slot.text, AlignedTextStream):
             tail, entries = slot.text.flush_tokens()
         elif flush:
