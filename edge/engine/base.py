@@ -8,6 +8,7 @@ the model file (`edge.engine.open_engine`). Sampling parameters are backend-neut
 from __future__ import annotations
 
 import abc
+import codecs
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -32,6 +33,12 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop strings; the matched text is not returned
     grammar: str | None = None  # GBNF, e.g. from a JSON schema
     ignore_eos: bool = False
+    # Per-token log probabilities (see TokenLogprob); only a request that asks pays for them.
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per token, best first (with logprobs)
+
+
+MAX_TOP_LOGPROBS = 20  # as OpenAI and Ollama bound top_logprobs
 
 
 @dataclass(frozen=True)
@@ -55,11 +62,41 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log probability at one position of the answer.
+
+    The log-softmax of the model's raw logits row, as llama-server reports by default: taken before
+    temperature, top-k/top-p/min-p, repetition penalties and grammars, so a value does not depend on
+    the sampling settings (a grammar may therefore pick a token that is not among `top`). A token
+    the model gives no chance at all is reported as FLOOR, never -inf (JSON has no infinity).
+    """
+
+    token: int  # the token id
+    piece: bytes  # its bytes (the chosen token: exactly the bytes it added to the answer)
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()  # the most likely tokens at this position, best first
+    offset: int = 0  # characters of the answer before this token's text (the chosen token only)
+
+    FLOOR = -9999.0
+
+    @property
+    def text(self) -> str:
+        """The piece as text; a piece that ends inside a UTF-8 character drops that incomplete tail
+        (as llama-server does), its bytes tell the whole story."""
+        return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(self.piece)
+
+
+@dataclass(frozen=True)
 class Delta:
-    """A piece of generated text. Never splits a UTF-8 character; stop strings are already cut."""
+    """A piece of generated text. Never splits a UTF-8 character; stop strings are already cut.
+
+    `logprobs`: with SamplingParams.logprobs, one entry per token whose text this piece completes, in
+    order (a token cut off by a stop string has none). It may come with empty text: a token that
+    adds no text of its own (a control token kept with ignore_eos)."""
 
     text: str
     n_tokens: int = 1
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

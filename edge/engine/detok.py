@@ -12,6 +12,11 @@ may carry half of an emoji); `TextStream` turns them into the text that is safe 
 from __future__ import annotations
 
 import codecs
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+
+from edge.engine.base import TokenLogprob
 
 
 class StopMatcher:
@@ -66,3 +71,48 @@ class TextStream:
         """Everything still buffered (an incomplete character becomes U+FFFD)."""
         text, stopped = self._stops.push(self._utf8.decode(b"", final=True))
         return text if stopped else text + self._stops.flush()
+
+
+class AlignedTextStream(TextStream):
+    """A TextStream that also hands back per-token entries (log probabilities) with the text they produced.
+
+    Each token occupies the characters [start, end) of the decoded answer; a token whose bytes end
+    inside a UTF-8 character reaches to the end of that character. An entry goes out with the text
+    that completes its characters, so entries and text stay aligned whatever the UTF-8 decoder or
+    the stop matcher holds back; when a stop string cuts the answer, entries of tokens that lie
+    wholly inside the cut part are dropped with it. Used only for requests that ask for entries.
+    """
+
+    def __init__(self, stops: tuple[str, ...] | list[str] = ()):
+        super().__init__(stops)
+        self._decoded = 0  # characters out of the UTF-8 decoder so far
+        self._sent = 0  # characters handed back so far
+        self._pending: deque[tuple[int, int, TokenLogprob]] = deque()  # (start, end, entry) not yet handed back
+
+    def push_token(self, piece: bytes, entry: TokenLogprob) -> tuple[str, bool, tuple[TokenLogprob, ...]]:
+        """Return (text to emit, stopped, entries that go with that text)."""
+        start = self._decoded
+        decoded = self._utf8.decode(piece)
+        self._decoded += len(decoded)
+        incomplete = bool(self._utf8.getstate()[0])  # bytes of a character still to come
+        self._pending.append((start, self._decoded + incomplete, entry))
+        text, stopped = self._stops.push(decoded)
+        self._sent += len(text)
+        if stopped:
+            kept = self._take(lambda s, e: s < self._sent or e <= self._sent)
+            self._pending.clear()  # tokens wholly inside the stop string
+            return text, True, kept
+        return text, False, self._take(lambda s, e: e <= self._sent)
+
+    def flush_tokens(self) -> tuple[str, tuple[TokenLogprob, ...]]:
+        """Everything still buffered, and every entry not yet handed back."""
+        text = self.flush()
+        self._sent += len(text)
+        return text, self._take(lambda s, e: True)
+
+    def _take(self, keep: Callable[[int, int], bool]) -> tuple[TokenLogprob, ...]:
+        out = []
+        while self._pending and keep(*self._pending[0][:2]):
+            start, _, entry = self._pending.popleft()
+            out.append(replace(entry, offset=min(start, self._sent)))
+        return tuple(out)

@@ -117,6 +117,7 @@ class LlamaCppBatcher:
         self.n_swa = L.llama_model_n_swa(self.model)
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)  # token/pos/seq_id/logits arrays of n_batch
         self._pieces: dict[int, bytes] = {}
+        self._display: dict[int, bytes] = {}  # pieces with control tokens by name (logprob alternatives)
         self._piece_buf = ctypes.create_string_buffer(256)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self._argmax = _Argmax(self.n_vocab) if self.n_vocab >= FAST_GREEDY_MIN_VOCAB else None
@@ -219,15 +220,22 @@ class LlamaCppBatcher:
     def piece(self, token: int) -> bytes:
         got = self._pieces.get(token)
         if got is None:
-            n = L.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
-                got = buf.raw[:n]
-            else:
-                got = self._piece_buf.raw[:n]
-            self._pieces[token] = got
+            got = self._pieces[token] = self._to_piece(token, False)
         return got
+
+    def display_piece(self, token: int) -> bytes:
+        got = self._display.get(token)
+        if got is None:
+            got = self._display[token] = self._to_piece(token, True)
+        return got
+
+    def _to_piece(self, token: int, special: bool) -> bytes:
+        n = L.llama_token_to_piece(self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        if n >= 0:
+            return self._piece_buf.raw[:n]
+        buf = ctypes.create_string_buffer(-n)
+        n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
 
     def is_eog(self, token: int) -> bool:
         return L.llama_vocab_is_eog(self.vocab, token)
@@ -286,6 +294,12 @@ class LlamaCppBatcher:
 
     def sample(self, sampler: NativeSampler, row: int) -> int:
         return sampler.sample(self.ctx, row)
+
+    def logits_row(self, row: int):
+        """(n_vocab,) float32: llama.cpp's logits of a batch row, viewed in place (valid until the next decode)."""
+        import numpy as np  # requests with logprobs only
+
+        return np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
 
     # ---- KV cache and decoding (decode thread) -----------------------------------------------
     def keep_prefix(self, seq: int, n_keep: int) -> int:

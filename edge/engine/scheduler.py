@@ -12,6 +12,8 @@ owns everything else:
   slot plus prompt chunks of starting slots, within `n_batch` tokens, so a long prompt never blocks
   the others for more than one chunk.
 - Text assembly (`edge.engine.detok.TextStream`), stop strings, max tokens, context end, cancellation.
+- Log probabilities (`edge.engine.logprobs`) for the requests that ask, read from the row just sampled;
+  a request without them takes none of that path.
 - Events reach each request's asyncio queue through `loop.call_soon_threadsafe`.
 """
 
@@ -25,8 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams
-from edge.engine.detok import TextStream
+from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams, TokenLogprob
+from edge.engine.detok import AlignedTextStream, TextStream
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, QueueFullError, UnavailableError
 
 IDLE_WAKE_S = 1.0  # an idle loop still beats this often (the watchdog reads `heartbeat`)
@@ -47,6 +49,10 @@ class Batcher(Protocol):
     def sample(self, sampler: Any, row: int) -> int: ...
     def piece(self, token: int) -> bytes: ...
     def is_eog(self, token: int) -> bool: ...
+    # For requests with logprobs only (edge.engine.logprobs): the (vocab,) float32 raw logits of a
+    # sampled row, valid until the next decode; a token's bytes with control tokens by their name.
+    def logits_row(self, row: int) -> Any: ...
+    def display_piece(self, token: int) -> bytes: ...
 
 
 class Request:
@@ -78,7 +84,8 @@ class Request:
             return
         if self._held:
             held, self._held = self._held, []
-            self._post(Delta("".join(d.text for d in held), sum(d.n_tokens for d in held)))
+            logprobs = tuple(e for d in held for e in d.logprobs) if self.params.logprobs else ()
+            self._post(Delta("".join(d.text for d in held), sum(d.n_tokens for d in held), logprobs))
         self._post(item)
 
     def _post(self, item: Event | BaseException) -> None:
@@ -224,7 +231,12 @@ class Scheduler:
             slot.cached.extend(chunk)
             del slot.todo[: len(chunk)]
             if out:
-                self._on_token(slot, self.b.sample(slot.req.sampler, next(outputs)))
+                row = next(outputs)
+                token = self.b.sample(slot.req.sampler, row)
+                if slot.req.params.logprobs:
+                    self._on_token_logprob(slot, token, row)
+                else:
+                    self._on_token(slot, token)
 
     def _plan(self) -> list[tuple[_Slot, list[int], bool]]:
         """This step's batch: one token per generating slot, then prompt chunks within n_batch."""
@@ -263,14 +275,19 @@ class Scheduler:
         slot.req, slot.last_used = req, self._tick
         slot.cached = slot.cached[:keep]
         slot.todo = list(req.prompt[keep:])
-        slot.text = TextStream(req.params.stop)
+        slot.text = AlignedTextStream(req.params.stop) if req.params.logprobs else TextStream(req.params.stop)
         slot.n_cached, slot.n_generated, slot.n_unsent = keep, 0, 0
         slot.t_start, slot.t_first = time.perf_counter_ns(), 0
         self.counters["requests"] += 1
         self.counters["prompt_tokens"] += len(req.prompt)
         self.counters["cached_tokens"] += keep
 
-    def _on_token(self, slot: _Slot, token: int) -> None:
+    def _on_token_logprob(self, slot: _Slot, token: int, row: int) -> None:
+        from edge.engine.logprobs import entry  # numpy: only for requests that ask
+
+        self._on_token(slot, token, entry(self.b.logits_row(row), token, slot.req.params.top_logprobs, self.b))
+
+    def _on_token(self, slot: _Slot, token: int, logprob: TokenLogprob | None = None) -> None:
         req = slot.req
         if not slot.t_first:
             slot.t_first = time.perf_counter_ns()
@@ -282,9 +299,14 @@ class Scheduler:
         slot.n_generated += 1
         slot.n_unsent += 1
         self.counters["generated_tokens"] += 1
-        text, stopped = slot.text.push(self.b.piece(token))
-        if text:
-            req.emit(Delta(text, slot.n_unsent))
+        if logprob is None:
+            text, stopped = slot.text.push(self.b.piece(token))
+            entries: tuple[TokenLogprob, ...] = ()
+        else:
+            assert isinstance(slot.text, AlignedTextStream)  # _start gives one to every request with logprobs
+            text, stopped, entries = slot.text.push_token(self.b.piece(token), logprob)
+        if text or entries:
+            req.emit(Delta(text, slot.n_unsent, entries))
             slot.n_unsent = 0
         if stopped:
             return self._finish(slot, "stop", flush=False)
@@ -295,9 +317,14 @@ class Scheduler:
     def _finish(self, slot: _Slot, reason: str, *, flush: bool = True) -> None:
         req = slot.req
         now = time.perf_counter_ns()
-        tail = slot.text.flush() if flush else ""
-        if tail:
-            req.emit(Delta(tail, slot.n_unsent))
+        tail = ""
+        entries: tuple[TokenLogprob, ...] = ()
+        if flush and isinstance(slot.text, AlignedTextStream):
+            tail, entries = slot.text.flush_tokens()
+        elif flush:
+            tail = slot.text.flush()
+        if tail or entries:
+            req.emit(Delta(tail, slot.n_unsent, entries))
         first = slot.t_first or now
         finish = Finish(
             reason=reason,

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import edge
 from edge.engine import grammar
-from edge.engine.base import Delta, Finish, SamplingParams
+from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, TokenLogprob
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, ollama_error_body
 from edge.server import catalog, prompts, streaming
 from edge.server.limits import bounded
@@ -58,6 +58,8 @@ class _Request(BaseModel):
     options: Options | None = None
     stream: bool = True
     keep_alive: str | int | float | None = None  # the model stays loaded for the server's lifetime
+    logprobs: bool = False
+    top_logprobs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token, with logprobs
 
 
 class GenerateRequest(_Request):
@@ -153,18 +155,21 @@ def _generate_prompt(state: ServerState, body: GenerateRequest) -> list[int]:
 
 
 async def _respond(run: streaming.Run, stream: bool, request: Request, state: ServerState, piece):
+    top = run.params.top_logprobs if run.params.logprobs else None
     if stream:
-        return streaming.EventStreamResponse(_ndjson(run, state, piece), NDJSON, run.aclose)
+        return streaming.EventStreamResponse(_ndjson(run, state, piece, top), NDJSON, run.aclose)
     text, fin = await streaming.collect(run, request)
-    return JSONResponse({**_head(state), **piece(text), **_final(fin, run, state)})
+    logprobs = {"logprobs": _logprobs(run.logprobs, top)} if top is not None else {}
+    return JSONResponse({**_head(state), **piece(text), **logprobs, **_final(fin, run, state)})
 
 
-async def _ndjson(run: streaming.Run, state: ServerState, piece) -> AsyncIterator[bytes]:
+async def _ndjson(run: streaming.Run, state: ServerState, piece, top: int | None = None) -> AsyncIterator[bytes]:
     events = run.events()
     try:
         async for ev in events:
-            if isinstance(ev, Delta) and ev.text:
-                yield _line({**_head(state), **piece(ev.text), "done": False})
+            if isinstance(ev, Delta) and (ev.text or ev.logprobs):
+                logprobs = {"logprobs": _logprobs(ev.logprobs, top)} if top is not None else {}
+                yield _line({**_head(state), **piece(ev.text), **logprobs, "done": False})
             elif isinstance(ev, Finish):
                 yield _line({**_head(state), **piece(""), **_final(ev, run, state)})
     except Exception as exc:
@@ -172,6 +177,17 @@ async def _ndjson(run: streaming.Run, state: ServerState, piece) -> AsyncIterato
         yield _line(ollama_error_body(exc))
     finally:
         await events.aclose()
+
+
+def _logprobs(entries: Sequence[TokenLogprob], top: int) -> list[dict]:
+    """Ollama's `logprobs`: token, logprob, bytes (left out when empty) and, when asked, top_logprobs."""
+
+    def one(e: TokenLogprob) -> dict:
+        return {"token": e.text, "logprob": e.logprob, **({"bytes": list(e.piece)} if e.piece else {})}
+
+    if not top:
+        return [one(e) for e in entries]
+    return [{**one(e), "top_logprobs": [one(t) for t in e.top]} for e in entries]
 
 
 def _line(obj: dict) -> bytes:
@@ -218,6 +234,8 @@ def _params(body: _Request, n_prompt: int, n_ctx: int) -> SamplingParams:
         "stop": tuple(s for s in o.stop if s) if o.stop else None,
         "grammar": _grammar(body.format),
     }
+    if body.logprobs:
+        given.update(logprobs=True, top_logprobs=body.top_logprobs)
     p = dataclasses.replace(p, **{k: v for k, v in given.items() if v is not None})
     return _fit_num_ctx(p, o.num_ctx, n_prompt, n_ctx)
 

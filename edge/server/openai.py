@@ -1,6 +1,6 @@
 """OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models.
 
-Request models carry the bounds; anything the server cannot honour (n > 1, tools, logprobs...) is a
+Request models carry the bounds; anything the server cannot honour (n > 1, logit_bias...) is a
 clear 400 rather than a silent ignore. Fields OpenAI clients send that do not change the output
 (user, metadata, store...) are accepted and ignored.
 """
@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 from fastapi import Request
@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.engine import grammar
-from edge.engine.base import Delta, Finish, SamplingParams
+from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, TokenLogprob
 from edge.errors import BadRequestError, EdgeError, openai_error_body
 from edge.server import prompts, streaming
 from edge.server.limits import bounded
@@ -80,12 +80,23 @@ class _Sampling(_Lenient):
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(None, ge=0.0, le=10.0)
 
+    def wanted_logprobs(self) -> tuple[bool, int]:
+        """(per-token log probabilities asked, alternatives per token); a 400 for a combination that
+        cannot be honoured."""
+        return False, 0
+
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
     max_completion_tokens: bounded(1, MAX_TOKENS) | None = None
     tools: list[dict[str, Any]] | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def wanted_logprobs(self) -> tuple[bool, int]:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise BadRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
+        return bool(self.logprobs), self.top_logprobs or 0
 
 
 class CompletionRequest(_Sampling):
@@ -93,7 +104,16 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=128)
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # OpenAI allows 5; we allow as many as chat
+
+    def wanted_logprobs(self) -> tuple[bool, int]:
+        if self.logprobs is not None and self.echo:
+            raise BadRequestError(
+                "echo with logprobs would need the prompt's log probabilities, which this server does not "
+                "compute; send echo or logprobs, not both",
+                param="logprobs",
+            )
+        return self.logprobs is not None, self.logprobs or 0
 
 
 # -- handlers --------------------------------------------------------------------------------------
@@ -106,8 +126,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         raise BadRequestError(
             "tool calling is not supported by this server yet: send the request without `tools`", param="tools"
         )
-    if body.logprobs:
-        raise BadRequestError("logprobs are not supported by this server", param="logprobs")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
     prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
     params = _params(body, body.max_completion_tokens or body.max_tokens)
@@ -130,7 +148,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
+                    "logprobs": _chat_logprobs(run.logprobs) if run.params.logprobs else None,
                     "finish_reason": _finish_reason(fin),
                 }
             ],
@@ -147,8 +165,6 @@ async def completions(body: CompletionRequest, request: Request):
     _refuse_unsupported(body)
     if body.best_of not in (None, 1):
         raise BadRequestError("best_of > 1 is not supported: send one request per completion", param="best_of")
-    if body.logprobs is not None:
-        raise BadRequestError("logprobs are not supported by this server", param="logprobs")
     if body.suffix:
         raise BadRequestError("suffix (fill-in-the-middle) is not supported by this server", param="suffix")
     text_in = _single_prompt(body.prompt)
@@ -176,7 +192,14 @@ async def completions(body: CompletionRequest, request: Request):
             "object": "text_completion",
             "created": created,
             "model": name,
-            "choices": [{"index": 0, "text": prefix + text, "logprobs": None, "finish_reason": _finish_reason(fin)}],
+            "choices": [
+                {
+                    "index": 0,
+                    "text": prefix + text,
+                    "logprobs": _legacy_logprobs(run.logprobs) if run.params.logprobs else None,
+                    "finish_reason": _finish_reason(fin),
+                }
+            ],
             "usage": _usage(fin),
             "system_fingerprint": _fingerprint(state),
         }
@@ -208,10 +231,11 @@ async def _chat_chunks(
         **extra,
     }
     async for ev in run.events():
-        if isinstance(ev, Delta) and ev.text:
+        if isinstance(ev, Delta) and (ev.text or ev.logprobs):
+            lp = _chat_logprobs(ev.logprobs) if run.params.logprobs else None
             yield {
                 **base,
-                "choices": [{"index": 0, "delta": {"content": ev.text}, "logprobs": None, "finish_reason": None}],
+                "choices": [{"index": 0, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}],
                 **extra,
             }
         elif isinstance(ev, Finish):
@@ -232,8 +256,9 @@ async def _completion_chunks(
     if prefix:
         yield {**base, "choices": [{"index": 0, "text": prefix, "logprobs": None, "finish_reason": None}], **extra}
     async for ev in run.events():
-        if isinstance(ev, Delta) and ev.text:
-            yield {**base, "choices": [{"index": 0, "text": ev.text, "logprobs": None, "finish_reason": None}], **extra}
+        if isinstance(ev, Delta) and (ev.text or ev.logprobs):
+            lp = _legacy_logprobs(ev.logprobs) if run.params.logprobs else None
+            yield {**base, "choices": [{"index": 0, "text": ev.text, "logprobs": lp, "finish_reason": None}], **extra}
         elif isinstance(ev, Finish):
             yield {
                 **base,
@@ -276,7 +301,39 @@ def _params(body: _Sampling, max_tokens: int | None) -> SamplingParams:
         "stop": _stops(body.stop),
         "grammar": _grammar(body.response_format),
     }
+    logprobs, top = body.wanted_logprobs()
+    if logprobs:
+        given.update(logprobs=True, top_logprobs=top)
     return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+
+def _chat_logprobs(entries: Sequence[TokenLogprob]) -> dict:
+    """choices[].logprobs of a chat completion (or of one streamed chunk): one entry per token."""
+
+    def one(e: TokenLogprob) -> dict:
+        return {"token": e.text, "logprob": e.logprob, "bytes": list(e.piece)}
+
+    return {"content": [{**one(e), "top_logprobs": [one(t) for t in e.top]} for e in entries], "refusal": None}
+
+
+def _legacy_logprobs(entries: Sequence[TokenLogprob]) -> dict:
+    """choices[].logprobs of a (legacy) completion: parallel lists, offsets in characters of the answer."""
+    return {
+        "tokens": [e.text for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [_top_by_text(e) for e in entries],
+        "text_offset": [e.offset for e in entries],
+    }
+
+
+def _top_by_text(e: TokenLogprob) -> dict[str, float]:
+    """The best tokens by text, best first, then the chosen one if it is not among them (so up to
+    logprobs + 1 keys, as OpenAI documents); of two tokens with the same text the likelier stays."""
+    top: dict[str, float] = {}
+    for t in e.top:
+        top.setdefault(t.text, t.logprob)
+    top.setdefault(e.text, e.logprob)
+    return top
 
 
 def _refuse_unsupported(body: _Sampling) -> None:

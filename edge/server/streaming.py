@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams
+from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams, TokenLogprob
 from edge.server.limits import Deadline
 from edge.server.metrics import Metrics
 
@@ -29,10 +29,20 @@ class ClientGone(Exception):
 class Run:
     """One primed generation: `first` is already received; iterate with `events()` exactly once."""
 
-    def __init__(self, agen: AsyncIterator[Event], first: Event, t0: float, metrics: Metrics, streamed: bool = True):
+    def __init__(
+        self,
+        agen: AsyncIterator[Event],
+        first: Event,
+        t0: float,
+        metrics: Metrics,
+        streamed: bool = True,
+        params: SamplingParams | None = None,
+    ):
         self._agen, self.first, self.t0, self._metrics = agen, first, t0, metrics
+        self.params = params or SamplingParams()  # what the generation was asked
         self._streamed = streamed  # False: the text came in one piece at the end (see Engine.generate)
         self.finish: Finish | None = None
+        self.logprobs: list[TokenLogprob] = []  # what `collect` gathered (requests with logprobs)
         self._closed = False
 
     async def events(self) -> AsyncIterator[Event]:
@@ -91,7 +101,7 @@ async def start(
             first_task.cancel()
             await asyncio.gather(first_task, return_exceptions=True)
             raise ClientGone()
-        return Run(agen, first_task.result(), t0, metrics, streamed=stream)
+        return Run(agen, first_task.result(), t0, metrics, streamed=stream, params=params)
     except BaseException:
         await agen.aclose()
         raise
@@ -101,7 +111,8 @@ async def start(
 
 
 async def collect(run: Run, request: Request) -> tuple[str, Finish]:
-    """The whole text and the Finish; stops (and frees the slot) when the client disconnects."""
+    """The whole text and the Finish (the tokens' log probabilities, if asked, in `run.logprobs`);
+    stops (and frees the slot) when the client disconnects."""
     parts: list[str] = []
     events = run.events()
     try:
@@ -109,6 +120,7 @@ async def collect(run: Run, request: Request) -> tuple[str, Finish]:
         async for ev in events:
             if isinstance(ev, Delta):
                 parts.append(ev.text)
+                run.logprobs.extend(ev.logprobs)
             n += 1
             if n % DISCONNECT_POLL_EVERY == 0 and await request.is_disconnected():
                 raise ClientGone()

@@ -155,6 +155,9 @@ class OnnxBatcher:
     def is_eog(self, token: int) -> bool:
         return token in self.vocab.eog
 
+    def display_piece(self, token: int) -> bytes:
+        return self.vocab.display_piece(token)
+
     # ---- KV cache and decoding (decode thread) --------------------------------------------------
     def keep_prefix(self, seq: int, n_keep: int) -> int:
         return max(0, n_keep)  # rows past n_keep are overwritten by the next step; seqlens_k bounds attention
@@ -209,6 +212,9 @@ class OnnxBatcher:
 
     def sample(self, sampler: NumpySampler, row: int) -> int:
         return sampler.sample(self._rows[row])
+
+    def logits_row(self, row: int) -> np.ndarray:
+        return self._rows[row]  # (vocab,) the slot's output buffer, unchanged by the sampler
 
     def free(self) -> None:
         self.slots = []

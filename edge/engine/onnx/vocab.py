@@ -97,6 +97,12 @@ class Vocab:
             got = self._pieces[token] = self._piece(token)
         return got
 
+    def display_piece(self, token: int) -> bytes:
+        """The piece, with control tokens by their name (how a list of alternatives shows them)."""
+        if token in self.special:
+            return self.added[token].encode("utf-8")
+        return self.piece(token)
+
     def _piece(self, token: int) -> bytes:
         if token in self.special:
             return b""
