@@ -128,7 +128,10 @@ class ToolFormat:
         calls, end, complete = self.read_calls(text, start, names)
         if not complete:
             return Parsed(content=text[:start], pending=not final)
-        return Parsed(content=text[:start] + text[end:], calls=calls)
+        rest = text[end:]
+        if not final and any(tag.startswith(rest.lstrip(_WS)) for tag in (self.marker, getattr(self, "close", ""))):
+            return Parsed(content=text[:start], calls=calls, pending=True)  # another call or the closing tag may follow
+        return Parsed(content=text[:start] + rest, calls=calls)
 
     def find_start(self, text: str) -> int:
         return text.find(self.marker)
@@ -191,7 +194,7 @@ class _JsonAfterMarker(ToolFormat):
         if i >= 0:
             return i
         j = _skip_ws(text, 0)
-        return j if text.startswith(self.bare_start, j) else -1
+        return 0 if text.startswith(self.bare_start, j) else -1  # blanks before a bare call are not content
 
     def parse(self, text: str, names: set[str], final: bool) -> Parsed:
         j = _skip_ws(text, 0)

@@ -25,7 +25,7 @@ from edge.chat.tools import ToolCall, ToolPlan, ToolStream
 from edge.engine import grammar
 from edge.engine.base import Delta, Finish, SamplingParams
 from edge.errors import BadRequestError, EdgeError, openai_error_body
-from edge.server import prompts, streaming
+from edge.server import catalog, prompts, streaming
 from edge.server.limits import bounded
 from edge.server.state import ServerState
 
@@ -197,12 +197,10 @@ async def completions(body: CompletionRequest, request: Request):
 async def list_models(request: Request):
     state: ServerState = request.app.state.edge
     created = int(state.target.modified)
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [{"id": state.target.name, "object": "model", "created": created, "owned_by": "edge"}],
-        }
-    )
+    row = {"id": state.target.name, "object": "model", "created": created, "owned_by": "edge"}
+    if state.engine is not None:  # what /api/show says: "tools" when the template takes tools
+        row["capabilities"] = catalog.capabilities(catalog.facts_from_info(state.engine.info))
+    return JSONResponse({"object": "list", "data": [row]})
 
 
 # -- streaming bodies --------------------------------------------------------------------------------
