@@ -213,17 +213,17 @@ class ToolStream:
 # -- history --------------------------------------------------------------------------------------
 def history(messages: list[dict], fmt: ToolFormat) -> list[dict]:
     """Assistant calls and tool results rendered for `fmt`; a tool result must answer a call made before."""
-    out: list[dict] = []
+    out: list[dict | None] = []
     calls_by_id: dict[str, str] = {}
     for i, m in enumerate(messages):
         role = m.get("role")
         if role == "assistant" and m.get("tool_calls"):
             calls = _calls_of(m["tool_calls"], i)
-            for cid, name, _ in calls:
-                calls_by_id[cid] = name
+            calls_by_id.update((call_id, call_name) for call_id, call_name, _ in calls)
             out.append(_assistant_calls(m, calls, fmt))
         elif role == "tool":
-            cid, name = m.get("tool_call_id"), m.get("tool_name") or m.get("name")
+            cid: str | None = m.get("tool_call_id")
+            name: str | None = m.get("tool_name") or m.get("name")
             if cid is not None:
                 if cid not in calls_by_id:
                     raise BadRequestError(
@@ -270,7 +270,7 @@ def _assistant_calls(m: dict, calls: list[tuple[str, str, dict]], fmt: ToolForma
     }
 
 
-def _tool_result(m: dict, cid: str | None, name: str | None, fmt: ToolFormat, out: list[dict]) -> dict | None:
+def _tool_result(m: dict, cid: str | None, name: str | None, fmt: ToolFormat, out: list[dict | None]) -> dict | None:
     content = m.get("content") or ""
     if isinstance(fmt, Generic):
         piece = json.dumps({"tool_response": {"name": name, "content": content}}, ensure_ascii=False)

@@ -316,12 +316,13 @@ def json_schema_to_gbnf(schema: dict | str, *, param: str = "response_format") -
 
     Raises BadRequestError when the schema is not JSON or uses something the grammar cannot enforce.
     """
-    if not isinstance(schema, dict):
-        try:
-            schema = json.loads(schema)
-        except json.JSONDecodeError as exc:
-            raise BadRequestError(f"{param} json_schema is not valid JSON: {exc}", param=param) from exc
-    return schema_grammar([("", schema)], param=param)
+    if isinstance(schema, dict):
+        return schema_grammar([("", schema)], param=param)
+    try:
+        parsed = json.loads(schema)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(f"{param} json_schema is not valid JSON: {exc}", param=param) from exc
+    return schema_grammar([("", parsed)], param=param)
 
 
 def grammar_for_response_format(response_format: dict | None) -> str | None:
