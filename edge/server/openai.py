@@ -2,8 +2,9 @@
 
 Request models carry the bounds; anything the server cannot honour (n > 1, logprobs...) is a clear
 400 rather than a silent ignore. Tool calls (edge.chat.tools) come back as `message.tool_calls`,
-streamed as `delta.tool_calls` by index: the call's id, type and name first, then its arguments. Fields OpenAI clients send that do not change the output
-(user, metadata, store...) are accepted and ignored.
+streamed as `delta.tool_calls` by index: the call's id, type and name first, then its arguments.
+Fields OpenAI clients send that do not change the output (user, metadata, store...) are accepted
+and ignored.
 """
 
 from __future__ import annotations
@@ -293,9 +294,8 @@ def _message(m: ChatMessage) -> dict:
     return out
 
 
-def _call_json(call: ToolCall, index: int | None = None) -> dict:
-    out = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
-    return out if index is None else {"index": index, **out}
+def _call_json(call: ToolCall) -> dict:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
 
 
 def _reply(text: str, fin: Finish, plan: ToolPlan | None) -> tuple[dict, str]:
