@@ -5,6 +5,7 @@
     c.chat([{"role": "user", "content": "Say hi"}])     # -> "Hi! ..."
     for piece in c.chat(messages, stream=True): ...     # text pieces as they are generated
     c.generate("Once upon a time", max_tokens=32)       # plain completion
+    r = c.chat_reply(messages, tools=TOOLS)             # -> Reply(content, tool_calls, finish_reason)
     c.wait_ready(timeout=120)                           # until /health says the model is loaded
 
 It speaks the server's OpenAI routes (/v1/chat/completions, /v1/completions, SSE when streaming).
@@ -21,6 +22,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from edge.errors import (
@@ -44,6 +46,35 @@ _ERRORS = {
     503: UnavailableError,
 }
 MAX_RETRY_AFTER_S = 30.0
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model asks for: `arguments` already decoded (the server guarantees JSON that
+    validates against the tool's schema)."""
+
+    id: str
+    name: str
+    arguments: dict
+
+    def as_message(self) -> dict:
+        """This call as it goes back into the history (inside the assistant message's tool_calls)."""
+        fn = {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)}
+        return {"id": self.id, "type": "function", "function": fn}
+
+
+@dataclass(frozen=True)
+class Reply:
+    content: str | None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+    def as_message(self) -> dict:
+        """The assistant message to append to the history before the tool results."""
+        msg: dict = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            msg["tool_calls"] = [c.as_message() for c in self.tool_calls]
+        return msg
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -100,6 +131,24 @@ class Client:
             lambda c: c["message"]["content"],
             lambda c: c.get("delta", {}).get("content") or "",
         )
+
+    def chat_reply(self, messages: list[dict], *, tools: list[dict] | None = None, **params) -> Reply:
+        """The whole reply as data: text and/or tool calls. `tools` (OpenAI function tools) and
+        `tool_choice` ("auto", "none", "required" or {"type": "function", "function": {"name": ...}})
+        pass through as they are."""
+        body = {"messages": messages, **params}
+        if tools:
+            body["tools"] = tools
+        if self.model and "model" not in body:
+            body["model"] = self.model
+        _, _, data = self._request("POST", "/v1/chat/completions", body)
+        choice = json.loads(data)["choices"][0]
+        msg = choice["message"]
+        calls = [
+            ToolCall(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in msg.get("tool_calls") or []
+        ]
+        return Reply(msg.get("content"), calls, choice.get("finish_reason") or "stop")
 
     def generate(self, prompt: str, *, stream: bool = False, **params) -> str | Iterator[str]:
         """Plain text continuation of `prompt` (no chat template)."""

@@ -32,6 +32,9 @@ class SamplingParams:
     seed: int | None = None  # None: random
     stop: tuple[str, ...] = ()  # stop strings; the matched text is not returned
     grammar: str | None = None  # GBNF, e.g. from a JSON schema
+    # lazy grammar: free text until a pattern matches the text (from its first group on) or a token comes
+    grammar_triggers: tuple[str, ...] = ()  # regexes, as llama.cpp's lazy grammar takes them
+    grammar_trigger_tokens: tuple[int, ...] = ()
     ignore_eos: bool = False
     # Per-token log probabilities (see TokenLogprob); only a request that asks pays for them.
     logprobs: bool = False

@@ -244,7 +244,7 @@ class LlamaCppBatcher:
     def make_sampler(self, p: SamplingParams) -> NativeSampler:
         grammar = None
         if p.grammar:
-            grammar = L.llama_sampler_init_grammar(self.vocab, p.grammar.encode("utf-8"), b"root")
+            grammar = self._grammar(p)
             if not grammar:
                 raise BadRequestError("the grammar does not parse (GBNF with a `root` rule expected)", param="grammar")
         guarded = self._chain(p, grammar) if grammar else None
@@ -255,6 +255,16 @@ class LlamaCppBatcher:
             grammar,
             penalized=_penalized(p),
             argmax=self._argmax if plain_greedy else None,
+        )
+
+    def _grammar(self, p: SamplingParams):
+        text = p.grammar.encode("utf-8")
+        if not (p.grammar_triggers or p.grammar_trigger_tokens):
+            return L.llama_sampler_init_grammar(self.vocab, text, b"root")
+        patterns = (ctypes.c_char_p * len(p.grammar_triggers))(*(t.encode("utf-8") for t in p.grammar_triggers))
+        tokens = (L.llama_token * len(p.grammar_trigger_tokens))(*p.grammar_trigger_tokens)
+        return L.llama_sampler_init_grammar_lazy_patterns(
+            self.vocab, text, b"root", patterns, len(p.grammar_triggers), tokens, len(p.grammar_trigger_tokens)
         )
 
     def _chain(self, p: SamplingParams, grammar):

@@ -10,6 +10,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.chat.toolformats import detect_format
 from edge.engine.base import ModelInfo
 from edge.errors import EdgeError
 from edge.formats.gguf import cached_gguf_meta
@@ -51,6 +52,17 @@ def details(facts: FileFacts) -> dict:
         "parameter_size": human_number(facts.parameter_count) if facts.parameter_count else "",
         "quantization_level": facts.quantization,
     }
+
+
+def tool_format(facts: FileFacts) -> str:
+    """The tool-call format the model's template speaks (edge.chat.toolformats); "generic" without tools."""
+    return detect_format(facts.chat_template).name
+
+
+def capabilities(facts: FileFacts) -> list[str]:
+    """Ollama's capabilities: "tools" when the template itself takes tools (any model can use the
+    generic format, but only these were trained for calls)."""
+    return ["completion", "tools"] if tool_format(facts) != "generic" else ["completion"]
 
 
 def facts_from_info(info: ModelInfo) -> FileFacts:

@@ -1,7 +1,8 @@
 """Ollama-compatible routes: /api/generate, /api/chat, /api/tags, /api/show, /api/ps, /api/version, /.
 
 Streams NDJSON by default (as Ollama); the last object carries done, done_reason and the timings in
-nanoseconds. Sampling defaults are Ollama's (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty
+nanoseconds. Tool calls (edge.chat.tools) come back in `message.tool_calls` with the arguments as an
+object, each in its own streamed line once complete. Sampling defaults are Ollama's (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty
 1.1), not the OpenAI routes'.
 """
 
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 import edge
+from edge.chat.tools import ToolPlan, ToolStream
 from edge.engine import grammar
 from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, TokenLogprob
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, ollama_error_body
@@ -74,13 +76,15 @@ class GenerateRequest(_Request):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "tool"]
-    content: str = Field("", max_length=MAX_TEXT)
+    content: str | None = Field("", max_length=MAX_TEXT)
     images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=128)
+    tool_name: str | None = Field(None, max_length=256)
 
 
 class ChatRequest(_Request):
     messages: list[Message] = Field(default_factory=list, max_length=10_000)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
 
 
 class ShowRequest(BaseModel):
@@ -118,28 +122,76 @@ async def chat(body: ChatRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
     engine = await asyncio.to_thread(state.engine_for, body.model)
-    _refuse(body.tools, "tools", "tool calling is not supported by this server yet")
     if any(m.images for m in body.messages):
         raise BadRequestError("this server serves text models only: send messages without images", param="messages")
     if not body.messages:
         return JSONResponse(
             {**_head(state), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
         )
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+    messages = [_message(m) for m in body.messages]
+    plan = prompts.tool_plan(state.template, body.tools, None, None, messages)
+    constrained: dict = {}
+    if plan is None:
+        prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+    else:
+        prompt, constrained = await asyncio.to_thread(prompts.tool_chat_prompt, engine, state.template, messages, plan)
+        if constrained and body.format:
+            raise BadRequestError("format cannot be combined with tools", param="format")
+    params = dataclasses.replace(_params(body, len(prompt), engine.info.n_ctx), **constrained)
     run = await streaming.start(
-        engine,
-        prompt,
-        _params(body, len(prompt), engine.info.n_ctx),
-        request,
-        state.metrics,
-        t0,
-        state.settings.request_timeout,
-        stream=body.stream,
+        engine, prompt, params, request, state.metrics, t0, state.settings.request_timeout, stream=body.stream
     )
+    if plan is not None and plan.active:
+        return await _respond_tools(run, body.stream, request, state, plan)
     return await _respond(
         run, body.stream, request, state, lambda text: {"message": {"role": "assistant", "content": text}}
     )
+
+
+def _message(m: Message) -> dict:
+    out: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+    if m.tool_calls:
+        out["tool_calls"] = m.tool_calls
+    if m.tool_name:
+        out["tool_name"] = m.tool_name
+    return out
+
+
+def _tool_message(content: str, calls) -> dict:
+    out: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        out["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+    return out
+
+
+async def _respond_tools(run: streaming.Run, stream: bool, request: Request, state: ServerState, plan: ToolPlan):
+    if stream:
+        return streaming.EventStreamResponse(_ndjson_tools(run, state, plan), NDJSON, run.aclose)
+    text, fin = await streaming.collect(run, request)
+    parsed = plan.parse(text)
+    message = _tool_message(parsed.content, plan.calls(parsed))
+    return JSONResponse({**_head(state), "message": message, **_final(fin, run, state)})
+
+
+async def _ndjson_tools(run: streaming.Run, state: ServerState, plan: ToolPlan) -> AsyncIterator[bytes]:
+    """Content as it becomes certain, each call in its own line once complete, then the closing line."""
+    events, calls = run.events(), ToolStream(plan)
+    try:
+        async for ev in events:
+            if isinstance(ev, Delta) and ev.text:
+                for kind, value in calls.feed(ev.text):
+                    msg = _tool_message(value, None) if kind == "content" else _tool_message("", [value])
+                    yield _line({**_head(state), "message": msg, "done": False})
+            elif isinstance(ev, Finish):
+                for kind, value in calls.finish():
+                    msg = _tool_message(value, None) if kind == "content" else _tool_message("", [value])
+                    yield _line({**_head(state), "message": msg, "done": False})
+                yield _line({**_head(state), "message": _tool_message("", None), **_final(ev, run, state)})
+    except Exception as exc:
+        log.error("stream failed: %s", exc, exc_info=not isinstance(exc, EdgeError))
+        yield _line(ollama_error_body(exc))
+    finally:
+        await events.aclose()
 
 
 def _generate_prompt(state: ServerState, body: GenerateRequest) -> list[int]:
@@ -300,7 +352,8 @@ def show(body: ShowRequest, request: Request):
             "template": facts.chat_template or "",
             "details": catalog.details(facts),
             "model_info": facts.model_info,
-            "capabilities": ["completion"],
+            "capabilities": catalog.capabilities(facts),
+            "tool_format": catalog.tool_format(facts),
             "modified_at": catalog.rfc3339(modified),
         }
     )

@@ -1,13 +1,16 @@
 """OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models.
 
 Request models carry the bounds; anything the server cannot honour (n > 1, logit_bias...) is a
-clear 400 rather than a silent ignore. Fields OpenAI clients send that do not change the output
-(user, metadata, store...) are accepted and ignored.
+clear 400 rather than a silent ignore. Tool calls (edge.chat.tools) come back as
+`message.tool_calls`, streamed as `delta.tool_calls` by index: the call's id, type and name first,
+then its arguments. Fields OpenAI clients send that do not change the output (user, metadata,
+store...) are accepted and ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -19,10 +22,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.chat.tools import ToolCall, ToolPlan, ToolStream
 from edge.engine import grammar
 from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, TokenLogprob
 from edge.errors import BadRequestError, EdgeError, openai_error_body
-from edge.server import prompts, streaming
+from edge.server import catalog, prompts, streaming
 from edge.server.limits import bounded
 from edge.server.state import ServerState
 
@@ -44,6 +48,8 @@ class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = Field(None, max_length=MAX_TEXT)
     name: str | None = Field(None, max_length=256)
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=128)
+    tool_call_id: str | None = Field(None, max_length=256)
 
 
 class StreamOptions(_Lenient):
@@ -89,7 +95,9 @@ class _Sampling(_Lenient):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
     max_completion_tokens: bounded(1, MAX_TOKENS) | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -122,22 +130,26 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     t0 = time.perf_counter()
     engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse_unsupported(body)
-    if body.tools:
-        raise BadRequestError(
-            "tool calling is not supported by this server yet: send the request without `tools`", param="tools"
-        )
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
-    prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+    messages = [_message(m) for m in body.messages]
+    plan = prompts.tool_plan(state.template, body.tools, body.tool_choice, body.parallel_tool_calls, messages)
     params = _params(body, body.max_completion_tokens or body.max_tokens)
+    if plan is None:
+        prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+    else:
+        prompt, constrained = await asyncio.to_thread(prompts.tool_chat_prompt, engine, state.template, messages, plan)
+        if constrained and body.response_format and body.response_format.type != "text":
+            raise BadRequestError("response_format cannot be combined with tools", param="response_format")
+        params = dataclasses.replace(params, **constrained)
     run = await streaming.start(
         engine, prompt, params, request, state.metrics, t0, state.settings.request_timeout, stream=bool(body.stream)
     )
     ident, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = _chat_chunks(run, ident, created, name, include_usage)
+        chunks = _chat_chunks(run, ident, created, name, include_usage, plan)
         return streaming.EventStreamResponse(_sse(chunks), "text/event-stream", run.aclose)
     text, fin = await streaming.collect(run, request)
+    message, finish = _reply(text, fin, plan)
     return JSONResponse(
         {
             "id": ident,
@@ -147,9 +159,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message,
                     "logprobs": _chat_logprobs(run.logprobs) if run.params.logprobs else None,
-                    "finish_reason": _finish_reason(fin),
+                    "finish_reason": finish,
                 }
             ],
             "usage": _usage(fin),
@@ -209,17 +221,15 @@ async def completions(body: CompletionRequest, request: Request):
 async def list_models(request: Request):
     state: ServerState = request.app.state.edge
     created = int(state.target.modified)
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": [{"id": state.target.name, "object": "model", "created": created, "owned_by": "edge"}],
-        }
-    )
+    row = {"id": state.target.name, "object": "model", "created": created, "owned_by": "edge"}
+    if state.engine is not None:  # what /api/show says: "tools" when the template takes tools
+        row["capabilities"] = catalog.capabilities(catalog.facts_from_info(state.engine.info))
+    return JSONResponse({"object": "list", "data": [row]})
 
 
 # -- streaming bodies --------------------------------------------------------------------------------
 async def _chat_chunks(
-    run: streaming.Run, ident: str, created: int, name: str, include_usage: bool
+    run: streaming.Run, ident: str, created: int, name: str, include_usage: bool, plan: ToolPlan | None = None
 ) -> AsyncIterator[dict]:
     base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name}
     extra = {"usage": None} if include_usage else {}
@@ -230,18 +240,34 @@ async def _chat_chunks(
         ],
         **extra,
     }
+    calls = ToolStream(plan) if plan is not None and plan.active else None
     async for ev in run.events():
         if isinstance(ev, Delta) and (ev.text or ev.logprobs):
             lp = _chat_logprobs(ev.logprobs) if run.params.logprobs else None
-            yield {
-                **base,
-                "choices": [{"index": 0, "delta": {"content": ev.text}, "logprobs": lp, "finish_reason": None}],
-                **extra,
-            }
+            deltas = (_deltas(calls, ev.text) if ev.text else []) if calls else [{"content": ev.text}]
+            if not deltas and lp is not None:
+                deltas = [{}]  # the text went into a tool call: its tokens' logprobs still go out
+            for i, delta in enumerate(deltas):
+                yield {
+                    **base,
+                    "choices": [
+                        {"index": 0, "delta": delta, "logprobs": lp if i == 0 else None, "finish_reason": None}
+                    ],
+                    **extra,
+                }
         elif isinstance(ev, Finish):
+            finish = _finish_reason(ev)
+            if calls:
+                for delta in _deltas(calls, None):
+                    yield {
+                        **base,
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+                        **extra,
+                    }
+                finish = "tool_calls" if calls.calls and ev.reason != "length" else finish
             yield {
                 **base,
-                "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": _finish_reason(ev)}],
+                "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}],
                 **extra,
             }
             if include_usage:
@@ -284,6 +310,52 @@ async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
 
 def _event(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+# -- tool calls ----------------------------------------------------------------------------------------
+def _message(m: ChatMessage) -> dict:
+    out: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)}
+    if m.tool_calls:
+        out["tool_calls"] = m.tool_calls
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    if m.role == "tool" and m.name:
+        out["name"] = m.name
+    return out
+
+
+def _call_json(call: ToolCall) -> dict:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments_json}}
+
+
+def _reply(text: str, fin: Finish, plan: ToolPlan | None) -> tuple[dict, str]:
+    """The assistant message and finish_reason; calls parsed out of the text when tools were offered."""
+    if plan is None or not plan.active:
+        return {"role": "assistant", "content": text}, _finish_reason(fin)
+    parsed = plan.parse(text)
+    calls = plan.calls(parsed)
+    if not calls:
+        return {"role": "assistant", "content": parsed.content}, _finish_reason(fin)
+    message = {
+        "role": "assistant",
+        "content": parsed.content.strip() or None,
+        "tool_calls": [_call_json(c) for c in calls],
+    }
+    return message, "length" if fin.reason == "length" else "tool_calls"
+
+
+def _deltas(stream: ToolStream, text: str | None) -> list[dict]:
+    """Stream deltas for new text (None: the end): content, or a call as {id, type, name} then its arguments."""
+    out = []
+    for kind, value in stream.feed(text) if text is not None else stream.finish():
+        if kind == "content":
+            out.append({"content": value})
+            continue
+        index = next(i for i, c in enumerate(stream.calls) if c is value)
+        head = {"index": index, "id": value.id, "type": "function", "function": {"name": value.name, "arguments": ""}}
+        out.append({"tool_calls": [head]})
+        out.append({"tool_calls": [{"index": index, "function": {"arguments": value.arguments_json}}]})
+    return out
 
 
 # -- mapping -------------------------------------------------------------------------------------------

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from edge.chat import tools
 from edge.engine.base import Engine
 from edge.errors import BadRequestError
 
 
-def chat_prompt(engine: Engine, template, messages: list[dict]) -> list[int]:
-    """Render with the model's chat template, then tokenize without a second BOS.
+def chat_prompt(engine: Engine, template, messages: list[dict], plan: tools.ToolPlan | None = None) -> list[int]:
+    """Render with the model's chat template (with the plan's tools), then tokenize without a second BOS.
 
     Templates that write the BOS text themselves (Llama 3: "<|begin_of_text|>...") would get a
     second BOS if tokenized with add_special=True; llama.cpp warns about exactly that.
     """
     if not messages:
         raise BadRequestError("messages is empty: send at least one message", param="messages")
-    text = template.render(messages, add_generation_prompt=True)
+    text = tools.render(template, messages, plan)
     return engine.tokenize(text, add_special=not _starts_with_bos(engine, text), parse_special=True)
+
+
+def tool_plan(template, raw_tools: list | None, tool_choice: Any, parallel: bool | None, messages: list[dict]):
+    """The request's ToolPlan, or None when it neither offers tools nor carries tool history."""
+    history = any(m.get("role") == "tool" or m.get("tool_calls") for m in messages)
+    if not raw_tools and tool_choice in (None, "none", "auto") and not history:
+        return None
+    return tools.ToolPlan.build(template.source, raw_tools, tool_choice, parallel)
+
+
+def tool_chat_prompt(engine: Engine, template, messages: list[dict], plan: tools.ToolPlan) -> tuple[list[int], dict]:
+    """Prompt ids and the SamplingParams fields (grammar, triggers) for a request with tools.
+
+    Runs in a worker thread: building a grammar from the schemas is bounded but not free."""
+    ids = chat_prompt(engine, template, messages, plan)
+    return ids, plan.sampling(lambda text: engine.tokenize(text, add_special=False, parse_special=True))
 
 
 def text_prompt(engine: Engine, text: str) -> list[int]:

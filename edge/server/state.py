@@ -7,6 +7,7 @@ The socket is bound first, then the model loads in a thread; /health says 503 un
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from edge.config import Settings
 from edge.engine.base import Engine
 from edge.errors import EdgeError, ModelLoadingError, ModelNotFoundError
 from edge.server.metrics import Metrics
+
+log = logging.getLogger("edge.server")
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,14 @@ class ServerState:
 
     def load(self) -> None:
         from edge.chat.templates import ChatTemplate
+        from edge.server.catalog import capabilities, facts_from_info, tool_format
 
         try:
             engine = open_target(self._opener, self.target, self.settings)
             info = engine.info
             self.template = ChatTemplate.for_model(info)
+            facts = facts_from_info(info)
+            log.info("%s: tool-call format %s, capabilities %s", info.name, tool_format(facts), capabilities(facts))
             self.engine = engine
         except BaseException as exc:
             self.load_error = exc

@@ -10,6 +10,11 @@ model without HTTP. One request per line, answered in order:
     out: {"id": 8, "delta": "Return"} ... {"id": 8, "text": "Return to dock.", "done": true}
     out: {"id": 9, "error": "model 'x' is not served here ...", "code": "model_not_found", "done": true}
 
+With "tools" (OpenAI function tools, optionally "tool_choice"), the answer line also carries the
+calls as data, arguments decoded: {"id": 7, "text": null, "tool_calls": [{"id": "call_...",
+"name": "drive", "arguments": {"x": 0.4}}], "done": true}. Such requests are answered whole
+(no "delta" lines). The robot runs the calls and sends the results back as "tool" messages.
+
 A bad line gets an error line and the bridge goes on; EOF ends it (exit 0). Requests are passed
 through firmware.client, so a restarting service (503, refused connection) is retried.
 
@@ -25,12 +30,17 @@ import sys
 from edge.errors import EdgeError
 from firmware.client import Client
 
-PASSED = ("max_tokens", "temperature", "top_p", "stop", "seed", "model")
+PASSED = ("max_tokens", "temperature", "top_p", "stop", "seed", "model", "tool_choice", "parallel_tool_calls")
 
 
 def handle(client: Client, request: dict, emit) -> None:
     rid = request.get("id")
     params = {k: request[k] for k in PASSED if k in request}
+    if request.get("tools") and "messages" in request:
+        reply = client.chat_reply(request["messages"], tools=request["tools"], **params)
+        calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in reply.tool_calls]
+        emit({"id": rid, "text": reply.content, "tool_calls": calls, "done": True})
+        return
     if "messages" in request:
         call = lambda **kw: client.chat(request["messages"], **params, **kw)  # noqa: E731
     elif isinstance(request.get("prompt"), str):

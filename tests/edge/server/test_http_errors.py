@@ -52,7 +52,7 @@ def test_what_the_server_cannot_honour_is_refused_not_ignored(server):
             json={
                 "model": MODEL,
                 "messages": chat_messages("x"),
-                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tools": [{"type": "function", "function": {"name": "f"}}] * 2,  # duplicate names
             },
         )
         assert r.status_code == 400 and r.json()["error"]["param"] == "tools"

@@ -1,0 +1,210 @@
+"""Benchmark (issue 12): time to a complete tool call, `edge serve` against `llama-server --jinja`.
+
+    python bench/tools.py [--quick] [--rounds N] [--json]
+
+The same request to both servers, one after the other in an order that rotates each round, on the
+same SmolLM2 Q4_1 file with 2 threads, over HTTP on loopback: /v1/chat/completions with a 5-tool
+set, tool_choice "required", parallel_tool_calls false, temperature 0, non-streamed. Measured:
+client wall time from sending the request to having the whole reply (a complete call), after one
+warm-up request per server process; the first request (grammar and prompt both cold) is reported
+apart. Each reply is checked: a call of a known tool whose arguments parse as JSON (llama-server's
+calls are counted even when they do not validate, ours must validate; both are reported).
+Goal: ours/llama-server <= 1.0 on the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+import httpx
+import servers
+from common import Row, console, median
+
+ANCHOR = "llama-server --jinja"
+CTX = 2048
+REQUESTS_PER_ROUND = 5
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "drive",
+            "description": "Drive the robot by x and y metres",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "x": {"type": "number"},
+                    "y": {"type": "number"},
+                    "speed": {"type": "string", "enum": ["slow", "normal", "fast"]},
+                },
+                "required": ["x", "y"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "grip",
+            "description": "Open or close the gripper",
+            "parameters": {
+                "type": "object",
+                "properties": {"action": {"type": "string", "enum": ["open", "close"]}},
+                "required": ["action"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "say",
+            "description": "Say a short sentence",
+            "parameters": {
+                "type": "object",
+                "properties": {"text": {"type": "string", "maxLength": 60}},
+                "required": ["text"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "look",
+            "description": "Turn the camera",
+            "parameters": {
+                "type": "object",
+                "properties": {"pan": {"type": "integer", "minimum": -90, "maximum": 90}},
+                "required": ["pan"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "dock",
+            "description": "Return to the charging dock",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    },
+]
+TASKS = [
+    "Drive one metre forward, slowly.",
+    "Open the gripper.",
+    "Say hello to the visitors.",
+    "Look 30 degrees to the left.",
+    "Go back to the dock to charge.",
+]
+
+
+class LlamaServerJinja(servers.LlamaServer):
+    """llama-server with its Jinja chat templates on: the mode in which it accepts `tools`."""
+
+    def command(self, model, port, parallel, ctx):
+        return [*super().command(model, port, parallel, ctx), "--jinja"]
+
+
+servers.KINDS[ANCHOR] = LlamaServerJinja(ANCHOR, "/health")
+
+
+def request_body(run: servers.Running, task: str) -> dict:
+    return {
+        "model": run.model_id,
+        "messages": [{"role": "user", "content": task}],
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "temperature": 0,
+        "max_tokens": 128,
+    }
+
+
+def one_call(http: httpx.Client, run: servers.Running, task: str) -> tuple[float, bool, int]:
+    """(wall seconds to the whole reply, a complete call came back, completion tokens)."""
+    t0 = time.perf_counter()
+    r = http.post(run.url("/v1/chat/completions"), json=request_body(run, task))
+    wall = time.perf_counter() - t0
+    r.raise_for_status()
+    body = r.json()
+    calls = body["choices"][0]["message"].get("tool_calls") or []
+    names = {t["function"]["name"] for t in TOOLS}
+    ok = bool(calls) and all(c["function"]["name"] in names and _is_json(c["function"]["arguments"]) for c in calls)
+    return wall, ok, body.get("usage", {}).get("completion_tokens", 0)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (TypeError, json.JSONDecodeError):
+        return False
+
+
+def server_round(kind: str, model: Path, fig: dict, n_requests: int) -> None:
+    run = servers.start(kind, model, parallel=1, ctx=CTX)
+    try:
+        with httpx.Client(timeout=300) as http:
+            first, ok, _ = one_call(http, run, TASKS[0])
+            fig.setdefault(("first call", kind), []).append(first)
+            for i in range(n_requests):
+                wall, ok, n = one_call(http, run, TASKS[i % len(TASKS)])
+                fig.setdefault(("call", kind), []).append(wall)
+                fig.setdefault(("complete", kind), []).append(1.0 if ok else 0.0)
+                fig.setdefault(("tokens", kind), []).append(n)
+        console.log(
+            f"  {kind:22s} first {first:.2f} s, median {median(fig[('call', kind)][-n_requests:]):.2f} s, "
+            f"complete calls {sum(fig[('complete', kind)][-n_requests:]):.0f}/{n_requests}"
+        )
+    finally:
+        common.stop(run.proc)
+
+
+def rows(fig: dict, kinds: list[str]) -> list[Row]:
+    def med(measure: str, kind: str) -> float | None:
+        xs = fig.get((measure, kind))
+        return median(xs) if xs else None
+
+    return [
+        Row("time to a complete call", "s", med("call", "ours"), {ANCHOR: med("call", ANCHOR)}, goal="<= 1.0x"),
+        Row("first call in a fresh server", "s", med("first call", "ours"), {ANCHOR: med("first call", ANCHOR)}),
+        Row("replies with a complete call", "share", med("complete", "ours"), {ANCHOR: med("complete", ANCHOR)}),
+        Row("completion tokens per call", "tokens", med("tokens", "ours"), {ANCHOR: med("tokens", ANCHOR)}),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one round, 3 requests per server")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per server (default 3, quick 1)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    args = ap.parse_args(argv)
+    common.exit_cleanly_on_sigterm()
+    rounds = args.rounds or (1 if args.quick else 3)
+    n_requests = 3 if args.quick else REQUESTS_PER_ROUND
+    kinds = [k for k in ("ours", ANCHOR) if k == "ours" or common.anchor_binary("llama-server", required=False)]
+    if ANCHOR not in kinds:
+        console.log("[yellow]llama-server is not built (python bench/anchors.py): measuring ours alone[/]")
+    model = common.bundled_model("smollm2")
+    load = [common.warn_if_busy()]
+    fig: dict = {}
+    console.rule(f"SmolLM2-135M Q4_1: a 5-tool request, tool_choice required ({rounds} rounds)")
+    for r in range(rounds):
+        for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+            server_round(kind, model, fig, n_requests)
+    load.append(common.warn_if_busy())
+    table = rows(fig, kinds)
+    anchors = [ANCHOR] if ANCHOR in kinds else []
+    if args.json:
+        samples = {f"{m} | {k}": v for (m, k), v in fig.items()}
+        print(common.rows_json(table, anchors, {"samples": samples, "rounds": rounds, "load_average": load}))
+    else:
+        common.print_table(
+            "tool calls: edge serve vs llama-server --jinja (ours/anchor, client wall time)", table, anchors
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
