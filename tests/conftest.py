@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.live import CTX, start_server
+
 # Tests use transformers/huggingface_hub only as oracles on local files: never reach a hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -95,3 +97,22 @@ def module_tmp(tmp_path_factory):
     yield mk
     for d in made:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# --- a live `edge serve` of the bundled SmolLM2 (helpers in tests/support/live.py) ---
+
+
+@pytest.fixture(scope="session")
+def edge_home(tmp_path_factory) -> Path:
+    """An EDGE_HOME with an alias, so the classic Ollama example's model name works."""
+    home = tmp_path_factory.mktemp("edge-home")
+    (home / "aliases.toml").write_text('"llama3.1:8b" = "smollm2:135m-q4_1"\n')
+    return home
+
+
+@pytest.fixture(scope="session")
+def server(edge_home):
+    """The default model (no MODEL argument: the bundled SmolLM2) with 4 slots."""
+    srv = start_server(edge_home, "--parallel", "4", "--ctx", str(CTX))
+    yield srv
+    srv.stop()

@@ -12,13 +12,12 @@ import pytest
 
 from firmware.client import Client
 from firmware.kiosk import robot_bridge, robot_tools
-from tests.edge.conftest import edge_home, server  # noqa: F401 - the live server fixtures
 
 pytestmark = pytest.mark.slow
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in robot_tools.TOOLS}
 
 
-def test_robot_loop_runs_calls_until_the_model_answers(server):  # noqa: F811
+def test_robot_loop_runs_calls_until_the_model_answers(server):
     robot = robot_tools.Robot()
     client = Client(server.url, model="smollm2:135m-q4_1")
     answer, messages = robot_tools.run(
@@ -40,7 +39,7 @@ def test_robot_loop_runs_calls_until_the_model_answers(server):  # noqa: F811
     assert isinstance(answer, str) and answer.strip()
 
 
-def test_bridge_passes_tools_and_returns_calls_as_data(server):  # noqa: F811
+def test_bridge_passes_tools_and_returns_calls_as_data(server):
     out = io.StringIO()
     request = {
         "id": 5,
