@@ -145,10 +145,6 @@ class RequestTimeoutError(EdgeError):
     openai_type = "timeout_error"
 
 
-class InterruptedByUser(EdgeError):
-    exit_code = 130
-
-
 def exit_code_for(exc: BaseException) -> int:
     """Exit code for any exception reaching a CLI's top level."""
     if isinstance(exc, EdgeError):

@@ -34,11 +34,6 @@ def bounded(lo: float, hi: float, kind: type = int):
     return Annotated[kind, AfterValidator(check)]
 
 
-def deadline_of(t0: float, timeout: float) -> float | None:
-    """perf_counter() time by which the request must end; None when the limit is off (0)."""
-    return t0 + timeout if timeout > 0 else None
-
-
 class Deadline:
     """Wraps an engine's event stream: an event not arrived by `deadline` cancels the generation
     (closing the inner stream frees the slot) and raises RequestTimeoutError."""

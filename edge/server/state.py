@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +101,6 @@ class ServerState:
         self.engine: Engine | None = None
         self.template = None
         self.load_error: BaseException | None = None
-        self.started_ns = time.time_ns()
         self.metrics = Metrics(self.stats)
         self._digests: dict[tuple, str] = {}
         self._lock = threading.Lock()

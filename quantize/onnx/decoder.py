@@ -79,7 +79,6 @@ class DecoderSpec:
     model_type: str
     weights: Weights
     layout: Callable[[Any, int], Layout]  # (arch config, vocab rows kept) -> Layout
-    max_positions: Callable[[Any], int] = lambda cfg: cfg.max_position_embeddings
 
 
 def kv_names(i: int) -> tuple[str, str, str, str]:
