@@ -8,9 +8,8 @@ the model file (`edge.engine.open_engine`). Sampling parameters are backend-neut
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -78,6 +77,16 @@ class Finish:
 Event = Delta | Finish
 
 
+class EventStream(Protocol):
+    """What `Engine.generate` returns: events to iterate, and `aclose()` to cancel the generation."""
+
+    def __aiter__(self) -> EventStream: ...
+
+    async def __anext__(self) -> Event: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Engine(abc.ABC):
     """A loaded model with its scheduler. Thread-safe; `generate` is called from the event loop."""
 
@@ -90,7 +99,7 @@ class Engine(abc.ABC):
     def detokenize(self, tokens: list[int]) -> str: ...
 
     @abc.abstractmethod
-    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> AsyncIterator[Event]:
+    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> EventStream:
         """Stream `Delta`s then one `Finish` (with stream=False: all the text in one Delta, then the Finish).
 
         Raises `QueueFullError` at once (before the first event) when no slot and no queue place

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams
+from edge.engine.base import Delta, Engine, Event, Finish, FinishReason, SamplingParams
 from edge.engine.detok import TextStream
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, QueueFullError, UnavailableError
 
@@ -101,6 +101,18 @@ class _Slot:
     n_unsent: int = 0  # tokens whose text is still held back
     t_start: int = 0
     t_first: int = 0
+
+    @property
+    def request(self) -> Request:
+        """The request of a busy slot (the decode loop only plans busy slots)."""
+        assert self.req is not None, f"slot {self.seq} is free"
+        return self.req
+
+    @property
+    def stream(self) -> TextStream:
+        """A busy slot's detokenizer (set with its request)."""
+        assert self.text is not None, f"slot {self.seq} is free"
+        return self.text
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -224,7 +236,7 @@ class Scheduler:
             slot.cached.extend(chunk)
             del slot.todo[: len(chunk)]
             if out:
-                self._on_token(slot, self.b.sample(slot.req.sampler, next(outputs)))
+                self._on_token(slot, self.b.sample(slot.request.sampler, next(outputs)))
 
     def _plan(self) -> list[tuple[_Slot, list[int], bool]]:
         """This step's batch: one token per generating slot, then prompt chunks within n_batch."""
@@ -235,7 +247,7 @@ class Scheduler:
             if slot.t_first:  # generating: exactly one token to feed back
                 plan.append((slot, slot.todo[:1], True))
                 budget -= 1
-        for slot in sorted((s for s in active if not s.t_first), key=lambda s: s.req.t_submit):
+        for slot in sorted((s for s in active if not s.t_first), key=lambda s: s.request.t_submit):
             if budget <= 0:
                 break
             chunk = slot.todo[:budget]
@@ -271,7 +283,7 @@ class Scheduler:
         self.counters["cached_tokens"] += keep
 
     def _on_token(self, slot: _Slot, token: int) -> None:
-        req = slot.req
+        req = slot.request
         if not slot.t_first:
             slot.t_first = time.perf_counter_ns()
         if self.b.is_eog(token) and not req.params.ignore_eos:
@@ -282,7 +294,7 @@ class Scheduler:
         slot.n_generated += 1
         slot.n_unsent += 1
         self.counters["generated_tokens"] += 1
-        text, stopped = slot.text.push(self.b.piece(token))
+        text, stopped = slot.stream.push(self.b.piece(token))
         if text:
             req.emit(Delta(text, slot.n_unsent))
             slot.n_unsent = 0
@@ -292,10 +304,10 @@ class Scheduler:
             return self._finish(slot, "length")
         slot.todo = [token]
 
-    def _finish(self, slot: _Slot, reason: str, *, flush: bool = True) -> None:
-        req = slot.req
+    def _finish(self, slot: _Slot, reason: FinishReason, *, flush: bool = True) -> None:
+        req = slot.request
         now = time.perf_counter_ns()
-        tail = slot.text.flush() if flush else ""
+        tail = slot.stream.flush() if flush else ""
         if tail:
             req.emit(Delta(tail, slot.n_unsent))
         first = slot.t_first or now
@@ -312,7 +324,7 @@ class Scheduler:
         req.emit(finish)
 
     def _release(self, slot: _Slot) -> None:
-        self.b.free_sampler(slot.req.sampler)
+        self.b.free_sampler(slot.request.sampler)
         slot.req, slot.todo, slot.text = None, [], None
         with self._cond:
             self._admitted -= 1

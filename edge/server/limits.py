@@ -14,31 +14,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
 
 from pydantic import AfterValidator
 
-from edge.engine.base import Event
+from edge.engine.base import Event, EventStream
 from edge.errors import RequestTimeoutError
 
 
-def bounded(lo: float, hi: float, kind: type = int):
-    """A pydantic type `kind` in [lo, hi] whose error says "must be between lo and hi, got v"."""
+def between(lo: float, hi: float) -> AfterValidator:
+    """Pydantic field metadata, `Annotated[int, between(1, 8)]`: a value outside [lo, hi] fails with
+    "must be between lo and hi, got v"."""
 
     def check(value):
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}, got {value}")
         return value
 
-    return Annotated[kind, AfterValidator(check)]
+    return AfterValidator(check)
 
 
 class Deadline:
     """Wraps an engine's event stream: an event not arrived by `deadline` cancels the generation
     (closing the inner stream frees the slot) and raises RequestTimeoutError."""
 
-    def __init__(self, events: AsyncIterator[Event], deadline: float, timeout: float):
+    def __init__(self, events: EventStream, deadline: float, timeout: float):
         self._events, self._deadline, self._timeout = events, deadline, timeout
 
     def __aiter__(self) -> Deadline:
@@ -58,4 +57,4 @@ class Deadline:
             ) from None
 
     async def aclose(self) -> None:
-        await self._events.aclose()  # type: ignore[attr-defined]
+        await self._events.aclose()

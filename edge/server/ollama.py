@@ -12,9 +12,9 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -22,11 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import edge
 from edge.engine import grammar
-from edge.engine.base import Delta, Finish, SamplingParams
+from edge.engine.base import Delta, Engine, Finish, SamplingParams
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, ollama_error_body
 from edge.server import catalog, prompts, streaming
-from edge.server.limits import bounded
+from edge.server.limits import between
 from edge.server.state import ServerState
+
+if TYPE_CHECKING:
+    from edge.chat.templates import ChatTemplate
 
 log = logging.getLogger("edge.server")
 MAX_TEXT = 1 << 22
@@ -37,18 +40,18 @@ class Options(BaseModel):
     """Ollama's `options`; unknown keys (num_gpu, mirostat...) are logged and ignored, as Ollama does."""
 
     model_config = ConfigDict(extra="allow")
-    num_predict: bounded(-2, 1 << 20) | None = None  # -1: no limit, -2: until the context is full
-    temperature: bounded(0.0, 10.0, float) | None = None
-    top_k: int | None = Field(None, ge=0, le=1_000_000)
-    top_p: float | None = Field(None, ge=0.0, le=1.0)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    seed: int | None = Field(None, ge=-1, le=2**32 - 1)
-    stop: list[str] | None = Field(None, max_length=16)
-    repeat_penalty: float | None = Field(None, ge=0.0, le=10.0)
-    repeat_last_n: int | None = Field(None, ge=-1, le=1 << 20)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    num_ctx: bounded(1, 1 << 24) | None = None  # bounds this request's window; see _fit_num_ctx
+    num_predict: Annotated[int, between(-2, 1 << 20)] | None = None  # -1: no limit, -2: until the context is full
+    temperature: Annotated[float, between(0.0, 10.0)] | None = None
+    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=-1, le=2**32 - 1)
+    stop: list[str] | None = Field(default=None, max_length=16)
+    repeat_penalty: float | None = Field(default=None, ge=0.0, le=10.0)
+    repeat_last_n: int | None = Field(default=None, ge=-1, le=1 << 20)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    num_ctx: Annotated[int, between(1, 1 << 24)] | None = None  # bounds this request's window; see _fit_num_ctx
 
 
 class _Request(BaseModel):
@@ -62,7 +65,7 @@ class _Request(BaseModel):
 
 class GenerateRequest(_Request):
     prompt: str = Field("", max_length=MAX_TEXT)
-    system: str | None = Field(None, max_length=MAX_TEXT)
+    system: str | None = Field(default=None, max_length=MAX_TEXT)
     raw: bool = False
     images: list[str] | None = None
     suffix: str | None = None
@@ -83,8 +86,8 @@ class ChatRequest(_Request):
 
 class ShowRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: str | None = Field(None, max_length=512)
-    name: str | None = Field(None, max_length=512)  # the older spelling
+    model: str | None = Field(default=None, max_length=512)
+    name: str | None = Field(default=None, max_length=512)  # the older spelling
     verbose: bool = False
 
 
@@ -98,7 +101,7 @@ async def generate(body: GenerateRequest, request: Request):
     _refuse(body.template, "template", "per-request templates are not supported; the model's own template is used")
     if not body.prompt and not body.system:
         return JSONResponse({**_head(state), "response": "", "done": True, "done_reason": "load"})
-    prompt = await asyncio.to_thread(_generate_prompt, state, body)
+    prompt = await asyncio.to_thread(_generate_prompt, engine, state.chat_template(), body)
     run = await streaming.start(
         engine,
         prompt,
@@ -124,7 +127,7 @@ async def chat(body: ChatRequest, request: Request):
             {**_head(state), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
         )
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+    prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.chat_template(), messages)
     run = await streaming.start(
         engine,
         prompt,
@@ -140,16 +143,15 @@ async def chat(body: ChatRequest, request: Request):
     )
 
 
-def _generate_prompt(state: ServerState, body: GenerateRequest) -> list[int]:
-    engine = state.engine
-    if body.raw or state.template.is_fallback:
+def _generate_prompt(engine: Engine, template: ChatTemplate, body: GenerateRequest) -> list[int]:
+    if body.raw or template.is_fallback:
         # raw, or a base model without a chat template: the prompt is the text (system first, if any)
         text = f"{body.system}\n\n{body.prompt}" if body.system and not body.raw else body.prompt
         return prompts.text_prompt(engine, text)
     messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
         {"role": "user", "content": body.prompt}
     ]
-    return prompts.chat_prompt(engine, state.template, messages)
+    return prompts.chat_prompt(engine, template, messages)
 
 
 async def _respond(run: streaming.Run, stream: bool, request: Request, state: ServerState, piece):
@@ -159,7 +161,7 @@ async def _respond(run: streaming.Run, stream: bool, request: Request, state: Se
     return JSONResponse({**_head(state), **piece(text), **_final(fin, run, state)})
 
 
-async def _ndjson(run: streaming.Run, state: ServerState, piece) -> AsyncIterator[bytes]:
+async def _ndjson(run: streaming.Run, state: ServerState, piece) -> AsyncGenerator[bytes, None]:
     events = run.events()
     try:
         async for ev in events:
@@ -204,7 +206,7 @@ def _params(body: _Request, n_prompt: int, n_ctx: int) -> SamplingParams:
     if o.model_extra:
         log.warning("ignoring Ollama options this server does not implement: %s", ", ".join(sorted(o.model_extra)))
     p = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, min_p=0.0, repeat_penalty=1.1, repeat_last_n=64)
-    given = {
+    given: dict[str, Any] = {
         "max_tokens": o.num_predict if o.num_predict and o.num_predict > 0 else None,
         "temperature": o.temperature,
         "top_k": o.top_k,

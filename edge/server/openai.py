@@ -12,8 +12,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -23,7 +23,7 @@ from edge.engine import grammar
 from edge.engine.base import Delta, Finish, SamplingParams
 from edge.errors import BadRequestError, EdgeError, openai_error_body
 from edge.server import prompts, streaming
-from edge.server.limits import bounded
+from edge.server.limits import between
 from edge.server.state import ServerState
 
 log = logging.getLogger("edge.server")
@@ -37,13 +37,13 @@ class _Lenient(BaseModel):
 
 class ContentPart(_Lenient):
     type: str = Field(max_length=64)
-    text: str | None = Field(None, max_length=MAX_TEXT)
+    text: str | None = Field(default=None, max_length=MAX_TEXT)
 
 
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = Field(None, max_length=MAX_TEXT)
-    name: str | None = Field(None, max_length=256)
+    content: str | list[ContentPart] | None = Field(default=None, max_length=MAX_TEXT)
+    name: str | None = Field(default=None, max_length=256)
 
 
 class StreamOptions(_Lenient):
@@ -63,27 +63,27 @@ class ResponseFormat(_Lenient):
 
 class _Sampling(_Lenient):
     model: str = Field("", max_length=512)
-    max_tokens: bounded(1, MAX_TOKENS) | None = None
-    temperature: bounded(0.0, 2.0, float) | None = None
-    top_p: bounded(0.0, 1.0, float) | None = None
+    max_tokens: Annotated[int, between(1, MAX_TOKENS)] | None = None
+    temperature: Annotated[float, between(0.0, 2.0)] | None = None
+    top_p: Annotated[float, between(0.0, 1.0)] | None = None
     n: int = Field(1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-1, le=2**32 - 1)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    seed: int | None = Field(default=None, ge=-1, le=2**32 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     response_format: ResponseFormat | None = None
     # llama.cpp server extensions, accepted by many OpenAI-compatible clients
-    top_k: int | None = Field(None, ge=0, le=1_000_000)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repeat_penalty: float | None = Field(None, ge=0.0, le=10.0)
+    top_k: int | None = Field(default=None, ge=0, le=1_000_000)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(default=None, ge=0.0, le=10.0)
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
-    max_completion_tokens: bounded(1, MAX_TOKENS) | None = None
+    max_completion_tokens: Annotated[int, between(1, MAX_TOKENS)] | None = None
     tools: list[dict[str, Any]] | None = None
     logprobs: bool | None = None
 
@@ -92,7 +92,7 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] = Field(max_length=MAX_TEXT)
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1, le=128)
+    best_of: int | None = Field(default=None, ge=1, le=128)
     logprobs: int | None = None
 
 
@@ -109,7 +109,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.logprobs:
         raise BadRequestError("logprobs are not supported by this server", param="logprobs")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
-    prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+    prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.chat_template(), messages)
     params = _params(body, body.max_completion_tokens or body.max_tokens)
     run = await streaming.start(
         engine, prompt, params, request, state.metrics, t0, state.settings.request_timeout, stream=bool(body.stream)
@@ -197,7 +197,7 @@ async def list_models(request: Request):
 # -- streaming bodies --------------------------------------------------------------------------------
 async def _chat_chunks(
     run: streaming.Run, ident: str, created: int, name: str, include_usage: bool
-) -> AsyncIterator[dict]:
+) -> AsyncGenerator[dict, None]:
     base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name}
     extra = {"usage": None} if include_usage else {}
     yield {
@@ -226,7 +226,7 @@ async def _chat_chunks(
 
 async def _completion_chunks(
     run: streaming.Run, ident: str, created: int, name: str, include_usage: bool, prefix: str
-) -> AsyncIterator[dict]:
+) -> AsyncGenerator[dict, None]:
     base = {"id": ident, "object": "text_completion", "created": created, "model": name}
     extra = {"usage": None} if include_usage else {}
     if prefix:
@@ -244,7 +244,7 @@ async def _completion_chunks(
                 yield {**base, "choices": [], "usage": _usage(ev)}
 
 
-async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
+async def _sse(chunks: AsyncGenerator[dict, None]) -> AsyncGenerator[bytes, None]:
     """SSE events; an error after the headers went out becomes an `{"error": ...}` event (the SDK raises it)."""
     try:
         async for chunk in chunks:
@@ -253,7 +253,7 @@ async def _sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
         log.error("stream failed: %s", exc, exc_info=not isinstance(exc, EdgeError))
         yield _event(openai_error_body(exc))
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()
     yield b"data: [DONE]\n\n"
 
 
@@ -263,7 +263,7 @@ def _event(obj: dict) -> bytes:
 
 # -- mapping -------------------------------------------------------------------------------------------
 def _params(body: _Sampling, max_tokens: int | None) -> SamplingParams:
-    given = {
+    given: dict[str, Any] = {
         "max_tokens": max_tokens,
         "temperature": body.temperature,
         "top_p": body.top_p,

@@ -11,11 +11,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.config import Settings
 from edge.engine.base import Engine
 from edge.errors import EdgeError, ModelLoadingError, ModelNotFoundError
 from edge.server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from edge.chat.templates import ChatTemplate
 
 
 @dataclass(frozen=True)
@@ -60,14 +64,17 @@ class EarlyLoad:
 
     def __init__(self, target: Target, settings: Settings, opener: Callable[..., Engine] | None = None):
         if opener is None:
-            from edge.engine import open_engine as opener
+            from edge.engine import open_engine
+
+            opener = open_engine
+        load_with = opener
         self._done = threading.Event()
         self._engine: Engine | None = None
         self._error: BaseException | None = None
 
         def run() -> None:
             try:
-                self._engine = open_target(opener, target, settings)
+                self._engine = open_target(load_with, target, settings)
             except BaseException as exc:
                 self._error = exc
             finally:
@@ -99,7 +106,7 @@ class ServerState:
         self.target = target
         self._opener = opener
         self.engine: Engine | None = None
-        self.template = None
+        self.template: ChatTemplate | None = None  # set with the engine, before it
         self.load_error: BaseException | None = None
         self.metrics = Metrics(self.stats)
         self._digests: dict[tuple, str] = {}
@@ -145,6 +152,11 @@ class ServerState:
                 raise self.load_error
             raise EdgeError(f"the model failed to load: {self.load_error}; see the server log")
         raise ModelLoadingError(f"model {self.target.name} is still loading; retry in a moment (GET /health says when)")
+
+    def chat_template(self) -> ChatTemplate:
+        """The loaded model's template; ask once `require_engine` or `engine_for` returned."""
+        assert self.template is not None, "the template is set before the engine"
+        return self.template
 
     def engine_for(self, name: str | None) -> Engine:
         """The loaded engine if `name` (or an alias of it) is what this server serves; else 404."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams
+from edge.engine.base import Delta, Engine, Event, EventStream, Finish, SamplingParams
 from edge.server.limits import Deadline
 from edge.server.metrics import Metrics
 
@@ -29,13 +29,13 @@ class ClientGone(Exception):
 class Run:
     """One primed generation: `first` is already received; iterate with `events()` exactly once."""
 
-    def __init__(self, agen: AsyncIterator[Event], first: Event, t0: float, metrics: Metrics, streamed: bool = True):
+    def __init__(self, agen: EventStream, first: Event, t0: float, metrics: Metrics, streamed: bool = True):
         self._agen, self.first, self.t0, self._metrics = agen, first, t0, metrics
         self._streamed = streamed  # False: the text came in one piece at the end (see Engine.generate)
         self.finish: Finish | None = None
         self._closed = False
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         try:
             ev = self.first
             seen_text = False
@@ -80,7 +80,7 @@ async def start(
     """Submit and wait for the first event, giving up (and freeing the place) if the client leaves.
 
     `timeout` > 0: the whole request ends by t0 + timeout (edge.server.limits.Deadline)."""
-    agen = engine.generate(prompt, params, stream=stream)
+    agen: EventStream = engine.generate(prompt, params, stream=stream)
     if timeout > 0:
         agen = Deadline(agen, t0 + timeout, timeout)
     first_task = asyncio.ensure_future(agen.__anext__())
@@ -125,7 +125,7 @@ class EventStreamResponse(StreamingResponse):
     away; closing it here cancels the generation at once.
     """
 
-    def __init__(self, body: AsyncIterator[bytes], media_type: str, on_close: Callable[[], object]):
+    def __init__(self, body: AsyncGenerator[bytes, None], media_type: str, on_close: Callable[[], Awaitable[object]]):
         super().__init__(body, media_type=media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._body = body
         self._on_close = on_close
@@ -134,8 +134,8 @@ class EventStreamResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._body.aclose()  # type: ignore[attr-defined]
-            await self._on_close()  # type: ignore[misc]
+            await self._body.aclose()
+            await self._on_close()
 
 
 async def _wait_disconnect(request: Request) -> None:
