@@ -20,7 +20,7 @@ import http.client
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 from edge.errors import (
@@ -78,6 +78,7 @@ class Client:
         """`url`: http://host:port or unix:///path/to.sock. `timeout`: seconds per socket operation
         (connect, and each read: a stream may last longer as long as tokens keep coming)."""
         parts = urlsplit(url)
+        self._connect: Callable[[], http.client.HTTPConnection]
         if parts.scheme == "unix":
             self._connect = lambda: UnixHTTPConnection(parts.path, timeout=timeout)
         elif parts.scheme == "http":
@@ -194,7 +195,7 @@ def _error_from(resp: http.client.HTTPResponse) -> EdgeError:
     try:
         body = json.loads(raw)
         err = body.get("error", body)
-        message = err.get("message") if isinstance(err, dict) else str(err)
+        message = str((err.get("message") if isinstance(err, dict) else err) or resp.reason)
     except (ValueError, AttributeError):
         message = raw.decode(errors="replace")[:500] or resp.reason
     klass = _ERRORS.get(resp.status, EdgeError)
