@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gguf
 import numpy as np
@@ -32,6 +32,10 @@ class ArchConfig:
     Subclasses declare the config.json fields they read (with defaults where HF has them) and fill
     derived values in `__post_init__`. Every subclass has `num_hidden_layers` (the block count).
     """
+
+    if TYPE_CHECKING:  # declared by every subclass, in its own field order
+        num_hidden_layers: int
+        vocab_size: int
 
     @classmethod
     def from_dict(cls: type[C], d: dict[str, Any]) -> C:
