@@ -159,7 +159,8 @@ def read_key_file(path: Path) -> str:
 
 
 def _field_type(name: str) -> str:
-    return next(f.type for f in fields(Settings) if f.name == name)
+    """The field's annotation as written (a string: this module defers annotations)."""
+    return next(str(f.type) for f in fields(Settings) if f.name == name)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -198,6 +199,6 @@ def _valid(name: str, value: Any) -> bool:
     return True
 
 
-def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise BadRequestError(f"{name} must be between {lo} and {hi}, got {value}", param=name)

@@ -11,6 +11,8 @@ Exit codes (documented in README.md):
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 
 class EdgeError(Exception):
     """Base class. `message` should tell the user what to do next."""
@@ -145,10 +147,6 @@ class RequestTimeoutError(EdgeError):
     openai_type = "timeout_error"
 
 
-class InterruptedByUser(EdgeError):
-    exit_code = 130
-
-
 def exit_code_for(exc: BaseException) -> int:
     """Exit code for any exception reaching a CLI's top level."""
     if isinstance(exc, EdgeError):
@@ -174,7 +172,7 @@ def ollama_error_body(exc: BaseException) -> dict:
     return {"error": exc.message if isinstance(exc, EdgeError) else "internal error"}
 
 
-def report_and_exit(exc: BaseException, *, stream=None) -> NoReturn:  # noqa: F821
+def report_and_exit(exc: BaseException, *, stream=None) -> NoReturn:
     """Print a one-line error for a CLI user and exit with the mapped code (never a traceback)."""
     import sys
 

@@ -29,22 +29,23 @@ def _install_stub(package: str) -> None:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise DependencyMissingError(_HINTS[package])
+    origin = spec.origin
     pkg = types.ModuleType(package)
     pkg.__path__ = list(spec.submodule_search_locations or [])
-    pkg.__spec__, pkg.__file__, pkg.__package__ = spec, spec.origin, package
+    pkg.__spec__, pkg.__file__, pkg.__package__ = spec, origin, package
     state = {"loaded": False}
 
     def __getattr__(name: str):
         if not state["loaded"]:
             state["loaded"] = True
-            with open(spec.origin, encoding="utf-8") as f:
-                exec(compile(f.read(), spec.origin, "exec"), pkg.__dict__)  # the real __init__, once
+            with open(origin, encoding="utf-8") as f:
+                exec(compile(f.read(), origin, "exec"), pkg.__dict__)  # the real __init__, once
         try:
             return pkg.__dict__[name]
         except KeyError:
             raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
 
-    pkg.__getattr__ = __getattr__
+    vars(pkg)["__getattr__"] = __getattr__  # a module's __getattr__ (PEP 562) lives in its namespace
     sys.modules[package] = pkg
 
 

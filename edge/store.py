@@ -35,19 +35,21 @@ moved into place atomically.
 
 from __future__ import annotations
 
+import builtins  # ModelStore.list shadows list inside the class
 import importlib.util
 import json
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import BadRequestError, ModelNotFoundError
 
-try:  # Python >= 3.11
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover (3.10: the tomli dependency)
+else:  # pragma: no cover (3.10: the tomli dependency)
     import tomli as tomllib
 
 MAX_NAME_CHARS = 256
@@ -220,14 +222,14 @@ def _scan_folder(folder: Path) -> list[ModelEntry]:
         raise ModelNotFoundError(
             f"cannot read the models folder {folder}: {e.strerror or e}; fix its permissions"
         ) from None
-    found = []
+    found: list[ModelEntry] = []
     for p in paths:
         try:
-            e = _scan_entry(p, folder)
+            entry = _scan_entry(p, folder)
         except OSError:  # unreadable or vanished while listing: not a usable model
             continue
-        if e is not None:
-            found.append(e)
+        if entry is not None:
+            found.append(entry)
     return found
 
 
@@ -269,7 +271,7 @@ class ModelStore:
                 return {**found, **_read_aliases(path, parse)}  # the operator's file wins over the bundle's
         return found
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         """Every name that resolves: models, `name:latest` shortcuts that are unambiguous, aliases."""
         entries = self.list()
         out = {e.name for e in entries} | set(self.aliases())
@@ -281,7 +283,8 @@ class ModelStore:
     # resolution
 
     def resolve(self, name: str) -> ModelEntry:
-        key, seen, aliases = canonical(name), [], self.aliases()
+        key, aliases = canonical(name), self.aliases()
+        seen: builtins.list[str] = []
         while key in aliases:
             if key in seen or len(seen) >= MAX_ALIAS_HOPS:
                 raise BadRequestError(
@@ -307,7 +310,7 @@ class ModelStore:
             )
         return entry
 
-    def _latest(self, model: str, entries: list[ModelEntry]) -> ModelEntry | None:
+    def _latest(self, model: str, entries: builtins.list[ModelEntry]) -> ModelEntry | None:
         """`model:latest` without such a file: the bundled model declared latest, else the only tag."""
         tagged = [e for e in entries if e.name.split(":")[0] == model]
         declared = next((e for e in tagged if e.bundled and _latest_for(e.name) == model), None)
@@ -320,7 +323,7 @@ class ModelStore:
             raise ModelNotFoundError(f"{entry.name} no longer points to a file inside {self.models_dir}")
         return entry
 
-    def _not_found(self, asked: str, key: str, entries: list[ModelEntry]) -> ModelNotFoundError:
+    def _not_found(self, asked: str, key: str, entries: builtins.list[ModelEntry]) -> ModelNotFoundError:
         model = key.split(":")[0]
         tags = [e.name for e in entries if e.name.split(":")[0] == model]
         if len(tags) > 1 and key.endswith(":latest"):

@@ -169,8 +169,6 @@ def _weight_files(src_dir: Path) -> list[Path]:
 
 # -- writing (used by unpack) ------------------------------------------------------------------
 
-NUMPY_TO_ST = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<u2"): "BF16"}
-
 
 @dataclass(frozen=True)
 class OutEntry:

@@ -89,7 +89,7 @@ class OutTensor:
     load: Callable[[], np.ndarray]  # -> array of `shape` in the storage dtype below
 
 
-STORAGE = {  # GGML float type -> numpy dtype of the bytes written
+STORAGE: dict[gguf.GGMLQuantizationType, np.dtype] = {  # GGML float type -> numpy dtype of the bytes written
     gguf.GGMLQuantizationType.F32: np.dtype("<f4"),
     gguf.GGMLQuantizationType.F16: np.dtype("<f2"),
     gguf.GGMLQuantizationType.BF16: np.dtype("<u2"),

@@ -144,7 +144,9 @@ def _view(t: GgmlTensor) -> np.ndarray:
     strides = tuple(int(t.nb[i]) for i in reversed(range(GGML_MAX_DIMS)))
     span = sum((n - 1) * s for n, s in zip(shape, strides)) + 4
     buf = (ctypes.c_char * span).from_address(t.data)
-    return np.lib.stride_tricks.as_strided(np.frombuffer(buf, np.float32), shape, strides)
+    # a ctypes array is a buffer; typeshed's ctypes.Array declares no __buffer__ before Python 3.12
+    flat = np.frombuffer(buf, np.float32)  # type: ignore[call-overload]
+    return np.lib.stride_tricks.as_strided(flat, shape, strides)
 
 
 def compute_imatrix(

@@ -16,6 +16,8 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -23,6 +25,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -59,22 +62,24 @@ class Bars:
             self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._progress:
-            self._progress.__exit__(*exc)
+            self._progress.__exit__(exc_type, exc, tb)
 
-    def add(self, description: str, total: int | None) -> int | None:
+    def add(self, description: str, total: int | None) -> TaskID | None:
         return self._progress.add_task(description, total=total) if self._progress else None
 
-    def advance(self, task: int | None, n: int = 1) -> None:
+    def advance(self, task: TaskID | None, n: int = 1) -> None:
         if self._progress and task is not None:
             self._progress.advance(task, n)
 
-    def update(self, task: int | None, **kw: object) -> None:
+    def update(self, task: TaskID | None, **kw: Any) -> None:
         if self._progress and task is not None:
             self._progress.update(task, **kw)
 
-    def finish(self, task: int | None) -> None:
+    def finish(self, task: TaskID | None) -> None:
         if self._progress and task is not None:
             t = self._progress.tasks[[x.id for x in self._progress.tasks].index(task)]
             self._progress.update(task, total=t.completed or 1, completed=t.completed or 1)
@@ -160,7 +165,7 @@ _TENSOR_LINE = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")
 
 
 @contextlib.contextmanager
-def llama_log_to(bars: Bars, task: int | None) -> Iterator[QuantLog]:
+def llama_log_to(bars: Bars, task: TaskID | None) -> Iterator[QuantLog]:
     """While active, llama.cpp's per-tensor quantize lines drive `task`, its fallback warnings go to
     the yielded QuantLog, and its other warnings and errors go to stderr, a line at a time."""
     import llama_cpp

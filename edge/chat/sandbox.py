@@ -88,8 +88,9 @@ def _check_args(args: tuple, kwargs: dict, limit: int) -> None:
     for a in (*args, *kwargs.values()):
         if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_INT_ARG:
             raise _fail(f"passes the number {a} to a function (limit {MAX_INT_ARG})")
-        if _seq_len(a) is not None and _seq_len(a) > limit:
-            raise _fail(f"passes a value of {len(a)} characters to a function")
+        n = _seq_len(a)
+        if n is not None and n > limit:
+            raise _fail(f"passes a value of {n} characters to a function")
 
 
 def _check_format_string(fmt: Any) -> None:
@@ -167,10 +168,13 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
                 raise _fail("raises a number to a huge power")
         elif op == "*":
             n, seq = (right, left) if isinstance(right, int) else (left, right)
-            if isinstance(n, int) and _seq_len(seq) is not None:
-                _precheck(_seq_len(seq) * max(n, 0), limit, "a repeated value")
-        elif op == "+" and _seq_len(left) is not None and _seq_len(right) is not None:
-            _precheck(_seq_len(left) + _seq_len(right), limit, "a concatenated value")
+            seq_len = _seq_len(seq)
+            if isinstance(n, int) and seq_len is not None:
+                _precheck(seq_len * max(n, 0), limit, "a repeated value")
+        elif op == "+":
+            left_len, right_len = _seq_len(left), _seq_len(right)
+            if left_len is not None and right_len is not None:
+                _precheck(left_len + right_len, limit, "a concatenated value")
         elif op == "%":
             _check_format_string(left)
         return charge(super().call_binop(context, op, left, right), limit)
@@ -265,6 +269,7 @@ def run_bounded(fn: Callable[[], str], timeout: float) -> str:
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
+        assert worker.ident is not None  # set once the thread started
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(RenderTimeout))
         worker.join(1.0)
         raise _fail(f"did not finish within {timeout:g} s")

@@ -85,8 +85,14 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
         app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False, **uvicorn_options(settings)
     )
     server = uvicorn.Server(config)
-    # STOPPING=1 and the socket file removed as SIGTERM arrives (uvicorn re-raises it after shutdown)
-    server.handle_exit = supervision.on_exit(server.handle_exit, lambda: uds and Path(uds).unlink(missing_ok=True))
+
+    def remove_socket() -> None:
+        if uds:
+            Path(uds).unlink(missing_ok=True)
+
+    # STOPPING=1 and the socket file removed as SIGTERM arrives (uvicorn re-raises it after shutdown);
+    # uvicorn's signal handler calls server.handle_exit, so the instance's method is replaced
+    server.handle_exit = supervision.on_exit(server.handle_exit, remove_socket)  # type: ignore[method-assign]
     t0 = time.perf_counter()
 
     def on_load_error(exc: BaseException) -> None:

@@ -44,4 +44,4 @@ def text_prompt(engine: Engine, text: str) -> list[int]:
 
 def _starts_with_bos(engine: Engine, text: str) -> bool:
     bos = engine.info.bos_token
-    return bool(bos) and text.startswith(bos)
+    return bool(bos and text.startswith(bos))

@@ -67,7 +67,7 @@ class GuardedH11Protocol(H11Protocol):
     read_timeout: float = 31.0
     _deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm()
 
@@ -168,9 +168,9 @@ class SecurityMiddleware:
                 )
         if problem is not None:
             return await self._reply(scope, receive, send, problem)
-        if cors and scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            return await _preflight(origin, send)
-        if cors:
+        if cors and origin is not None:  # cors is only ever set for a request with an origin
+            if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+                return await _preflight(origin, send)
             send = _with_cors(send, origin)
         body, complete = await self._read_body(headers, receive)
         if isinstance(body, EdgeError):
@@ -189,7 +189,8 @@ class SecurityMiddleware:
         if length is not None and (not length.isdigit() or int(length) > DRAIN_FACTOR * limit):
             return _too_large(limit), False
         deadline = time.monotonic() + self.settings.read_timeout
-        chunks, size = [], 0
+        chunks: list[bytes] = []
+        size = 0
         over = length is not None and int(length) > limit  # known too large: the body is only counted
         while True:
             try:

@@ -52,10 +52,11 @@ class Notifier:
 
     def send(self, **fields: object) -> bool:
         """`send(READY=1, STATUS="...")`. False when unsupervised or the socket is gone."""
-        if not self.enabled:
+        address = self.address
+        if address is None:
             return False
         payload = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
-        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        target = "\0" + address[1:] if address.startswith("@") else address
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)

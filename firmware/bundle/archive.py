@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from edge.errors import BadRequestError, DependencyMissingError, ModelFormatError, NotFoundError, OutputExistsError
 
@@ -280,7 +281,7 @@ def create(
     manifest.check()
     raw = manifest.to_bytes()
     tmp = out.with_name(f".{out.name}.partial")
-    mode = "w:gz" if out.name.endswith((".tar.gz", ".tgz")) else "w"
+    mode: Literal["w:gz", "w"] = "w:gz" if out.name.endswith((".tar.gz", ".tgz")) else "w"
     try:
         with tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, MANIFEST, raw)

@@ -23,12 +23,12 @@ def _home(home: Path | None) -> Path:
 
 def _progress():
     """A rich progress bar fed with (description, bytes done now, total bytes of the item)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(desc: str, n: int, total: int) -> None:
         if desc not in tasks:
@@ -55,7 +55,7 @@ def create(
     sources = bundle.resolve_sources(models, ModelStore())
     aliases = bundle.parse_aliases(alias, [s.name for s in sources])
     prof = get_profile(profile) if profile else None
-    prof_path = _profile_path(profile, prof.name) if prof else None
+    prof_path = _profile_path(profile, prof.name) if profile and prof else None
     bar, update = _progress()
     with bar:
         manifest = bundle.create(

@@ -251,6 +251,7 @@ def _write_synced(path: Path, data: bytes) -> None:
 def smoke_test(slot_dir: Path) -> None:
     """Load every model of the install slot in a child process and generate one token; raises on failure."""
     cmd = [sys.executable, "-m", "firmware.bundle.installs", "smoke", str(slot_dir)]
+    rc: int | str
     with tempfile.TemporaryFile() as log:
         try:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=SMOKE_TIMEOUT_S).returncode

@@ -54,7 +54,9 @@ def handle(client: Client, request: dict, emit) -> None:
             emit({"id": rid, "delta": piece})
         text = "".join(pieces)
     else:
-        text = call()
+        reply = call()
+        assert isinstance(reply, str)  # without stream=True the client returns the whole text
+        text = reply
     emit({"id": rid, "text": text, "done": True})
 
 

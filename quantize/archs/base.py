@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gguf
 import numpy as np
 
 from edge.errors import ModelFormatError
+
+C = TypeVar("C", bound="ArchConfig")
 
 Shape = tuple[int, ...]
 
@@ -31,8 +33,12 @@ class ArchConfig:
     derived values in `__post_init__`. Every subclass has `num_hidden_layers` (the block count).
     """
 
+    if TYPE_CHECKING:  # declared by every subclass, in its own field order
+        num_hidden_layers: int
+        vocab_size: int
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArchConfig:
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
         names = {f.name for f in dataclasses.fields(cls)}
         missing = [
             f.name
@@ -105,7 +111,11 @@ def _f32(v: Any) -> float:
     return float(str(np.float32(v)))  # shortest decimal that round-trips float32: 1e-05, not 9.99e-06
 
 
-_CASTS = {gguf.GGUFValueType.UINT32: int, gguf.GGUFValueType.FLOAT32: _f32, gguf.GGUFValueType.BOOL: bool}
+_CASTS: dict[gguf.GGUFValueType, Callable[[Any], Any]] = {
+    gguf.GGUFValueType.UINT32: int,
+    gguf.GGUFValueType.FLOAT32: _f32,
+    gguf.GGUFValueType.BOOL: bool,
+}
 
 
 def _nothing(*_args: Any) -> Any:

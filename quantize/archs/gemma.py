@@ -33,7 +33,7 @@ class GemmaConfig(ArchConfig):
     num_hidden_layers: int
     num_attention_heads: int
     vocab_size: int
-    num_key_value_heads: int | None = None  # None = multi-head attention
+    num_key_value_heads: int = 0  # 0 or null: multi-head attention (num_attention_heads)
     head_dim: int = 256  # transformers' default for Gemma
     max_position_embeddings: int = 8192
     rms_norm_eps: float = 1e-6

@@ -14,7 +14,7 @@ On top of Gemma (gemma.py: norms +1, tied embeddings, no q/k permutation):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import gguf
@@ -39,18 +39,17 @@ class Gemma2Config(GemmaConfig):
     attn_logit_softcapping: float | None = 50.0
     final_logit_softcapping: float | None = 30.0
     sliding_window: int | None = 4096
-    layer_types: list[str] | None = None
+    layer_types: list[str] = field(default_factory=list)  # empty or null: default_layer_type per layer
 
     LAYERS_OF_LARGE: ClassVar[int] = LAYERS_OF_27B  # see query_fold
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.layer_types is None:
+        if not self.layer_types:
             self.layer_types = [self.default_layer_type(i) for i in range(self.num_hidden_layers)]
         self.query_fold = query_fold(self, self.LAYERS_OF_LARGE)
 
-    @staticmethod
-    def default_layer_type(i: int) -> str:
+    def default_layer_type(self, i: int) -> str:
         return "sliding_attention" if (i + 1) % 2 else "full_attention"
 
     @property

@@ -45,7 +45,7 @@ class Gemma3Config(Gemma2Config):
     final_logit_softcapping: float | None = None
     sliding_window: int | None = 4096
     sliding_window_pattern: int = 6
-    n_vocab: int | None = None  # tokens in the tokenizer (<= vocab_size); set by the converter
+    n_vocab: int = 0  # tokens in the tokenizer (<= vocab_size), set by the converter; 0: vocab_size
 
     LAYERS_OF_LARGE: ClassVar[int] = LAYERS_OF_27B
 
@@ -107,7 +107,7 @@ def extra_metadata(writer: gguf.GGUFWriter, cfg: Gemma3Config) -> None:
     write_swa_and_query_scale(writer, cfg)
     if cfg.rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
+        writer.add_rope_scaling_factor(float((cfg.rope_scaling or {})["factor"]))
     elif cfg.rope_type is not None:
         raise ModelFormatError(f"rope_scaling type {cfg.rope_type!r} is not supported for Gemma 3 (supported: linear)")
 

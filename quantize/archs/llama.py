@@ -31,8 +31,8 @@ class LlamaConfig(ArchConfig):
     num_hidden_layers: int
     num_attention_heads: int
     vocab_size: int
-    num_key_value_heads: int | None = None  # None = multi-head attention
-    head_dim: int | None = None  # None = hidden_size // num_attention_heads
+    num_key_value_heads: int = 0  # 0 or null: multi-head attention (num_attention_heads)
+    head_dim: int = 0  # 0 or null: hidden_size // num_attention_heads
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
@@ -137,16 +137,14 @@ METADATA = (
 
 
 def extra_metadata(writer: gguf.GGUFWriter, cfg: LlamaConfig) -> None:
-    kind = cfg.rope_type
+    kind, rs = cfg.rope_type, cfg.rope_scaling or {}
     if kind == "llama3":
-        writer.add_uint32(
-            ORIGINAL_CTX_KEY, int(cfg.rope_scaling.get("original_max_position_embeddings", LLAMA3_ORIGINAL_CTX))
-        )
+        writer.add_uint32(ORIGINAL_CTX_KEY, int(rs.get("original_max_position_embeddings", LLAMA3_ORIGINAL_CTX)))
     if kind in (None, "llama3"):  # llama3 is carried by the rope_freqs tensor
         return
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
+        writer.add_rope_scaling_factor(float(rs["factor"]))
         return
     raise ModelFormatError(f"rope_scaling type {kind!r} is not supported for llama (supported: linear, llama3)")
 

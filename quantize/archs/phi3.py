@@ -41,9 +41,9 @@ class Phi3Config(ArchConfig):
     num_hidden_layers: int
     num_attention_heads: int
     vocab_size: int
-    num_key_value_heads: int | None = None
+    num_key_value_heads: int = 0  # 0 or null: multi-head attention (num_attention_heads)
     max_position_embeddings: int = 4096
-    original_max_position_embeddings: int | None = None  # None = max_position_embeddings
+    original_max_position_embeddings: int = 0  # 0 or null: max_position_embeddings
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None
@@ -75,7 +75,7 @@ class Phi3Config(ArchConfig):
                 f"rope_scaling type {self.rope_type!r} is not supported for Phi-3 (supported: longrope, su)"
             )
         for key in ("long_factor", "short_factor"):
-            got = len(self.rope_scaling.get(key) or ())
+            got = len((self.rope_scaling or {}).get(key) or ())
             if got != self.rope_dims // 2:
                 raise ModelFormatError(
                     f"rope_scaling.{key} has {got} values, expected {self.rope_dims // 2} "
@@ -135,7 +135,8 @@ def extra_metadata(writer: gguf.GGUFWriter, cfg: Phi3Config) -> None:
 def extra_tensors(cfg: Phi3Config) -> Iterable[tuple[str, np.ndarray]]:
     if cfg.rope_type in LONGROPE:
         for key, tensor in (("long_factor", T.ROPE_FACTORS_LONG), ("short_factor", T.ROPE_FACTORS_SHORT)):
-            yield gguf.TENSOR_NAMES[tensor] + ".weight", np.asarray(cfg.rope_scaling[key], np.float32)  # (rope_dims/2,)
+            factors = (cfg.rope_scaling or {})[key]  # checked in Phi3Config._check_longrope
+            yield gguf.TENSOR_NAMES[tensor] + ".weight", np.asarray(factors, np.float32)  # (rope_dims/2,)
 
 
 def extra_config(kv: dict[str, Any], config: dict[str, Any]) -> None:

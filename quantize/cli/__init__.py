@@ -198,7 +198,8 @@ from quantize.cli.plan import plan_command  # noqa: E402 - `edge-quantize plan`:
 app.command("plan")(plan_command)
 
 
-def _size(n: int) -> str:
+def _size(n_bytes: int) -> str:
+    n = float(n_bytes)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

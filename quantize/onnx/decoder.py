@@ -79,7 +79,6 @@ class DecoderSpec:
     model_type: str
     weights: Weights
     layout: Callable[[Any, int], Layout]  # (arch config, vocab rows kept) -> Layout
-    max_positions: Callable[[Any], int] = lambda cfg: cfg.max_position_embeddings
 
 
 def kv_names(i: int) -> tuple[str, str, str, str]:
@@ -115,7 +114,8 @@ def build(spec: DecoderSpec, lay: Layout, ld: Loader, g: Graph, on_block=lambda 
         g.input(past_v, FLOAT, kv_shape)
     caches = _rope_caches(g, lay)
     x = _embed(g, lay, ld, w)
-    residual, h = x, None
+    residual = x
+    h: str | None = None  # the block input, after the first block's norm
     for i in range(lay.n_layers):
         norm = _norm_weight(g, ld, w.attn_norm.format(bid=i), lay)
         if h is None:
@@ -128,6 +128,7 @@ def build(spec: DecoderSpec, lay: Layout, ld: Loader, g: Graph, on_block=lambda 
         m = _mlp(g, lay, ld, w, i, h)
         h = _post_norm(g, ld, w.post_ffn_norm, i, lay, m)
         on_block(i)
+    assert h is not None, "a decoder has at least one block"
     h, _ = g.skip_rms_norm(h, residual, _norm_weight(g, ld, w.final_norm, lay), lay.eps)
     head = ld.get(w.lm_head) if ld.has(w.lm_head) else ld.get(w.embed)
     logits = g.linear(
@@ -173,7 +174,7 @@ def _post_norm(g: Graph, ld: Loader, template: str | None, i: int, lay: Layout, 
 
 def _rope_caches(g: Graph, lay: Layout) -> list[tuple[str, str]]:
     """Per block (cos, sin) value names; identical ropes share one pair of initializers."""
-    names: dict[Rope, tuple[str, str]] = {}
+    names: dict[tuple[Rope, Rope | None], tuple[str, str]] = {}
     out = []
     for i, rope in enumerate(lay.ropes):
         long = lay.long_ropes[i] if lay.long_ropes else None
@@ -203,6 +204,7 @@ def _attention(g: Graph, lay: Layout, ld: Loader, w: Weights, i: int, h: str, ca
     qkv = g.linear(p + ".qkv", h, qkv_w, bias)
     q_rows, kv_rows = lay.n_heads * lay.head_dim, lay.n_kv_heads * lay.head_dim
     if w.q_norm:  # per-head RMSNorm on q and k before rotary (Gemma 3): unpacked inputs
+        assert w.k_norm is not None, "q_norm and k_norm come together"
         q, k, v = g.op(
             "Split", [qkv, g.const("split_qkv", np.array([q_rows, kv_rows, kv_rows], dtype=np.int64))], 3, axis=-1
         )
@@ -212,7 +214,7 @@ def _attention(g: Graph, lay: Layout, ld: Loader, w: Weights, i: int, h: str, ca
     else:
         qkv_inputs = [qkv, "", ""]
     past_k, past_v, pres_k, pres_v = kv_names(i)
-    attrs = dict(
+    attrs: dict[str, Any] = dict(
         num_heads=lay.n_heads,
         kv_num_heads=lay.n_kv_heads,
         do_rotary=1,

@@ -25,7 +25,7 @@ WEIGHTS: Weights = replace(GEMMA2_WEIGHTS, q_norm=L + "self_attn.q_norm.weight",
 def layout(cfg: Gemma3Config, vocab: int):
     positions = cfg.max_position_embeddings
     local = Rope(dim=cfg.head_dim, base=cfg.rope_local_base_freq, positions=positions)
-    linear = float(cfg.rope_scaling["factor"]) if cfg.rope_type == "linear" else 1.0
+    linear = float((cfg.rope_scaling or {})["factor"]) if cfg.rope_type == "linear" else 1.0
     if cfg.rope_type not in (None, "linear"):
         from edge.errors import UnsupportedArchitectureError
 

@@ -6,6 +6,8 @@ llama3 (per-frequency divisors, the same factors the GGUF converter writes as ro
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from quantize.archs.llama import LlamaConfig, llama3_rope_factors
 
 from .decoder import DecoderSpec, Layout, Weights
@@ -24,13 +26,13 @@ WEIGHTS = Weights(
 
 def rope(cfg: LlamaConfig) -> Rope:
     kind = cfg.rope_type
-    base = dict(dim=cfg.head_dim, base=cfg.rope_theta, positions=cfg.max_position_embeddings)
+    plain = Rope(dim=cfg.head_dim, base=cfg.rope_theta, positions=cfg.max_position_embeddings)
     if kind is None:
-        return Rope(**base)
+        return plain
     if kind == "linear":
-        return Rope(**base, linear=float(cfg.rope_scaling["factor"]))
+        return replace(plain, linear=float((cfg.rope_scaling or {})["factor"]))
     if kind == "llama3":
-        return Rope(**base, divisors=tuple(float(f) for f in llama3_rope_factors(cfg)))
+        return replace(plain, divisors=tuple(float(f) for f in llama3_rope_factors(cfg)))
     raise ValueError(f"rope_scaling {kind!r}")  # LlamaConfig's checks refuse other kinds before this
 
 

@@ -7,6 +7,8 @@ the cache with the total length, as transformers does per forward), cos/sin time
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from quantize.archs.phi3 import LONGROPE, Phi3Config
 
 from .decoder import DecoderSpec, Layout, Weights
@@ -22,12 +24,11 @@ WEIGHTS = Weights(
 
 
 def layout(cfg: Phi3Config, vocab: int) -> Layout:
-    base = dict(dim=cfg.rope_dims, base=cfg.rope_theta, positions=cfg.max_position_embeddings)
-    short = long = Rope(**base)
+    short = long = Rope(dim=cfg.rope_dims, base=cfg.rope_theta, positions=cfg.max_position_embeddings)
     if cfg.rope_type in LONGROPE:
-        rs = cfg.rope_scaling
-        short = Rope(**base, divisors=tuple(map(float, rs["short_factor"])), magnitude=cfg.attn_factor)
-        long = Rope(**base, divisors=tuple(map(float, rs["long_factor"])), magnitude=cfg.attn_factor)
+        rs = cfg.rope_scaling or {}
+        short = replace(short, divisors=tuple(map(float, rs["short_factor"])), magnitude=cfg.attn_factor)
+        long = replace(long, divisors=tuple(map(float, rs["long_factor"])), magnitude=cfg.attn_factor)
     n = cfg.num_hidden_layers
     return Layout(
         n_layers=n,

@@ -70,7 +70,7 @@ class WeightSink:
             pad = -self._f.tell() % ALIGN
             self._f.write(b"\0" * pad)
             offset = self._f.tell()
-            self._f.write(memoryview(array).cast("B"))
+            self._f.write(array.data.cast("B"))
             t.data_location = TensorProto.EXTERNAL
             for key, value in (
                 ("location", self.data_path.name),
@@ -87,7 +87,7 @@ class WeightSink:
         self._f.write(_header(_INITIALIZER, tensor_len))
         self._f.write(head)
         self._f.write(raw)
-        self._f.write(memoryview(array).cast("B"))
+        self._f.write(array.data.cast("B"))
         return None
 
     def finish(self, model: ModelProto) -> None:

@@ -35,11 +35,11 @@ def load_vocab(src_dir: Path, *, vocab_size: int | None = None) -> Vocab:
     cfg = _read_json(src_dir / "tokenizer_config.json") or {}
     spm_path = src_dir / "tokenizer.model"
     kind = _kind(tj) if tj else None
-    if kind == BPE:
+    if tj is not None and kind == BPE:
         vocab = _from_bpe_json(tj, cfg)
     elif spm_path.exists() and kind in (SPM, None):
         vocab = _from_spm_model(spm_path, tj, cfg, src_dir)
-    elif kind == SPM:
+    elif tj is not None and kind == SPM:
         vocab = _from_spm_json(tj)
     elif tj is None:
         raise ModelFormatError(
@@ -97,10 +97,7 @@ def _id_table(tj: dict) -> tuple[list[str], dict[int, dict]]:
         tokens[i] = text
     for i, a in added.items():
         tokens[i] = a["content"]
-    holes = [i for i, t in enumerate(tokens) if t is None]
-    for i in holes:
-        tokens[i] = f"[PAD{i}]"
-    return tokens, added
+    return [f"[PAD{i}]" if t is None else t for i, t in enumerate(tokens)], added
 
 
 def _added_type(a: dict) -> int:

@@ -9,10 +9,14 @@ and from 2 trainer_spec: 35 byte_fallback (informational).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from edge.errors import ModelFormatError
+
+V = TypeVar("V", int, bytes, float)
 
 # sentencepiece ModelProto.SentencePiece.Type -> gguf.TokenType (same numbering, 1..6)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -32,12 +36,12 @@ def read_spm(path: Path) -> SpmModel:
     try:
         for field, value in _fields(data):
             if field == 1:
-                p, s, t = _piece(value)
+                p, s, t = _piece(_typed(value, bytes))
                 m.pieces.append(p)
                 m.scores.append(s)
                 m.types.append(t)
             elif field == 3:
-                for f2, v2 in _fields(value):
+                for f2, v2 in _fields(_typed(value, bytes)):
                     if f2 == 3:
                         m.add_dummy_prefix = bool(v2)
     except (IndexError, struct.error, UnicodeDecodeError) as e:
@@ -51,17 +55,25 @@ def _piece(buf: bytes) -> tuple[str, float, int]:
     piece, score, typ = "", 0.0, NORMAL
     for f, v in _fields(buf):
         if f == 1:
-            piece = v.decode("utf-8")
+            piece = _typed(v, bytes).decode("utf-8")
         elif f == 2:
-            score = v
+            score = _typed(v, float)
         elif f == 3:
-            typ = v
+            typ = _typed(v, int)
     return piece, score, typ
 
 
-def _fields(buf: bytes):
+def _typed(value: int | bytes | float, kind: type[V]) -> V:
+    """A field's value if its wire type is the one the schema gives (a crafted file may differ)."""
+    if not isinstance(value, kind):
+        raise IndexError(f"a field holds {type(value).__name__}, the schema says {kind.__name__}")
+    return value
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes | float]]:
     """Yield (field_number, value) of a protobuf message; bytes for length-delimited, float for fixed32."""
     i, n = 0, len(buf)
+    v: int | bytes | float
     while i < n:
         key, i = _varint(buf, i)
         field, wire = key >> 3, key & 7

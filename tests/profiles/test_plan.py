@@ -331,15 +331,6 @@ def test_plan_command_json_and_table():
     assert isinstance(refused.exception, DoesNotFitError)
 
 
-def test_planner_and_detection_import_no_torch():
-    code = (
-        "import sys, profiles.plan.planner, profiles.detect, profiles.plan.shape, edge.cli.profile, quantize.cli.plan; "
-        "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
-
-
 def test_hf_folder_reads_only_config_json(tmp_path):
     (tmp_path / "config.json").write_text((CONFIGS / "gemma-2-2b.json").read_text())
     (tmp_path / "model.safetensors").write_bytes(b"not read")

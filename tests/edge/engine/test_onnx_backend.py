@@ -98,26 +98,6 @@ def test_engine_streams_and_refuses_grammar(smollm2_int4):
 
 
 @pytest.mark.slow
-def test_serving_an_onnx_folder_imports_no_quantize_and_no_torch(smollm2_int4):
-    """The runtime reads the folder's manifest itself (edge.formats.onnx): a device that only serves
-    needs neither the converter nor torch, transformers or optimum."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\n"
-        "from edge.engine import open_engine\n"
-        f"e = open_engine({str(smollm2_int4)!r}, name='x', n_ctx=256, n_threads=1)\n"
-        "e.close()\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('quantize', 'torch', 'transformers', 'optimum'))\n"
-        "print(bad)\n"
-        "sys.exit(bool(bad))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
-
-
-@pytest.mark.slow
 def test_openai_client_streams_from_edge_serve(smollm2_int4, tmp_path):
     import openai
 
