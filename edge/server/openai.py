@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.engine import grammar
 from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, TokenLogprob
 from edge.errors import BadRequestError, EdgeError, openai_error_body
-from edge.server import prompts, streaming
+from edge.server import catalog, prompts, streaming
 from edge.server.limits import bounded
+from edge.server.models import model_for
 from edge.server.state import ServerState
 
 log = logging.getLogger("edge.server")
@@ -120,19 +121,20 @@ class CompletionRequest(_Sampling):
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse_unsupported(body)
     if body.tools:
         raise BadRequestError(
             "tool calling is not supported by this server yet: send the request without `tools`", param="tools"
         )
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
-    prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+    lease = await model_for(request, body.model)  # after validation: a bad body never loads a model
+    engine = lease.engine
+    prompt = await asyncio.to_thread(prompts.chat_prompt, engine, lease.template, messages)
     params = _params(body, body.max_completion_tokens or body.max_tokens)
     run = await streaming.start(
         engine, prompt, params, request, state.metrics, t0, state.settings.request_timeout, stream=bool(body.stream)
     )
-    ident, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
+    ident, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), lease.name
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _chat_chunks(run, ident, created, name, include_usage)
@@ -153,7 +155,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 }
             ],
             "usage": _usage(fin),
-            "system_fingerprint": _fingerprint(state),
+            "system_fingerprint": _fingerprint(name),
         }
     )
 
@@ -161,13 +163,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 async def completions(body: CompletionRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse_unsupported(body)
     if body.best_of not in (None, 1):
         raise BadRequestError("best_of > 1 is not supported: send one request per completion", param="best_of")
     if body.suffix:
         raise BadRequestError("suffix (fill-in-the-middle) is not supported by this server", param="suffix")
     text_in = _single_prompt(body.prompt)
+    engine = (await model_for(request, body.model)).engine  # after validation: a bad body never loads a model
     prompt = await asyncio.to_thread(prompts.text_prompt, engine, text_in)
     run = await streaming.start(
         engine,
@@ -179,7 +181,7 @@ async def completions(body: CompletionRequest, request: Request):
         state.settings.request_timeout,
         stream=bool(body.stream),
     )
-    ident, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
+    ident, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), engine.info.name
     prefix = text_in if body.echo else ""
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -201,18 +203,19 @@ async def completions(body: CompletionRequest, request: Request):
                 }
             ],
             "usage": _usage(fin),
-            "system_fingerprint": _fingerprint(state),
+            "system_fingerprint": _fingerprint(name),
         }
     )
 
 
 async def list_models(request: Request):
+    """Every model a request may name: the store's, and a file `edge serve PATH` keeps outside it."""
     state: ServerState = request.app.state.edge
-    created = int(state.target.modified)
+    rows = await asyncio.to_thread(catalog.servable, state)
     return JSONResponse(
         {
             "object": "list",
-            "data": [{"id": state.target.name, "object": "model", "created": created, "owned_by": "edge"}],
+            "data": [{"id": m.name, "object": "model", "created": int(m.modified), "owned_by": "edge"} for m in rows],
         }
     )
 
@@ -397,5 +400,5 @@ def _usage(fin: Finish) -> dict:
     }
 
 
-def _fingerprint(state: ServerState) -> str:
-    return f"edge-{state.target.name}"
+def _fingerprint(name: str) -> str:
+    return f"edge-{name}"
