@@ -79,6 +79,19 @@ def open_target(opener: Callable[..., Engine], target: Target, settings: Setting
     )
 
 
+def _close_engine(engine: Engine) -> None:
+    """Close an engine (llama.cpp frees its weights, KV cache and buffers), then hand the freed heap
+    back to the system: glibc keeps it in the loader thread's arena otherwise, and a server that loads
+    and unloads models all day would grow by it."""
+    engine.close()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass
+
+
 class Loaded:
     """One model in memory (or being loaded into it)."""
 
@@ -89,6 +102,7 @@ class Loaded:
         self.template = None
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.in_flight = 0
+        self.waiters = 0  # requests waiting for its load
         self.last_used = time.monotonic()
         self.expires_at: float | None = None  # wall-clock seconds; None while in use or kept forever
         self.timer: asyncio.TimerHandle | None = None
@@ -208,6 +222,7 @@ class ModelManager:
         self.metrics = metrics
         self.wait_s = min(wait_s, settings.request_timeout) if settings.request_timeout > 0 else wait_s
         self.models: dict[str, Loaded] = {}  # by file (Target.key)
+        self.unloading: list[Loaded] = []  # out of `models`, engines still closing
         self.primary: Target | None = None  # the model `edge serve MODEL` named: what a request without a name gets
         self.pinned: dict[str, Target] = {}
         self._openers: dict[str, Callable[..., Engine]] = {}  # a first load that already started (EarlyLoad)
@@ -263,7 +278,7 @@ class ModelManager:
             m = self.models.get(target.key)
             if m is not None and not m.closing:
                 if not m.ready.done():
-                    await asyncio.shield(m.ready)  # the one load in progress; raises what it raised
+                    await self._wait_for_load(m)
                     continue
                 m.in_flight += 1
                 m.last_used = time.monotonic()
@@ -286,6 +301,20 @@ class ModelManager:
                     )
                 deadline = loop.time() + self.wait_s
             await self._wait_for_change(target, deadline - loop.time())
+
+    async def _wait_for_load(self, m: Loaded) -> None:
+        """Wait for the one load of `m` in progress; raises what it raised. The waiters are counted so
+        that the load does not start the keep_alive of a model about to be used (keep_alive 0 would
+        unload it under them); the last waiter to give up starts it."""
+        m.waiters += 1
+        try:
+            await asyncio.shield(m.ready)
+        except asyncio.CancelledError:
+            if m.waiters == 1 and m.in_flight == 0 and m.ready.done() and m.ready.exception() is None:
+                self._schedule_expiry(m)
+            raise
+        finally:
+            m.waiters -= 1
 
     async def _wait_for_change(self, target: Target, seconds: float) -> None:
         if seconds <= 0:
@@ -411,7 +440,7 @@ class ModelManager:
         log.info("loaded %s (context %d, %.0f MiB planned)", m.name, m.engine.info.n_ctx, m.need_bytes / 2**20)
         m.ready.set_result(None)
         self._notify()
-        if m.in_flight == 0:  # a preload, or every waiter left: its keep_alive starts now
+        if m.in_flight == 0 and m.waiters == 0:  # every request that asked for it gave up
             self._schedule_expiry(m)
 
     def _unload(self, m: Loaded, reason: str) -> asyncio.Task:
@@ -423,16 +452,18 @@ class ModelManager:
         if self.models.get(m.target.key) is m:
             del self.models[m.target.key]
         self._closing_bytes += m.need_bytes
+        self.unloading.append(m)
         if self.metrics is not None:
             self.metrics.model_unloads.labels(model=m.name, reason=reason).inc()
 
         async def close() -> None:
             try:
                 if m.engine is not None:
-                    await asyncio.to_thread(m.engine.close)  # frees llama.cpp's weights, KV cache and buffers
+                    await asyncio.to_thread(_close_engine, m.engine)
             finally:
                 m.engine = None
                 self._closing_bytes -= m.need_bytes
+                self.unloading.remove(m)
                 log.info("unloaded %s (%s)", m.name, reason)
                 self._notify()
 
@@ -446,7 +477,7 @@ class ModelManager:
             return target, False
         m = self.models.get(target.key)
         if m is not None and not m.ready.done():
-            await asyncio.gather(asyncio.shield(m.ready), return_exceptions=True)
+            await asyncio.gather(self._wait_for_load(m), return_exceptions=True)
         m = self.models.get(target.key)
         if m is None:
             return target, True
@@ -482,8 +513,12 @@ class ModelManager:
             await asyncio.gather(task, return_exceptions=True)
 
     # -- what /health, /metrics and /api/ps read ----------------------------------------------------
+    def in_memory(self) -> list[Loaded]:
+        """Every model holding memory: loading, loaded, or still closing."""
+        return sorted([*self.models.values(), *self.unloading], key=lambda m: m.name)
+
     def rows(self) -> list[dict]:
-        return [m.row() for m in sorted(self.models.values(), key=lambda m: m.name)]
+        return [m.row() for m in self.in_memory()]
 
     def stats(self) -> dict:
         """The engines' counters added up (slots, busy, queued, requests, tokens)."""

@@ -333,7 +333,7 @@ def ps(request: Request):
     `state` (loaded/loading), `requests_in_flight` and `pinned` are edge's additions."""
     state: ServerState = request.app.state.edge
     rows = []
-    for m in list(state.models.models.values()):
+    for m in state.models.in_memory():
         t = m.target
         fmt = "onnx" if t.path.is_dir() else "gguf"
         row = _model_row(state, t.name, t.path, fmt, t.size_bytes, t.modified)
