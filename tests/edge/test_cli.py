@@ -72,6 +72,8 @@ def test_a_bad_model_file_stops_the_server_with_exit_4(tmp_path):
 def test_serve_defaults_to_the_bundled_model_and_stops_cleanly_on_sigterm(tmp_path):
     srv = start_server(tmp_path)
     try:
+        assert httpx.get(srv.url + "/api/ps").json()["models"] == []  # nothing preloads without a MODEL
+        httpx.post(srv.url + "/api/generate", json={"model": ""}, timeout=120)  # no name: the store's default
         assert httpx.get(srv.url + "/api/ps").json()["models"][0]["model"] == "smollm2:135m-q4_1"
     finally:
         srv.proc.send_signal(signal.SIGTERM)

@@ -190,7 +190,7 @@ def test_api_key_is_required_on_every_route_but_health(tight):
     assert httpx.get(tight.url + "/v1/models", headers=AUTH).status_code == 200
     assert httpx.get(tight.url + "/api/tags", headers={"X-Api-Key": KEY}).status_code == 200
     client = openai.OpenAI(base_url=tight.url + "/v1", api_key=KEY, timeout=HTTP_TIMEOUT, max_retries=0)
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert MODEL in [m.id for m in client.models.list().data]
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=tight.url + "/v1", api_key="nope", max_retries=0).models.list()
 
