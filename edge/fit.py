@@ -14,8 +14,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.config import Settings
+
+if TYPE_CHECKING:
+    from profiles.profile import Profile
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Budget:
     keeps `headroom` of it free and counts the serving process once, so `model_bytes` is what the
     loaded models together may take (the sum of their `ModelNeed.bytes`)."""
 
-    profile: object  # profiles.profile.Profile
+    profile: Profile
     budget_bytes: int
     threads: int
     why: str
@@ -91,7 +95,7 @@ def model_need(settings: Settings, budget: Budget, model_path: Path, size_bytes:
         return ModelNeed(settings.ctx, size_bytes)
     profile, parallel = budget.profile, settings.parallel or 1
     shape = read_model_shape(Path(model_path))
-    kw = dict(budget_bytes=budget.budget_bytes, n_parallel=parallel)
+    kw: dict = dict(budget_bytes=budget.budget_bytes, n_parallel=parallel)
     cap = min(shape.n_ctx_train, profile.runtime.context)
     ctx = settings.ctx or largest_context(shape, "AS_IS", profile, cap, **kw) or min(cap, 2048)
     est = estimate(shape, "AS_IS", ctx, profile, **kw)

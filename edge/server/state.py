@@ -74,7 +74,7 @@ class ServerState:
         opener: Callable[..., Engine],
         *,
         budget=None,
-        preload: list[Target] = (),
+        preload: list[Target] | None = None,
         early: EarlyLoad | None = None,
     ):
         from edge.fit import model_need, server_budget
@@ -92,7 +92,7 @@ class ServerState:
         self.models = ModelManager(settings, store, opener, need, budget.model_bytes)
         self.metrics = Metrics(self.models.stats, self.models.rows)
         self.models.metrics = self.metrics
-        for i, target in enumerate(preload):
+        for i, target in enumerate(preload or []):
             self.models.pin(target, primary=i == 0, opener=early.result if early is not None and i == 0 else None)
         self._digests: dict[tuple, str] = {}
         self._digest_lock = threading.Lock()
