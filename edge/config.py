@@ -7,7 +7,9 @@ a bad flag is a `BadRequestError` (the person typing it is there to fix it).
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -18,6 +20,7 @@ from edge.errors import BadRequestError
 
 DEFAULT_HOST = "127.0.0.1"  # loopback only, as llama-server; expose on purpose with --host 0.0.0.0
 DEFAULT_PORT = 11434  # Ollama's port: Ollama clients and `curl localhost:11434/api/generate` work unchanged
+DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5 minutes
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,12 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     Setting(
         "api_key", "EDGE_API_KEY", "require this key (Authorization: Bearer or X-Api-Key) on every route but /health"
     ),
-    Setting("model", "EDGE_MODEL", "model to serve: a store name or a .gguf path (default: bundled SmolLM2)"),
+    Setting(
+        "model",
+        "EDGE_MODEL",
+        "model to preload and keep loaded: a store name or a .gguf path (default: none; every model in the "
+        "store is served, loaded by the first request that names it)",
+    ),
     Setting("parallel", "EDGE_PARALLEL", "slots decoded together (default: from the hardware profile, else 1)"),
     Setting("ctx", "EDGE_CTX", "context length per slot (default: the model's, capped by the backend)"),
     Setting("queue_size", "EDGE_QUEUE", "requests that may wait for a slot before 503 (default 16)"),
@@ -63,6 +71,18 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "EDGE_READ_TIMEOUT",
         "seconds a client may take to send its request headers and body (default 30)",
     ),
+    Setting(
+        "keep_alive",
+        "EDGE_KEEP_ALIVE",
+        "how long an idle model stays loaded: a duration (5m, 1h30m) or seconds; 0 unloads after each "
+        "request, negative keeps it forever (default 5m; a request's keep_alive wins)",
+    ),
+    Setting("pin", "EDGE_PIN", "models kept loaded for the server's life (comma-separated names)"),
+    Setting(
+        "memory_budget",
+        "EDGE_MEMORY_BUDGET",
+        "memory the loaded models may use, e.g. 2GiB or 1500MB (default: the hardware profile's budget)",
+    ),
 )
 
 
@@ -85,6 +105,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     request_timeout: float = 600.0
     read_timeout: float = 30.0
+    keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; math.inf: forever
+    pin: tuple[str, ...] = ()
+    memory_budget: int | None = None  # bytes
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65535)
@@ -96,6 +119,9 @@ class Settings:
                 _check_range(name, value, 1, 1 << 24)
         _check_range("request_timeout", self.request_timeout, 0, 7 * 86400)
         _check_range("read_timeout", self.read_timeout, 1, 3600)
+        if self.memory_budget is not None:
+            _check_range("memory_budget", self.memory_budget, 1 << 20, 1 << 50)
+        object.__setattr__(self, "pin", tuple(p.strip() for p in self.pin if p.strip()))
         if self.api_key is not None and not self.api_key.strip():
             raise BadRequestError(
                 "the API key is empty: give a non-empty --api-key or unset EDGE_API_KEY", param="api_key"
@@ -164,6 +190,8 @@ def _field_type(name: str) -> str:
 
 
 def _coerce(name: str, value: Any) -> Any:
+    if name in _PARSERS:
+        return _PARSERS[name](value, param=name)
     kind = _field_type(name)
     if "Path" in kind:
         return Path(value).expanduser()
@@ -185,9 +213,56 @@ def _coerce(name: str, value: Any) -> Any:
 def _parse_env(s: Setting, raw: str) -> Any:
     try:
         return _coerce(s.name, raw)
-    except BadRequestError:
-        print(f"warning: ignoring {s.env}={raw!r}: not a number; using the default", file=sys.stderr)
+    except BadRequestError as exc:
+        print(f"warning: ignoring {s.env}={raw!r}: {exc.message}; using the default", file=sys.stderr)
         return None
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(value: Any, *, param: str = "keep_alive") -> float:
+    """Ollama's keep_alive: a number of seconds, or a Go duration string ("5m", "1h30m", "-1s"), or a
+    string of seconds ("300"). Seconds as a float; any negative value means forever (math.inf)."""
+    if isinstance(value, bool):
+        raise BadRequestError(f"{param} must be a duration such as 5m or a number of seconds", param=param)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            sign, body = (-1.0, text[1:]) if text[:1] == "-" else (1.0, text.removeprefix("+"))
+            parts = _DURATION_PART.findall(body)
+            if not body or "".join(n + u for n, u in parts) != body:
+                raise BadRequestError(
+                    f"{param} must be a duration such as 5m, 1h30m or 10s, or a number of seconds; got {value!r}",
+                    param=param,
+                ) from None
+            seconds = sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if math.isnan(seconds):
+        raise BadRequestError(f"{param} must be a number of seconds, got {value!r}", param=param)
+    return math.inf if seconds < 0 else seconds
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9}
+_SIZE_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tb": 10**12, "tib": 2**40}
+
+
+def parse_bytes(value: Any, *, param: str = "memory_budget") -> int:
+    """A size: bytes as a number, or with a unit ("2GiB", "1500MB", "512 MiB"; K/M/G are decimal)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", str(value))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise BadRequestError(f"{param} must be a size such as 2GiB or 1500MB, got {value!r}", param=param)
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+_PARSERS = {"keep_alive": parse_duration, "memory_budget": parse_bytes}
 
 
 def _valid(name: str, value: Any) -> bool:

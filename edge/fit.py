@@ -1,5 +1,5 @@
-"""What `edge serve` decides before it binds a socket: the profile, threads, slots, context, and
-whether the model fits the device at all.
+"""What `edge serve` decides before it binds a socket: the profile, its memory budget, threads, slots,
+and for each model the context it is loaded with and whether it fits the device at all.
 
 The profile is `--profile` when given, else the one `profiles.detect` finds on this machine (its memory
 budget then follows the machine's RAM or a container's limit). Flags win over the profile's
@@ -14,8 +14,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.config import Settings
+
+if TYPE_CHECKING:
+    from profiles.profile import Profile
 
 
 @dataclass(frozen=True)
@@ -25,44 +29,99 @@ class Fit:
     reasons: tuple[str, ...]
 
 
-def _profile_and_budget(settings: Settings, root: Path):
+@dataclass(frozen=True)
+class Budget:
+    """The memory a server's models share, decided once at start.
+
+    `budget_bytes` is the planner's budget (profile or detection, or --memory-budget); the planner
+    keeps `headroom` of it free and counts the serving process once, so `model_bytes` is what the
+    loaded models together may take (the sum of their `ModelNeed.bytes`)."""
+
+    profile: Profile
+    budget_bytes: int
+    threads: int
+    why: str
+    force: bool = False
+
+    @property
+    def model_bytes(self) -> int:
+        from profiles.plan.planner import EDGE_LLAMA_CPP
+
+        usable = int(self.budget_bytes / (1 + self.profile.runtime.headroom))
+        return max(0, usable - EDGE_LLAMA_CPP.process_bytes)
+
+
+@dataclass(frozen=True)
+class ModelNeed:
+    """What one model takes once loaded: its context per slot and its share of the budget."""
+
+    n_ctx: int | None
+    bytes: int
+
+
+def server_budget(settings: Settings, *, force: bool = False, root: Path = Path("/")) -> Budget:
+    """The profile (given or detected) and its budget; --memory-budget replaces the budget."""
     from profiles.detect import detect
     from profiles.profile import get_profile
 
     if settings.profile:
         profile = get_profile(settings.profile)
-        return profile, profile.budget_bytes, profile.runtime.threads, f"profile {profile.name} (--profile)"
-    found = detect(root)
-    return found.profile, found.budget_bytes, found.threads, f"profile {found.profile.name} (detected)"
+        budget, threads, why = profile.budget_bytes, profile.runtime.threads, f"profile {profile.name} (--profile)"
+    else:
+        found = detect(root)
+        profile, budget, threads = found.profile, found.budget_bytes, found.threads
+        why = f"profile {profile.name} (detected)"
+    if settings.memory_budget is not None:
+        budget, why = settings.memory_budget, f"{why}, memory budget {settings.memory_budget / 2**30:.2f} GiB (given)"
+    return Budget(profile, budget, threads, why, force)
 
 
-def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root: Path = Path("/")) -> Fit:
-    """Fill threads/parallel/ctx from the profile and check the model fits (GGUF files only)."""
-    from profiles.plan.planner import estimate, largest_context
+def server_settings(settings: Settings, budget: Budget) -> Settings:
+    """Threads and slots from the profile where no flag gave them."""
+    return settings.with_(
+        threads=settings.threads or budget.threads, parallel=settings.parallel or budget.profile.runtime.parallel
+    )
+
+
+def model_need(settings: Settings, budget: Budget, model_path: Path, size_bytes: int = 0) -> ModelNeed:
+    """The context a model is loaded with (--ctx, else the largest that fits alone, up to the model's
+    own and the profile's) and the memory it then takes, from the GGUF header alone. Raises
+    DoesNotFitError with the planner's numbers when it cannot fit even alone (unless `budget.force`).
+    A file the planner cannot read (an ONNX folder) counts as its size on disk."""
+    from profiles.plan.planner import EDGE_LLAMA_CPP, estimate, largest_context
     from profiles.plan.shape import read_model_shape
 
-    profile, budget, threads, why = _profile_and_budget(settings, root)
-    settings = settings.with_(
-        threads=settings.threads or threads, parallel=settings.parallel or profile.runtime.parallel
-    )
-    reasons = [why]
     if not str(model_path).endswith(".gguf") or not Path(model_path).is_file():
-        return Fit(settings, profile.name, tuple(reasons))
+        return ModelNeed(settings.ctx, size_bytes)
+    profile, parallel = budget.profile, settings.parallel or 1
     shape = read_model_shape(Path(model_path))
-    kw = dict(budget_bytes=budget, n_parallel=settings.parallel)
+    kw: dict = dict(budget_bytes=budget.budget_bytes, n_parallel=parallel)
     cap = min(shape.n_ctx_train, profile.runtime.context)
     ctx = settings.ctx or largest_context(shape, "AS_IS", profile, cap, **kw) or min(cap, 2048)
     est = estimate(shape, "AS_IS", ctx, profile, **kw)
     if not est.fits:
         refusal = _refusal(shape, profile, ctx, est, kw)
-        if not force:
+        if not budget.force:
             raise refusal
         print(f"edge: warning: --force: {refusal.message}", file=sys.stderr, flush=True)
+    return ModelNeed(ctx, est.memory_bytes - EDGE_LLAMA_CPP.process_bytes)
+
+
+def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root: Path = Path("/")) -> Fit:
+    """Fill threads/parallel/ctx from the profile and check the model fits (GGUF files only)."""
+    from profiles.plan.planner import EDGE_LLAMA_CPP
+
+    budget = server_budget(settings, force=force, root=root)
+    settings = server_settings(settings, budget)
+    reasons = [budget.why]
+    if not str(model_path).endswith(".gguf") or not Path(model_path).is_file():
+        return Fit(settings, budget.profile.name, tuple(reasons))
+    need = model_need(settings, budget, model_path)
     reasons.append(
-        f"context {ctx} per slot x {settings.parallel}: {est.memory_bytes / 2**30:.2f} GiB "
-        f"of a {est.budget_bytes / 2**30:.2f} GiB budget"
+        f"context {need.n_ctx} per slot x {settings.parallel}: "
+        f"{(need.bytes + EDGE_LLAMA_CPP.process_bytes) / 2**30:.2f} GiB of a {budget.budget_bytes / 2**30:.2f} GiB budget"
     )
-    return Fit(settings.with_(ctx=ctx), profile.name, tuple(reasons))
+    return Fit(settings.with_(ctx=need.n_ctx), budget.profile.name, tuple(reasons))
 
 
 def _refusal(shape, profile, ctx, est, kw):

@@ -25,7 +25,9 @@ app = typer.Typer(
 @app.command()
 def serve(
     model: str | None = typer.Argument(
-        None, help="store name (smollm2, an alias...) or a .gguf path; default: bundled SmolLM2"
+        None,
+        help="store name (smollm2, an alias...) or a .gguf path to preload and keep loaded; "
+        "default: none, every model in the store loads when a request names it",
     ),
     host: str | None = typer.Option(None, help="address to bind [env EDGE_HOST; default 127.0.0.1]"),
     port: int | None = typer.Option(None, help="port [env EDGE_PORT; default 11434, Ollama's]"),
@@ -56,8 +58,22 @@ def serve(
     ),
     tcp: bool = typer.Option(True, "--tcp/--no-tcp", help="listen on TCP (--no-tcp: only on --uds)"),
     force: bool = typer.Option(False, "--force", help="load even when the planner says the model does not fit"),
+    pin: list[str] | None = typer.Option(
+        None, "--pin", help="keep this model loaded for the server's life (repeatable) [env EDGE_PIN]"
+    ),
+    keep_alive: str | None = typer.Option(
+        None,
+        "--keep-alive",
+        help="how long an idle model stays loaded: 5m, 1h30m, seconds; 0: unload after each request; "
+        "negative: forever [env EDGE_KEEP_ALIVE; default 5m]",
+    ),
+    memory_budget: str | None = typer.Option(
+        None,
+        "--memory-budget",
+        help="memory the loaded models may use, e.g. 2GiB [env EDGE_MEMORY_BUDGET; default: the profile's]",
+    ),
 ) -> None:
-    """Serve one model over HTTP (OpenAI /v1/... and Ollama /api/...)."""
+    """Serve the models of the store over HTTP (OpenAI /v1/... and Ollama /api/...)."""
     from edge.server import serve as run_server
     from edge.server.state import resolve_target
 
@@ -77,10 +93,19 @@ def serve(
         cors_origins=cors_origin or None,
         request_timeout=request_timeout,
         read_timeout=read_timeout,
+        pin=pin or None,
+        keep_alive=keep_alive,
+        memory_budget=memory_budget,
     )
+    from edge.fit import server_budget, server_settings
+
+    budget = server_budget(settings, force=force)
+    settings = server_settings(settings, budget)
+    print(f"edge: {budget.why}", file=sys.stderr, flush=True)
     store = _store(settings)
-    target = resolve_target(settings, store)
-    run_server(_fit(settings, target.path, force), uds=uds, tcp=tcp, store=store, target=target)
+    target = resolve_target(settings, store) if settings.model else None  # a wrong name fails here
+    # serve() plans the preloaded model before binding: one that does not fit exits 5
+    run_server(settings, uds=uds, tcp=tcp, store=store, target=target, budget=budget)
 
 
 from edge.cli.profile import profile_command  # noqa: E402
@@ -151,15 +176,6 @@ def _store(settings: Settings):
 
 def _rate(fin) -> str:
     return f"{fin.completion_tokens / (fin.eval_ns / 1e9):.1f} tokens/s" if fin.eval_ns else "n/a"
-
-
-def _fit(settings: Settings, model_path: Path, force: bool) -> Settings:
-    """Profile (given or detected), threads, slots and context; refuse a model that does not fit."""
-    from edge.fit import fit_model
-
-    fit = fit_model(settings, model_path, force=force)
-    print(f"edge: {'; '.join(fit.reasons)}", file=sys.stderr, flush=True)
-    return fit.settings
 
 
 BUILTIN_COMMANDS = {"serve", "run", "models", "profile"}

@@ -1,8 +1,9 @@
-"""The HTTP server: OpenAI and Ollama APIs over one loaded `Engine`.
+"""The HTTP server: OpenAI and Ollama APIs over the models of the store (edge.server.models).
 
 `serve(settings)` binds the socket first (a busy port is a clear error, not a traceback), then
-runs uvicorn; the model loads in the background so /health can say 503 until it is ready. A model
-that fails to load stops the server and re-raises, so `edge serve` exits with the mapped code.
+runs uvicorn; a model it must keep (`edge serve MODEL`, --pin) loads in the background so /health
+can say 503 until it is ready. Such a model that fails to load stops the server and re-raises, so
+`edge serve` exits with the mapped code.
 """
 
 from __future__ import annotations
@@ -43,16 +44,28 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = True, store=None, target=None) -> None:
-    """Run until Ctrl-C / SIGTERM. Raises the load error if the model cannot be loaded.
+def serve(
+    settings: Settings,
+    *,
+    log_level: str = "info",
+    uds=None,
+    tcp: bool = True,
+    store=None,
+    target=None,
+    budget=None,
+) -> None:
+    """Run until Ctrl-C / SIGTERM. Raises the load error if a model it must keep cannot be loaded.
 
-    `store`/`target`: the model store and the resolved model, when the caller has them already.
+    `store`/`target`/`budget`: the model store, the model to preload and keep (None with no
+    `settings.model`: nothing preloads, every model in the store loads on demand) and the memory
+    budget (edge.fit.server_budget), when the caller has them already.
     `uds`: also (or, with tcp=False, only) listen on this Unix socket path (edge.server.unix).
-    Under systemd (NOTIFY_SOCKET) readiness and watchdog pings go through edge.server.supervision.
+    Under systemd (NOTIFY_SOCKET) readiness and watchdog pings go through edge.server.supervision:
+    READY=1 after the preloaded model passed its self-test, or at once when nothing preloads.
 
-    The model starts loading before FastAPI and uvicorn are imported: llama.cpp reads the file and
-    builds the context outside the GIL while the HTTP stack imports (~0.3 s of a ~1.3 s cold start
-    on a 2-core box). Until the socket is bound, /health does not exist yet, as before."""
+    The preloaded model starts loading before FastAPI and uvicorn are imported: llama.cpp reads the
+    file and builds the context outside the GIL while the HTTP stack imports (~0.3 s of a ~1.3 s cold
+    start on a 2-core box). Until the socket is bound, /health does not exist yet, as before."""
     from edge.server.security import require_key_for_bind
     from edge.server.state import EarlyLoad, resolve_target
     from edge.store import ModelStore
@@ -61,9 +74,15 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
         require_key_for_bind(settings)  # before anything is bound: exit code 2 with how to set a key
     if store is None:
         store = ModelStore(settings.home, models_dir=settings.models_dir)
-    if target is None:  # `edge serve` resolved it already, to plan the memory
+    if target is None and settings.model:  # `edge serve` resolved it already, to plan the memory
         target = resolve_target(settings, store)  # a wrong name fails here, before anything loads
-    early = EarlyLoad(target, settings)
+    early = None
+    if target is not None:
+        from edge.fit import model_need, server_budget
+
+        budget = budget or server_budget(settings)
+        need = model_need(settings, budget, target.path, target.size_bytes)
+        early = EarlyLoad(target, settings.with_(ctx=need.n_ctx))
 
     import uvicorn
 
@@ -72,14 +91,16 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
     from edge.server.unix import bind_unix
 
     try:
-        app = create_app(settings, store=store, target=target, opener=early.result)
+        app = create_app(settings, store=store, target=target, early=early, budget=budget)
         sockets = ([bind(settings.host, settings.port)] if tcp else []) + ([bind_unix(uds)] if uds else [])
         if not sockets:
             raise BadRequestError("nothing to listen on: give --uds PATH when TCP is turned off")
     except BaseException:
-        early.discard()  # never exit while llama.cpp is still reading the file in the other thread
+        if early is not None:
+            early.discard()  # never exit while llama.cpp is still reading the file in the other thread
         raise
     state = app.state.edge
+    models = state.models
     supervision = Supervision()
     config = uvicorn.Config(
         app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False, **uvicorn_options(settings)
@@ -99,13 +120,8 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
         supervision.failed(exc)
         server.should_exit = True
 
-    def on_loaded(engine) -> None:
-        try:  # under systemd: one-token self-test, READY=1, watchdog
-            supervision.loaded(engine, stopping=lambda: server.should_exit)
-        except Exception as exc:
-            state.load_error, state.engine = exc, None
-            engine.close()
-            return on_load_error(exc)
+    def on_loaded(engine) -> None:  # in the loader thread; raising fails the load
+        supervision.loaded(engine, stopping=lambda: server.should_exit)  # under systemd: self-test, READY=1
         info = engine.info
         print(
             f"edge: ready in {time.perf_counter() - t0:.2f} s ({info.family}, {info.quantization}, "
@@ -114,7 +130,7 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
             flush=True,
         )
 
-    state.on_load_error, state.on_loaded = on_load_error, on_loaded
+    models.on_load_error, models.on_loaded = on_load_error, on_loaded
     where = []
     for sock in sockets:
         if sock.family == socket.AF_UNIX:
@@ -122,20 +138,27 @@ def serve(settings: Settings, *, log_level: str = "info", uds=None, tcp: bool = 
             continue
         host, port = sock.getsockname()[:2]
         where.append(f"http://{_url_host(host)}:{port}")  # beyond loopback only with a key (security.py)
+    kept = ", ".join(t.name for t in models.pinned.values())
+    budget_gib = models.capacity_bytes / 2**30
+    what = f"{kept} (kept loaded) and" if kept else "every model in"
     print(
-        f"edge: serving {state.target.name} ({state.target.path}) on {' and '.join(where)} - loading the model...",
+        f"edge: serving {what} the store on {' and '.join(where)}, models within {budget_gib:.2f} GiB"
+        + (" - loading..." if kept else ""),
         file=sys.stderr,
         flush=True,
     )
-    supervision.loading(state.target.name)
+    if kept:
+        supervision.loading(kept)
+    else:
+        supervision.notifier.ready("serving the model store")
     try:
         server.run(sockets=sockets)
     finally:
         supervision.stopped()
         if uds:
             Path(uds).unlink(missing_ok=True)
-    if state.load_error is not None:
-        raise state.load_error
+    if models.preload_error is not None:
+        raise models.preload_error
 
 
 def _url_host(host: str) -> str:

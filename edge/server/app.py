@@ -5,6 +5,7 @@ edge.errors into each API's shape.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -26,6 +27,7 @@ from edge.errors import (
     openai_error_body,
 )
 from edge.server import metrics as metrics_mod
+from edge.server import models as models_mod
 from edge.server import ollama, openai
 from edge.server.security import SecurityMiddleware
 from edge.server.state import ServerState, Target, resolve_target
@@ -55,28 +57,38 @@ def routes(state: ServerState) -> list[tuple[str, str, Callable, bool]]:
 
 
 def create_app(
-    settings: Settings, *, store=None, target: Target | None = None, opener=None, load_in_background: bool = True
+    settings: Settings,
+    *,
+    store=None,
+    target: Target | None = None,
+    opener=None,
+    load_in_background: bool = True,
+    budget=None,
+    early=None,
 ) -> FastAPI:
-    """Resolve the model now (a wrong name fails before any socket is bound); load it after startup."""
+    """Resolve the models to keep loaded now (a wrong name fails before any socket is bound): the one
+    `settings.model` names (or `target`), then `settings.pin`; they load after startup. Every other
+    model in the store loads when a request names it (edge.server.models)."""
     if store is None:
         from edge.store import ModelStore
 
         store = ModelStore(settings.home, models_dir=settings.models_dir)
     if opener is None:
         from edge.engine import open_engine as opener
-    state = ServerState(settings, store, target or resolve_target(settings, store), opener)
+    preload = [target] if target is not None else [resolve_target(settings, store)] if settings.model else []
+    preload += [models_mod.resolve_target(name, store) for name in settings.pin]
+    state = ServerState(settings, store, opener, budget=budget, preload=_unique(preload), early=early)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        # uvicorn binds the socket right after startup, so /health answers 503 while this loads
-        if load_in_background:
-            state.start_loading()
-        else:
-            state.load()
+        # uvicorn binds the socket right after startup, so /health answers 503 while the kept models load
+        task = asyncio.get_running_loop().create_task(state.models.preload())
+        if not load_in_background:
+            await task
         try:
             yield
         finally:
-            state.close()
+            await state.models.aclose()
 
     app = FastAPI(title="edge", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.edge = state
@@ -94,10 +106,10 @@ def create_app(
 
 # -- handlers that belong to no API ------------------------------------------------------------------
 async def health(request: Request):
+    """200 with each model in memory (loaded, loading, requests in flight, memory); 503 while a model
+    the server keeps (edge serve MODEL, --pin) loads, or that model's load error."""
     state: ServerState = request.app.state.edge
-    if state.engine is not None:
-        return JSONResponse({"status": "ok", "model": state.target.name, **state.stats()})
-    state.require_engine()  # raises: 503 loading (Retry-After), or the load error
+    return JSONResponse(state.health())
 
 
 async def metrics(request: Request):
@@ -185,8 +197,17 @@ class _Guard:
                 _as_json(scope)
             await self.app(scope, receive, send_wrapper)
         finally:
+            for lease in scope.get(models_mod.LEASES, ()):  # the response is sent (or abandoned): the model is free
+                lease.release()
             route = scope.get("route")
             self.state.metrics.observe_request(getattr(route, "path", "unmatched"), status["code"])
+
+
+def _unique(targets: list[Target]) -> list[Target]:
+    seen: dict[str, Target] = {}
+    for t in targets:
+        seen.setdefault(t.key, t)
+    return list(seen.values())
 
 
 def _as_json(scope) -> None:

@@ -1,6 +1,6 @@
-"""What /api/tags, /api/show and /api/ps say about a model file, in Ollama's words.
+"""What /api/tags, /api/show, /api/ps and /v1/models say about the models, in Ollama's words.
 
-The loaded model is described by its engine; other files in the store by their GGUF header
+A loaded model is described by its engine; other files in the store by their GGUF header
 (edge.formats.gguf's bounded reader, cached per file version; weights are never read).
 """
 
@@ -63,6 +63,28 @@ def capabilities(facts: FileFacts) -> list[str]:
     """Ollama's capabilities: "tools" when the template itself takes tools (any model can use the
     generic format, but only these were trained for calls)."""
     return ["completion", "tools"] if tool_format(facts) != "generic" else ["completion"]
+
+
+@dataclass(frozen=True)
+class Servable:
+    """A model a request may name, as /api/tags and /v1/models list it."""
+
+    name: str
+    path: Path
+    format: str
+    size_bytes: int
+    modified: float
+
+
+def servable(state) -> list[Servable]:
+    """Every model in the store, after any file the server keeps loaded from outside it
+    (`edge serve PATH`): each can be asked for by name."""
+    rows, seen = [], set()
+    for e in state.store.list():
+        rows.append(Servable(e.name, Path(e.path), e.format, e.size_bytes, e.modified))
+        seen.add(str(Path(e.path).resolve()))
+    outside = [t for k, t in state.models.pinned.items() if k not in seen]
+    return [Servable(t.name, t.path, "gguf", t.size_bytes, t.modified) for t in outside] + rows
 
 
 def facts_from_info(info: ModelInfo) -> FileFacts:

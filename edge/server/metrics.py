@@ -12,6 +12,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 from edge.engine.base import Finish
 
@@ -21,11 +22,50 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
+class _PerModel:
+    """Gauges read from the model manager at scrape time: one sample per model in memory."""
+
+    def __init__(self, rows: Callable[[], list[dict]]):
+        self.rows = rows
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        rows = self.rows()
+        families = {
+            "loaded": GaugeMetricFamily("edge_model_loaded", "1 when the model is loaded", labels=["model"]),
+            "loading": GaugeMetricFamily("edge_model_loading", "1 while the model loads", labels=["model"]),
+            "in_flight": GaugeMetricFamily(
+                "edge_model_requests_in_flight", "requests holding the model", labels=["model"]
+            ),
+            "memory": GaugeMetricFamily(
+                "edge_model_memory_bytes", "memory the model takes (the planner's estimate)", labels=["model"]
+            ),
+        }
+        for row in rows:
+            name = [row["model"]]
+            families["loaded"].add_metric(name, 1.0 if row["state"] == "loaded" else 0.0)
+            families["loading"].add_metric(name, 1.0 if row["state"] == "loading" else 0.0)
+            families["in_flight"].add_metric(name, row["requests_in_flight"])
+            families["memory"].add_metric(name, row["memory_bytes"])
+        yield from families.values()
+
+
 class Metrics:
-    def __init__(self, stats: Callable[[], dict]):
-        """`stats` returns the engine's {"slots", "busy", "queued"} (zeros while the model loads)."""
+    def __init__(self, stats: Callable[[], dict], models: Callable[[], list[dict]] = list):
+        """`stats` returns the loaded engines' {"slots", "busy", "queued"} added up; `models` the
+        manager's rows (edge.server.models.Loaded.row) for the per-model gauges."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.model_loads = Counter("edge_model_loads", "models loaded, by model", ["model"], registry=r)
+        self.model_unloads = Counter(
+            "edge_model_unloads",
+            "models unloaded, by model and reason (expired, evicted...)",
+            ["model", "reason"],
+            registry=r,
+        )
+        r.register(_PerModel(models))
         self.requests = Counter(
             "edge_requests", "HTTP requests by route template and status", ["route", "status"], registry=r
         )

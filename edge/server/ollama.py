@@ -19,15 +19,17 @@ from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import edge
 from edge.chat.tools import ToolPlan, ToolStream
+from edge.config import parse_duration
 from edge.engine import grammar
 from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, TokenLogprob
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, ollama_error_body
 from edge.server import catalog, prompts, streaming
 from edge.server.limits import bounded
+from edge.server.models import Lease, model_for
 from edge.server.state import ServerState
 
 log = logging.getLogger("edge.server")
@@ -59,9 +61,20 @@ class _Request(BaseModel):
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: Options | None = None
     stream: bool = True
-    keep_alive: str | int | float | None = None  # the model stays loaded for the server's lifetime
+    keep_alive: float | None = None  # seconds the model stays after this request (math.inf: forever)
     logprobs: bool = False
     top_logprobs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token, with logprobs
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        """Ollama's keep_alive: "5m", "1h30m", seconds; negative: forever (edge.config.parse_duration)."""
+        if value is None:
+            return None
+        try:
+            return parse_duration(value)
+        except BadRequestError as exc:
+            raise ValueError(exc.message) from None
 
 
 class GenerateRequest(_Request):
@@ -98,13 +111,14 @@ class ShowRequest(BaseModel):
 async def generate(body: GenerateRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse(body.images, "images", "this server serves text models only")
     _refuse(body.suffix, "suffix", "suffix (fill-in-the-middle) is not supported")
     _refuse(body.template, "template", "per-request templates are not supported; the model's own template is used")
     if not body.prompt and not body.system:
-        return JSONResponse({**_head(state), "response": "", "done": True, "done_reason": "load"})
-    prompt = await asyncio.to_thread(_generate_prompt, state, body)
+        return await _load_or_unload(state, body, {"response": ""})
+    lease = await model_for(request, body.model, body.keep_alive)  # after validation: a bad body loads nothing
+    engine = lease.engine
+    prompt = await asyncio.to_thread(_generate_prompt, lease, body)
     run = await streaming.start(
         engine,
         prompt,
@@ -115,26 +129,25 @@ async def generate(body: GenerateRequest, request: Request):
         state.settings.request_timeout,
         stream=body.stream,
     )
-    return await _respond(run, body.stream, request, state, lambda text: {"response": text})
+    return await _respond(run, body.stream, request, lease, lambda text: {"response": text})
 
 
 async def chat(body: ChatRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = await asyncio.to_thread(state.engine_for, body.model)
     if any(m.images for m in body.messages):
         raise BadRequestError("this server serves text models only: send messages without images", param="messages")
     if not body.messages:
-        return JSONResponse(
-            {**_head(state), "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
-        )
+        return await _load_or_unload(state, body, {"message": {"role": "assistant", "content": ""}})
     messages = [_message(m) for m in body.messages]
-    plan = prompts.tool_plan(state.template, body.tools, None, None, messages)
+    lease = await model_for(request, body.model, body.keep_alive)  # after validation: a bad body loads nothing
+    engine = lease.engine
+    plan = prompts.tool_plan(lease.template, body.tools, None, None, messages)
     constrained: dict = {}
     if plan is None:
-        prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+        prompt = await asyncio.to_thread(prompts.chat_prompt, engine, lease.template, messages)
     else:
-        prompt, constrained = await asyncio.to_thread(prompts.tool_chat_prompt, engine, state.template, messages, plan)
+        prompt, constrained = await asyncio.to_thread(prompts.tool_chat_prompt, engine, lease.template, messages, plan)
         if constrained and body.format:
             raise BadRequestError("format cannot be combined with tools", param="format")
     params = dataclasses.replace(_params(body, len(prompt), engine.info.n_ctx), **constrained)
@@ -142,9 +155,9 @@ async def chat(body: ChatRequest, request: Request):
         engine, prompt, params, request, state.metrics, t0, state.settings.request_timeout, stream=body.stream
     )
     if plan is not None and plan.active:
-        return await _respond_tools(run, body.stream, request, state, plan)
+        return await _respond_tools(run, body.stream, request, lease, plan)
     return await _respond(
-        run, body.stream, request, state, lambda text: {"message": {"role": "assistant", "content": text}}
+        run, body.stream, request, lease, lambda text: {"message": {"role": "assistant", "content": text}}
     )
 
 
@@ -164,7 +177,7 @@ def _tool_message(content: str, calls) -> dict:
     return out
 
 
-async def _respond_tools(run: streaming.Run, stream: bool, request: Request, state: ServerState, plan: ToolPlan):
+async def _respond_tools(run: streaming.Run, stream: bool, request: Request, state: Lease, plan: ToolPlan):
     if stream:
         return streaming.EventStreamResponse(_ndjson_tools(run, state, plan), NDJSON, run.aclose)
     text, fin = await streaming.collect(run, request)
@@ -173,7 +186,7 @@ async def _respond_tools(run: streaming.Run, stream: bool, request: Request, sta
     return JSONResponse({**_head(state), "message": message, **_final(fin, run, state)})
 
 
-async def _ndjson_tools(run: streaming.Run, state: ServerState, plan: ToolPlan) -> AsyncIterator[bytes]:
+async def _ndjson_tools(run: streaming.Run, state: Lease, plan: ToolPlan) -> AsyncIterator[bytes]:
     """Content as it becomes certain, each call in its own line once complete, then the closing line."""
     events, calls = run.events(), ToolStream(plan)
     try:
@@ -194,7 +207,21 @@ async def _ndjson_tools(run: streaming.Run, state: ServerState, plan: ToolPlan) 
         await events.aclose()
 
 
-def _generate_prompt(state: ServerState, body: GenerateRequest) -> list[int]:
+async def _load_or_unload(state: ServerState, body: _Request, piece: dict) -> JSONResponse:
+    """Ollama's empty request: load the model (and keep it for keep_alive), or with keep_alive 0
+    unload it; a pinned model stays, and the answer says "load"."""
+    if body.keep_alive == 0:
+        target, unloaded = await state.models.unload(body.model)
+        name, reason = target.name, "unload" if unloaded else "load"
+    else:
+        async with state.models.lease(body.model, body.keep_alive) as lease:
+            name, reason = lease.name, "load"
+    return JSONResponse(
+        {"model": name, "created_at": catalog.rfc3339(time.time()), **piece, "done": True, "done_reason": reason}
+    )
+
+
+def _generate_prompt(state: Lease, body: GenerateRequest) -> list[int]:
     engine = state.engine
     if body.raw or state.template.is_fallback:
         # raw, or a base model without a chat template: the prompt is the text (system first, if any)
@@ -206,7 +233,7 @@ def _generate_prompt(state: ServerState, body: GenerateRequest) -> list[int]:
     return prompts.chat_prompt(engine, state.template, messages)
 
 
-async def _respond(run: streaming.Run, stream: bool, request: Request, state: ServerState, piece):
+async def _respond(run: streaming.Run, stream: bool, request: Request, state: Lease, piece):
     top = run.params.top_logprobs if run.params.logprobs else None
     if stream:
         return streaming.EventStreamResponse(_ndjson(run, state, piece, top), NDJSON, run.aclose)
@@ -215,7 +242,7 @@ async def _respond(run: streaming.Run, stream: bool, request: Request, state: Se
     return JSONResponse({**_head(state), **piece(text), **logprobs, **_final(fin, run, state)})
 
 
-async def _ndjson(run: streaming.Run, state: ServerState, piece, top: int | None = None) -> AsyncIterator[bytes]:
+async def _ndjson(run: streaming.Run, state: Lease, piece, top: int | None = None) -> AsyncIterator[bytes]:
     events = run.events()
     try:
         async for ev in events:
@@ -246,11 +273,11 @@ def _line(obj: dict) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
 
 
-def _head(state: ServerState) -> dict:
+def _head(state: Lease) -> dict:
     return {"model": state.target.name, "created_at": catalog.rfc3339(time.time())}
 
 
-def _final(fin: Finish, run: streaming.Run, state: ServerState) -> dict:
+def _final(fin: Finish, run: streaming.Run, state: Lease) -> dict:
     """Ollama's closing statistics; prompt_eval_count counts only tokens evaluated (not reused from cache).
 
     load_duration: the model's load time on the first answer after loading (where Ollama would have
@@ -325,15 +352,10 @@ def _refuse(value, param: str, why: str) -> None:
 
 # -- model listing --------------------------------------------------------------------------------
 def tags(request: Request):
-    """Every model in the store (as Ollama lists what is on disk), plus the served file if it is elsewhere."""
+    """Every model in the store (as Ollama lists what is on disk), plus a kept file from elsewhere:
+    each can be asked for by name."""
     state: ServerState = request.app.state.edge
-    rows, seen = [], set()
-    for e in state.store.list():
-        rows.append(_model_row(state, e.name, Path(e.path), e.format, e.size_bytes, e.modified))
-        seen.add(Path(e.path).resolve())
-    t = state.target
-    if t.path.resolve() not in seen:
-        rows.insert(0, _model_row(state, t.name, t.path, "gguf", t.size_bytes, t.modified))
+    rows = [_model_row(state, m.name, m.path, m.format, m.size_bytes, m.modified) for m in catalog.servable(state)]
     return JSONResponse({"models": rows})
 
 
@@ -360,15 +382,27 @@ def show(body: ShowRequest, request: Request):
 
 
 def ps(request: Request):
+    """The models in memory: size is the planner's estimate of what each takes (CPU: size_vram 0);
+    `state` (loaded/loading), `requests_in_flight` and `pinned` are edge's additions."""
     state: ServerState = request.app.state.edge
-    engine = state.engine
-    if engine is None:
-        return JSONResponse({"models": []})
-    t = state.target
-    row = _model_row(state, t.name, t.path, engine.info.format, t.size_bytes, t.modified)
-    row.pop("modified_at")
-    row.update({"expires_at": "2999-12-31T23:59:59Z", "size_vram": 0, "context_length": engine.info.n_ctx})
-    return JSONResponse({"models": [row]})
+    rows = []
+    for m in state.models.in_memory():
+        t = m.target
+        fmt = "onnx" if t.path.is_dir() else "gguf"
+        row = _model_row(state, t.name, t.path, fmt, t.size_bytes, t.modified)
+        row.pop("modified_at")
+        info = m.row()
+        row.update(
+            size=m.need_bytes,
+            size_vram=0,
+            expires_at=info["expires_at"],
+            context_length=info["context_length"],
+            state=info["state"],
+            requests_in_flight=info["requests_in_flight"],
+            pinned=m.pinned,
+        )
+        rows.append(row)
+    return JSONResponse({"models": sorted(rows, key=lambda r: r["name"])})
 
 
 async def version(request: Request):
@@ -403,21 +437,15 @@ def _model_row(state: ServerState, name: str, path: Path, fmt: str, size: int, m
 
 
 def _facts(state: ServerState, path: Path, fmt: str) -> catalog.FileFacts:
-    engine = state.engine
-    if engine is not None and path.resolve() == state.target.path.resolve():
-        return catalog.facts_from_info(engine.info)
-    return catalog.facts_from_file(path, fmt)
+    info = state.models.loaded_info(path)
+    return catalog.facts_from_info(info) if info is not None else catalog.facts_from_file(path, fmt)
 
 
 def _locate(state: ServerState, name: str) -> tuple[Path, str, float]:
-    if state.serves(name):
-        return state.target.path, "gguf", state.target.modified
-    e = state.store.resolve(name)  # ModelNotFoundError names what is available
-    return Path(e.path), e.format, e.modified
+    t = state.models.resolve(name)  # ModelNotFoundError names what is available
+    return t.path, "onnx" if t.path.is_dir() else "gguf", t.modified
 
 
 def _stop_tokens(state: ServerState, path: Path) -> list[str]:
-    engine = state.engine
-    if engine is not None and path.resolve() == state.target.path.resolve() and engine.info.eos_token:
-        return [engine.info.eos_token]
-    return []
+    info = state.models.loaded_info(path)
+    return [info.eos_token] if info is not None and info.eos_token else []

@@ -28,6 +28,7 @@ from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, To
 from edge.errors import BadRequestError, EdgeError, openai_error_body
 from edge.server import catalog, prompts, streaming
 from edge.server.limits import bounded
+from edge.server.models import model_for
 from edge.server.state import ServerState
 
 log = logging.getLogger("edge.server")
@@ -128,22 +129,23 @@ class CompletionRequest(_Sampling):
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse_unsupported(body)
     messages = [_message(m) for m in body.messages]
-    plan = prompts.tool_plan(state.template, body.tools, body.tool_choice, body.parallel_tool_calls, messages)
+    lease = await model_for(request, body.model)  # after validation: a bad body never loads a model
+    engine = lease.engine
+    plan = prompts.tool_plan(lease.template, body.tools, body.tool_choice, body.parallel_tool_calls, messages)
     params = _params(body, body.max_completion_tokens or body.max_tokens)
     if plan is None:
-        prompt = await asyncio.to_thread(prompts.chat_prompt, engine, state.template, messages)
+        prompt = await asyncio.to_thread(prompts.chat_prompt, engine, lease.template, messages)
     else:
-        prompt, constrained = await asyncio.to_thread(prompts.tool_chat_prompt, engine, state.template, messages, plan)
+        prompt, constrained = await asyncio.to_thread(prompts.tool_chat_prompt, engine, lease.template, messages, plan)
         if constrained and body.response_format and body.response_format.type != "text":
             raise BadRequestError("response_format cannot be combined with tools", param="response_format")
         params = dataclasses.replace(params, **constrained)
     run = await streaming.start(
         engine, prompt, params, request, state.metrics, t0, state.settings.request_timeout, stream=bool(body.stream)
     )
-    ident, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
+    ident, created, name = f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), lease.name
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = _chat_chunks(run, ident, created, name, include_usage, plan)
@@ -165,7 +167,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 }
             ],
             "usage": _usage(fin),
-            "system_fingerprint": _fingerprint(state),
+            "system_fingerprint": _fingerprint(name),
         }
     )
 
@@ -173,13 +175,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 async def completions(body: CompletionRequest, request: Request):
     state: ServerState = request.app.state.edge
     t0 = time.perf_counter()
-    engine = await asyncio.to_thread(state.engine_for, body.model)
     _refuse_unsupported(body)
     if body.best_of not in (None, 1):
         raise BadRequestError("best_of > 1 is not supported: send one request per completion", param="best_of")
     if body.suffix:
         raise BadRequestError("suffix (fill-in-the-middle) is not supported by this server", param="suffix")
     text_in = _single_prompt(body.prompt)
+    engine = (await model_for(request, body.model)).engine  # after validation: a bad body never loads a model
     prompt = await asyncio.to_thread(prompts.text_prompt, engine, text_in)
     run = await streaming.start(
         engine,
@@ -191,7 +193,7 @@ async def completions(body: CompletionRequest, request: Request):
         state.settings.request_timeout,
         stream=bool(body.stream),
     )
-    ident, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), state.target.name
+    ident, created, name = f"cmpl-{secrets.token_hex(12)}", int(time.time()), engine.info.name
     prefix = text_in if body.echo else ""
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -213,18 +215,24 @@ async def completions(body: CompletionRequest, request: Request):
                 }
             ],
             "usage": _usage(fin),
-            "system_fingerprint": _fingerprint(state),
+            "system_fingerprint": _fingerprint(name),
         }
     )
 
 
 async def list_models(request: Request):
+    """Every model a request may name: the store's, and a file `edge serve PATH` keeps outside it."""
     state: ServerState = request.app.state.edge
-    created = int(state.target.modified)
-    row = {"id": state.target.name, "object": "model", "created": created, "owned_by": "edge"}
-    if state.engine is not None:  # what /api/show says: "tools" when the template takes tools
-        row["capabilities"] = catalog.capabilities(catalog.facts_from_info(state.engine.info))
-    return JSONResponse({"object": "list", "data": [row]})
+    rows = await asyncio.to_thread(catalog.servable, state)
+    data = []
+    for m in rows:
+        row = {"id": m.name, "object": "model", "created": int(m.modified), "owned_by": "edge"}
+        try:  # what /api/show says: "tools" when the template takes tools
+            row["capabilities"] = catalog.capabilities(catalog.facts_from_file(m.path, m.format))
+        except EdgeError:
+            pass
+        data.append(row)
+    return JSONResponse({"object": "list", "data": data})
 
 
 # -- streaming bodies --------------------------------------------------------------------------------
@@ -469,5 +477,5 @@ def _usage(fin: Finish) -> dict:
     }
 
 
-def _fingerprint(state: ServerState) -> str:
-    return f"edge-{state.target.name}"
+def _fingerprint(name: str) -> str:
+    return f"edge-{name}"

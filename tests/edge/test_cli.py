@@ -72,13 +72,16 @@ def test_a_bad_model_file_stops_the_server_with_exit_4(tmp_path):
 def test_serve_defaults_to_the_bundled_model_and_stops_cleanly_on_sigterm(tmp_path):
     srv = start_server(tmp_path)
     try:
+        assert httpx.get(srv.url + "/api/ps").json()["models"] == []  # nothing preloads without a MODEL
+        httpx.post(srv.url + "/api/generate", json={"model": ""}, timeout=120)  # no name: the store's default
         assert httpx.get(srv.url + "/api/ps").json()["models"][0]["model"] == "smollm2:135m-q4_1"
     finally:
         srv.proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal (so the exit status says SIGTERM)
         assert srv.proc.wait(timeout=30) in (0, -signal.SIGTERM)
     log = srv.log_text()
-    assert "ready in" in log and "Application shutdown complete" in log and "Traceback" not in log
+    assert "serving every model in the store" in log and "Application shutdown complete" in log
+    assert "Traceback" not in log
 
 
 def test_settings_defaults_env_and_flags():

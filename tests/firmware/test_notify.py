@@ -107,7 +107,19 @@ def test_watchdog_pings_only_while_the_heartbeat_is_fresh(tmp_path):
 
 def _serve(tmp_path: Path, fake: FakeSystemd, **env: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    cmd = [sys.executable, "-m", "edge.cli", "serve", "--port", str(port), "--threads", "1", "--ctx", str(CTX)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge.cli",
+        "serve",
+        "smollm2",
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        "--ctx",
+        str(CTX),
+    ]
     full_env = edge_env(tmp_path / "home", NOTIFY_SOCKET=fake.address, **env)
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
