@@ -73,7 +73,7 @@ class TensorInfo:
 
     name: str
     shape: tuple[int, ...]  # ggml order: ne[0] (the row length) first
-    ggml_type: gguf.GGMLQuantizationType
+    ggml_type: int  # a gguf.GGMLQuantizationType member (an IntEnum), known to GGML_QUANT_SIZES
     offset: int = 0  # relative to the data section
 
     @property
@@ -91,7 +91,7 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        return self.ggml_type.name
+        return gguf.GGMLQuantizationType(self.ggml_type).name
 
 
 @dataclass
@@ -209,8 +209,8 @@ class GGUFFile:
     def strings(self, ref: ArrayRef, key: str, cap: int = MAX_STRING_BYTES) -> list[str]:
         """The items of a string array, each at most `cap` bytes and valid UTF-8."""
         blob = bytes(self.buf[ref.offset : ref.end])  # the array's bytes, already known to be inside the file
-        u64, pos, out = struct.Struct("<Q").unpack_from, 0, []
-        append = out.append
+        out: list[bytes] = []
+        u64, pos, append = struct.Struct("<Q").unpack_from, 0, out.append
         for _ in range(ref.count):  # hot loop (262k tokens for Gemma-3): kept minimal
             (n,) = u64(blob, pos)
             pos += 8
@@ -251,12 +251,11 @@ def open_gguf(path: Path, *, tensors: bool = True) -> Iterator[GGUFFile]:
         raise ModelFormatError(f"cannot read {path}: {e.strerror or e}") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""  # a 0-byte file maps to b""
-        try:
+        if not size:  # an empty file cannot be mapped
+            yield GGUFFile(path, b"", 0, tensors)
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             yield GGUFFile(path, buf, size, tensors)
-        finally:
-            if size:
-                buf.close()
 
 
 def read_gguf_meta(path: Path, *, tensors: bool = False) -> GGUFMeta:
@@ -406,7 +405,7 @@ def _check_shape(name: str, shape: tuple[int, ...]) -> None:
             raise ModelFormatError(f"GGUF tensor {name} with shape {shape} has more than 2**63 elements")
 
 
-def _known_type(name: str, ggml_type: int) -> gguf.GGMLQuantizationType:
+def _known_type(name: str, ggml_type: int) -> int:
     try:
         qtype = gguf.GGMLQuantizationType(ggml_type)
         if qtype in gguf.GGML_QUANT_SIZES:
