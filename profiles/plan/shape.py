@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import ModelFormatError, UnsupportedArchitectureError
-from edge.formats.gguf import ArrayRef, TensorInfo, open_gguf
+from edge.formats.gguf import ArrayRef, GGUFFile, TensorInfo, open_gguf
 from edge.lightimport import gguf_constants
 
 gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
@@ -198,18 +198,19 @@ def read_hf_config(path: Path) -> ModelShape:
 def _gguf_fields(path: Path):
     """(metadata dict, tensor infos, data offset) through edge.formats.gguf's bounded reader.
 
-    Arrays come back decoded when short (per-layer values), the vocabulary as its token count."""
+    Short arrays of numbers come back decoded (per-layer values), the vocabulary as its token count,
+    other arrays as ArrayRef."""
     with open_gguf(path) as f:
         kv = {k: _short(f, k, v) for k, v in f.meta.kv.items()}
         return kv, f.tensors, f.meta.data_offset
 
 
-def _short(f, key: str, v):
+def _short(f: GGUFFile, key: str, v):
     if not isinstance(v, ArrayRef):
         return v
     if key == gguf.Keys.Tokenizer.LIST:
         return v.count
-    return f.value(key) if v.count <= MAX_LAYER_ARRAY else v
+    return f.numbers(v) if v.count <= MAX_LAYER_ARRAY and v.item_type != gguf.GGUFValueType.STRING else v
 
 
 def shape_from_gguf(path: Path) -> ModelShape:
