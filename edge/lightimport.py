@@ -6,7 +6,7 @@ while the runtime needs only `gguf.constants` (enums and tables, 15 ms). Both co
 `edge serve` cold start, whose budget is 0.6 s. We register a stand-in package module whose
 __path__ is the real one, so that `llama_cpp.llama_cpp` (ctypes bindings), `llama_cpp.llama_grammar`
 and `gguf.constants` import alone. The stand-in runs the real __init__ the first time anyone asks it
-for an attribute (`from llama_cpp import Llama` in a test, `gguf.GGUFReader` in the converter), so
+for an attribute (`from llama_cpp import Llama` in a test, `gguf.GGUFWriter` in the converter), so
 other users of the packages see no difference.
 """
 

@@ -341,12 +341,6 @@ def _result(
     return ConvertResult(type_name, path, size, size * 8 / max(params, 1), seconds, imatrix, fallbacks)
 
 
-def n_params(path: Path) -> int:
-    """Weights in a GGUF file (slow on large vocabularies: gguf's reader parses every token)."""
-    reader = gguf.GGUFReader(path)
-    return int(sum(int(t.n_elements) for t in reader.tensors))
-
-
 @dataclass(frozen=True)
 class PlannedOutput:
     type: str

@@ -16,6 +16,8 @@ import gguf
 import numpy as np
 
 from edge.errors import ModelFormatError, NotFoundError
+from edge.formats.gguf import TensorInfo, open_gguf
+from edge.formats.validate import validate_gguf
 
 from .archs import get_arch_for_gguf
 from .archs.base import ArchSpec
@@ -39,14 +41,12 @@ def unpack(gguf_path: Path, out_dir: Path, *, force: bool = False, quiet: bool =
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     from . import vocab as vocab_mod  # owned by the vocab stream
 
-    reader = open_reader(gguf_path)
-    kv = {f.name: f.contents() for f in reader.fields.values()}
+    kv, tensors, data = read_gguf(gguf_path)
     spec = get_arch_for_gguf(str(kv.get(gguf.Keys.General.ARCHITECTURE)))
-    tensors = {t.name: t for t in reader.tensors}
-    config = hf_config(spec, kv, tensors)
+    config = hf_config(spec, kv, tensors, data)
     cfg = spec.load_config(config)
-    entries = _entries(spec, cfg, tensors)
-    vocab = vocab_mod.vocab_from_gguf(reader)
+    entries = _entries(spec, cfg, tensors, data)
+    vocab = vocab_mod.vocab_from_gguf(gguf_path)
     config.update({f"{k}_token_id": v for k, v in vocab.special_ids.items() if k in ("bos", "eos", "pad")})
     with Bars(quiet) as bars, atomic_dir(out_dir, force=force) as tmp:
         task = bars.add(f"unpack {gguf_path.name}", total=len(entries))
@@ -56,22 +56,43 @@ def unpack(gguf_path: Path, out_dir: Path, *, force: bool = False, quiet: bool =
     return out_dir
 
 
-def open_reader(path: Path) -> gguf.GGUFReader:
+def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, TensorInfo], TensorData]:
+    """(metadata without the vocabulary, tensor table by name, tensor data) of a validated GGUF file."""
     if not path.is_file():
         raise NotFoundError(f"{path} does not exist")
-    try:
-        return gguf.GGUFReader(path)
-    except (ValueError, OSError, IndexError, KeyError) as exc:
-        raise ModelFormatError(f"{path} is not a readable GGUF file ({exc})") from None
+    for w in validate_gguf(path).warnings:  # bounds, layout and vocabulary, before any offset is trusted
+        warn(f"{path.name}: {w}")
+    with open_gguf(path) as f:
+        kv = {k: f.value(k) for k in f.meta.kv if not k.startswith("tokenizer.")}
+        tensors = {t.name: t for t in f.tensors}
+        return kv, tensors, TensorData(path, f.meta.data_offset)
 
 
-def hf_config(spec: ArchSpec, kv: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+class TensorData:
+    """The tensor data section, mapped read-only; offsets come from a validated tensor table."""
+
+    def __init__(self, path: Path, data_offset: int):
+        self.mm = np.memmap(path, dtype=np.uint8, mode="r")
+        self.start = data_offset
+
+    def raw(self, t: TensorInfo) -> np.ndarray:
+        """The stored bytes, (*reversed(shape[1:]), bytes per row): the layout gguf.quants.dequantize takes."""
+        block, type_size = gguf.GGML_QUANT_SIZES[t.ggml_type]
+        begin = self.start + t.offset
+        return self.mm[begin : begin + t.nbytes].reshape(*reversed(t.shape[1:]), t.shape[0] // block * type_size)
+
+    def floats(self, t: TensorInfo) -> np.ndarray:
+        """(reversed(shape)) float32."""
+        return gguf.quants.dequantize(self.raw(t), t.ggml_type)
+
+
+def hf_config(spec: ArchSpec, kv: dict[str, Any], tensors: dict[str, TensorInfo], data: TensorData) -> dict[str, Any]:
     config = spec.config_from_gguf(kv)
     embd = tensors.get(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + ".weight")
     if "vocab_size" not in config and embd is not None:
         config["vocab_size"] = int(embd.shape[-1])  # gguf shapes are (n_embd, n_vocab)
     config["tie_word_embeddings"] = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight" not in tensors
-    generated = {n: np.asarray(t.data) for n, t in tensors.items() if n.startswith(GENERATED)}
+    generated = {n: data.floats(t) for n, t in tensors.items() if n.startswith(GENERATED)}
     for name in sorted(set(generated) - set(spec.tensors_to_config(generated, config))):
         warn(
             f"{name} is derived from rope scaling settings that GGUF does not keep; "
@@ -81,7 +102,7 @@ def hf_config(spec: ArchSpec, kv: dict[str, Any], tensors: dict[str, Any]) -> di
     return config
 
 
-def _entries(spec: ArchSpec, cfg: Any, tensors: dict[str, Any]) -> list[OutEntry]:
+def _entries(spec: ArchSpec, cfg: Any, tensors: dict[str, TensorInfo], data: TensorData) -> list[OutEntry]:
     names = spec.hf_names(cfg)
     out = []
     for name, t in tensors.items():
@@ -91,23 +112,23 @@ def _entries(spec: ArchSpec, cfg: Any, tensors: dict[str, Any]) -> list[OutEntry
             raise ModelFormatError(f"tensor {name!r} is not part of the {spec.model_type} layout; cannot unpack")
         hf_name, rule = names[name]
         shape = tuple(int(d) for d in reversed(t.shape))  # numpy order
-        dtype = KEEP.get(t.tensor_type, "F32")
-        out.append(OutEntry(hf_name, dtype, shape, _loader(t, shape, dtype, rule, cfg)))
+        dtype = KEEP.get(t.ggml_type, "F32")
+        out.append(OutEntry(hf_name, dtype, shape, _loader(data, t, shape, dtype, rule, cfg)))
     return out
 
 
-def _loader(t: Any, shape: tuple[int, ...], dtype: str, rule: Any, cfg: Any):
+def _loader(data: TensorData, t: TensorInfo, shape: tuple[int, ...], dtype: str, rule: Any, cfg: Any):
     def load() -> np.ndarray:
         if rule.transform is None and dtype != "F32":
-            raw = np.asarray(t.data).reshape(-1).view(np.uint8)  # the stored bytes, exact
+            raw = data.raw(t).reshape(-1)  # the stored bytes, exact
             return raw.view("<u2" if dtype == "BF16" else "<f2").reshape(shape)
-        data = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape)  # (GGUF layout) float32
+        values = data.floats(t).reshape(shape)  # (GGUF layout) float32
         if rule.transform is not None:
-            data = rule.transform.inverse(data, cfg)
+            values = rule.transform.inverse(values, cfg)
         if dtype == "F16":
-            return data.astype(np.float16)
+            return values.astype(np.float16)
         if dtype == "BF16":
-            return to_storage(data, Q.BF16)
-        return data.astype(np.float32)
+            return to_storage(values, Q.BF16)
+        return values.astype(np.float32)
 
     return load

@@ -74,7 +74,7 @@ def _category(name: str) -> str:
 
 def _quantizable(t: TensorInfo) -> bool:
     """tensor_allows_quantization: 2D+ weights that are not norms."""
-    return len(t.ne) >= 2 and t.name.endswith("weight") and "_norm.weight" not in t.name
+    return len(t.shape) >= 2 and t.name.endswith("weight") and "_norm.weight" not in t.name
 
 
 def _more_bits(i: int, n: int) -> bool:
@@ -144,7 +144,7 @@ def tensor_types(shape: ModelShape, ftype: str) -> list[tuple[TensorInfo, T]]:
 
     `AS_IS` keeps the types the GGUF header declares: what serving that very file costs."""
     if ftype == AS_IS:
-        return [(t, t.type) for t in shape.tensors]
+        return [(t, t.ggml_type) for t in shape.tensors]
     if ftype not in FTYPES:
         raise UnknownTypeError(f"unknown quantization type {ftype!r}; known: {', '.join(FTYPES)}")
     default = FTYPES[ftype]
@@ -152,12 +152,12 @@ def tensor_types(shape: ModelShape, ftype: str) -> list[tuple[TensorInfo, T]]:
     out = []
     for t in shape.tensors:
         if not _quantizable(t):
-            out.append((t, T.F32 if t.type in (T.F16, T.BF16, T.F32) else t.type))
+            out.append((t, T.F32 if t.ggml_type in (T.F16, T.BF16, T.F32) else t.ggml_type))
         elif default in (T.F32, T.F16, T.BF16):
             out.append((t, default))
         else:
-            new = _mix_type(ftype, _category(t.name), t.ne[0], shape, counters)
-            out.append((t, _fallback(new, t.ne[0])))
+            new = _mix_type(ftype, _category(t.name), t.shape[0], shape, counters)
+            out.append((t, _fallback(new, t.shape[0])))
     return out
 
 
@@ -184,7 +184,7 @@ def _sizes(shape: ModelShape, ftype: str) -> tuple[int, int, int]:
         total += size
         data += -(-size // GGUF_ALIGNMENT) * GGUF_ALIGNMENT
         is_lookup = t.name == f"{TOKEN_EMBD}.weight" and not shape.tied_embeddings
-        read += size // t.ne[1] if is_lookup else size
+        read += size // t.shape[1] if is_lookup else size
     return total, read, shape.header_bytes + data
 
 

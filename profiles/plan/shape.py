@@ -1,7 +1,8 @@
 """The shape of a model as the planner needs it, from an HF config.json or a GGUF header (no weights).
 
-Tensors are listed with GGUF names (gguf.TENSOR_NAMES) and ggml dimension order: ne[0] is the row
-length (the input dimension of a matmul), as llama.cpp sees them.
+Tensors are edge.formats.gguf.TensorInfo rows with GGUF names (gguf.TENSOR_NAMES) and ggml dimension
+order: shape[0] is the row length (the input dimension of a matmul), as llama.cpp sees them. An HF
+checkpoint's tensors are listed as the converter would write them (F16 for F16/BF16 weights).
 """
 
 from __future__ import annotations
@@ -11,25 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import ModelFormatError, UnsupportedArchitectureError
+from edge.formats.gguf import ArrayRef, GGUFFile, TensorInfo, open_gguf
 from edge.lightimport import gguf_constants
 
 gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 T = gguf.GGMLQuantizationType
 MT = gguf.MODEL_TENSOR
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    ne: tuple[int, ...]  # ggml order: (row length, rows, ...)
-    type: T = T.F16  # type in the source (F16 for an HF checkpoint converted at F16/BF16)
-
-    @property
-    def n_elements(self) -> int:
-        n = 1
-        for d in self.ne:
-            n *= d
-        return n
 
 
 @dataclass(frozen=True)
@@ -75,6 +63,7 @@ _HF_ARCHS = {
 _HF_ARCHS["gemma3"] = _HF_ARCHS["gemma3_text"]
 HEADER_BYTES_PER_TOKEN = 24  # vocabulary in the header: string + length (8) + score (4) + type (4), rough
 HEADER_FIXED = 64 * 1024  # other metadata, chat template, tensor infos
+MAX_LAYER_ARRAY = 1024  # per-layer arrays in a GGUF header (head counts, SWA pattern) are this short
 
 
 @dataclass
@@ -207,37 +196,21 @@ def read_hf_config(path: Path) -> ModelShape:
 
 
 def _gguf_fields(path: Path):
-    """(metadata dict, tensor infos, data offset) from the header; tensor data is never read.
+    """(metadata dict, tensor infos, data offset) through edge.formats.gguf's bounded reader.
 
-    Uses edge.formats.gguf's bounded reader (every length checked) for the key/values, then reads the
-    tensor infos that follow with the same reader. Long arrays (the vocabulary) come back as
-    ArrayInfo (type and count only)."""
-    from edge.formats import gguf as gguf_meta
-
-    with gguf_meta._mapped(path) as r:
-        meta = gguf_meta._read(r, tensors=False)
-        tensors = [_tensor_info(r) for _ in range(meta.tensor_count)]
-        align = int(meta.kv.get(gguf.Keys.General.ALIGNMENT, 32))
-        data_offset = -(-r.pos // align) * align
-    kv = {
-        k: (v.count if isinstance(v, gguf_meta.ArrayInfo) and k == gguf.Keys.Tokenizer.LIST else v)
-        for k, v in meta.kv.items()
-    }
-    return kv, tensors, data_offset
+    Short arrays of numbers come back decoded (per-layer values), the vocabulary as its token count,
+    other arrays as ArrayRef."""
+    with open_gguf(path) as f:
+        kv = {k: _short(f, k, v) for k, v in f.meta.kv.items()}
+        return kv, f.tensors, f.meta.data_offset
 
 
-def _tensor_info(r) -> TensorInfo:
-    """name: string | n_dims u32 | n_dims x u64 | ggml_type u32 | offset u64"""
-    name = r.string(1024, "tensor name")
-    n_dims = r.unpack("<I", name)
-    if not 0 < n_dims <= 4:
-        raise ModelFormatError(f"GGUF tensor {name} has {n_dims} dimensions; expected 1 to 4")
-    ne = tuple(r.unpack("<Q", name) for _ in range(n_dims))
-    type_id, _offset = r.unpack("<I", name), r.unpack("<Q", name)
-    try:
-        return TensorInfo(name, ne, T(type_id))
-    except ValueError:
-        raise ModelFormatError(f"GGUF tensor {name} has unknown ggml type {type_id}") from None
+def _short(f: GGUFFile, key: str, v):
+    if not isinstance(v, ArrayRef):
+        return v
+    if key == gguf.Keys.Tokenizer.LIST:
+        return v.count
+    return f.numbers(v) if v.count <= MAX_LAYER_ARRAY and v.item_type != gguf.GGUFValueType.STRING else v
 
 
 def shape_from_gguf(path: Path) -> ModelShape:
@@ -261,7 +234,7 @@ def shape_from_gguf(path: Path) -> ModelShape:
     hd_k = int(key(gguf.Keys.Attention.KEY_LENGTH, n_embd // n_head))
     names = {t.name for t in tensors}
     embd = next((t for t in tensors if t.name == gguf.TENSOR_NAMES[MT.TOKEN_EMBD] + ".weight"), None)
-    n_vocab = meta.get(gguf.Keys.Tokenizer.LIST) or (embd.ne[1] if embd else 0)
+    n_vocab = meta.get(gguf.Keys.Tokenizer.LIST) or (embd.shape[1] if embd else 0)
     n_swa = int(meta.get(gguf.Keys.Attention.SLIDING_WINDOW.format(arch=arch), 0) or 0)
     default_pattern = {"gemma2": 2, "gemma3": 6}.get(arch, 0)
     pattern = meta.get(gguf.Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch), default_pattern)
@@ -296,12 +269,12 @@ def _magic(path: Path) -> bytes:
 
 def shape_to_json(shape: ModelShape) -> dict:
     d = {f: getattr(shape, f) for f in shape.__dataclass_fields__ if f != "tensors"}
-    d["tensors"] = [[t.name, list(t.ne), int(t.type)] for t in shape.tensors]
+    d["tensors"] = [[t.name, list(t.shape), int(t.ggml_type), t.offset] for t in shape.tensors]
     return d
 
 
 def shape_from_json(d: dict) -> ModelShape:
-    tensors = tuple(TensorInfo(name, tuple(ne), T(kind)) for name, ne, kind in d["tensors"])
+    tensors = tuple(TensorInfo(name, tuple(ne), T(kind), *offset) for name, ne, kind, *offset in d["tensors"])
     return ModelShape(**{**d, "swa_layers": tuple(d["swa_layers"]), "tensors": tensors})
 
 

@@ -2,7 +2,7 @@
 
     load_vocab(src_dir, vocab_size=None) -> Vocab        (hf_read)
     add_vocab_to_gguf(writer, vocab)                      (gguf_io)
-    vocab_from_gguf(reader_or_path) -> Vocab              (gguf_io)
+    vocab_from_gguf(path) -> Vocab                        (gguf_io, through edge.formats.gguf)
     write_hf_tokenizer(vocab, out_dir)                    (hf_write)
 
 No torch/transformers/sentencepiece at import time: this is on the GGUF path.

@@ -8,8 +8,8 @@ import gguf
 import numpy as np
 
 from edge.errors import ModelFormatError
+from edge.formats.gguf import open_gguf
 
-from .gguf_meta import read_metadata
 from .model import BPE, SPECIAL_ROLES, SPM, Vocab
 from .safety import check_vocab
 
@@ -49,16 +49,10 @@ def add_vocab_to_gguf(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
         writer.add_chat_template(vocab.chat_template)
 
 
-def vocab_from_gguf(reader_or_path: gguf.GGUFReader | Path | str) -> Vocab:
-    """Read the vocabulary of a GGUF file (a path, or an already open GGUFReader)."""
-    if isinstance(reader_or_path, gguf.GGUFReader):
-        f = {
-            k: _field_value(v)
-            for k, v in reader_or_path.fields.items()
-            if k.startswith("tokenizer.") or k == gguf.Keys.General.NAME
-        }
-    else:
-        f = read_metadata(Path(reader_or_path))
+def vocab_from_gguf(path: Path | str) -> Vocab:
+    """Read the vocabulary of a GGUF file through edge.formats.gguf's bounded reader."""
+    with open_gguf(Path(path), tensors=False) as g:
+        f = {k: g.value(k) for k in g.meta.kv if k.startswith("tokenizer.") or k == gguf.Keys.General.NAME}
     model = _get(f, K.MODEL)
     if model not in (SPM, BPE):
         raise ModelFormatError(f"GGUF tokenizer model {model!r} is not supported (supported: {SPM!r}, {BPE!r})")
@@ -92,11 +86,3 @@ def _get(f: dict, key: str):
     if key not in f:
         raise ModelFormatError(f"GGUF file has no {key}: it carries no tokenizer")
     return f[key]
-
-
-def _field_value(field):
-    if field.types and field.types[0] == gguf.GGUFValueType.ARRAY:
-        if field.types[-1] == gguf.GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", errors="surrogateescape") for i in field.data]
-        return np.concatenate([field.parts[i] for i in field.data]) if field.data else np.empty(0)
-    return field.contents()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import BadRequestError, ModelFormatError, ModelNotFoundError
-from edge.formats.gguf import ArrayInfo, read_gguf_meta
+from edge.formats.gguf import ArrayRef, read_gguf_meta
 from edge.store import DEFAULT_NAME, ModelStore, bundled_models, canonical, name_from_file
 
 
@@ -193,7 +193,7 @@ def test_gguf_meta_of_the_bundled_models(smollm2_path, gemma3_path):
     s = read_gguf_meta(smollm2_path, tensors=True)
     assert (s.architecture, s.quantization, s.size_label) == ("llama", "Q4_1", "135M")
     assert 130e6 < s.parameter_count < 140e6
-    assert isinstance(s.kv["tokenizer.ggml.tokens"], ArrayInfo) and s.kv["tokenizer.ggml.tokens"].count == 49152
+    assert isinstance(s.kv["tokenizer.ggml.tokens"], ArrayRef) and s.kv["tokenizer.ggml.tokens"].count == 49152
     g = read_gguf_meta(gemma3_path)
     assert (g.architecture, g.quantization, g.chat_template) == ("gemma3", "Q4_K_M", None)
 

@@ -134,7 +134,7 @@ def test_bundled_types_and_size_exact_from_header(bundled):
     (SmolLM2's 576 and Gemma-3's 640 columns exercise llama.cpp's K-quant fallbacks)."""
     name, path = bundled
     shape = read_model_shape(path)
-    wrong = [(t.name, t.type.name, q.name) for t, q in tensor_types(shape, BUNDLED_TYPES[name]) if t.type != q]
+    wrong = [(t.name, t.type_name, q.name) for t, q in tensor_types(shape, BUNDLED_TYPES[name]) if t.ggml_type != q]
     assert wrong == []
     assert file_bytes(shape, BUNDLED_TYPES[name]) == path.stat().st_size
 

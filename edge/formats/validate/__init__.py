@@ -1,7 +1,7 @@
 """Bounded validation of model files before anything loads them.
 
-`validate_gguf(path)` reads the header and tensor table of a GGUF file with every length checked
-against caps and the remaining bytes first, and refuses (ModelFormatError) anything llama.cpp would
+`validate_gguf(path)` reads the header and tensor table of a GGUF file through edge.formats.gguf's
+bounded reader, and refuses (ModelFormatError) anything llama.cpp would
 refuse, crash or abort on, including vocabularies that kill its tokenizer on ordinary input.
 `validate_onnx_folder(dir)` refuses ONNX external-data locations that leave the model folder.
 """

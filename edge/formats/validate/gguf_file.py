@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import ModelFormatError
-from edge.formats.gguf import _mapped
-from edge.formats.validate.gguf_kv import read_header
-from edge.formats.validate.gguf_tensors import check_layout, data_start, read_tensor_infos
+from edge.formats.gguf import GGUFFile, open_gguf
+from edge.formats.validate.gguf_kv import check_key_types
+from edge.formats.validate.gguf_tensors import check_layout, check_tensors
 from edge.formats.validate.gguf_vocab import check_vocab
 from edge.lightimport import gguf_constants
 
@@ -43,32 +43,25 @@ def validate_gguf(path: Path) -> GGUFSummary:
     if path.is_dir():
         raise ModelFormatError(f"{path} is a folder, not a GGUF file")
     try:
-        with _mapped(path) as r:
-            return _validate(path, r)
+        with open_gguf(path) as f:  # the bounded reader: header, key/values and tensor table
+            return _validate(f)
     except ModelFormatError as e:
         raise ModelFormatError(f"{path.name}: {e.message}") from None
 
 
-def _validate(path: Path, r) -> GGUFSummary:
-    h = read_header(r)
-    tensors = read_tensor_infos(r, h.n_tensors)
-    start = data_start(r.pos, h.alignment, h.n_tensors)
-    data_size = check_layout(tensors, start, r.size, h.alignment)
-    arch = h.kv.get(gguf.Keys.General.ARCHITECTURE)
+def _validate(f: GGUFFile) -> GGUFSummary:
+    meta = f.meta
+    check_key_types(meta)
+    check_tensors(f.tensors)
+    data_size = check_layout(f.tensors, meta.data_offset, f.size, meta.alignment)
+    arch = meta.kv.get(gguf.Keys.General.ARCHITECTURE)
     if not isinstance(arch, str) or not arch:
         raise ModelFormatError(f"GGUF file has no {gguf.Keys.General.ARCHITECTURE}; llama.cpp cannot load it")
-    vocab = check_vocab(r, h, tensors)
+    vocab = check_vocab(f)
     return GGUFSummary(
-        path=path, file_size=r.size, version=h.version, n_kv=len(h.kv), n_tensors=h.n_tensors,
-        alignment=h.alignment, data_offset=start, data_size=data_size, architecture=arch,
+        path=f.path, file_size=f.size, version=meta.version, n_kv=len(meta.kv), n_tensors=meta.tensor_count,
+        alignment=meta.alignment, data_offset=meta.data_offset, data_size=data_size, architecture=arch,
         tokenizer_model=vocab.model, tokenizer_pre=vocab.pre, n_vocab=vocab.size,
-        parameter_count=sum(_elements(t.shape) for t in tensors),
-        tensor_types=dict(Counter(t.type_name for t in tensors)), warnings=vocab.warnings,
+        parameter_count=meta.parameter_count or 0,
+        tensor_types=dict(Counter(t.type_name for t in f.tensors)), warnings=vocab.warnings,
     )  # fmt: skip
-
-
-def _elements(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -18,17 +18,15 @@ Checked (each a load failure or a process abort in llama.cpp 0c1e570, src/llama-
 from __future__ import annotations
 
 import array
-import struct
 from dataclasses import dataclass
 
 from edge.errors import ModelFormatError
-from edge.formats.gguf import VT, _Reader
+from edge.formats.gguf import ArrayRef, GGUFFile, GGUFMeta, TensorInfo, ValueType
 from edge.formats.validate import llama_vocab_names as names
-from edge.formats.validate.gguf_kv import ArrayRef, Header
-from edge.formats.validate.gguf_tensors import TensorInfo
 from edge.lightimport import gguf_constants
 
 gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
+VT = ValueType
 
 MAX_TOKEN_BYTES = 1 << 16
 K = gguf.Keys.Tokenizer
@@ -50,7 +48,8 @@ class Vocab:
     warnings: tuple[str, ...] = ()
 
 
-def check_vocab(r: _Reader, h: Header, tensors: list[TensorInfo]) -> Vocab:
+def check_vocab(f: GGUFFile) -> Vocab:
+    h = f.meta
     model = _string_key(h, K.MODEL, required=True)
     if model not in names.TOKENIZER_MODELS:
         raise ModelFormatError(
@@ -59,21 +58,21 @@ def check_vocab(r: _Reader, h: Header, tensors: list[TensorInfo]) -> Vocab:
     pre = _pre(h, model)
     if model in names.NO_VOCAB:
         return Vocab(model, pre, 0)
-    tokens = _tokens(r, h)
-    types = _token_types(r, h, len(tokens))
+    tokens = _tokens(f)
+    types = _token_types(f, len(tokens))
     _check_scores(h, len(tokens))
     _check_byte_tokens(tokens, types, model)
     _check_coverage(tokens, model, pre)
     if model in names.BPE_MODELS and pre != "kimi-k2":
-        _check_merges(r, h)
+        _check_merges(f)
     _check_special_ids(h, model, pre, len(tokens))
-    _check_embedding(h, tensors, len(tokens))
+    _check_embedding(h, f.tensors, len(tokens))
     missing = missing_byte_chars(tokens, model, pre)
     warn = f"byte-level BPE vocabulary cannot spell {len(missing)} bytes ({', '.join(f'0x{b:02X}' for b in missing)}); llama.cpp drops them from prompts"
     return Vocab(model, pre, len(tokens), (warn,) if missing else ())
 
 
-def _string_key(h: Header, key: str, required: bool = False) -> str:
+def _string_key(h: GGUFMeta, key: str, required: bool = False) -> str:
     if key not in h.kv:
         if required:
             raise ModelFormatError(
@@ -85,7 +84,7 @@ def _string_key(h: Header, key: str, required: bool = False) -> str:
     return h.kv[key]
 
 
-def _pre(h: Header, model: str) -> str:
+def _pre(h: GGUFMeta, model: str) -> str:
     pre = _string_key(h, K.PRE)
     if model in names.BPE_MODELS and model != "gemma4" and pre and pre not in names.PRE_TOKENIZERS:
         raise ModelFormatError(
@@ -95,7 +94,7 @@ def _pre(h: Header, model: str) -> str:
     return "gemma4" if model == "gemma4" else pre
 
 
-def _array(h: Header, key: str, item_types: set[int], what: str) -> ArrayRef | None:
+def _array(h: GGUFMeta, key: str, item_types: set[int], what: str) -> ArrayRef | None:
     if key not in h.kv:
         return None
     ref = h.kv[key]
@@ -104,39 +103,11 @@ def _array(h: Header, key: str, item_types: set[int], what: str) -> ArrayRef | N
     return ref
 
 
-def read_strings(r: _Reader, ref: ArrayRef, key: str) -> list[str]:
-    """The items of a string array (its bounds were checked by the key/value walk), each capped and UTF-8."""
-    blob = bytes(r.buf[ref.offset : ref.end])  # the array's bytes, already known to be inside the file
-    u64, pos, out = struct.Struct("<Q").unpack_from, 0, []
-    append = out.append
-    for _ in range(ref.count):  # hot loop (262k tokens for Gemma-3): kept minimal
-        (n,) = u64(blob, pos)
-        pos += 8
-        if n > MAX_TOKEN_BYTES:
-            raise ModelFormatError(f"GGUF {key}[{len(out)}] is {n} bytes long; the limit is {MAX_TOKEN_BYTES}")
-        append(blob[pos : pos + n])
-        pos += n
-    try:  # one decode for all: NUL ends any unfinished UTF-8 sequence, so each item is checked on its own
-        texts = b"\x00".join(out).decode().split("\x00")
-        return texts if len(texts) == len(out) else [t.decode() for t in out]  # some item holds a NUL
-    except UnicodeDecodeError:
-        bad = next(i for i, t in enumerate(out) if not _utf8(t))
-        raise ModelFormatError(f"GGUF {key}[{bad}] is not valid UTF-8") from None
-
-
-def _utf8(b: bytes) -> bool:
-    try:
-        b.decode()
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
-def _tokens(r: _Reader, h: Header) -> list[str]:
-    ref = _array(h, K.LIST, {VT.STRING}, "strings")
+def _tokens(f: GGUFFile) -> list[str]:
+    ref = _array(f.meta, K.LIST, {VT.STRING}, "strings")
     if ref is None or ref.count == 0:
         raise ModelFormatError(f"GGUF file has no {K.LIST}: the vocabulary is missing; convert the model again")
-    tokens = read_strings(r, ref, K.LIST)
+    tokens = f.strings(ref, K.LIST, MAX_TOKEN_BYTES)
     texts = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)] if "" in tokens else tokens  # llama.cpp's name for ""
     if len(set(texts)) != len(texts):
         seen: dict[str, int] = {}
@@ -149,21 +120,21 @@ def _tokens(r: _Reader, h: Header) -> list[str]:
     return tokens
 
 
-def _token_types(r: _Reader, h: Header, n: int) -> array.array | None:
-    ref = _array(h, K.TOKEN_TYPE, {VT.INT32}, "i32")
+def _token_types(f: GGUFFile, n: int) -> array.array | None:
+    ref = _array(f.meta, K.TOKEN_TYPE, {VT.INT32}, "i32")
     if ref is None:
         return None
     if ref.count != n:
         raise ModelFormatError(f"GGUF {K.TOKEN_TYPE} has {ref.count} items for {n} tokens")
     types = array.array("i")  # (n_vocab,)
-    types.frombytes(r.buf[ref.offset : ref.offset + 4 * n])
+    types.frombytes(f.buf[ref.offset : ref.offset + 4 * n])
     bad = next((i for i, t in enumerate(types) if not 1 <= t <= BYTE), None)
     if bad is not None:
         raise ModelFormatError(f"GGUF {K.TOKEN_TYPE}[{bad}] is {types[bad]}; valid token types are 1..6")
     return types
 
 
-def _check_scores(h: Header, n: int) -> None:
+def _check_scores(h: GGUFMeta, n: int) -> None:
     ref = _array(h, K.SCORES, {VT.FLOAT32, VT.INT32}, "f32 or i32")
     if ref is not None and ref.count != n:
         raise ModelFormatError(f"GGUF {K.SCORES} has {ref.count} items for {n} tokens")
@@ -213,17 +184,17 @@ def missing_byte_chars(tokens: list[str], model: str, pre: str) -> list[int]:
     return [b for b, c in bytes_to_unicode().items() if c not in have]
 
 
-def _check_merges(r: _Reader, h: Header) -> None:
-    ref = _array(h, K.MERGES, {VT.STRING}, "strings")
+def _check_merges(f: GGUFFile) -> None:
+    ref = _array(f.meta, K.MERGES, {VT.STRING}, "strings")
     if ref is None:
         raise ModelFormatError(f"GGUF BPE vocabulary has no {K.MERGES}; llama.cpp cannot load it")
-    for i, m in enumerate(read_strings(r, ref, K.MERGES)):
+    for i, m in enumerate(f.strings(ref, K.MERGES, MAX_TOKEN_BYTES)):
         cut = m.find(" ", 1)
         if cut < 0 or cut == len(m) - 1 or " " in m[cut + 1 :]:
             raise ModelFormatError(f"GGUF {K.MERGES}[{i}] is {m!r}, not a 'left right' pair")
 
 
-def _check_special_ids(h: Header, model: str, pre: str, n: int) -> None:
+def _check_special_ids(h: GGUFMeta, model: str, pre: str, n: int) -> None:
     ids = {}
     for key in SPECIAL_ID_KEYS:
         if key not in h.kv:
@@ -257,7 +228,7 @@ def _check_special_ids(h: Header, model: str, pre: str, n: int) -> None:
             )
 
 
-def _flag(h: Header, key: str, default: bool) -> bool:
+def _flag(h: GGUFMeta, key: str, default: bool) -> bool:
     if key not in h.kv:
         return default
     if h.types[key] != VT.BOOL:
@@ -265,7 +236,7 @@ def _flag(h: Header, key: str, default: bool) -> bool:
     return bool(h.kv[key])
 
 
-def _check_embedding(h: Header, tensors: list[TensorInfo], n: int) -> None:
+def _check_embedding(h: GGUFMeta, tensors: tuple[TensorInfo, ...], n: int) -> None:
     arch = h.kv.get(gguf.Keys.General.ARCHITECTURE)
     size_key = gguf.Keys.LLM.VOCAB_SIZE.format(arch=arch)
     if isinstance(arch, str) and size_key in h.kv and h.kv[size_key] != n:
