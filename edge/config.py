@@ -20,6 +20,12 @@ DEFAULT_HOST = "127.0.0.1"  # loopback only, as llama-server; expose on purpose 
 DEFAULT_PORT = 11434  # Ollama's port: Ollama clients and `curl localhost:11434/api/generate` work unchanged
 
 
+def edge_home(env: Mapping[str, str] | None = None) -> Path:
+    """edge's folder (models/, aliases.toml, cache/, install slots): $EDGE_HOME, else ~/.edge."""
+    home = (os.environ if env is None else env).get("EDGE_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".edge"
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
