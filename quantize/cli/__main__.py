@@ -1,0 +1,5 @@
+"""`python -m quantize.cli`: the same as the `edge-quantize` command."""
+
+from quantize.cli import main
+
+main()
