@@ -1,4 +1,4 @@
-"""Measured quality of quantized variants against a reference: KL divergence, perplexity, top token.
+"""The ladder run: one reference and any number of variants, measured on the same chunks -> the report.
 
 Same method and chunking as `llama-perplexity --kl-divergence` (tools/perplexity in llama.cpp), so
 the figures can be checked against it:
@@ -16,381 +16,29 @@ to a temporary file (16-bit codes over the top 16 nats of each row, plus a float
 minimum: llama.cpp's own --kl-divergence-base layout per row). Each variant then runs chunk by chunk
 and reads back only the matching chunk: at most one chunk of the reference is ever in memory.
 
-Logits come from llama.cpp's low-level API: one llama_batch per chunk with the logits flag set only
-on the scored half, read with llama_get_logits. Variants are anything with the LogitsModel shape
-(GGUF here; an ONNX model can join the same table by implementing it).
+Variants are anything with the LogitsModel shape (models.py: GGUF files and ONNX folders). The
+pieces: text.py (which text, chunks), models.py (logits), metrics.py (the figures and the spill),
+report.py (the tables and files); this module only runs them in order.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from edge.errors import BadRequestError, EdgeError, ModelFormatError, NotFoundError
-
-MIN_LOG_PROB = -16.0  # llama.cpp ignores reference probabilities below e^-16 in the KL sum
-CODE_MAX = 65535.0  # 16-bit codes for log-probabilities in [max-16, max]
-ROW_BLOCK = 32  # rows of logits turned into log-softmax at once (bounds float64 temporaries)
-SPEED_PROMPT, SPEED_GEN = 128, 32  # tokens for the prompt and generation speed figures (as llama-bench pp/tg)
-
-# -- evaluation text ---------------------------------------------------------------------------
-
-DEBIAN_GPL3 = Path("/usr/share/common-licenses/GPL-3")
-# Fallbacks, in order: license texts shipped inside installed Python distributions (they are on
-# every machine that can run edge-quantize). Long ones first: the text must fill >= 2 chunks.
-PACKAGE_LICENSES = (
-    ("numpy", "LICENSE.txt"),
-    ("torch", "LICENSE"),
-    ("llama_cpp_python", "LICENSE.md"),
-    ("rich", "LICENSE"),
-    ("typer", "LICENSE"),
-)
-DEFAULT_TEXT_CHAIN = (
-    "Debian's /usr/share/common-licenses/GPL-3, else the longest license text shipped "
-    "by one of the installed packages " + ", ".join(p for p, _ in PACKAGE_LICENSES)
-)
-
-
-@dataclass(frozen=True)
-class EvalText:
-    path: Path
-    origin: str  # "--eval-text", "debian common-licenses", "package <name>"
-    sha256: str
-    size_bytes: int
-
-    @classmethod
-    def from_file(cls, path: Path, origin: str) -> EvalText:
-        path = Path(path)
-        if not path.is_file():
-            raise NotFoundError(f"evaluation text {path} does not exist: give a UTF-8 text file with --eval-text")
-        data = path.read_bytes()
-        return cls(path, origin, hashlib.sha256(data).hexdigest(), len(data))
-
-    def read(self) -> bytes:
-        """The text as llama-perplexity -f reads it (one trailing newline dropped)."""
-        data = self.path.read_bytes()
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadRequestError(f"evaluation text {self.path} is not UTF-8 ({exc}); convert it first") from None
-        return data[:-1] if data.endswith(b"\n") else data
-
-
-def default_eval_text() -> EvalText:
-    """A text that ships with the machine or a dependency (see DEFAULT_TEXT_CHAIN)."""
-    if DEBIAN_GPL3.is_file():
-        return EvalText.from_file(DEBIAN_GPL3, "debian common-licenses (GPL-3)")
-    found: list[tuple[int, Path, str]] = []
-    for dist_name, file_name in PACKAGE_LICENSES:
-        try:
-            files = importlib.metadata.distribution(dist_name).files or []
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        for f in files:
-            if f.name == file_name:
-                path = Path(f.locate())
-                if path.is_file():
-                    found.append((path.stat().st_size, path, f"package {dist_name} ({file_name})"))
-    if not found:
-        raise NotFoundError(
-            f"no default evaluation text found (looked for {DEFAULT_TEXT_CHAIN}); give one with --eval-text FILE"
-        )
-    _, path, origin = max(found, key=lambda x: x[0])
-    return EvalText.from_file(path, origin)
-
-
-# -- models that give logits ---------------------------------------------------------------------
-
-
-class LogitsModel(Protocol):
-    n_vocab: int
-    n_params: int
-
-    def tokenize(self, text: bytes) -> np.ndarray: ...  # (n_tokens,) int32
-
-    def chunk_logits(self, tokens: np.ndarray, first: int) -> np.ndarray: ...  # (ctx - first, n_vocab) f32
-
-    def speed(self, tokens: np.ndarray) -> tuple[float, float]: ...  # prompt, generation tokens/s
-
-    def close(self) -> None: ...
-
-
-class GgufModel:
-    """A GGUF file in llama.cpp with one context of `ctx` tokens, decoded one chunk per llama_batch."""
-
-    def __init__(self, path: Path, ctx: int, n_threads: int | None = None, cb_eval=None):
-        import llama_cpp as L
-
-        self.L, self.path = L, Path(path)
-        L.llama_backend_init()
-        mparams = L.llama_model_default_params()
-        self.model = L.llama_model_load_from_file(os.fsencode(self.path), mparams)
-        if not self.model:
-            raise ModelFormatError(f"llama.cpp could not load {path}; check that it is a complete GGUF model")
-        self.vocab = L.llama_model_get_vocab(self.model)
-        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self.n_params = int(L.llama_model_n_params(self.model))
-        cparams = L.llama_context_default_params()
-        cparams.n_ctx = cparams.n_batch = ctx
-        cparams.n_ubatch = min(ctx, 512)
-        cparams.n_seq_max = 1
-        cparams.n_threads = cparams.n_threads_batch = n_threads or os.cpu_count() or 1
-        cparams.no_perf = True
-        if cb_eval is not None:
-            cparams.cb_eval, cparams.cb_eval_user_data = cb_eval, None
-        self.ctx = L.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            L.llama_model_free(self.model)
-            raise EdgeError(
-                f"llama.cpp could not create a context of {ctx} tokens for {path}; try a smaller --eval-ctx"
-            )
-        self.n_ctx = ctx
-        self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
-        self.bos = L.llama_vocab_bos(self.vocab)
-        self.batch = L.llama_batch_init(ctx, 0, 1)
-
-    def tokenize(self, text: bytes) -> np.ndarray:
-        n_max = len(text) + 16
-        buf = (self.L.llama_token * n_max)()
-        n = self.L.llama_tokenize(self.vocab, text, len(text), buf, n_max, True, False)
-        if n < 0:
-            raise EdgeError(f"tokenizing the evaluation text failed (needs {-n} tokens)")
-        return np.ctypeslib.as_array(buf)[:n].astype(np.int32)  # (n,)
-
-    def _decode(self, tokens: np.ndarray, first: int) -> int:
-        """Decode tokens at positions 0.. with logits for positions >= first; returns the output count."""
-        L, b = self.L, self.batch
-        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
-        n = len(tokens)
-        for i in range(n):
-            b.token[i] = int(tokens[i])
-            b.pos[i] = i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = i >= first
-        b.n_tokens = n
-        rc = L.llama_decode(self.ctx, b)
-        if rc != 0:
-            raise EdgeError(f"llama_decode failed with code {rc} on {self.path.name}")
-        return n - first
-
-    def chunk_logits(self, tokens: np.ndarray, first: int) -> np.ndarray:
-        n_out = self._decode(tokens, first)
-        ptr = self.L.llama_get_logits(self.ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).copy()  # (ctx - first, n_vocab)
-
-    def speed(self, tokens: np.ndarray) -> tuple[float, float]:
-        """Prompt tokens/s (one batch of SPEED_PROMPT) and generation tokens/s (greedy, SPEED_GEN steps)."""
-        L = self.L
-        prompt = tokens[: min(SPEED_PROMPT, self.n_ctx - SPEED_GEN - 1)]
-        self._decode(prompt[:8], len(prompt[:8]) - 1)  # warm-up
-        t0 = time.perf_counter()
-        self._decode(prompt, len(prompt) - 1)
-        pp = len(prompt) / (time.perf_counter() - t0)
-        sampler = L.llama_sampler_init_greedy()
-        try:
-            one = L.llama_batch_get_one
-            pos, t0 = len(prompt), time.perf_counter()
-            for _ in range(SPEED_GEN):
-                tok = (L.llama_token * 1)(L.llama_sampler_sample(sampler, self.ctx, -1))
-                if L.llama_decode(self.ctx, one(tok, 1)) != 0:
-                    raise EdgeError(f"llama_decode failed while timing generation on {self.path.name}")
-                pos += 1
-            tg = SPEED_GEN / (time.perf_counter() - t0)
-        finally:
-            L.llama_sampler_free(sampler)
-        return pp, tg
-
-    def close(self) -> None:
-        if getattr(self, "ctx", None):
-            self.L.llama_batch_free(self.batch)
-            self.L.llama_free(self.ctx)
-            self.L.llama_model_free(self.model)
-            self.ctx = None
-
-    def __enter__(self) -> GgufModel:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class OnnxModel:
-    """An edge-quantize ONNX folder in onnxruntime, through the runtime's own batcher (edge.engine.onnx.backend)."""
-
-    def __init__(self, folder: Path, ctx: int, n_threads: int | None = None):
-        from edge.engine.onnx.backend import OnnxBatcher
-
-        self.path = Path(folder)
-        self.b = OnnxBatcher(self.path, n_ctx=ctx, n_parallel=1, n_threads=n_threads or os.cpu_count() or 1)
-        if self.b.n_ctx < ctx:
-            raise BadRequestError(f"{folder} holds {self.b.n_ctx} positions, fewer than --eval-ctx {ctx}")
-        self.n_vocab = self.b.n_vocab
-        self.n_params = int(self.b.m.get("parameter_count") or 0)
-        self.n_ctx = ctx
-
-    def tokenize(self, text: bytes) -> np.ndarray:
-        return np.asarray(self.b.vocab.tokenize(text.decode("utf-8", "replace"), True), dtype=np.int32)
-
-    def chunk_logits(self, tokens: np.ndarray, first: int) -> np.ndarray:
-        return self.b.logits_all(0, [int(t) for t in tokens], 0)[first:]  # (ctx - first, n_vocab)
-
-    def speed(self, tokens: np.ndarray) -> tuple[float, float]:
-        """As GgufModel.speed: one prompt batch, then greedy single-token steps on the KV cache."""
-        prompt = [int(t) for t in tokens[: min(SPEED_PROMPT, self.n_ctx - SPEED_GEN - 1)]]
-        self.b.logits_all(0, prompt[:8], 0)  # warm-up
-        t0 = time.perf_counter()
-        last = self.b.logits_all(0, prompt, 0)[-1]
-        pp = len(prompt) / (time.perf_counter() - t0)
-        pos, t0 = len(prompt), time.perf_counter()
-        for _ in range(SPEED_GEN):
-            [row] = self.b.decode([(0, [int(np.argmax(last))], pos, True)])
-            last, pos = self.b._rows[row], pos + 1
-        return pp, SPEED_GEN / (time.perf_counter() - t0)
-
-    def close(self) -> None:
-        self.b.free()
-
-
-def open_model(path: Path, ctx: int, n_threads: int | None = None) -> LogitsModel:
-    """A GGUF file (llama.cpp) or an edge-quantize ONNX folder (onnxruntime)."""
-    path = Path(path)
-    if not path.exists():
-        raise NotFoundError(f"{path} does not exist")
-    if path.is_dir() and (path / "model.onnx").is_file():
-        return OnnxModel(path, ctx, n_threads)
-    if path.is_file():
-        with open(path, "rb") as f:
-            magic = f.read(4)
-        if magic == b"GGUF":
-            return GgufModel(path, ctx, n_threads)
-    raise ModelFormatError(f"{path} is neither a GGUF file nor an ONNX model folder written by edge-quantize")
-
-
-# -- chunking and the math -----------------------------------------------------------------------
-
-
-def chunks(tokens: np.ndarray, ctx: int, bos: int | None) -> Iterator[np.ndarray]:
-    """Consecutive ctx-token chunks (tail dropped); the first token of each is BOS when given."""
-    for i in range(len(tokens) // ctx):
-        chunk = tokens[i * ctx : (i + 1) * ctx].copy()  # (ctx,)
-        if bos is not None:
-            chunk[0] = bos
-        yield chunk
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """(rows, n_vocab) f32 -> (rows, n_vocab) f64 log-probabilities."""
-    x = logits.astype(np.float64)
-    x -= x.max(axis=1, keepdims=True)
-    x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
-    return x
-
-
-def encode_rows(logp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, V) log-probs -> header (rows, 2) f32 [scale, min] and codes (rows, V) u16 over [max-16, max]."""
-    top = logp.max(axis=1)
-    low = np.maximum(logp.min(axis=1), top + MIN_LOG_PROB)
-    scale = ((top - low) / CODE_MAX).astype(np.float32)
-    safe = np.where(scale > 0, scale, 1.0)[:, None]
-    codes = np.where(logp > low[:, None], np.rint((logp - low[:, None]) / safe), 0)
-    codes[scale == 0] = 0
-    return np.stack([scale, low.astype(np.float32)], axis=1), codes.astype(np.uint16)
-
-
-def decode_rows(header: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Inverse of encode_rows: (rows, V) f64 log-probs (entries below max-16 come back as the minimum)."""
-    return header[:, :1].astype(np.float64) * codes + header[:, 1:2].astype(np.float64)
-
-
-@dataclass
-class Stats:
-    """Per-token figures of one variant (or the reference alone), accumulated chunk by chunk."""
-
-    nll: list[np.ndarray] = field(default_factory=list)  # (n,) f64 per chunk
-    nll_ref: list[np.ndarray] = field(default_factory=list)
-    kld: list[np.ndarray] = field(default_factory=list)
-    same_top: list[np.ndarray] = field(default_factory=list)  # (n,) bool
-
-    def add(self, **parts: np.ndarray) -> None:
-        for key, value in parts.items():
-            getattr(self, key).append(value)
-
-    def summary(self) -> dict:
-        nll = np.concatenate(self.nll)
-        out = {"tokens": int(nll.size), "ppl": float(np.exp(nll.mean()))}
-        if self.kld:
-            kld, ref = np.concatenate(self.kld), np.concatenate(self.nll_ref)
-            ppl_ref = float(np.exp(ref.mean()))
-            out.update(
-                kld_mean=float(kld.mean()),
-                kld_p99=float(np.percentile(kld, 99)),
-                kld_max=float(kld.max()),
-                same_top_pct=float(100 * np.concatenate(self.same_top).mean()),
-                ppl_ref=ppl_ref,
-                ppl_delta_pct=100 * (out["ppl"] / ppl_ref - 1),
-            )
-        return out
-
-
-def score_rows(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n, V) logits of the scored rows, (n,) targets -> log-probs (n, V) f64, nll (n,), argmax (n,)."""
-    logp = log_softmax(logits)
-    return logp, -logp[np.arange(len(targets)), targets], logits.argmax(axis=1)
-
-
-# -- the reference spill -------------------------------------------------------------------------
-
-
-class ReferenceSpill:
-    """The reference's rows on disk, one record per scored token: llama.cpp's 16-bit log-prob codes
-    (scale, min, codes) plus the exact nll and argmax. Chunk i is rows [i*rows, (i+1)*rows)."""
-
-    def __init__(self, folder: Path | None, n_vocab: int, rows_per_chunk: int):
-        self.n_vocab, self.rows = n_vocab, rows_per_chunk
-        self.dtype = np.dtype(
-            [("header", np.float32, 2), ("codes", np.uint16, n_vocab), ("nll", np.float64), ("top", np.int32)]
-        )  # packed, no padding
-        fd, name = tempfile.mkstemp(prefix=".edge-eval-ref-", suffix=".bin", dir=folder)
-        os.close(fd)
-        self.path = Path(name)
-
-    def append(self, logp: np.ndarray, nll: np.ndarray, top: np.ndarray) -> None:
-        rec = np.empty(len(nll), self.dtype)  # (rows,) records
-        rec["header"], rec["codes"] = encode_rows(logp)
-        rec["nll"], rec["top"] = nll, top
-        with open(self.path, "ab") as f:
-            rec.tofile(f)
-
-    def read(self, i: int) -> np.ndarray:
-        with open(self.path, "rb") as f:
-            f.seek(i * self.rows * self.dtype.itemsize)
-            rec = np.fromfile(f, self.dtype, self.rows)
-        if len(rec) != self.rows:
-            raise EdgeError(f"the reference spill {self.path} is truncated (disk full?)")
-        return rec
-
-    def close(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def kl_rows(header: np.ndarray, codes: np.ndarray, logq: np.ndarray) -> np.ndarray:
-    """KL(ref || variant) per row, over entries whose reference log-prob is above -16 (as llama.cpp)."""
-    logp = decode_rows(header, codes)  # (n, V)
-    keep = logp > MIN_LOG_PROB
-    return np.where(keep, np.exp(logp) * (logp - logq), 0.0).sum(axis=1)
-
-
-# -- the evaluation ---------------------------------------------------------------------------------
+from edge.errors import BadRequestError, ModelFormatError
+from edge.fsio import temp_name
+
+from .metrics import ROW_BLOCK, ReferenceSpill, Stats, kl_rows, score_rows
+from .models import LogitsModel, OnnxModel, open_model
+from .report import Report, Row, source_notes
+from .text import DEFAULT_TEXT_CHAIN, EvalText, chunks
+
+# -- one reference, many variants -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -596,7 +244,6 @@ def run_ladder(
     progress: Progress | None = None,
 ) -> dict:
     """Evaluate every variant against the reference; the report as JSON (report.schema.json)."""
-    from .report import Report, Row, source_notes
 
     def row(a: Artifact, fig: VariantFigures, without: dict | None = None) -> Row:
         onnx = a.path.is_dir()
@@ -653,6 +300,7 @@ def run_ladder(
             source=source,
             source_type=source_type,
             notes=notes,
+            text_chain=DEFAULT_TEXT_CHAIN,
         )
         return rep.to_json()
 
@@ -664,11 +312,10 @@ def ladder_hook(
 
     The types quantized with an importance matrix are also quantized without it (temporary files,
     removed afterwards) so the report shows both figures."""
-    from .gguf_out import TMP_PREFIX
-    from .quantizer import TYPES, quantize_file
+    from ..quantizer import TYPES, quantize_file
 
     def after(quantized_from: Path, results: list, matrix, bars) -> None:
-        from .progress import llama_log_to
+        from ..progress import llama_log_to
 
         with llama_log_to(bars, None):
             _after(quantized_from, results, matrix, bars)
@@ -695,7 +342,7 @@ def ladder_hook(
                 if a == reference:
                     continue
                 if a.imatrix and not TYPES[a.type].needs_imatrix:
-                    tmp = Path(folder) / f"{TMP_PREFIX}noimatrix-{name}-{a.type.lower()}.gguf"
+                    tmp = temp_name(Path(folder) / f"{name}-{a.type.lower()}.gguf", "noimatrix-")
                     temps.append(tmp)
                     quantize_file(
                         Path(quantized_from), tmp, TYPES[a.type], force=True, allow_requantize=Path(source).is_file()
