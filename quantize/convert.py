@@ -11,7 +11,6 @@ outputs) before the first byte is written.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,7 +29,7 @@ from .archs.base import PlannedTensor
 from .checkpoint import Checkpoint
 from .gguf_out import OutTensor, to_storage, write_gguf
 from .imatrix import Imatrix, compute_imatrix, quantize_with_imatrix
-from .outputs import OutputPlan, gguf_path, plan
+from .outputs import OutputPlan, gguf_path, plan, read_config
 from .progress import Bars, Fallback, llama_log_to, warn
 from .quantizer import QuantType, intermediate_type, quantize_file
 
@@ -150,8 +149,9 @@ def _from_hf(
 ) -> list[ConvertResult]:
     from . import vocab as vocab_mod  # owned by the vocab stream; imported only for HF sources
 
-    spec = get_arch(_read_config(src).get("model_type"))
-    cfg = spec.load_config(_read_config(src))
+    config = read_config(src)
+    spec = get_arch(config.get("model_type"))
+    cfg = spec.load_config(config)
     ckpt = Checkpoint.open(src)
     vocab = vocab_mod.load_vocab(src, vocab_size=None if spec.trim_vocab else cfg.vocab_size)
     if spec.trim_vocab:  # Gemma 3: drop embedding rows past the tokenizer's vocabulary
@@ -203,19 +203,6 @@ def _from_hf(
 def _ordered(results: list[ConvertResult], qtypes: list[QuantType]) -> list[ConvertResult]:
     order = [t.name for t in qtypes]  # a kept, unrequested intermediate comes first
     return sorted(results, key=lambda r: order.index(r.type) if r.type in order else -1)
-
-
-def _read_config(src: Path) -> dict[str, Any]:
-    path = src / "config.json"
-    if not path.is_file():
-        raise NotFoundError(f"{src} has no config.json: is it a Hugging Face checkpoint folder?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{path} is not a JSON object")
-    return data
 
 
 def storage_type(gguf_name: str, shape: tuple[int, ...], wanted: Q) -> Q:

@@ -1,4 +1,4 @@
-"""What a conversion writes, decided once before any work: one planned output per requested type.
+"""What a conversion reads and writes, decided once before any work: one planned output per requested type.
 
     GGUF type   OUTDIR/<name>-<type>.gguf          (a file, written through edge.fsio.atomic_file)
     onnx:<t>    OUTDIR/<name>-onnx-<t>/            (a folder, published through edge.fsio.atomic_folder)
@@ -6,14 +6,17 @@
 <name> is --name, else the checkpoint folder's name, or the GGUF file's stem without its type
 suffix. `plan` parses every type and refuses existing outputs (unless force), so a typo or a
 forgotten --force stops the run before the first byte; `--dry-run` prints the same plan.
+`read_config` reads a checkpoint's config.json for the GGUF converter and the ONNX export alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from edge.errors import NotFoundError
+from edge.errors import ModelFormatError, NotFoundError
 from edge.fsio import refuse_existing
 
 from .imatrix import parse_types_with_imatrix
@@ -66,6 +69,20 @@ def default_name(src: Path) -> str:
     return stem
 
 
+def read_config(src: Path) -> dict[str, Any]:
+    """A checkpoint folder's config.json as a dict (what names the architecture of every output)."""
+    path = Path(src) / "config.json"
+    if not path.is_file():
+        raise NotFoundError(f"{src} has no config.json: is it a Hugging Face checkpoint folder?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path} is not a JSON object")
+    return data
+
+
 def gguf_path(out_dir: Path, name: str, qtype: QuantType) -> Path:
     return Path(out_dir) / f"{name}-{qtype.file_suffix}.gguf"
 
@@ -112,10 +129,10 @@ def dry_run(
     from profiles.plan.shape import read_model_shape
 
     p = plan(src, types, out_dir, name=name, imatrix=imatrix, check_existing=False)
-    shape = read_model_shape(Path(src)) if p.gguf_types else None
+    if not p.gguf_types:
+        return p.outputs
+    shape = read_model_shape(Path(src))
     return [
-        PlannedOutput(
-            o.type, o.kind, o.path, file_bytes(shape, o.type) if o.kind == "gguf" and o.type in FTYPES else None
-        )
+        replace(o, predicted_bytes=file_bytes(shape, o.type)) if o.kind == "gguf" and o.type in FTYPES else o
         for o in p.outputs
     ]

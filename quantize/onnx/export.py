@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ModelFormatError, NotFoundError
+from edge.errors import ModelFormatError
 from edge.formats.onnx import EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
 from edge.fsio import atomic_folder, temp_name
 
 from ..archs import get_arch
 from ..checkpoint import Checkpoint
-from ..outputs import ONNX_PREFIX, plan
+from ..outputs import ONNX_PREFIX, plan, read_config
 from ..progress import Bars, warn
 from . import get_spec
 from .decoder import Loader, build
@@ -82,19 +82,6 @@ def _from_gguf(src, otypes, targets, out_dir, name, bars, external_data_bytes, f
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_config(src: Path) -> dict:
-    path = src / "config.json"
-    if not path.is_file():
-        raise NotFoundError(f"{src} has no config.json: is it a Hugging Face checkpoint folder?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{path} is not a JSON object")
-    return data
-
-
 def _tokenizer_size(src: Path) -> int:
     from tokenizers import Tokenizer
 
@@ -105,7 +92,7 @@ def _export_one(
     src: Path, otype: OnnxType, target: Path, bars: Bars, external_data_bytes: int, force: bool
 ) -> OnnxResult:
     start = time.perf_counter()
-    config = _read_config(src)
+    config = read_config(src)
     model_type = config.get("model_type")
     dspec = get_spec(model_type)  # unsupported architectures stop here
     aspec = get_arch(model_type)
