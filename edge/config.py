@@ -23,6 +23,12 @@ DEFAULT_PORT = 11434  # Ollama's port: Ollama clients and `curl localhost:11434/
 DEFAULT_KEEP_ALIVE = 300.0  # Ollama's 5 minutes
 
 
+def edge_home(env: Mapping[str, str] | None = None) -> Path:
+    """edge's folder (models/, aliases.toml, cache/, install slots): $EDGE_HOME, else ~/.edge."""
+    home = (os.environ if env is None else env).get("EDGE_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".edge"
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str

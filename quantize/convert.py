@@ -11,7 +11,6 @@ outputs) before the first byte is written.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,14 +22,16 @@ import numpy as np
 
 from edge.errors import ModelFormatError, NotFoundError
 from edge.formats.validate import validate_gguf
+from edge.fsio import refuse_existing, temp_name
 
 from .archs import get_arch
 from .archs.base import PlannedTensor
 from .checkpoint import Checkpoint
-from .gguf_out import TMP_PREFIX, OutTensor, refuse_existing, to_storage, write_gguf
-from .imatrix import Imatrix, compute_imatrix, parse_types_with_imatrix, quantize_with_imatrix
+from .gguf_out import OutTensor, to_storage, write_gguf
+from .imatrix import Imatrix, compute_imatrix, quantize_with_imatrix
+from .outputs import OutputPlan, gguf_path, plan, read_config
 from .progress import Bars, Fallback, llama_log_to, warn
-from .quantizer import TYPES, QuantType, intermediate_type, quantize_file
+from .quantizer import QuantType, intermediate_type, quantize_file
 
 Q = gguf.GGMLQuantizationType
 
@@ -70,35 +71,37 @@ def convert(
     after: AfterHook | None = None,
 ) -> list[ConvertResult]:
     src, out_dir = Path(src), Path(out_dir)
-    names = [t.strip() for t in (types.split(",") if isinstance(types, str) else types) if t.strip()]
-    onnx_names = [t for t in names if t.lower().startswith("onnx:")]
-    if onnx_names:  # ONNX folders (quantize/onnx), then any GGUF types
-        return _with_onnx(
-            src,
-            names,
-            onnx_names,
-            out_dir,
-            force=force,
-            quiet=quiet,
-            keep_intermediate=keep_intermediate,
-            name=name,
-            imatrix=imatrix,
-            after=after,
-        )
-    qtypes = parse_types_with_imatrix(types, imatrix is not None)
-    if imatrix is not None and not Path(imatrix.text).is_file():
+    p = plan(src, types, out_dir, name=name, imatrix=imatrix is not None, force=force)
+    if imatrix is not None and p.gguf_types and not Path(imatrix.text).is_file():
         raise NotFoundError(f"--imatrix-text {imatrix.text} does not exist: give a UTF-8 text file")
-    if not src.exists():
-        raise NotFoundError(f"{src} does not exist: give a Hugging Face checkpoint folder or a .gguf file")
-    name = name or default_name(src)
-    outputs = {t.name: out_dir / f"{name}-{t.file_suffix}.gguf" for t in qtypes}
-    for path in outputs.values():
-        refuse_existing(path, force)
+    done = _export_onnx(src, p, force, quiet) if p.onnx_types else []
+    if not p.gguf_types:
+        if after is not None and len(done) > 1 and any(r.type == "onnx:fp32" for r in done):
+            with Bars(quiet) as bars:  # an ONNX-only ladder: the fp32 folder is the reference
+                after(src, done, None, bars)
+        return done
+    if after is not None and done:  # the GGUF types' report gets the ONNX folders too: one table, one reference
+        after = _adding(done, after)
+    outputs = p.gguf_paths()
     with Bars(quiet) as bars:
         extra = _Extra(imatrix, after)
         if src.is_file():
-            return _requantize(src, qtypes, outputs, bars, force, extra)
-        return _from_hf(src, qtypes, outputs, out_dir, name, bars, force, keep_intermediate, extra)
+            return done + _requantize(src, p.gguf_types, outputs, bars, force, extra)
+        return done + _from_hf(src, p.gguf_types, outputs, out_dir, p.name, bars, force, keep_intermediate, extra)
+
+
+def _export_onnx(src: Path, p: OutputPlan, force: bool, quiet: bool) -> list[ConvertResult]:
+    from .onnx.export import export_onnx
+
+    results = export_onnx(src, [t.label for t in p.onnx_types], p.out_dir, force=force, quiet=quiet, name=p.name)
+    return [ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds) for r in results]
+
+
+def _adding(rows: list[ConvertResult], after: AfterHook) -> AfterHook:
+    def hook(quantized_from: Path, results: list[ConvertResult], matrix: Imatrix | None, bars: Bars) -> None:
+        after(quantized_from, results + rows, matrix, bars)
+
+    return hook
 
 
 @dataclass
@@ -112,7 +115,7 @@ class _Extra:
     def compute(self, reference: Path, bars: Bars) -> None:
         if self.options is None:
             return
-        from .evaluate import EvalText
+        from .eval.text import EvalText
 
         text = EvalText.from_file(Path(self.options.text), "--imatrix-text")
         task = bars.add("importance matrix", total=None)
@@ -128,44 +131,6 @@ class _Extra:
     def finish(self, quantized_from: Path, results: list[ConvertResult], bars: Bars) -> None:
         if self.after is not None:
             self.after(quantized_from, results, self.matrix, bars)
-
-
-def _with_onnx(src: Path, names: list[str], onnx_names: list[str], out_dir: Path, **kw) -> list[ConvertResult]:
-    from .onnx.export import export_onnx
-    from .onnx.quant import parse_onnx_type
-
-    rest = [t for t in names if t not in onnx_names]
-    if rest:
-        parse_types_with_imatrix(rest, kw["imatrix"] is not None)  # bad GGUF types fail before any write
-    for t in onnx_names:
-        parse_onnx_type(t)
-    kw["name"] = kw["name"] or default_name(src)
-    done = [
-        ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds)
-        for r in export_onnx(src, onnx_names, out_dir, force=kw["force"], quiet=kw["quiet"], name=kw["name"])
-    ]
-    after = kw["after"]
-    if not rest:
-        if after is not None and len(done) > 1 and any(r.type == "onnx:fp32" for r in done):
-            # an ONNX-only ladder: the fp32 folder is the reference
-            with Bars(kw["quiet"]) as bars:
-                after(src, done, None, bars)
-        return done
-    if after is not None:  # the GGUF types' report gets the ONNX folders too: one table, one reference
-        kw["after"] = lambda quantized_from, results, matrix, bars: after(quantized_from, results + done, matrix, bars)
-    return done + convert(src, rest, out_dir, **kw)
-
-
-def default_name(src: Path) -> str:
-    """Checkpoint folder name, or the GGUF file's stem without a trailing type suffix."""
-    if src.is_dir():
-        return src.resolve().name
-    stem = src.stem
-    for sep in ("-", ".", "_"):
-        head, _, tail = stem.rpartition(sep)
-        if head and tail.upper() in TYPES:
-            return head
-    return stem
 
 
 # -- HF checkpoint -> GGUF ---------------------------------------------------------------------
@@ -184,8 +149,9 @@ def _from_hf(
 ) -> list[ConvertResult]:
     from . import vocab as vocab_mod  # owned by the vocab stream; imported only for HF sources
 
-    spec = get_arch(_read_config(src).get("model_type"))
-    cfg = spec.load_config(_read_config(src))
+    config = read_config(src)
+    spec = get_arch(config.get("model_type"))
+    cfg = spec.load_config(config)
     ckpt = Checkpoint.open(src)
     vocab = vocab_mod.load_vocab(src, vocab_size=None if spec.trim_vocab else cfg.vocab_size)
     if spec.trim_vocab:  # Gemma 3: drop embedding rows past the tokenizer's vocabulary
@@ -194,10 +160,10 @@ def _from_hf(
     inter = intermediate_type(qtypes, ckpt.float_dtype())
     inter_path = outputs.get(inter.name)
     if inter_path is None and keep_intermediate:
-        inter_path = out_dir / f"{name}-{inter.file_suffix}.gguf"
+        inter_path = gguf_path(out_dir, name, inter)
         refuse_existing(inter_path, force)
     temp_inter = inter_path is None
-    inter_path = inter_path or out_dir / f"{TMP_PREFIX}{name}-{inter.file_suffix}.gguf"
+    inter_path = inter_path or temp_name(gguf_path(out_dir, name, inter))
 
     def add_metadata(writer: gguf.GGUFWriter) -> None:
         writer.add_type(gguf.GGUFType.MODEL)
@@ -237,19 +203,6 @@ def _from_hf(
 def _ordered(results: list[ConvertResult], qtypes: list[QuantType]) -> list[ConvertResult]:
     order = [t.name for t in qtypes]  # a kept, unrequested intermediate comes first
     return sorted(results, key=lambda r: order.index(r.type) if r.type in order else -1)
-
-
-def _read_config(src: Path) -> dict[str, Any]:
-    path = src / "config.json"
-    if not path.is_file():
-        raise NotFoundError(f"{src} has no config.json: is it a Hugging Face checkpoint folder?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{path} is not a JSON object")
-    return data
 
 
 def storage_type(gguf_name: str, shape: tuple[int, ...], wanted: Q) -> Q:
@@ -339,33 +292,3 @@ def _result(
 ) -> ConvertResult:
     size = path.stat().st_size
     return ConvertResult(type_name, path, size, size * 8 / max(params, 1), seconds, imatrix, fallbacks)
-
-
-@dataclass(frozen=True)
-class PlannedOutput:
-    type: str
-    path: Path
-    predicted_bytes: int | None  # None: the planner has no size model for this type
-
-
-def plan_outputs(
-    src: Path, types: list[str] | str, out_dir: Path, *, name: str | None = None, imatrix: bool = False
-) -> list[PlannedOutput]:
-    """--dry-run: the files a conversion would write and their predicted sizes; nothing is written."""
-    from profiles.plan.planner import FTYPES, file_bytes
-    from profiles.plan.shape import read_model_shape
-
-    src = Path(src)
-    if not src.exists():
-        raise NotFoundError(f"{src} does not exist: give a Hugging Face checkpoint folder or a .gguf file")
-    qtypes = parse_types_with_imatrix(types, imatrix)
-    shape = read_model_shape(src)
-    name = name or default_name(src)
-    return [
-        PlannedOutput(
-            t.name,
-            Path(out_dir) / f"{name}-{t.file_suffix}.gguf",
-            file_bytes(shape, t.name) if t.name in FTYPES else None,
-        )
-        for t in qtypes
-    ]

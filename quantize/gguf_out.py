@@ -1,8 +1,8 @@
 """Atomic, streaming GGUF output on top of gguf.GGUFWriter.
 
-Atomic: everything is written to a temp file in the target folder (name starting ".edge-tmp-"),
-fsynced, then renamed over the final name; any exception, Ctrl-C included, removes the temp
-file. A SIGKILL can leave a ".edge-tmp-*" file behind, never a truncated file under the final name.
+Atomic: written through edge.fsio.atomic_file (temp file beside the final name, fsync, rename,
+fsync the folder); any exception, Ctrl-C included, removes the temp file, and a SIGKILL can leave
+a ".edge-tmp-*" file behind, never a truncated file under the final name.
 
 Streaming: all tensor infos are declared first (shapes and types are known from the plan), then
 tensors are produced and written one at a time, so the model is never whole in memory.
@@ -10,73 +10,14 @@ tensors are produced and written one at a time, so the model is never whole in m
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
 
-from edge.errors import OutputExistsError
-
-TMP_PREFIX = ".edge-tmp-"
-
-
-def refuse_existing(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path} already exists; use --force to overwrite it")
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_output(final: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temp path beside `final`; on success fsync it and rename it to `final`."""
-    final = Path(final)
-    refuse_existing(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(4)}-{final.name}"
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # mode as umask allows
-    try:
-        yield tmp
-        _fsync_path(tmp)
-        os.replace(tmp, final)
-        _fsync_path(final.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path, *, force: bool = False) -> Iterator[Path]:
-    """Like atomic_output for a folder: fill the yielded temp folder, it becomes `final` at the end."""
-    final = Path(final)
-    if final.exists() and (not force or not final.is_dir()):
-        refuse_existing(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(4)}-{final.name}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            _fsync_path(f)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_path(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+from edge.fsio import atomic_file
 
 
 @dataclass(frozen=True)
@@ -128,7 +69,7 @@ def write_gguf(
     on_tensor: Callable[[OutTensor], None] = lambda t: None,
 ) -> None:
     """Write a GGUF file atomically, one tensor in memory at a time."""
-    with atomic_output(path, force=force) as tmp:
+    with atomic_file(path, force=force) as tmp:
         writer = gguf.GGUFWriter(tmp, arch_name)
         try:
             add_metadata(writer)

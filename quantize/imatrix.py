@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import BadRequestError, EdgeError
+from edge.fsio import atomic_file
 
-from .gguf_out import atomic_output
 from .quantizer import ALIASES, TYPES, QuantType, parse_type
 
 GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64  # ggml.h
@@ -160,7 +160,8 @@ def compute_imatrix(
     progress: Callable[[int, int], None] | None = None,
 ) -> Imatrix:
     """Run the reference model over `text` in chunks of ctx tokens and collect the importance matrix."""
-    from .evaluate import GgufModel, chunks
+    from .eval.models import GgufModel
+    from .eval.text import chunks
 
     imatrix = Imatrix(text_origin=origin)
     collector = Collector(imatrix)
@@ -230,7 +231,7 @@ def quantize_with_imatrix(
     if imatrix is not None:
         entries, keep = imatrix_array(imatrix.means())
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-    with atomic_output(dst, force=force) as tmp:
+    with atomic_file(dst, force=force) as tmp:
         rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
         if rc != 0:
             raise EdgeError(

@@ -14,8 +14,7 @@ from pathlib import Path
 import gguf
 
 from edge.errors import BadRequestError, EdgeError, UnknownTypeError
-
-from .gguf_out import atomic_output
+from edge.fsio import atomic_file
 
 F = gguf.LlamaFileType
 Q = gguf.GGMLQuantizationType
@@ -134,7 +133,7 @@ def quantize_file(
     params.ftype = int(qtype.ftype)
     params.nthread = n_threads or os.cpu_count() or 1
     params.allow_requantize = allow_requantize
-    with atomic_output(dst, force=force) as tmp:
+    with atomic_file(dst, force=force) as tmp:
         rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
         if rc != 0:
             raise EdgeError(

@@ -18,11 +18,12 @@ import numpy as np
 from edge.errors import ModelFormatError, NotFoundError
 from edge.formats.gguf import TensorInfo, open_gguf
 from edge.formats.validate import validate_gguf
+from edge.fsio import atomic_folder
 
 from .archs import get_arch_for_gguf
 from .archs.base import ArchSpec
 from .checkpoint import OutEntry, write_safetensors
-from .gguf_out import atomic_dir, to_storage
+from .gguf_out import to_storage
 from .progress import Bars, warn
 
 Q = gguf.GGMLQuantizationType
@@ -48,7 +49,7 @@ def unpack(gguf_path: Path, out_dir: Path, *, force: bool = False, quiet: bool =
     entries = _entries(spec, cfg, tensors, data)
     vocab = vocab_mod.vocab_from_gguf(gguf_path)
     config.update({f"{k}_token_id": v for k, v in vocab.special_ids.items() if k in ("bos", "eos", "pad")})
-    with Bars(quiet) as bars, atomic_dir(out_dir, force=force) as tmp:
+    with Bars(quiet) as bars, atomic_folder(out_dir, force=force) as tmp:
         task = bars.add(f"unpack {gguf_path.name}", total=len(entries))
         write_safetensors(tmp / "model.safetensors", entries, on_tensor=lambda e: bars.advance(task))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

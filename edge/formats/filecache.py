@@ -11,20 +11,20 @@ A cache that cannot be read or written is ignored; results are never worse than 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from edge.config import edge_home
+from edge.fsio import write_atomic
 
 _lock = threading.Lock()
 MAX_ENTRIES = 64  # kept small: one line per model file and kind
 
 
 def _cache_file() -> Path:
-    home = os.environ.get("EDGE_HOME")
-    return (Path(home).expanduser() if home else Path.home() / ".edge") / "cache" / "files.json"
+    return edge_home() / "cache" / "files.json"
 
 
 def _key(path: Path, kind: str) -> str:
@@ -42,11 +42,7 @@ def _load(file: Path) -> dict[str, Any]:
 
 def _store(file: Path, data: dict[str, Any]) -> None:
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".files-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, file)
+        write_atomic(file, json.dumps(data))
     except OSError:
         pass  # a read-only home (a hardened service) just recomputes next time
 

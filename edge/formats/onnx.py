@@ -16,13 +16,13 @@ differ in size from the manifest (a truncated copy); `verify_folder` also checks
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from edge.errors import ModelFormatError, NotFoundError
+from edge.fsio import sha256_file
 
 MANIFEST = "edge_onnx.json"
 FORMAT_VERSION = 1
@@ -55,17 +55,9 @@ def copy_companions(src: Path, dst: Path) -> list[str]:
     return copied
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path, model: dict[str, Any], type_label: str) -> Path:
     files = {
-        p.name: {"size": p.stat().st_size, "sha256": sha256(p)}
+        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != MANIFEST
     }
@@ -110,5 +102,5 @@ def verify_folder(folder: Path) -> None:
     """read_manifest plus every file's sha256 (slow on big models: reads every byte)."""
     doc = read_manifest(folder)
     for name, entry in doc["files"].items():
-        if sha256(Path(folder) / name) != entry.get("sha256"):
+        if sha256_file(Path(folder) / name) != entry.get("sha256"):
             raise ModelFormatError(f"{Path(folder) / name} does not match its sha256 in the manifest: corrupt copy")

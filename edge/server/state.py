@@ -7,7 +7,6 @@ the manager takes that engine as the model's first load.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pathlib import Path
 from edge.config import Settings
 from edge.engine.base import Engine
 from edge.errors import EdgeError, ModelLoadingError
+from edge.fsio import sha256_file
 from edge.server import models as models_mod
 from edge.server.metrics import Metrics
 from edge.server.models import ModelManager, Target, open_target
@@ -121,11 +121,7 @@ class ServerState:
         key = (str(path), size, modified)
         with self._digest_lock:
             if key not in self._digests:
-                h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                self._digests[key] = h.hexdigest()
+                self._digests[key] = sha256_file(path)
             return self._digests[key]
 
 

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from edge.errors import BadRequestError, DependencyMissingError, ModelFormatError, NotFoundError, OutputExistsError
+from edge.fsio import atomic_file, sha256_file
 
 FORMAT = "edge-bundle"
 VERSION = 1
@@ -126,16 +127,6 @@ def safe_member_name(name: str) -> str:
             f"bundle member {name!r} is not a model (models/*.gguf) or {PROFILE}; refusing the bundle"
         )
     return name
-
-
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-            if progress:
-                progress(len(block))
-    return h.hexdigest()
 
 
 # --- signing ---------------------------------------------------------------------------------
@@ -280,21 +271,14 @@ def create(
     manifest = Manifest(tuple(s.name for s in sources), tuple(entries), dict(aliases or {}), profile_name)
     manifest.check()
     raw = manifest.to_bytes()
-    tmp = out.with_name(f".{out.name}.partial")
     mode: Literal["w:gz", "w"] = "w:gz" if out.name.endswith((".tar.gz", ".tgz")) else "w"
-    try:
-        with tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, MANIFEST, raw)
-            if sign_key:
-                _add_bytes(tar, SIGNATURE, sign(raw, sign_key))
-            for member, path in files:
-                with open(path, "rb") as f:
-                    tar.addfile(_info(member, path.stat().st_size), f)
-        fsync_file(tmp)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out, force=True) as tmp, tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, MANIFEST, raw)
+        if sign_key:
+            _add_bytes(tar, SIGNATURE, sign(raw, sign_key))
+        for member, path in files:
+            with open(path, "rb") as f:
+                tar.addfile(_info(member, path.stat().st_size), f)
     return manifest
 
 
@@ -428,15 +412,3 @@ def _write_member(tar, member, entry: FileEntry, dest: Path, progress, on_member
             f"{entry.path} in the bundle is corrupt (sha256 {h.hexdigest()[:16]}... instead of "
             f"{entry.sha256[:16]}...); copy the bundle again"
         )
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fsync_file(path)  # a directory opened O_RDONLY can be fsynced on Linux and macOS

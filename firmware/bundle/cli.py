@@ -16,9 +16,9 @@ HomeOpt = typer.Option(None, "--home", help="edge's folder on the device [env ED
 
 
 def _home(home: Path | None) -> Path:
-    from edge.store import default_home
+    from edge.config import edge_home
 
-    return Path(home).expanduser() if home else default_home()
+    return Path(home).expanduser() if home else edge_home()
 
 
 def _progress():

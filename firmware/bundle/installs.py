@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError, NotFoundError
-from firmware.bundle.archive import MANIFEST, Manifest, extract_verified, fsync_dir, sha256_file
+from edge.fsio import fsync_dir, fsync_tree, sha256_file
+from firmware.bundle.archive import MANIFEST, Manifest, extract_verified
 
 PHASES = (
     "start",
@@ -173,10 +174,9 @@ class Installs:
             progress=progress,
             on_member=lambda _: phase("unpacking"),
         )
-        _write_synced(tmp / "aliases.toml", _aliases_toml(got.manifest.aliases))
-        _write_synced(tmp / MANIFEST, got.manifest_bytes)
-        for folder in {tmp / "models", tmp}:
-            fsync_dir(folder)
+        (tmp / "aliases.toml").write_bytes(_aliases_toml(got.manifest.aliases))
+        (tmp / MANIFEST).write_bytes(got.manifest_bytes)
+        fsync_tree(tmp)
         phase("unpacked")
 
     def switch(self, slot_id: str) -> None:
@@ -236,13 +236,6 @@ def _read_manifest(slot_dir: Path) -> Manifest | None:
 
 def _aliases_toml(aliases: dict) -> bytes:
     return "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in sorted(aliases.items())).encode()
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # --- smoke test ------------------------------------------------------------------------------

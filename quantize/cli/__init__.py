@@ -1,10 +1,10 @@
-"""`edge-quantize`: thin typer commands over quantize.convert, quantize.evaluate and quantize.unpack.
+"""`edge-quantize`: thin typer commands over quantize.convert, quantize.eval and quantize.unpack.
 
 Errors are printed as one line and mapped to exit codes by edge.errors.report_and_exit
 (2 bad input, 3 not found, 4 bad model file, 6 output exists, 130 Ctrl-C).
 
 `convert` with more than one type, and `eval`, measure every variant against the most precise one
-and write `<name>-report.md` / `<name>-report.json` next to the outputs (quantize.report).
+and write `<name>-report.md` / `<name>-report.json` next to the outputs (quantize.eval.report).
 """
 
 from __future__ import annotations
@@ -55,11 +55,13 @@ def convert(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the tables."),
 ) -> None:
     """Convert SRC to one GGUF file per requested type; with several types, measure them (report)."""
-    from quantize.convert import ImatrixOptions, default_name, plan_outputs
+    from quantize.convert import ImatrixOptions
     from quantize.convert import convert as run
+    from quantize.outputs import default_name
+    from quantize.outputs import dry_run as plan
 
     if dry_run:
-        return _print_plan(plan_outputs(src, to, out, name=name, imatrix=imatrix_text is not None), as_json)
+        return _print_plan(plan(src, to, out, name=name, imatrix=imatrix_text is not None), as_json)
     name = name or default_name(src)
     n_types = len([t for t in to.split(",") if t.strip()])
     box: dict = {}
@@ -101,8 +103,8 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the table."),
 ) -> None:
     """Measure quantized variants against a reference: KL divergence, perplexity, top token, speed."""
-    from quantize.convert import default_name
-    from quantize.evaluate import EvalConfig, artifact_for, run_ladder
+    from quantize.eval.ladder import EvalConfig, artifact_for, run_ladder
+    from quantize.outputs import default_name
     from quantize.progress import Bars, llama_log_to
 
     folder = out or variants[0].parent
@@ -125,7 +127,7 @@ def eval_(
 
 
 def _text(path: Path | None):
-    from quantize.evaluate import EvalText, default_eval_text
+    from quantize.eval.text import EvalText, default_eval_text
 
     return EvalText.from_file(path, "--eval-text") if path else default_eval_text()
 
@@ -142,7 +144,7 @@ def _progress(bars):
 
 
 def _ladder_hook(name, out, src, eval_text, eval_ctx, box):
-    from quantize.evaluate import EvalConfig, ladder_hook
+    from quantize.eval.ladder import EvalConfig, ladder_hook
 
     return ladder_hook(name, out, src, _text(eval_text), EvalConfig(ctx=eval_ctx), box, progress_for=_progress)
 
@@ -150,7 +152,7 @@ def _ladder_hook(name, out, src, eval_text, eval_ctx, box):
 def _emit_report(data: dict, folder: Path, name: str, quiet: bool, as_json: bool) -> None:
     import json
 
-    from quantize.report import print_table, write_report
+    from quantize.eval.report import print_table, write_report
 
     md, js = write_report(data, folder, name)
     if as_json:
@@ -166,15 +168,20 @@ def _print_plan(planned, as_json: bool) -> None:
     if as_json:
         print(
             json.dumps(
-                [{"type": p.type, "path": str(p.path), "predicted_bytes": p.predicted_bytes} for p in planned], indent=2
+                [
+                    {"type": p.type, "kind": p.kind, "path": str(p.path), "predicted_bytes": p.predicted_bytes}
+                    for p in planned
+                ],
+                indent=2,
             )
         )
         return
     table = Table(title="edge-quantize --dry-run (nothing written)")
-    for col in ("type", "file", "predicted size"):
+    for col in ("type", "kind", "path", "predicted size"):
         table.add_column(col, justify="right" if col == "predicted size" else "left")
     for p in planned:
-        table.add_row(p.type, str(p.path), "-" if p.predicted_bytes is None else _size(p.predicted_bytes))
+        path = f"{p.path}/" if p.kind == "onnx" else str(p.path)
+        table.add_row(p.type, p.kind, path, "-" if p.predicted_bytes is None else _size(p.predicted_bytes))
     console.print(table)
 
 
@@ -220,7 +227,3 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(exc.exit_code) from None
         report_and_exit(exc)
     raise SystemExit(rc if isinstance(rc, int) else 0)
-
-
-if __name__ == "__main__":
-    main()

@@ -4,14 +4,14 @@ For each requested type: validate the checkpoint against the architecture's tens
 converter's, quantize/archs), build the decoder graph block by block from memory-mapped weights
 (int4 weights are packed as they are read) and written to disk as the graph takes them (external
 data above EXTERNAL_DATA_BYTES; quantize/onnx/weights.py), copy tokenizer/chat template/generation config, write the
-manifest, and move the finished folder into place (a crash leaves only a .edge-tmp- folder).
-Output: OUTDIR/<name>-onnx-<type>/.
+manifest, then publish the folder with edge.fsio.atomic_folder (every file and the folder fsynced, then
+renamed: a crash leaves only a .edge-tmp- folder, never a partial folder under the final name).
+Output: OUTDIR/<name>-onnx-<type>/ (quantize.outputs names it).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,19 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ModelFormatError, NotFoundError, OutputExistsError
+from edge.errors import ModelFormatError
 from edge.formats.onnx import EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
+from edge.fsio import atomic_folder, temp_name
 
 from ..archs import get_arch
 from ..checkpoint import Checkpoint
+from ..outputs import ONNX_PREFIX, plan, read_config
 from ..progress import Bars, warn
 from . import get_spec
 from .decoder import Loader, build
 from .graph import Graph, WeightFormat
-from .quant import OnnxType, parse_onnx_type
+from .quant import OnnxType
 from .weights import WeightSink
-
-TMP_PREFIX = ".edge-tmp-"
 
 
 @dataclass(frozen=True)
@@ -54,22 +54,18 @@ def export_onnx(
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> list[OnnxResult]:
     src, out_dir = Path(src), Path(out_dir)
-    otypes = [parse_onnx_type(t) for t in (types.split(",") if isinstance(types, str) else types)]
-    if not src.exists():
-        raise NotFoundError(f"{src} does not exist: give a Hugging Face checkpoint folder or a .gguf file")
-    name = name or (src.resolve().name if src.is_dir() else src.stem)
-    targets = {t.name: out_dir / f"{name}-onnx-{t.name}" for t in otypes}
-    for path in targets.values():
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path} already exists; use --force to overwrite it")
+    names = [t for t in (types.split(",") if isinstance(types, str) else types) if t.strip()]
+    names = [t if t.strip().lower().startswith(ONNX_PREFIX) else ONNX_PREFIX + t.strip() for t in names]
+    p = plan(src, names, out_dir, name=name, force=force)
+    targets = p.onnx_paths()
     out_dir.mkdir(parents=True, exist_ok=True)
     with Bars(quiet) as bars:
         if src.is_file():
-            return _from_gguf(src, otypes, targets, out_dir, name, bars, external_data_bytes)
-        return [_export_one(src, t, targets[t.name], bars, external_data_bytes) for t in otypes]
+            return _from_gguf(src, p.onnx_types, targets, out_dir, p.name, bars, external_data_bytes, force)
+        return [_export_one(src, t, targets[t.name], bars, external_data_bytes, force) for t in p.onnx_types]
 
 
-def _from_gguf(src, otypes, targets, out_dir, name, bars, external_data_bytes) -> list[OnnxResult]:
+def _from_gguf(src, otypes, targets, out_dir, name, bars, external_data_bytes, force) -> list[OnnxResult]:
     from ..unpack import unpack
 
     if src.suffix.lower() != ".gguf":
@@ -78,25 +74,12 @@ def _from_gguf(src, otypes, targets, out_dir, name, bars, external_data_bytes) -
         f"{src.name} is a GGUF file: it is unpacked (dequantized) first; quantizing again compounds the error. "
         "For best quality export from the original Hugging Face checkpoint."
     )
-    tmp = out_dir / f"{TMP_PREFIX}unpack-{name}"
+    tmp = temp_name(out_dir / name, "unpack-")
     try:
         unpack(src, tmp, force=True, quiet=True)
-        return [_export_one(tmp, t, targets[t.name], bars, external_data_bytes) for t in otypes]
+        return [_export_one(tmp, t, targets[t.name], bars, external_data_bytes, force) for t in otypes]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _read_config(src: Path) -> dict:
-    path = src / "config.json"
-    if not path.is_file():
-        raise NotFoundError(f"{src} has no config.json: is it a Hugging Face checkpoint folder?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{path} is not a JSON object")
-    return data
 
 
 def _tokenizer_size(src: Path) -> int:
@@ -105,9 +88,11 @@ def _tokenizer_size(src: Path) -> int:
     return Tokenizer.from_file(str(src / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
 
 
-def _export_one(src: Path, otype: OnnxType, target: Path, bars: Bars, external_data_bytes: int) -> OnnxResult:
+def _export_one(
+    src: Path, otype: OnnxType, target: Path, bars: Bars, external_data_bytes: int, force: bool
+) -> OnnxResult:
     start = time.perf_counter()
-    config = _read_config(src)
+    config = read_config(src)
     model_type = config.get("model_type")
     dspec = get_spec(model_type)  # unsupported architectures stop here
     aspec = get_arch(model_type)
@@ -116,14 +101,11 @@ def _export_one(src: Path, otype: OnnxType, target: Path, bars: Bars, external_d
     aspec.plan(cfg, ckpt.shapes())  # every tensor known, present and of the right shape
     vocab = min(_tokenizer_size(src), cfg.vocab_size) if aspec.trim_vocab else cfg.vocab_size
     lay = dspec.layout(cfg, vocab)
-    tmp = target.parent / f"{TMP_PREFIX}{target.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        task = bars.add(f"export -> {otype.label}", total=lay.n_layers + 2)
-        wf = otype.weights
-        n_params = sum(int(np.prod(ckpt.refs[n].shape)) for n in ckpt.refs)
-        big = n_params * _bytes_per_weight(wf) > external_data_bytes
+    task = bars.add(f"export -> {otype.label}", total=lay.n_layers + 2)
+    wf = otype.weights
+    n_params = sum(int(np.prod(ckpt.refs[n].shape)) for n in ckpt.refs)
+    big = n_params * _bytes_per_weight(wf) > external_data_bytes
+    with atomic_folder(target, force=force) as tmp:
         sink = WeightSink(tmp / MODEL_FILE, external=big)  # weights go to disk as the graph takes them
         try:
             g = Graph(f"{model_type}-decoder", wf, sink)
@@ -135,12 +117,6 @@ def _export_one(src: Path, otype: OnnxType, target: Path, bars: Bars, external_d
         copy_companions(src, tmp)
         write_manifest(tmp, _model_section(config, cfg, lay, n_params, src), otype.label)
         bars.advance(task)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(p.stat().st_size for p in target.glob("model.onnx*"))
     return OnnxResult(otype.label, target, size, size * 8 / max(n_params, 1), time.perf_counter() - start)
 

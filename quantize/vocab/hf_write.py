@@ -23,11 +23,11 @@ Why transformers' own GGUF loading (transformers/integrations/ggml.py, 4.57) dif
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from edge.fsio import write_atomic
 
 from .model import BPE, SPM, TokenType, Vocab
 from .pretokenizers import BY_PRE, hf_pre_tokenizer, ignore_merges
@@ -201,14 +201,5 @@ def _special_map(vocab: Vocab) -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    """Atomic write: temp file in the same folder, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1 if len(obj) < 20 and path.name != "tokenizer.json" else None)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    indent = 1 if len(obj) < 20 and path.name != "tokenizer.json" else None
+    write_atomic(path, json.dumps(obj, ensure_ascii=False, indent=indent))

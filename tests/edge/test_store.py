@@ -184,7 +184,7 @@ def test_gemma3_is_assembled_once_into_the_cache_and_verified(gemma3_path, tmp_p
     entry = next(e for e in bundled_models(gemma3_path.parent) if e.name == "gemma3:270m-q4_k_m")
     assert entry.path == gemma3_path and entry.size_bytes == gemma3_path.stat().st_size
     assert gemma3_path.read_bytes()[:4] == b"GGUF"
-    assert not list(gemma3_path.parent.glob(".assemble-*"))  # no temp file left behind
+    assert not list(gemma3_path.parent.glob(".edge-tmp-*"))  # no temp file left behind
     listed = next(e for e in bundled_models(tmp_path / "fresh") if e.name.startswith("gemma3"))
     assert not listed.path.exists()  # listing never assembles
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from edge.errors import OutputExistsError
-from quantize.gguf_out import TMP_PREFIX, OutTensor, atomic_output, write_gguf
+from edge.fsio import TMP_PREFIX, atomic_file
+from quantize.gguf_out import OutTensor, write_gguf
 
 F32 = gguf.GGMLQuantizationType.F32
 
@@ -78,10 +79,10 @@ def test_existing_file_refused_and_kept(tmp_path):
     out = tmp_path / "m.gguf"
     out.write_bytes(b"old")
     with pytest.raises(OutputExistsError, match="--force"):
-        with atomic_output(out):
+        with atomic_file(out):
             pass
     assert out.read_bytes() == b"old"
-    with atomic_output(out, force=True) as tmp:
+    with atomic_file(out, force=True) as tmp:
         tmp.write_bytes(b"new")
     assert out.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 
@@ -93,3 +94,54 @@ def test_written_file_reads_back(tmp_path):
     reader = gguf.GGUFReader(out)
     assert reader.fields["x.y"].contents() == 7
     np.testing.assert_array_equal(reader.tensors[0].data, a)
+
+
+# -- ONNX folders -------------------------------------------------------------------------------------
+
+# Exports a tiny checkpoint; writing the manifest (the last step) signals the parent and then blocks.
+ONNX_CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import quantize.onnx.export as export
+
+    src, out, marker = map(Path, sys.argv[1:4])
+    def stall(*args, **kw):
+        marker.write_text("files written, not published")
+        time.sleep(120)
+    export.write_manifest = stall
+    export.export_onnx(src, ["onnx:fp32"], out, quiet=True, name="m")
+""")
+
+
+def test_sigkill_mid_onnx_export_leaves_no_final_folder(tiny_checkpoint, tmp_path):
+    pytest.importorskip("onnx")
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    args = [sys.executable, "-c", ONNX_CHILD, str(tiny_checkpoint("llama3")), str(out), str(marker)]
+    proc = subprocess.Popen(args, cwd=Path(__file__).parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, "the export exited before its last step"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (out / "m-onnx-fp32").exists()
+    [partial] = [p for p in out.iterdir()]
+    assert partial.name.startswith(TMP_PREFIX) and (partial / "model.onnx").is_file()
+
+
+def test_interrupted_onnx_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    import quantize.onnx.export as export
+
+    def interrupt(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_manifest", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_onnx(tiny_checkpoint("llama3"), ["onnx:fp32"], tmp_path, quiet=True, name="m")
+    assert list(tmp_path.iterdir()) == []

@@ -83,3 +83,23 @@ def test_errors_map_to_exit_codes(tiny_checkpoint, tmp_path, args, code, text):
 def test_help_exits_zero():
     r = run("--help")
     assert r.returncode == 0 and "convert" in r.stdout and "unpack" in r.stdout
+
+
+def test_dry_run_lists_onnx_folders_and_writes_nothing(tiny_checkpoint, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    r = run(
+        "convert", str(tiny_checkpoint("llama3")), "--to", "q8_0,onnx:int4", "-o", str(out), "--name", "t", "--dry-run"
+    )
+    assert r.returncode == 0, r.stderr
+    as_json = run(
+        *("convert", str(tiny_checkpoint("llama3")), "--to", "q8_0,onnx:int4", "-o", str(out)),
+        *("--name", "t", "--dry-run", "--json"),
+    )
+    plan = {p["type"]: p for p in json.loads(as_json.stdout)}
+    assert plan["onnx:int4_bs32"]["kind"] == "onnx" and plan["onnx:int4_bs32"]["path"] == str(out / "t-onnx-int4_bs32")
+    assert plan["onnx:int4_bs32"]["predicted_bytes"] is None
+    assert plan["Q8_0"]["kind"] == "gguf" and plan["Q8_0"]["predicted_bytes"] > 0
+    assert "t-onnx-int4_bs32" in r.stderr + r.stdout
+    assert not out.exists()

@@ -18,7 +18,8 @@ from edge.errors import (
     UnknownTypeError,
     UnsupportedArchitectureError,
 )
-from quantize.convert import convert, default_name
+from quantize.convert import convert
+from quantize.outputs import default_name
 from quantize.quantizer import TYPES, intermediate_type, parse_types, quantize_file
 
 ALL_TYPES = [

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantize import evaluate as ev
 from quantize.convert import convert
+from quantize.eval import ladder, metrics
+from quantize.eval import text as evtext
 
 ROOT = Path(__file__).resolve().parents[2]
 N_CHUNKS = 3
@@ -25,59 +26,59 @@ N_CHUNKS = 3
 
 def test_encode_decode_round_trip_within_half_a_code():
     rng = np.random.default_rng(0)
-    logp = ev.log_softmax(rng.normal(0, 4, (5, 300)).astype(np.float32))  # (5, 300)
-    header, codes = ev.encode_rows(logp)
-    back = ev.decode_rows(header, codes)
-    keep = logp > logp.max(axis=1, keepdims=True) + ev.MIN_LOG_PROB
+    logp = metrics.log_softmax(rng.normal(0, 4, (5, 300)).astype(np.float32))  # (5, 300)
+    header, codes = metrics.encode_rows(logp)
+    back = metrics.decode_rows(header, codes)
+    keep = logp > logp.max(axis=1, keepdims=True) + metrics.MIN_LOG_PROB
     step = header[:, :1]
     assert np.all(np.abs(back - logp)[keep] <= (step / 2 + 1e-6).repeat(300, 1)[keep])
-    assert np.all(back[~keep] <= logp.max(axis=1, keepdims=True).repeat(300, 1)[~keep] + ev.MIN_LOG_PROB + 1e-4)
+    assert np.all(back[~keep] <= logp.max(axis=1, keepdims=True).repeat(300, 1)[~keep] + metrics.MIN_LOG_PROB + 1e-4)
 
 
 def test_kl_is_zero_for_identical_and_positive_for_different_distributions():
     rng = np.random.default_rng(1)
     logits = rng.normal(0, 3, (4, 1000)).astype(np.float32)
-    logp = ev.log_softmax(logits)
-    header, codes = ev.encode_rows(logp)
-    same = ev.kl_rows(header, codes, logp)
+    logp = metrics.log_softmax(logits)
+    header, codes = metrics.encode_rows(logp)
+    same = metrics.kl_rows(header, codes, logp)
     assert np.all(np.abs(same) < 1e-4)
-    other = ev.log_softmax(logits + rng.normal(0, 1, logits.shape).astype(np.float32))
+    other = metrics.log_softmax(logits + rng.normal(0, 1, logits.shape).astype(np.float32))
     exact = (np.exp(logp) * (logp - other)).sum(axis=1)
-    assert np.allclose(ev.kl_rows(header, codes, other), exact, rtol=1e-2)
+    assert np.allclose(metrics.kl_rows(header, codes, other), exact, rtol=1e-2)
     assert np.all(exact > 0.1)
 
 
 def test_chunks_drop_the_tail_and_start_with_bos():
     tokens = np.arange(10, 35, dtype=np.int32)  # 25 tokens
-    out = list(ev.chunks(tokens, 8, bos=1))
+    out = list(evtext.chunks(tokens, 8, bos=1))
     assert len(out) == 3 and all(c[0] == 1 for c in out)
     assert out[1][1:].tolist() == list(range(19, 26))
-    assert [c[0] for c in ev.chunks(tokens, 8, bos=None)] == [10, 18, 26]
+    assert [c[0] for c in evtext.chunks(tokens, 8, bos=None)] == [10, 18, 26]
 
 
 def test_bad_context_is_refused():
     from edge.errors import BadRequestError
 
     with pytest.raises(BadRequestError, match="--eval-ctx"):
-        ev.EvalConfig(ctx=15)
+        ladder.EvalConfig(ctx=15)
 
 
 def test_default_text_is_debian_gpl3_or_a_shipped_licence(monkeypatch, tmp_path):
-    text = ev.default_eval_text()
-    if ev.DEBIAN_GPL3.is_file():
-        assert text.path == ev.DEBIAN_GPL3 and "GPL-3" in text.origin
-    monkeypatch.setattr(ev, "DEBIAN_GPL3", tmp_path / "absent")
-    fallback = ev.default_eval_text()
+    text = evtext.default_eval_text()
+    if evtext.DEBIAN_GPL3.is_file():
+        assert text.path == evtext.DEBIAN_GPL3 and "GPL-3" in text.origin
+    monkeypatch.setattr(evtext, "DEBIAN_GPL3", tmp_path / "absent")
+    fallback = evtext.default_eval_text()
     assert fallback.origin.startswith("package ") and fallback.size_bytes > 1000
     assert fallback.path.is_file()
 
 
 def test_pick_reference_prefers_f32_then_f16_then_the_fallback(tmp_path):
-    arts = [ev.Artifact(tmp_path / f"m-{t}.gguf", t) for t in ("Q4_K_M", "F16", "F32")]
-    assert ev.pick_reference(arts, None).type == "F32"
-    assert ev.pick_reference(arts[:2], None).type == "F16"
-    fb = ev.Artifact(tmp_path / "src.gguf", "Q4_1")
-    assert ev.pick_reference(arts[:1], fb) is fb
+    arts = [ladder.Artifact(tmp_path / f"m-{t}.gguf", t) for t in ("Q4_K_M", "F16", "F32")]
+    assert ladder.pick_reference(arts, None).type == "F32"
+    assert ladder.pick_reference(arts[:2], None).type == "F16"
+    fb = ladder.Artifact(tmp_path / "src.gguf", "Q4_1")
+    assert ladder.pick_reference(arts[:1], fb) is fb
 
 
 # -- real model -------------------------------------------------------------------------------------
@@ -91,15 +92,15 @@ def smol_ladder(smollm2_path, module_tmp) -> dict[str, Path]:
     return {r.type: Path(r.path) for r in results}
 
 
-def _evaluate(ref: Path, variant: Path, config: ev.EvalConfig) -> dict:
-    with ev.Evaluation(ref, ev.default_eval_text(), config) as e:
+def _evaluate(ref: Path, variant: Path, config: ladder.EvalConfig) -> dict:
+    with ladder.Evaluation(ref, evtext.default_eval_text(), config) as e:
         e.run_reference()
         return e.run_variant(variant).figures
 
 
 @pytest.mark.slow
 def test_f32_against_itself_is_kl_zero_and_all_tops_agree_reproducibly(smol_ladder):
-    config = ev.EvalConfig(max_chunks=2, speed=False)
+    config = ladder.EvalConfig(max_chunks=2, speed=False)
     first = _evaluate(smol_ladder["F32"], smol_ladder["F32"], config)
     assert abs(first["kld_mean"]) < 1e-5 and first["kld_p99"] < 1e-4  # 16-bit codes of the spilled reference
     assert first["same_top_pct"] == 100.0
@@ -140,11 +141,11 @@ def _llama_perplexity_kld(tool: Path, ref: Path, variant: Path, text: Path, work
 @pytest.mark.slow
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q3_K_M"])
 def test_figures_agree_with_llama_perplexity_within_2_percent(smol_ladder, qtype, tmp_path, anchor_tool):
-    text = ev.default_eval_text()
+    text = evtext.default_eval_text()
     theirs = _llama_perplexity_kld(
         anchor_tool("llama-perplexity"), smol_ladder["F32"], smol_ladder[qtype], text.path, tmp_path
     )
-    ours = _evaluate(smol_ladder["F32"], smol_ladder[qtype], ev.EvalConfig(max_chunks=N_CHUNKS, speed=False))
+    ours = _evaluate(smol_ladder["F32"], smol_ladder[qtype], ladder.EvalConfig(max_chunks=N_CHUNKS, speed=False))
     assert ours["tokens"] == N_CHUNKS * 255
     for key in ("kld_mean", "ppl", "ppl_ref", "same_top_pct", "kld_p99"):
         assert ours[key] == pytest.approx(theirs[key], rel=0.02), (key, ours[key], theirs[key])
@@ -156,7 +157,7 @@ def test_vocabulary_mismatch_is_refused(smol_ladder, gemma3_path):
     from edge.errors import ModelFormatError
 
     with pytest.raises(ModelFormatError, match="not the same model"):
-        _evaluate(smol_ladder["F32"], gemma3_path, ev.EvalConfig(max_chunks=2, speed=False))
+        _evaluate(smol_ladder["F32"], gemma3_path, ladder.EvalConfig(max_chunks=2, speed=False))
 
 
 def test_short_text_is_refused_with_a_way_out(smol_ladder, tmp_path):
@@ -165,5 +166,5 @@ def test_short_text_is_refused_with_a_way_out(smol_ladder, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Only a few words here.\n")
     with pytest.raises(BadRequestError, match="--eval-text"):
-        with ev.Evaluation(smol_ladder["F32"], ev.EvalText.from_file(short, "--eval-text")) as e:
+        with ladder.Evaluation(smol_ladder["F32"], evtext.EvalText.from_file(short, "--eval-text")) as e:
             e.run_reference()

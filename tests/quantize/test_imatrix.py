@@ -12,7 +12,7 @@ import pytest
 from edge.errors import BadRequestError
 from quantize import imatrix as im
 from quantize.convert import convert
-from quantize.evaluate import default_eval_text
+from quantize.eval.text import default_eval_text
 from quantize.quantizer import TYPES, parse_types
 
 MATMUL_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from quantize.report import SCHEMA_PATH
+from quantize.eval.report import SCHEMA_PATH
 
 CLI = [sys.executable, "-m", "quantize.cli"]
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 def ladder(tiny_checkpoint, module_tmp) -> tuple[Path, dict]:
     out = module_tmp("ladder-onnx")
     text = out / "eval.txt"
-    from quantize.evaluate import default_eval_text
+    from quantize.eval.text import default_eval_text
 
     text.write_bytes(default_eval_text().path.read_bytes()[:4000])
     run = subprocess.run(

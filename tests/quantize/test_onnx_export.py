@@ -144,12 +144,13 @@ def test_quantized_types_load_generate_and_agree(otype, exported):
 
 
 def test_manifest_lists_files_with_hashes(exported):
-    from edge.formats.onnx import sha256, verify_folder
+    from edge.formats.onnx import verify_folder
+    from edge.fsio import sha256_file
 
     folder = exported("gemma3")
     doc = json.loads((folder / "edge_onnx.json").read_text())
     assert {"model.onnx", "tokenizer.json", "tokenizer_config.json", "config.json"} <= set(doc["files"])
-    assert doc["files"]["model.onnx"]["sha256"] == sha256(folder / "model.onnx")
+    assert doc["files"]["model.onnx"]["sha256"] == sha256_file(folder / "model.onnx")
     assert doc["model"]["vocab_size"] < 1024 + 64  # Gemma 3's out-of-vocabulary rows are gone
     verify_folder(folder)
 

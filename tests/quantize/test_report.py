@@ -1,5 +1,5 @@
 """The model card: `edge-quantize convert` with several types (and `eval`) writes Markdown + JSON that
-validate against quantize/report.schema.json and whose sha256 values match the files."""
+validate against quantize/eval/report.schema.json and whose sha256 values match the files."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from quantize.report import SCHEMA_PATH
+from quantize.eval.report import SCHEMA_PATH
 
 CLI = [sys.executable, "-m", "quantize.cli"]
 
 
 def _short_text(tmp: Path) -> Path:
     """The first ~2.6 chunks of the default text: enough for two 512-token chunks, quick to evaluate."""
-    from quantize.evaluate import default_eval_text
+    from quantize.eval.text import default_eval_text
 
     path = tmp / "eval.txt"
     path.write_bytes(default_eval_text().path.read_bytes()[:6000])

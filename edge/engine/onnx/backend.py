@@ -210,8 +210,12 @@ class OnnxBatcher:
         self.sess.run_with_iobinding(slot.binding)
         return logits[0]
 
+    def row_logits(self, row: int) -> np.ndarray:
+        """(vocab,) logits of a row that the last decode() returned."""
+        return self._rows[row]
+
     def sample(self, sampler: NumpySampler, row: int) -> int:
-        return sampler.sample(self._rows[row])
+        return sampler.sample(self.row_logits(row))
 
     def logits_row(self, row: int) -> np.ndarray:
         return self._rows[row]  # (vocab,) the slot's output buffer, unchanged by the sampler

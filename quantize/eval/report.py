@@ -1,13 +1,12 @@
 """The quantization ladder report: a rich table, and a model card in Markdown + JSON next to the outputs.
 
-One row per variant (GGUF or ONNX: `format` says which), all measured
+One row per variant (a GGUF file or an ONNX folder: `format` says which), all measured
 against the same reference. The JSON validates against report.schema.json (beside this file) and
 lists the sha256 of every artifact, so a machine can check the files it describes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -19,20 +18,11 @@ from typing import Any
 from rich.table import Table
 
 from edge.formats.onnx import MANIFEST
-
-from .gguf_out import atomic_output
+from edge.fsio import sha256_file, write_atomic
 
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 SCHEMA_ID = "edge-llm/quant-report/1"
 _FIGURES = ("kld_mean", "kld_p99", "ppl", "ppl_delta_pct", "same_top_pct")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -44,7 +34,7 @@ class Row:
     path: Path
     size_bytes: int
     bits_per_weight: float | None
-    figures: dict  # evaluate.Stats.summary() + prompt_tps/gen_tps
+    figures: dict  # metrics.Stats.summary() + prompt_tps/gen_tps
     imatrix: bool = False
     without_imatrix: dict | None = None  # the same type quantized without the imatrix (figures only)
     fits: list[str] | None = None  # hardware profiles it fits (None: not computed)
@@ -87,17 +77,16 @@ class Report:
     folder: Path  # where the outputs (and the report) are
     reference: Row
     variants: list[Row]
-    text: Any  # evaluate.EvalText
+    text: Any  # text.EvalText
     ctx: int
     chunks: int
     tokens_scored: int
     source: str = ""
     source_type: str | None = None  # the source's own type when it is a GGUF file
     notes: list[str] = field(default_factory=list)
+    text_chain: str = ""  # where the default evaluation text is looked for (text.DEFAULT_TEXT_CHAIN)
 
     def to_json(self) -> dict:
-        from .evaluate import DEFAULT_TEXT_CHAIN
-
         rows = [self.reference, *self.variants]
         return {
             "schema": SCHEMA_ID,
@@ -123,7 +112,7 @@ class Report:
                     "sha256": self.text.sha256,
                     "size_bytes": self.text.size_bytes,
                 },
-                "default_text_chain": DEFAULT_TEXT_CHAIN,
+                "default_text_chain": self.text_chain,
                 "ctx": self.ctx,
                 "chunks": self.chunks,
                 "tokens_scored": self.tokens_scored,
@@ -289,8 +278,7 @@ def write_report(data: dict, folder: Path, name: str, *, force: bool = True) -> 
     folder.mkdir(parents=True, exist_ok=True)
     md, js = folder / f"{name}-report.md", folder / f"{name}-report.json"
     for path, text in ((md, to_markdown(data)), (js, json.dumps(data, indent=2, ensure_ascii=False) + "\n")):
-        with atomic_output(path, force=force) as tmp:
-            Path(tmp).write_text(text, encoding="utf-8")
+        write_atomic(path, text, force=force)
     return md, js
 
 
