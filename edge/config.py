@@ -63,6 +63,12 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "EDGE_READ_TIMEOUT",
         "seconds a client may take to send its request headers and body (default 30)",
     ),
+    Setting("embed_max_inputs", "EDGE_EMBED_MAX_INPUTS", "most inputs in one embeddings request (default 256)"),
+    Setting(
+        "embed_max_tokens",
+        "EDGE_EMBED_MAX_TOKENS",
+        "most tokens in one embeddings request, all inputs together (default 65536)",
+    ),
 )
 
 
@@ -85,6 +91,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     request_timeout: float = 600.0
     read_timeout: float = 30.0
+    embed_max_inputs: int = 256
+    embed_max_tokens: int = 65536
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65535)
@@ -96,6 +104,8 @@ class Settings:
                 _check_range(name, value, 1, 1 << 24)
         _check_range("request_timeout", self.request_timeout, 0, 7 * 86400)
         _check_range("read_timeout", self.read_timeout, 1, 3600)
+        _check_range("embed_max_inputs", self.embed_max_inputs, 1, 1 << 20)
+        _check_range("embed_max_tokens", self.embed_max_tokens, 1, 1 << 30)
         if self.api_key is not None and not self.api_key.strip():
             raise BadRequestError(
                 "the API key is empty: give a non-empty --api-key or unset EDGE_API_KEY", param="api_key"
