@@ -123,6 +123,7 @@ class LlamaCppEmbedder:
         self.chunked = not encoder and self.pooling == "last"
         if not self.chunked:
             self.n_ctx = min(self.n_ctx, self.n_batch)
+        self.n_seqs = min(MAX_SEQS, self.n_batch)  # llama.cpp wants n_seq_max <= n_batch
         self.keep_last = bool(L.llama_vocab_get_add_eos(self.vocab) or L.llama_vocab_get_add_sep(self.vocab))
         self.ctx = self._context(n_threads)
         self.mem = L.llama_get_memory(self.ctx)  # None for an encoder: nothing is cached between calls
@@ -137,7 +138,7 @@ class LlamaCppEmbedder:
         params.kv_unified = True
         params.n_ctx = max(self.n_ctx, self.n_batch)
         params.n_batch = params.n_ubatch = self.n_batch  # one ubatch per call: pooling sees whole inputs
-        params.n_seq_max = MAX_SEQS
+        params.n_seq_max = self.n_seqs
         params.n_threads = params.n_threads_batch = n_threads
         params.no_perf = True
         ctx = L.llama_init_from_model(self.model, params)
@@ -150,7 +151,7 @@ class LlamaCppEmbedder:
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         """The pooled (not normalised) vector of each input, each within n_ctx tokens and non-empty."""
         out: list[list[float]] = [[] for _ in inputs]
-        for group in plan_batches([len(t) for t in inputs], self.n_batch, MAX_SEQS):
+        for group in plan_batches([len(t) for t in inputs], self.n_batch, self.n_seqs):
             if len(inputs[group[0]]) > self.n_batch:
                 out[group[0]] = self._embed_long(inputs[group[0]])
                 continue
