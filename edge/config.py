@@ -89,6 +89,12 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "EDGE_MEMORY_BUDGET",
         "memory the loaded models may use, e.g. 2GiB or 1500MB (default: the hardware profile's budget)",
     ),
+    Setting("embed_max_inputs", "EDGE_EMBED_MAX_INPUTS", "most inputs in one embeddings request (default 256)"),
+    Setting(
+        "embed_max_tokens",
+        "EDGE_EMBED_MAX_TOKENS",
+        "most tokens in one embeddings request, all inputs together (default 65536)",
+    ),
 )
 
 
@@ -114,6 +120,8 @@ class Settings:
     keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; math.inf: forever
     pin: tuple[str, ...] = ()
     memory_budget: int | None = None  # bytes
+    embed_max_inputs: int = 256
+    embed_max_tokens: int = 65536
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65535)
@@ -128,6 +136,8 @@ class Settings:
         if self.memory_budget is not None:
             _check_range("memory_budget", self.memory_budget, 1 << 20, 1 << 50)
         object.__setattr__(self, "pin", tuple(p.strip() for p in self.pin if p.strip()))
+        _check_range("embed_max_inputs", self.embed_max_inputs, 1, 1 << 20)
+        _check_range("embed_max_tokens", self.embed_max_tokens, 1, 1 << 30)
         if self.api_key is not None and not self.api_key.strip():
             raise BadRequestError(
                 "the API key is empty: give a non-empty --api-key or unset EDGE_API_KEY", param="api_key"

@@ -116,3 +116,20 @@ def server(edge_home):
     srv = start_server(edge_home, "--parallel", "4", "--ctx", str(CTX))
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf():
+    """`minilm_gguf("F32" | "Q8_0")`: all-MiniLM-L6-v2 (an encoder) as GGUF, cached between sessions
+    (tests/support/embedding.py says how it is made)."""
+    from tests.support.embedding import minilm_gguf as make
+
+    return lambda qtype="F32": make(_BUNDLED_CACHE, qtype)
+
+
+@pytest.fixture(scope="session")
+def minilm_reference():
+    """sentence-transformers' all-MiniLM-L6-v2: the reference embeddings."""
+    from tests.support.embedding import reference_model
+
+    return reference_model()

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edge.errors import BadRequestError
+
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
@@ -62,6 +64,29 @@ class ModelInfo:
     eos_token: str | None
     add_bos: bool
     metadata: dict = field(default_factory=dict)  # selected GGUF key/values for /api/show
+
+    @property
+    def is_encoder(self) -> bool:
+        """An embedding-only model (bidirectional attention, e.g. BERT): it refuses chat and completions.
+        Told by the GGUF's `<arch>.attention.causal = false` or an encoder architecture."""
+        arch = self.metadata.get("general.architecture", self.family)
+        return self.metadata.get(f"{arch}.attention.causal") == "false" or arch in ENCODER_ARCHS
+
+
+# llama.cpp architectures that only encode (no causal language-model head)
+ENCODER_ARCHS = frozenset(
+    {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert", "neo-bert"}
+)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """What `Engine.embed` returns: one L2-normalised vector per input, in input order."""
+
+    vectors: list[list[float]]
+    n_tokens: list[int]  # tokens embedded per input (after truncation)
+    n_tokens_in: list[int]  # tokens sent per input (before truncation)
+    eval_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,6 +162,17 @@ class Engine(abc.ABC):
         is free, `ContextOverflowError` when the prompt cannot fit. Closing the iterator early
         (client disconnect) cancels the generation and frees its slot.
         """
+
+    async def embed(
+        self, inputs: list[list[int]], *, truncate: bool = True, dimensions: int | None = None
+    ) -> Embeddings:
+        """L2-normalised embeddings of token lists (each non-empty). An input longer than the model embeds
+        is cut (`truncate`) or a 400; `dimensions` keeps the first N values, normalised again. Raises
+        BadRequestError for ids outside the vocabulary or dimensions outside 1..n_embd."""
+        raise BadRequestError(
+            f"the {self.info.format} backend does not compute embeddings; serve a GGUF model for /v1/embeddings",
+            param="model",
+        )
 
     @abc.abstractmethod
     def stats(self) -> dict:

@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from edge.engine.base import ModelInfo, SamplingParams
-from edge.engine.scheduler import Scheduler, SchedulerEngine
+from edge.engine.base import Embeddings, ModelInfo, SamplingParams
+from edge.engine.scheduler import GenerationStream, Scheduler, SchedulerEngine
 from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError
 from edge.lightimport import llama_module
 
@@ -459,10 +459,56 @@ class LlamaCppEngine(SchedulerEngine):
     def detokenize(self, tokens: list[int]) -> str:
         return self._batcher.detokenize(tokens)
 
+    # ---- embeddings (edge.engine.embed): a context and a thread of their own, made at the first request
+    _embedder = None  # LlamaCppEmbedder, on the worker's thread only
+    _embed_worker = None  # EmbedWorker
+
+    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> GenerationStream:
+        if self.info.is_encoder:
+            raise BadRequestError(
+                f"{self.info.name} is an embedding model ({self.info.family}, bidirectional attention): it cannot "
+                "chat or complete text; send its inputs to /v1/embeddings or /api/embed",
+                param="model",
+            )
+        return super().generate(prompt, params, stream=stream)
+
+    async def embed(
+        self, inputs: list[list[int]], *, truncate: bool = True, dimensions: int | None = None
+    ) -> Embeddings:
+        from edge.engine.embed import EmbedWorker
+
+        if self._closed:
+            raise EdgeError("this engine is closed")
+        if self._embed_worker is None:  # the event loop's thread: no race
+            self._embed_worker = EmbedWorker(self.scheduler.queue_size, f"edge-embed-{self.info.name}")
+        return await self._embed_worker.run(self._embed_now, inputs, truncate, dimensions)
+
+    def _embed_now(self, inputs: list[list[int]], truncate: bool, dimensions: int | None) -> Embeddings:
+        from edge.engine.embed import LlamaCppEmbedder, embed_tokens
+
+        if self._embedder is None:
+            info = self.info
+            self._embedder = LlamaCppEmbedder(
+                self._batcher.model,
+                arch=info.metadata.get("general.architecture", info.family),
+                metadata=info.metadata,
+                encoder=info.is_encoder,
+                n_ctx=info.n_ctx_train if info.is_encoder else min(info.n_ctx_train, info.n_ctx),
+                n_threads=self.n_threads,
+            )
+        return embed_tokens(self._embedder, inputs, truncate=truncate, dimensions=dimensions)
+
+    def _close_embedder(self) -> None:
+        if self._embed_worker is not None:
+            self._embed_worker.close()  # waits for a running call
+        if self._embedder is not None:
+            self._embedder.free()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._close_embedder()  # before the model it shares is freed
         if self.scheduler.close():
             self._batcher.free()
         else:  # freeing the context under a decode that never returned would crash the process

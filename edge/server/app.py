@@ -26,9 +26,9 @@ from edge.errors import (
     ollama_error_body,
     openai_error_body,
 )
+from edge.server import embeddings, ollama, openai
 from edge.server import metrics as metrics_mod
 from edge.server import models as models_mod
-from edge.server import ollama, openai
 from edge.server.security import SecurityMiddleware
 from edge.server.state import ServerState, Target, resolve_target
 from edge.server.streaming import ClientGone
@@ -44,6 +44,9 @@ def routes(state: ServerState) -> list[tuple[str, str, Callable, bool]]:
         ("POST", "/v1/chat/completions", openai.chat_completions, True),
         ("POST", "/v1/completions", openai.completions, True),
         ("GET", "/v1/models", openai.list_models, True),
+        ("POST", "/v1/embeddings", embeddings.openai_embeddings, True),
+        ("POST", "/api/embed", embeddings.ollama_embed, True),
+        ("POST", "/api/embeddings", embeddings.ollama_embeddings, True),
         ("POST", "/api/generate", ollama.generate, True),
         ("POST", "/api/chat", ollama.chat, True),
         ("GET", "/api/tags", ollama.tags, True),

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
+from edge.config import parse_duration
 from edge.engine.base import Event
-from edge.errors import RequestTimeoutError
+from edge.errors import BadRequestError, RequestTimeoutError
 
 
 def bounded(lo: float, hi: float, kind: type = int):
@@ -64,3 +65,18 @@ class Deadline:
 
     async def aclose(self) -> None:
         await self._events.aclose()  # type: ignore[attr-defined]
+
+
+def _keep_alive(value: Any) -> float | None:
+    """Ollama's keep_alive: "5m", "1h30m", seconds; negative: forever (edge.config.parse_duration)."""
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except BadRequestError as exc:
+        raise ValueError(exc.message) from None
+
+
+# seconds a model stays after the request (math.inf: forever; None: the server's default)
+KeepAlive = Annotated[float | None, BeforeValidator(_keep_alive)]

@@ -19,16 +19,15 @@ from typing import Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 import edge
 from edge.chat.tools import ToolPlan, ToolStream
-from edge.config import parse_duration
 from edge.engine import grammar
 from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, TokenLogprob
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, ollama_error_body
 from edge.server import catalog, prompts, streaming
-from edge.server.limits import bounded
+from edge.server.limits import KeepAlive, bounded
 from edge.server.models import Lease, model_for
 from edge.server.state import ServerState
 
@@ -61,20 +60,9 @@ class _Request(BaseModel):
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: Options | None = None
     stream: bool = True
-    keep_alive: float | None = None  # seconds the model stays after this request (math.inf: forever)
+    keep_alive: KeepAlive = None
     logprobs: bool = False
     top_logprobs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token, with logprobs
-
-    @field_validator("keep_alive", mode="before")
-    @classmethod
-    def _duration(cls, value):
-        """Ollama's keep_alive: "5m", "1h30m", seconds; negative: forever (edge.config.parse_duration)."""
-        if value is None:
-            return None
-        try:
-            return parse_duration(value)
-        except BadRequestError as exc:
-            raise ValueError(exc.message) from None
 
 
 class GenerateRequest(_Request):

@@ -138,7 +138,8 @@ class Watchdog:
 
 
 def self_test(engine) -> None:
-    """Generate one greedy token from the model's BOS; raises EdgeError when none comes."""
+    """Generate one greedy token from the model's BOS (embed one input, for an encoder); raises EdgeError
+    when none comes."""
     from edge.engine.base import Delta, Finish, SamplingParams
 
     async def one_token() -> int:
@@ -151,6 +152,9 @@ def self_test(engine) -> None:
                 n = max(n, ev.completion_tokens)
         return n
 
+    if engine.info.is_encoder:  # an embedding-only model cannot generate: one embedding proves it instead
+        asyncio.run(engine.embed([engine.tokenize("Hello", add_special=True)]))
+        return
     if asyncio.run(one_token()) < 1:
         raise EdgeError(
             "self-test failed: the model loaded but generated no token; check the model file "

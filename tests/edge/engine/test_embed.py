@@ -1,0 +1,156 @@
+"""Embeddings on the llama.cpp backend: agreement with sentence-transformers, batching, pooling,
+truncation, dimensions and bad inputs; a generative model embeds too (last-token pooling)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from edge.engine import embed as embed_mod
+from edge.engine import open_engine
+from edge.engine.base import SamplingParams
+from edge.errors import BadRequestError, ContextOverflowError
+from tests.support.embed_texts import PASSAGES, QUESTIONS, SENTENCES
+
+
+def _cos(a, b) -> float:
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def _embed(engine, texts, **kw):
+    ids = [engine.tokenize(t, add_special=True, parse_special=False) for t in texts]
+    return asyncio.run(engine.embed(ids, **kw))
+
+
+@pytest.fixture(scope="module")
+def f32(minilm_gguf):
+    engine = open_engine(minilm_gguf("F32"), name="minilm", n_threads=2)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_reference):
+    return lambda texts: minilm_reference.encode(texts, normalize_embeddings=True, batch_size=64).tolist()
+
+
+@pytest.mark.parametrize("qtype, floor", [("F32", 0.9999), ("Q8_0", 0.998)])
+def test_matches_sentence_transformers(minilm_gguf, reference, qtype, floor):
+    engine = open_engine(minilm_gguf(qtype), name=f"minilm-{qtype}", n_threads=2)
+    try:
+        ours = _embed(engine, SENTENCES).vectors
+    finally:
+        engine.close()
+    sims = [_cos(a, b) for a, b in zip(ours, reference(SENTENCES))]
+    worst = min(range(len(sims)), key=sims.__getitem__)
+    assert sims[worst] >= floor, f"{qtype}: cosine {sims[worst]:.6f} on {SENTENCES[worst]!r}"
+
+
+def test_retrieval_top1_equals_reference(f32, reference):
+    def top1(q, p):
+        return [max(range(len(p)), key=lambda j: _cos(qv, p[j])) for qv in q]
+
+    ours = top1(_embed(f32, QUESTIONS).vectors, _embed(f32, PASSAGES).vectors)
+    theirs = top1(reference(QUESTIONS), reference(PASSAGES))
+    assert ours == theirs
+
+
+def test_vectors_are_unit_length_and_batching_changes_nothing(f32, monkeypatch):
+    calls = []
+    batched = _embed(f32, SENTENCES)  # builds the embedder
+    embedder = f32._embedder
+    real = embedder._decode
+    monkeypatch.setattr(embedder, "_decode", lambda entries, **kw: (calls.append(len(entries)), real(entries, **kw)))
+    again = _embed(f32, SENTENCES)
+    assert len(calls) < len(SENTENCES) and sum(calls) == len(SENTENCES), calls  # several inputs per decode
+    single = [_embed(f32, [s]).vectors[0] for s in SENTENCES[:5]]
+    for v in batched.vectors:
+        assert abs(math.sqrt(sum(x * x for x in v)) - 1.0) < 1e-5
+    for a, b in zip(single, batched.vectors):
+        assert _cos(a, b) > 0.99999
+    assert again.vectors == batched.vectors
+    assert embedder.pooling == "mean" and embedder.encoder
+
+
+def test_dimensions_truncate_then_renormalise(f32):
+    full = _embed(f32, SENTENCES[:2]).vectors
+    short = _embed(f32, SENTENCES[:2], dimensions=64).vectors
+    for f, s in zip(full, short):
+        assert len(s) == 64
+        assert s == pytest.approx(embed_mod.normalize(f, 64), abs=1e-6)
+    for bad in (0, 385):
+        with pytest.raises(BadRequestError, match="dimensions must be between 1 and 384"):
+            _embed(f32, ["x"], dimensions=bad)
+
+
+def test_long_input_truncates_or_refuses(f32):
+    text = "word " * 700
+    got = _embed(f32, [text, "short"])
+    assert got.n_tokens_in[0] > 512 and got.n_tokens[0] == 512 and got.n_tokens[1] == got.n_tokens_in[1]
+    with pytest.raises(ContextOverflowError, match=r"input 0 has \d+ tokens but this model embeds at most 512"):
+        _embed(f32, [text], truncate=False)
+
+
+def test_bad_token_ids_and_empty_inputs(f32):
+    with pytest.raises(BadRequestError, match="outside this model's vocabulary"):
+        asyncio.run(f32.embed([[101, 30522, 102]]))
+    with pytest.raises(BadRequestError, match="outside this model's vocabulary"):
+        asyncio.run(f32.embed([[-1]]))
+    with pytest.raises(BadRequestError, match="input 1 is empty"):
+        asyncio.run(f32.embed([[101, 102], []]))
+    assert len(asyncio.run(f32.embed([[101, 7592, 102]])).vectors[0]) == 384  # still serving
+
+
+def test_encoder_refuses_generation(f32):
+    assert f32.info.is_encoder
+    with pytest.raises(BadRequestError, match="is an embedding model"):
+        f32.generate([101, 102], SamplingParams(max_tokens=1))
+
+
+def test_generative_model_embeds_with_last_token_pooling(smollm2_path, monkeypatch):
+    engine = open_engine(smollm2_path, name="smollm2", n_ctx=1024, n_threads=2)
+    try:
+        assert not engine.info.is_encoder
+        texts = [SENTENCES[0], SENTENCES[2], "word " * 300]
+        batched = _embed(engine, texts).vectors
+        assert engine._embedder.pooling == "last" and engine._embedder.n_batch >= 300
+        single = [_embed(engine, [t]).vectors[0] for t in texts]
+        for a, b in zip(single, batched):  # Q4_1 matmuls round differently at other batch shapes
+            assert _cos(a, b) > 0.995
+        assert _cos(batched[0], batched[1]) < 0.95  # different texts, different vectors
+    finally:
+        engine.close()
+    # a budget that forces n_batch down to 32: the long input is decoded in chunks, same vector
+    monkeypatch.setattr(embed_mod, "LOGITS_BUDGET", 1)
+    engine = open_engine(smollm2_path, name="smollm2", n_ctx=1024, n_threads=2)
+    try:
+        chunked = _embed(engine, texts).vectors
+        assert engine._embedder.n_batch == embed_mod.MIN_CAUSAL_BATCH
+    finally:
+        engine.close()
+    # 32-token matmuls round Q4_1 activations differently again; an F32 model would tell noise from error
+    for a, b in zip(chunked, batched):
+        assert _cos(a, b) > 0.99
+
+
+# -- pure helpers ------------------------------------------------------------------------------------
+def test_plan_batches_packs_within_tokens_and_sequences():
+    assert embed_mod.plan_batches([3, 3, 3, 3], 8, 64) == [[0, 1], [2, 3]]
+    assert embed_mod.plan_batches([3, 3, 3], 100, 2) == [[0, 1], [2]]
+    assert embed_mod.plan_batches([10, 2, 2], 8, 64) == [[0], [1, 2]]  # a long input alone
+
+
+def test_fit_inputs_keeps_the_closing_separator():
+    assert embed_mod.fit_inputs([[1, 2, 3, 4, 9]], 3, truncate=True, keep_last=True) == [[1, 2, 9]]
+    assert embed_mod.fit_inputs([[1, 2, 3, 4, 9]], 3, truncate=True, keep_last=False) == [[1, 2, 3]]
+    with pytest.raises(ContextOverflowError, match="input 0 has 5 tokens"):
+        embed_mod.fit_inputs([[1, 2, 3, 4, 9]], 3, truncate=False, keep_last=True)
+
+
+def test_pooling_from_metadata():
+    assert embed_mod.pooling_for({"bert.pooling_type": "2"}, "bert", True) == "cls"
+    assert embed_mod.pooling_for({}, "bert", True) == "mean"
+    assert embed_mod.pooling_for({}, "llama", False) == "last"
+    assert embed_mod.pooling_for({"llama.pooling_type": "0"}, "llama", False) == "last"  # none: our default
