@@ -185,7 +185,7 @@ def _from_hf(
     from . import vocab as vocab_mod  # owned by the vocab stream; imported only for HF sources
 
     spec = get_arch(_read_config(src).get("model_type"))
-    cfg = spec.load_config(_read_config(src))
+    cfg = spec.load_config({**_read_config(src), **spec.read_sidecar(src)})
     ckpt = Checkpoint.open(src)
     vocab = vocab_mod.load_vocab(src, vocab_size=None if spec.trim_vocab else cfg.vocab_size)
     if spec.trim_vocab:  # Gemma 3: drop embedding rows past the tokenizer's vocabulary
@@ -252,9 +252,15 @@ def _read_config(src: Path) -> dict[str, Any]:
     return data
 
 
+# Embeddings llama.cpp's converter keeps in F32 whatever the type (BERT's positions and token types)
+ALWAYS_F32 = tuple(gguf.TENSOR_NAMES[t] + "." for t in (gguf.MODEL_TENSOR.POS_EMBD, gguf.MODEL_TENSOR.TOKEN_TYPES))
+
+
 def storage_type(gguf_name: str, shape: tuple[int, ...], wanted: Q) -> Q:
-    """llama.cpp keeps 1-D tensors, norms and non-weights (biases, rope_freqs) in F32."""
+    """llama.cpp keeps 1-D tensors, norms, non-weights (biases, rope_freqs) and ALWAYS_F32 in F32."""
     if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        return Q.F32
+    if gguf_name.startswith(ALWAYS_F32):
         return Q.F32
     return wanted
 
