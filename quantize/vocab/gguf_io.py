@@ -57,7 +57,7 @@ def add_vocab_to_gguf(writer: gguf.GGUFWriter, vocab: Vocab) -> None:
     if vocab.remove_extra_whitespaces is not None:
         writer.add_remove_extra_whitespaces(vocab.remove_extra_whitespaces)
     if vocab.precompiled_charsmap:
-        writer.add_array(K.PRECOMPILED_CHARSMAP, np.frombuffer(vocab.precompiled_charsmap, dtype=np.uint8))
+        writer.add_array(K.PRECOMPILED_CHARSMAP, vocab.precompiled_charsmap)  # bytes: a UINT8 array
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)
 
