@@ -146,3 +146,23 @@ def test_pooling_is_read_from_sentence_transformers_files(tmp_path):
     assert read_pooling(tmp_path) == {"pooling_type": 2}  # gguf.PoolingType.CLS
     files = write_pooling({"pooling_type": 2, "hidden_size": 8, "is_causal": False})
     assert files["1_Pooling/config.json"]["pooling_mode_cls_token"] is True
+
+
+@pytest.mark.slow
+def test_gemma3_checkpoint_written_by_transformers_is_refused_clearly(gemma3_path, tmp_path):
+    """transformers turns the bundled Gemma-3 GGUF's vocabulary into a Unigram tokenizer.json with byte
+    fallback; llama.cpp's Unigram tokenizer has none (<unk> where HF spells bytes), so convert refuses it
+    with the reason instead of writing a file that tokenizes differently."""
+    from transformers import AutoTokenizer
+
+    from edge.errors import ModelFormatError
+
+    hf = unpack(gemma3_path, tmp_path / "unpacked", quiet=True)
+    tok = AutoTokenizer.from_pretrained(gemma3_path.parent, gguf_file=gemma3_path.name)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (hf / name).unlink(missing_ok=True)
+    tok.save_pretrained(hf)
+    tj = json.loads((hf / "tokenizer.json").read_text())
+    assert tj["model"]["type"] == "Unigram" and tj["model"]["byte_fallback"]
+    with pytest.raises(ModelFormatError, match="byte_fallback"):
+        convert(hf, "f32", tmp_path / "out", name="gemma3", quiet=True)
