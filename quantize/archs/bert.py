@@ -53,11 +53,11 @@ class BertConfig(ArchConfig):
             raise ModelFormatError(f"hidden_act {self.hidden_act!r} is not supported (llama.cpp's bert uses GELU)")
 
 
-def _rule(hf: str, tensor: T, shape, suffix: str = ".weight") -> TensorRule:
+def _rule(hf: str, tensor: gguf.MODEL_TENSOR, shape, suffix: str = ".weight") -> TensorRule:
     return TensorRule(hf=hf + suffix, tensor=tensor, shape=shape, suffix=suffix)
 
 
-def _linear(hf: str, tensor: T, rows: str, cols: str) -> tuple[TensorRule, ...]:
+def _linear(hf: str, tensor: gguf.MODEL_TENSOR, rows: str, cols: str) -> tuple[TensorRule, ...]:
     """A dense layer: weight (rows, cols) and bias (rows,)."""
     return (
         _rule(hf, tensor, lambda c: (getattr(c, rows), getattr(c, cols))),
@@ -65,7 +65,7 @@ def _linear(hf: str, tensor: T, rows: str, cols: str) -> tuple[TensorRule, ...]:
     )
 
 
-def _norm(hf: str, tensor: T) -> tuple[TensorRule, ...]:
+def _norm(hf: str, tensor: gguf.MODEL_TENSOR) -> tuple[TensorRule, ...]:
     """A LayerNorm: weight and bias, both (hidden_size,)."""
     return (
         _rule(hf, tensor, lambda c: (c.hidden_size,)),

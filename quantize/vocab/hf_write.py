@@ -226,8 +226,8 @@ def _config(vocab: Vocab) -> dict:
 
 def _special_map(vocab: Vocab) -> dict:
     if vocab.model == WPM:  # BERT names its bos/eos [CLS] and [SEP]
-        roles = {"cls": "bos", "sep": "sep", "unk": "unk", "pad": "pad", "mask": "mask"}
-        return {f"{k}_token": vocab.token(r) for k, r in roles.items() if vocab.token(r) is not None}
+        bert = {"cls": "bos", "sep": "sep", "unk": "unk", "pad": "pad", "mask": "mask"}
+        return {f"{k}_token": vocab.token(r) for k, r in bert.items() if vocab.token(r) is not None}
     roles = ("bos", "eos", "unk", "pad", "mask") if vocab.model == UGM else ("bos", "eos", "unk", "pad")
     return {f"{r}_token": vocab.token(r) for r in roles if vocab.token(r) is not None}
 
