@@ -151,7 +151,7 @@ def _from_hf(
 
     config = read_config(src)
     spec = get_arch(config.get("model_type"))
-    cfg = spec.load_config(config)
+    cfg = spec.load_config({**config, **spec.read_sidecar(src)})
     ckpt = Checkpoint.open(src)
     vocab = vocab_mod.load_vocab(src, vocab_size=None if spec.trim_vocab else cfg.vocab_size)
     if spec.trim_vocab:  # Gemma 3: drop embedding rows past the tokenizer's vocabulary
@@ -205,9 +205,15 @@ def _ordered(results: list[ConvertResult], qtypes: list[QuantType]) -> list[Conv
     return sorted(results, key=lambda r: order.index(r.type) if r.type in order else -1)
 
 
+# Embeddings llama.cpp's converter keeps in F32 whatever the type (BERT's positions and token types)
+ALWAYS_F32 = tuple(gguf.TENSOR_NAMES[t] + "." for t in (gguf.MODEL_TENSOR.POS_EMBD, gguf.MODEL_TENSOR.TOKEN_TYPES))
+
+
 def storage_type(gguf_name: str, shape: tuple[int, ...], wanted: Q) -> Q:
-    """llama.cpp keeps 1-D tensors, norms and non-weights (biases, rope_freqs) in F32."""
+    """llama.cpp keeps 1-D tensors, norms, non-weights (biases, rope_freqs) and ALWAYS_F32 in F32."""
     if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        return Q.F32
+    if gguf_name.startswith(ALWAYS_F32):
         return Q.F32
     return wanted
 

@@ -1,7 +1,8 @@
 """`edge-quantize unpack MODEL.gguf -o DIR`: GGUF -> Hugging Face checkpoint folder.
 
 Writes model.safetensors (quantized tensors dequantized to F32, float tensors kept in their type),
-config.json rebuilt from the GGUF metadata through the architecture's tables, and the tokenizer
+config.json rebuilt from the GGUF metadata through the architecture's tables, the files the
+architecture keeps beside it (a BERT encoder's sentence-transformers pooling), and the tokenizer
 files (vocab.write_hf_tokenizer). The architecture's transforms are undone (q/k permutation,
 Gemma's +1). The folder appears atomically: it is filled under a temp name and renamed at the end.
 """
@@ -49,10 +50,14 @@ def unpack(gguf_path: Path, out_dir: Path, *, force: bool = False, quiet: bool =
     entries = _entries(spec, cfg, tensors, data)
     vocab = vocab_mod.vocab_from_gguf(gguf_path)
     config.update({f"{k}_token_id": v for k, v in vocab.special_ids.items() if k in ("bos", "eos", "pad")})
+    sidecar = spec.write_sidecar(config)  # e.g. sentence-transformers' pooling files (pops its fields)
     with Bars(quiet) as bars, atomic_folder(out_dir, force=force) as tmp:
         task = bars.add(f"unpack {gguf_path.name}", total=len(entries))
         write_safetensors(tmp / "model.safetensors", entries, on_tensor=lambda e: bars.advance(task))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        for rel, value in sidecar.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
         vocab_mod.write_hf_tokenizer(vocab, tmp)
     return out_dir
 

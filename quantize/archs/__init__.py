@@ -30,7 +30,7 @@ from edge.errors import UnsupportedArchitectureError
 
 from .base import ArchSpec
 
-SUPPORTED: tuple[str, ...] = ("llama", "phi3", "gemma", "gemma2", "gemma3", "gemma3_text")
+SUPPORTED: tuple[str, ...] = ("llama", "phi3", "gemma", "gemma2", "gemma3", "gemma3_text", "bert")
 ALIASES: dict[str, str] = {"gemma3_text": "gemma3"}  # model_type -> module sharing its code
 
 

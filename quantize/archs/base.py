@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import gguf
@@ -122,6 +123,10 @@ def _nothing(*_args: Any) -> Any:
     return ()
 
 
+def _no_files(*_args: Any) -> dict[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True)
 class PlannedTensor:
     """A tensor of the output file: where it comes from and its GGUF shape (numpy order)."""
@@ -152,6 +157,11 @@ class ArchSpec:
     # Embedding rows past the tokenizer's vocabulary are dropped (Gemma 3): the converter loads the
     # vocabulary unpadded and rebuilds the config with `n_vocab` = its size before planning.
     trim_vocab: bool = False
+    # Settings kept in files beside config.json (sentence-transformers' pooling): checkpoint folder ->
+    # config fields, and the inverse for unpack: config (fields it consumes are popped) -> {relative
+    # path: JSON value} written beside config.json.
+    read_sidecar: Callable[[Path], dict[str, Any]] = _no_files
+    write_sidecar: Callable[[dict[str, Any]], dict[str, Any]] = _no_files
 
     @property
     def arch_name(self) -> str:

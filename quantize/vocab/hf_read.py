@@ -6,6 +6,8 @@ never from the class name in tokenizer_config.json:
   * SentencePiece as BPE + byte_fallback / "▁" (Gemma-3 style)  -> "llama" with scores derived
     from the merge ranks, so llama.cpp's SPM merge order (best score first) is HF's (lowest rank first)
   * tokenizer.model (SentencePiece protobuf)                     -> "llama" with its own scores
+  * WordPiece (BERT)                                             -> "bert" (wordpiece.py)
+  * Unigram (XLM-RoBERTa, T5)                                    -> "t5" (unigram.py)
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from edge.errors import ModelFormatError
 
-from .model import BPE, SPM, TokenType, Vocab
+from . import unigram, wordpiece
+from .model import BPE, SPM, WPM, TokenType, Vocab
 from .pretokenizers import detect_pre
 from .safety import check_vocab
 from .spm_model import read_spm
@@ -37,6 +40,10 @@ def load_vocab(src_dir: Path, *, vocab_size: int | None = None) -> Vocab:
     kind = _kind(tj) if tj else None
     if tj is not None and kind == BPE:
         vocab = _from_bpe_json(tj, cfg)
+    elif kind == "WordPiece":
+        vocab = wordpiece.from_tokenizer_json(tj, *_id_table(tj))
+    elif kind == "Unigram":
+        vocab = unigram.from_tokenizer_json(tj)
     elif spm_path.exists() and kind in (SPM, None):
         vocab = _from_spm_model(spm_path, tj, cfg, src_dir)
     elif tj is not None and kind == SPM:
@@ -48,7 +55,7 @@ def load_vocab(src_dir: Path, *, vocab_size: int | None = None) -> Vocab:
     else:
         raise ModelFormatError(
             f"{src_dir}/tokenizer.json: unsupported tokenizer model {kind!r} "
-            "(supported: byte-level BPE, SentencePiece BPE with byte fallback)"
+            "(supported: byte-level BPE, SentencePiece BPE with byte fallback, WordPiece, Unigram)"
         )
     _fill_specials(vocab, tj, cfg, src_dir)
     if vocab_size is not None:
@@ -220,6 +227,12 @@ def _fill_specials(vocab: Vocab, tj: dict | None, cfg: dict, src_dir: Path) -> N
         vocab.special_ids["eos"] = int(eos[0] if isinstance(eos, list) else eos)
     if "bos" not in vocab.special_ids and gen.get("bos_token_id") is not None:
         vocab.special_ids["bos"] = int(gen["bos_token_id"])
+    if vocab.model == WPM:  # BERT: bos/eos are the [CLS] ... [SEP] around a text, as llama.cpp reads them
+        single = [t for t in _post_single(tj) or [] if t != "$A"]
+        if single and single[0] in index:
+            vocab.special_ids.setdefault("bos", index[single[0]])
+        if len(single) > 1 and single[-1] in index:
+            vocab.special_ids.setdefault("eos", index[single[-1]])
     if vocab.model == SPM and "unk" not in vocab.special_ids:
         unk = [i for i, t in enumerate(vocab.token_types) if t == TokenType.UNKNOWN]
         if unk:

@@ -9,6 +9,8 @@ r"""Vocab -> Hugging Face tokenizer files that tokenize exactly as llama.cpp doe
     llama.cpp prepends a space to every text fragment (after each special token too) when
     add_space_prefix is set: a Prepend normalizer does the same, where Metaspace(prepend_scheme=
     "first") would not.
+  * "bert" (WordPiece) and "t5" (Unigram) vocabularies: the tokenizer.json those models ship
+    (wordpiece.py, unigram.py), which tokenizes as llama.cpp's WPM and UGM tokenizers do.
 tokenizer_config.json names PreTrainedTokenizerFast so transformers uses tokenizer.json as is.
 
 Why transformers' own GGUF loading (transformers/integrations/ggml.py, 4.57) differs from llama.cpp:
@@ -29,7 +31,8 @@ import numpy as np
 
 from edge.fsio import write_atomic
 
-from .model import BPE, SPM, TokenType, Vocab
+from . import unigram, wordpiece
+from .model import BPE, SPM, UGM, WPM, TokenType, Vocab
 from .pretokenizers import BY_PRE, hf_pre_tokenizer, ignore_merges
 
 _ADDED_TYPES = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
@@ -45,6 +48,24 @@ def write_hf_tokenizer(vocab: Vocab, out_dir: Path) -> None:
 
 
 def tokenizer_json(vocab: Vocab) -> dict:
+    if vocab.model == WPM:
+        return _tokenizer_json(
+            vocab,
+            wordpiece.hf_model(vocab),
+            normalizer=wordpiece.hf_normalizer(vocab),
+            pre_tokenizer={"type": "BertPreTokenizer"},
+            post_processor=wordpiece.hf_post_processor(vocab),
+            decoder={"type": "WordPiece", "prefix": wordpiece.CONTINUATION, "cleanup": True},
+        )
+    if vocab.model == UGM:
+        return _tokenizer_json(
+            vocab,
+            unigram.hf_model(vocab),
+            normalizer=unigram.hf_normalizer(vocab),
+            pre_tokenizer=unigram.hf_pre_tokenizer(vocab),
+            post_processor=_post_processor(vocab),
+            decoder=unigram.hf_decoder(vocab),
+        )
     model = _bpe_model(vocab) if vocab.model == BPE else _spm_model(vocab)
     return {
         "version": "1.0",
@@ -57,6 +78,13 @@ def tokenizer_json(vocab: Vocab) -> dict:
         "decoder": _decoder(vocab),
         "model": model,
     }
+
+
+def _tokenizer_json(vocab: Vocab, model: dict, **parts) -> dict:
+    added = _added_tokens(vocab)
+    if vocab.model == WPM:  # the HF texts of the added tokens, not llama.cpp's phantom-space form
+        added = [{**a, "content": wordpiece.hf_token(vocab, a["id"])} for a in added]
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, **parts, "model": model}
 
 
 def _vocab_map(vocab: Vocab) -> dict[str, int]:
@@ -197,7 +225,11 @@ def _config(vocab: Vocab) -> dict:
 
 
 def _special_map(vocab: Vocab) -> dict:
-    return {f"{r}_token": vocab.token(r) for r in ("bos", "eos", "unk", "pad") if vocab.token(r) is not None}
+    if vocab.model == WPM:  # BERT names its bos/eos [CLS] and [SEP]
+        bert = {"cls": "bos", "sep": "sep", "unk": "unk", "pad": "pad", "mask": "mask"}
+        return {f"{k}_token": vocab.token(r) for k, r in bert.items() if vocab.token(r) is not None}
+    roles = ("bos", "eos", "unk", "pad", "mask") if vocab.model == UGM else ("bos", "eos", "unk", "pad")
+    return {f"{r}_token": vocab.token(r) for r in roles if vocab.token(r) is not None}
 
 
 def _write_json(path: Path, obj: dict) -> None:

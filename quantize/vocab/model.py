@@ -12,9 +12,12 @@ import gguf
 
 TokenType = gguf.TokenType  # NORMAL=1 UNKNOWN=2 CONTROL=3 USER_DEFINED=4 UNUSED=5 BYTE=6
 
-# llama.cpp's "llama" tokenizer model is SentencePiece; "gpt2" is byte-level BPE.
+# llama.cpp's "llama" tokenizer model is SentencePiece; "gpt2" is byte-level BPE; "bert" is WordPiece
+# (its WPM tokenizer); "t5" is a Unigram model (its UGM tokenizer, SentencePiece's Viterbi search).
 SPM = "llama"
 BPE = "gpt2"
+WPM = "bert"
+UGM = "t5"
 
 # Special-token roles written as tokenizer.ggml.<role>_token_id.
 SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "mask", "eot", "eom")
@@ -22,7 +25,7 @@ SPECIAL_ROLES = ("bos", "eos", "unk", "sep", "pad", "mask", "eot", "eom")
 
 @dataclass
 class Vocab:
-    model: str  # tokenizer.ggml.model: "gpt2" (byte-level BPE) | "llama" (SentencePiece)
+    model: str  # tokenizer.ggml.model: "gpt2" | "llama" | "bert" | "t5" (see above)
     pre: str | None  # tokenizer.ggml.pre, e.g. "llama-bpe", "smollm", "default"
     tokens: list[str]
     scores: list[float]
@@ -36,6 +39,13 @@ class Vocab:
     # general.name of the GGUF it came from: llama.cpp sets some token attributes by model name
     # (Phi-3's special tokens strip the whitespace after them), and the HF export must do the same.
     model_name: str | None = None
+    add_sep: bool | None = None  # WordPiece: llama.cpp's converter writes it (False); WPM ignores it
+    # WordPiece's BertNormalizer: llama.cpp lowercases (and strips accents) unless told otherwise
+    lowercase: bool | None = None
+    strip_accents: bool | None = None  # None: as lowercase (BertNormalizer's and llama.cpp's default)
+    # Unigram's normalizer: SentencePiece's compiled character map (tokenizer.ggml.precompiled_charsmap)
+    precompiled_charsmap: bytes | None = None
+    remove_extra_whitespaces: bool | None = None
 
     def __post_init__(self) -> None:
         n = len(self.tokens)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from edge.errors import ModelFormatError
 
-from .model import BPE, SPM, Vocab
+from .model import BPE, SPM, UGM, WPM, Vocab
 
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 
@@ -27,8 +27,19 @@ def check_vocab(vocab: Vocab) -> None:
                 "byte-level BPE tokenizer without merges: llama.cpp refuses to load it. "
                 "Use the tokenizer.json shipped with the model (it has model.merges)."
             )
+    elif vocab.model == WPM:
+        for role in ("bos", "sep", "unk"):  # llama.cpp asserts [CLS]/[SEP] when adding them; [UNK] per OOV word
+            if role not in vocab.special_ids:
+                raise ModelFormatError(
+                    f"WordPiece tokenizer has no {role} token ([CLS]/[SEP]/[UNK]); llama.cpp needs it"
+                )
+    elif vocab.model == UGM:
+        if "unk" not in vocab.special_ids:
+            raise ModelFormatError("Unigram tokenizer has no unk_id; llama.cpp needs <unk> for uncovered characters")
     else:
-        raise ModelFormatError(f"unsupported tokenizer model {vocab.model!r} (supported: {SPM!r}, {BPE!r})")
+        raise ModelFormatError(
+            f"unsupported tokenizer model {vocab.model!r} (supported: {SPM!r}, {BPE!r}, {WPM!r}, {UGM!r})"
+        )
     n = len(vocab.tokens)
     for role, i in vocab.special_ids.items():
         if not 0 <= i < n:

@@ -20,7 +20,7 @@ import pytest
 from quantize.convert import convert
 
 GOLDEN = Path(__file__).parent / "golden"
-CASES = [("llama3", "f16"), ("llama3-tied", "f32"), ("llama2", "q4_0")]
+CASES = [("llama3", "f16"), ("llama3-tied", "f32"), ("llama2", "q4_0"), ("bert", "f16"), ("llama-unigram", "f32")]
 
 
 def digest(path: Path) -> dict[str, dict[str, str]]:

@@ -48,6 +48,8 @@ CHAT_STRINGS = {
     "phi3": "<|system|>\nBe brief<|end|>\n<|user|>\nHi there<|end|>\n<|assistant|>\n",
     "gemma": "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
     "gemma3-json": "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
+    "bert": "[CLS] Hi there, [MASK] world![SEP]Second part[SEP]",
+    "xlmr": "<s> Hi there, <mask> world!</s></s>Zweiter Teil</s>",
 }
 
 
@@ -68,7 +70,14 @@ def test_hf_to_gguf_tokenizes_like_hf(folders, tmp_path, kind):
     vocab = load_vocab(folders[kind])
     hf = tokenizers.Tokenizer.from_file(str(folders[kind] / "tokenizer.json"))
     with LlamaCppVocab(_gguf(tmp_path, vocab, kind)) as lc:
-        assert_same_tokens(hf, lc, MIXED_STRINGS + (CHAT_STRINGS[kind],))
+        assert_same_tokens(hf, lc, strings(kind))
+
+
+def strings(kind: str) -> tuple[str, ...]:
+    """The mixed texts, less the one case llama.cpp's WordPiece gets wrong: accent stripping decomposes
+    Hangul syllables into jamo differently from HF's (documented in quantize/vocab/wordpiece.py)."""
+    mixed = tuple(s for s in MIXED_STRINGS if kind != "bert" or not any("\uac00" <= c <= "\ud7a3" for c in s))
+    return mixed + (CHAT_STRINGS[kind],)
 
 
 @pytest.mark.slow
@@ -79,10 +88,13 @@ def test_gguf_to_hf_tokenizes_like_llama_cpp(folders, tmp_path, kind):
     write_hf_tokenizer(back, tmp_path / "hf")
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "hf" / "tokenizer.json"))
     with LlamaCppVocab(path) as lc:
-        assert_same_tokens(hf, lc, MIXED_STRINGS + (CHAT_STRINGS[kind],))
+        assert_same_tokens(hf, lc, strings(kind))
     cfg = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
-    assert cfg["chat_template"] == back.chat_template
-    assert cfg["bos_token"] == back.token("bos") and cfg["eos_token"] == back.token("eos")
+    assert cfg.get("chat_template") == back.chat_template
+    if back.model == "bert":  # BERT's roles are called [CLS] and [SEP]
+        assert cfg["cls_token"] == back.token("bos") and cfg["sep_token"] == back.token("sep")
+    else:
+        assert cfg["bos_token"] == back.token("bos") and cfg["eos_token"] == back.token("eos")
     # ...and loading that folder again gives the same vocabulary as the GGUF's.
     again = load_vocab(tmp_path / "hf")
     assert (again.model, again.pre, again.tokens) == (back.model, back.pre, back.tokens)

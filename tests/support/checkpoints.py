@@ -217,6 +217,24 @@ def _gemma3(vocab: int, ids: dict[str, int | None]):
     )
 
 
+def _bert(vocab: int, ids: dict[str, int | None]):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu",
+        initializer_range=INIT_STD,
+        pad_token_id=ids["pad"] or 0,
+    )
+
+
 KINDS: dict[str, Kind] = {
     "llama3": Kind("llama3", lambda v, i: _llama3(v, i, tied=False), "LlamaForCausalLM", 3),
     "llama3-tied": Kind("llama3", lambda v, i: _llama3(v, i, tied=True), "LlamaForCausalLM", 31),
@@ -225,11 +243,16 @@ KINDS: dict[str, Kind] = {
     "gemma": Kind("gemma", _gemma, "GemmaForCausalLM", 7, gemma_norms=True),
     "gemma2": Kind("gemma", _gemma2, "Gemma2ForCausalLM", 8, gemma_norms=True),
     "gemma3": Kind("gemma3-json", _gemma3, "Gemma3ForCausalLM", 9, gemma_norms=True, extra_rows=GEMMA3_OOV_ROWS),
+    # an encoder (BertModel: hidden states, no logits) with its WordPiece vocabulary
+    "bert": Kind("bert", _bert, "BertModel", 11),
+    # a decoder with a Unigram vocabulary (XLM-RoBERTa's tokenizer.json): the vocabulary path is the point
+    "llama-unigram": Kind("xlmr", _llama2, "LlamaForCausalLM", 12),
 }
+CAUSAL = tuple(k for k, s in KINDS.items() if s.model_cls.endswith("ForCausalLM") and s.tokenizer != "xlmr")
 
 _BOS = ("<|begin_of_text|>", "<bos>", "<s>")
 _EOS = ("<|end_of_text|>", "<eos>", "</s>", "<|endoftext|>")
-_PAD = ("<pad>", "<|finetune_right_pad_id|>")
+_PAD = ("<pad>", "<|finetune_right_pad_id|>", "[PAD]")
 
 
 def special_ids(tok_dir: Path) -> dict[str, int | None]:
@@ -256,7 +279,7 @@ def _randomize_norms(model, *, gemma: bool) -> None:
     import torch
 
     for name, p in model.named_parameters():
-        if name.endswith("norm.weight"):
+        if name.endswith(("norm.weight", "LayerNorm.weight")):
             with torch.no_grad():
                 if gemma:
                     p.normal_(0.0, 0.3)  # effective scale 1 + w
