@@ -1,12 +1,16 @@
-"""ONNX output types: `onnx:fp32`, `onnx:fp16`, `onnx:int8`, `onnx:int4[_bs<16|32|64|128>][_asym][_acc<0-4>]`.
+"""ONNX output types: `onnx:fp32`, `onnx:fp16`, `onnx:int8`, `onnx:int8_dyn`,
+`onnx:int4[_bs<16|32|64|128>][_asym][_acc<0-4>]`.
 
 - fp32: plain MatMul weights.
 - fp16: weights stored as float16 (half the file) and widened once at load (Cast nodes that
   onnxruntime folds); the graph computes in fp32 so every CPU runs it.
-- int8: onnxruntime's dynamic quantization, written while the graph is built: int8 weights with one
-  scale per output column, activations quantized on the fly (DynamicQuantizeMatMul). Not
-  onnxruntime.quantization.quantize_dynamic on a saved fp32 graph: it holds the whole model in
-  memory (4x its size), and its per-tensor weight scales are too coarse for a 135M model.
+- int8: weight-only: MatMulNBits with 8-bit blocks of 32 weights along K (one scale each) and float
+  activations (accuracy level 1), what users mean by "INT8 costs little quality".
+- int8_dyn: onnxruntime's dynamic quantization, for hardware that wants integer activations: int8
+  weights with one scale per output column, activations quantized on the fly per call
+  (DynamicQuantizeMatMul). Models with activation outliers (SmolLM2 has them) lose much more here.
+  Written while the graph is built, not with quantize_dynamic on a saved fp32 graph (that holds the
+  whole model in memory, 4x its size).
 - int4: MatMulNBits (`_head8`: the output projection at 8 bits), 4-bit blocks of `block_size` weights along K, symmetric (default) or with zero
   points, `accuracy_level` (4 = int8 compute on CPU, the fast one; 1 = fp32) packed tensor by tensor
   with onnxruntime's own C++ quantizer while the graph is built, so the fp32 model never exists.
@@ -43,11 +47,13 @@ def parse_onnx_type(text: str) -> OnnxType:
     if t == "fp16":
         return OnnxType("fp16", WeightFormat("fp16"))
     if t == "int8":
-        return OnnxType("int8", WeightFormat("int8"))
+        return OnnxType("int8", WeightFormat("nbits", bits=8, block_size=32, accuracy_level=1, head_bits=8))
+    if t == "int8_dyn":
+        return OnnxType("int8_dyn", WeightFormat("int8"))
     m = _INT4.match(t)
     if not m:
         raise UnknownTypeError(
-            f"unknown ONNX type {text!r}; choose onnx:fp32, onnx:fp16, onnx:int8 or "
+            f"unknown ONNX type {text!r}; choose onnx:fp32, onnx:fp16, onnx:int8, onnx:int8_dyn or "
             "onnx:int4 (options: _bs16/_bs32/_bs64/_bs128, _asym, _acc0.._acc4, _head8, e.g. onnx:int4_bs64_asym)"
         )
     block, sym, acc, head = 32, True, 4, 4

@@ -125,7 +125,9 @@ def _agreement(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     return float((ref.argmax(-1) == got.argmax(-1)).mean()), float((np.exp(lp) * (lp - lq)).sum(-1).mean())
 
 
-@pytest.mark.parametrize("otype", ["onnx:fp16", "onnx:int8", "onnx:int4", "onnx:int4_bs128_asym_acc1_head8"])
+@pytest.mark.parametrize(
+    "otype", ["onnx:fp16", "onnx:int8", "onnx:int8_dyn", "onnx:int4", "onnx:int4_bs128_asym_acc1_head8"]
+)
 def test_quantized_types_load_generate_and_agree(otype, exported):
     ref_folder = exported("llama3")
     folder = exported("llama3", otype)
@@ -137,7 +139,8 @@ def test_quantized_types_load_generate_and_agree(otype, exported):
     print(f"{otype}: top-1 agreement with fp32 {top1:.3f}, KL {kl:.4f}, logit correlation {corr:.4f}")
     # random tiny weights have near-ties everywhere, so top-1 is only bounded for the near-lossless
     # types; the correlation of the logits catches a broken quantizer (wrong packing gives ~0)
-    assert corr >= {"onnx:fp16": 0.9999, "onnx:int8": 0.99}.get(otype, 0.7)  # int4 measured 0.85
+    # measured here: int8 (weight-only) 0.999, int8_dyn 0.93, int4 0.85
+    assert corr >= {"onnx:fp16": 0.9999, "onnx:int8": 0.995, "onnx:int8_dyn": 0.9}.get(otype, 0.7)
     if otype == "onnx:fp16":
         assert top1 == 1.0
     assert len(_greedy(folder, ids[:8], 8)) == 8
