@@ -7,8 +7,8 @@ longer prefix with a kept entry than with any slot gets that state copied back i
 (`llama_state_seq_set_data`), so only the rest of the prompt is evaluated.
 
 - Entries are keyed by their tokens; a lookup returns the entry sharing the longest prefix with
-  the prompt. An entry whose tokens are a prefix of a newer one's is dropped: the newer one serves
-  every prompt the older one did (the turns of one conversation keep one entry).
+  the prompt. An entry that would spare fewer than `min_tokens` more than a newer one is dropped
+  when the newer one comes: the turns of one conversation keep one entry, not one per turn.
 - Memory: the states' bytes stay within `budget_bytes`, least recently used out.
 - Disk (`directory`, one folder per model digest): every entry added is also written, atomically,
   by a background thread (the decode thread never waits for the disk), within `disk_budget_bytes`,
@@ -152,7 +152,7 @@ class PromptCache:
         self.counters["tokens_restored"] += restored
 
     def add(self, tokens: Sequence[int], state: bytes) -> None:
-        """Keep `state` (the KV of exactly `tokens`); replaces entries that are prefixes of it."""
+        """Keep `state` (the KV of exactly `tokens`); drops the entries it nearly covers."""
         if not self.enabled or len(state) > self.budget or len(tokens) < self.min_tokens:
             return
         toks = tuple(tokens)
@@ -160,7 +160,7 @@ class PromptCache:
         entry = Entry(toks, len(state), state, last_used=self._tick, name=entry_name(toks))
         with self._lock:
             for name, e in list(self.entries.items()):
-                if len(e.tokens) <= len(toks) and toks[: len(e.tokens)] == e.tokens:
+                if len(e.tokens) - common_prefix(e.tokens, toks) < self.min_tokens:
                     del self.entries[name]
                     self._forget_file(e)
             self.entries[entry.name] = entry

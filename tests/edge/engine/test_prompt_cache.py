@@ -17,23 +17,9 @@ import pytest
 from edge.engine.base import Delta, Finish, SamplingParams
 from edge.engine.prompt_cache import MAGIC, PromptCache
 from edge.engine.scheduler import GenerationStream, Scheduler
-from tests.edge.test_scheduler import FakeBatcher
+from tests.support.fake_backend import FakeBatcher, StatefulFakeBatcher
 
 MIN = 8  # min_tokens of the caches made here
-
-
-class StatefulFake(FakeBatcher):
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.loads = 0
-
-    def save_state(self, seq):
-        return bytearray(json.dumps(self.kv[seq]).encode())
-
-    def load_state(self, seq, state):
-        self.loads += 1
-        self.kv[seq] = json.loads(bytes(state))
-        return True
 
 
 def run(sched, prompt, max_tokens=3):
@@ -55,7 +41,7 @@ def sched_with_cache():
     made = []
 
     def factory(budget=1 << 20, directory=None, digest="m1", n_slots=1):
-        fb = StatefulFake(n_slots=n_slots, n_ctx=512, n_batch=64)
+        fb = StatefulFakeBatcher(n_slots=n_slots, n_ctx=512, n_batch=64)
         cache = PromptCache(budget, directory=directory, model_digest=lambda: digest, min_tokens=MIN)
         sched = Scheduler(fb, prompt_cache=cache)
         made.append(sched)
