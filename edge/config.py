@@ -54,6 +54,13 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "browser origins allowed to call the API (comma-separated; '*' any; default none)",
     ),
     Setting(
+        "cache_ram",
+        "EDGE_CACHE_RAM",
+        "MiB of earlier prompts' KV states kept in memory (default: half the budget the model leaves, "
+        "at most 2048; 0: off)",
+    ),
+    Setting("cache_dir", "EDGE_CACHE_DIR", "folder where cached prompt states persist (default HOME/cache/prompts)"),
+    Setting(
         "request_timeout",
         "EDGE_REQUEST_TIMEOUT",
         "seconds one request may take, queue and generation included (default 600; 0: none)",
@@ -85,6 +92,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     request_timeout: float = 600.0
     read_timeout: float = 30.0
+    cache_ram: int | None = None
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65535)
@@ -94,6 +103,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None:
                 _check_range(name, value, 1, 1 << 24)
+        if self.cache_ram is not None:
+            _check_range("cache_ram", self.cache_ram, 0, 1 << 24)
         _check_range("request_timeout", self.request_timeout, 0, 7 * 86400)
         _check_range("read_timeout", self.read_timeout, 1, 3600)
         if self.api_key is not None and not self.api_key.strip():

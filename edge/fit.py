@@ -36,6 +36,9 @@ def _profile_and_budget(settings: Settings, root: Path):
     return found.profile, found.budget_bytes, found.threads, f"profile {found.profile.name} (detected)"
 
 
+CACHE_RAM_CAP = 2 << 30  # bytes: four 700-token prompts of an 8B model take ~0.4 GiB
+
+
 def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root: Path = Path("/")) -> Fit:
     """Fill threads/parallel/ctx from the profile and check the model fits (GGUF files only)."""
     from profiles.plan.planner import estimate, largest_context
@@ -62,7 +65,11 @@ def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root
         f"context {ctx} per slot x {settings.parallel}: {est.memory_bytes / 2**30:.2f} GiB "
         f"of a {est.budget_bytes / 2**30:.2f} GiB budget"
     )
-    return Fit(settings.with_(ctx=ctx), profile.name, tuple(reasons))
+    cache_ram = settings.cache_ram
+    if cache_ram is None:  # the prompt cache takes half of what the model leaves of the budget
+        cache_ram = min(max(0, est.budget_bytes - est.memory_bytes) // 2, CACHE_RAM_CAP) >> 20
+    reasons.append(f"prompt cache up to {cache_ram} MiB" if cache_ram else "prompt cache off")
+    return Fit(settings.with_(ctx=ctx, cache_ram=cache_ram), profile.name, tuple(reasons))
 
 
 def _refusal(shape, profile, ctx, est, kw):

@@ -51,6 +51,14 @@ def serve(
     read_timeout: float | None = typer.Option(
         None, help="seconds a client may take to send its request [env EDGE_READ_TIMEOUT; default 30]"
     ),
+    cache_ram: int | None = typer.Option(
+        None,
+        help="MiB of earlier prompts' KV states kept in memory; 0: off [env EDGE_CACHE_RAM; default: from the budget]",
+    ),
+    cache_dir: Path | None = typer.Option(
+        None,
+        help="folder where cached prompt states persist across restarts [env EDGE_CACHE_DIR; default ~/.edge/cache/prompts]",
+    ),
     uds: Path | None = typer.Option(
         None, "--uds", help="also listen on this Unix socket (mode 0660), for robots and kiosks"
     ),
@@ -77,6 +85,8 @@ def serve(
         cors_origins=cors_origin or None,
         request_timeout=request_timeout,
         read_timeout=read_timeout,
+        cache_ram=cache_ram,
+        cache_dir=cache_dir,
     )
     store = _store(settings)
     target = resolve_target(settings, store)

@@ -17,6 +17,7 @@ from edge.config import Settings
 from edge.engine.base import Engine
 from edge.errors import EdgeError, ModelLoadingError, ModelNotFoundError
 from edge.server.metrics import Metrics
+from edge.store import default_home
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ def open_target(opener: Callable[..., Engine], target: Target, settings: Setting
         n_parallel=settings.parallel or 1,
         n_threads=settings.threads,
         queue_size=settings.queue_size,
+        cache_ram_bytes=(settings.cache_ram or 0) << 20,
+        cache_dir=settings.cache_dir or (settings.home or default_home()) / "cache" / "prompts",
     )
 
 
