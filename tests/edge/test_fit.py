@@ -58,3 +58,19 @@ def test_serve_refuses_and_exits_5_before_binding(smollm2_path):
     assert "error: SmolLM2-135M-Instruct.Q4_1.gguf needs" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "serving" not in proc.stderr  # refused before any socket was bound (port 1 would need root anyway)
+
+
+def test_the_prompt_cache_takes_half_of_what_the_model_leaves(smollm2_path):
+    from profiles.plan.planner import estimate
+    from profiles.plan.shape import read_model_shape
+    from profiles.profile import get_profile
+
+    fit = fit_model(Settings(profile="rpi5-4gb"), smollm2_path)
+    s = fit.settings
+    profile = get_profile("rpi5-4gb")
+    est = estimate(read_model_shape(smollm2_path), "AS_IS", s.ctx, profile, n_parallel=s.parallel)
+    assert s.cache_ram == min((est.budget_bytes - est.memory_bytes) // 2, 2 << 30) >> 20 > 0
+    assert f"prompt cache up to {s.cache_ram} MiB" in fit.reasons
+    assert fit_model(Settings(profile="rpi5-4gb", cache_ram=0), smollm2_path).settings.cache_ram == 0
+    assert "prompt cache off" in fit_model(Settings(profile="rpi5-4gb", cache_ram=0), smollm2_path).reasons
+    assert Settings.from_env({"EDGE_CACHE_RAM": "64"}).cache_ram == 64
