@@ -68,6 +68,13 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "browser origins allowed to call the API (comma-separated; '*' any; default none)",
     ),
     Setting(
+        "cache_ram",
+        "EDGE_CACHE_RAM",
+        "MiB of earlier prompts' KV states each model keeps in memory, counted in its share of the "
+        "memory budget (default 256; 0: off)",
+    ),
+    Setting("cache_dir", "EDGE_CACHE_DIR", "folder where cached prompt states persist (default HOME/cache/prompts)"),
+    Setting(
         "request_timeout",
         "EDGE_REQUEST_TIMEOUT",
         "seconds one request may take, queue and generation included (default 600; 0: none)",
@@ -98,6 +105,9 @@ SETTINGS_HELP: tuple[Setting, ...] = (
 )
 
 
+DEFAULT_CACHE_RAM_MIB = 256  # a 700-token prompt of SmolLM2 takes 16 MiB, of an 8B model ~90 MiB
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = DEFAULT_HOST
@@ -122,6 +132,8 @@ class Settings:
     memory_budget: int | None = None  # bytes
     embed_max_inputs: int = 256
     embed_max_tokens: int = 65536
+    cache_ram: int = DEFAULT_CACHE_RAM_MIB  # per model; 0: no prompt cache
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65535)
@@ -131,6 +143,7 @@ class Settings:
             value = getattr(self, name)
             if value is not None:
                 _check_range(name, value, 1, 1 << 24)
+        _check_range("cache_ram", self.cache_ram, 0, 1 << 24)
         _check_range("request_timeout", self.request_timeout, 0, 7 * 86400)
         _check_range("read_timeout", self.read_timeout, 1, 3600)
         if self.memory_budget is not None:

@@ -104,7 +104,8 @@ def model_need(settings: Settings, budget: Budget, model_path: Path, size_bytes:
         if not budget.force:
             raise refusal
         print(f"edge: warning: --force: {refusal.message}", file=sys.stderr, flush=True)
-    return ModelNeed(ctx, est.memory_bytes - EDGE_LLAMA_CPP.process_bytes)
+    # the prompt cache's budget is part of what the model takes (edge.engine.prompt_cache)
+    return ModelNeed(ctx, est.memory_bytes - EDGE_LLAMA_CPP.process_bytes + (settings.cache_ram << 20))
 
 
 def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root: Path = Path("/")) -> Fit:
@@ -121,6 +122,10 @@ def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root
         f"context {need.n_ctx} per slot x {settings.parallel}: "
         f"{(need.bytes + EDGE_LLAMA_CPP.process_bytes) / 2**30:.2f} GiB of a {budget.budget_bytes / 2**30:.2f} GiB budget"
     )
+    if settings.cache_ram:
+        reasons.append(f"prompt cache up to {settings.cache_ram} MiB (counted in the model's share)")
+    else:
+        reasons.append("prompt cache off")
     return Fit(settings.with_(ctx=need.n_ctx), budget.profile.name, tuple(reasons))
 
 

@@ -53,6 +53,14 @@ def serve(
     read_timeout: float | None = typer.Option(
         None, help="seconds a client may take to send its request [env EDGE_READ_TIMEOUT; default 30]"
     ),
+    cache_ram: int | None = typer.Option(
+        None,
+        help="MiB of earlier prompts' KV states kept in memory; 0: off [env EDGE_CACHE_RAM; default: from the budget]",
+    ),
+    cache_dir: Path | None = typer.Option(
+        None,
+        help="folder where cached prompt states persist across restarts [env EDGE_CACHE_DIR; default ~/.edge/cache/prompts]",
+    ),
     uds: Path | None = typer.Option(
         None, "--uds", help="also listen on this Unix socket (mode 0660), for robots and kiosks"
     ),
@@ -96,6 +104,8 @@ def serve(
         pin=pin or None,
         keep_alive=keep_alive,
         memory_budget=memory_budget,
+        cache_ram=cache_ram,
+        cache_dir=cache_dir,
     )
     from edge.fit import server_budget, server_settings
 

@@ -50,9 +50,13 @@ def open_engine(
     n_parallel: int = 1,
     n_threads: int | None = None,
     queue_size: int = 16,
+    cache_ram_bytes: int = 0,
+    cache_dir: Path | None = None,
     **backend_opts,
 ) -> Engine:
-    """Load the model at `path` and start its scheduler. `engine.load_ns` tells how long it took."""
+    """Load the model at `path` and start its scheduler. `engine.load_ns` tells how long it took.
+
+    `cache_ram_bytes`/`cache_dir`: the prompt cache beyond the slots (GGUF models; ONNX has none)."""
     fmt = detect_format(Path(path))
     if fmt == "gguf":
         from edge.engine.llamacpp import LlamaCppEngine
@@ -70,6 +74,8 @@ def open_engine(
             n_parallel=n_parallel,
             n_threads=n_threads,
             queue_size=queue_size,
+            cache_ram_bytes=cache_ram_bytes,
+            cache_dir=cache_dir,
             **backend_opts,
         )
     from edge.engine.onnx.backend import OnnxEngine  # validates the folder (external data, manifest) first

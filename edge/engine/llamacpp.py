@@ -322,6 +322,27 @@ class LlamaCppBatcher:
         L.llama_memory_seq_rm(self.mem, seq, -1, -1)
         return 0
 
+    def save_state(self, seq: int) -> bytearray:
+        """A copy of sequence `seq`'s KV state (llama.cpp's own serialization, SWA cache included)."""
+        size = L.llama_state_seq_get_size(self.ctx, seq)
+        state = bytearray(size)
+        if size == 0:
+            return state
+        got = L.llama_state_seq_get_data(self.ctx, (ctypes.c_uint8 * size).from_buffer(state), size, seq)
+        del state[got:]
+        return state
+
+    def load_state(self, seq: int, state: bytes | bytearray) -> bool:
+        """Replace sequence `seq`'s KV with a saved state; False (and the sequence empty) if llama.cpp
+        refuses it (a state of another model or context layout)."""
+        L.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        buf = state if isinstance(state, bytearray) else bytearray(state)
+        arr = (ctypes.c_uint8 * len(buf)).from_buffer(buf)
+        if L.llama_state_seq_set_data(self.ctx, arr, len(buf), seq) > 0:
+            return True
+        L.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        return False
+
     def decode(self, entries: list[tuple[int, list[int], int, bool]]) -> list[int]:
         """Decode (seq, tokens, first position, want logits of the last token) entries in one batch.
 
@@ -416,6 +437,22 @@ class NativeSampler:
         self.chain = self.guarded = self.grammar = None
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of a model file, remembered while the file is unchanged (edge.formats.filecache)."""
+    import hashlib
+
+    from edge.formats.filecache import remember
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+    return remember(path, "sha256", compute)
+
+
 class LlamaCppEngine(SchedulerEngine):
     """A GGUF model served by llama.cpp with N batched slots."""
 
@@ -433,7 +470,11 @@ class LlamaCppEngine(SchedulerEngine):
         kv_unified: bool = False,
         flash_attn: int = -1,
         use_mmap: bool = True,
+        cache_ram_bytes: int = 0,
+        cache_dir: Path | None = None,
     ):
+        """`cache_ram_bytes` > 0 keeps earlier prompts' KV states in memory (and under `cache_dir`, keyed by
+        this file's sha256, across restarts): see edge.engine.prompt_cache."""
         t0 = time.perf_counter_ns()
         threads = n_threads or default_threads()
         self._batcher = LlamaCppBatcher(
@@ -449,7 +490,13 @@ class LlamaCppEngine(SchedulerEngine):
         )
         self.info = self._batcher.model_info(name)
         self.n_threads = threads
-        self.scheduler = Scheduler(self._batcher, queue_size=queue_size, name=f"edge-decode-{name}")
+        cache = None
+        if cache_ram_bytes > 0:
+            from edge.engine.prompt_cache import PromptCache
+
+            model = Path(path)
+            cache = PromptCache(cache_ram_bytes, directory=cache_dir, model_digest=lambda: file_digest(model))
+        self.scheduler = Scheduler(self._batcher, queue_size=queue_size, name=f"edge-decode-{name}", prompt_cache=cache)
         self.load_ns = time.perf_counter_ns() - t0
         self._closed = False
 

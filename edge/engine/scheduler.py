@@ -11,6 +11,9 @@ owns everything else:
 - One thread runs `_loop`: every step decodes ONE batch holding the next token of every generating
   slot plus prompt chunks of starting slots, within `n_batch` tokens, so a long prompt never blocks
   the others for more than one chunk.
+- An optional `PromptCache` beyond the slots (edge.engine.prompt_cache): a slot's KV state is copied
+  out before a request overwrites it, and after a request whose prompt the cache did not hold; a
+  request whose prompt shares more with a kept state than with its slot gets that state copied in.
 - Text assembly (`edge.engine.detok.TextStream`), stop strings, max tokens, context end, cancellation.
 - Log probabilities (`edge.engine.logprobs`) for the requests that ask, read from the row just sampled;
   a request without them takes none of that path.
@@ -29,6 +32,7 @@ from typing import Any, Protocol
 
 from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams, TokenLogprob
 from edge.engine.detok import AlignedTextStream, TextStream
+from edge.engine.prompt_cache import PromptCache, common_prefix
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, QueueFullError, UnavailableError
 
 IDLE_WAKE_S = 1.0  # an idle loop still beats this often (the watchdog reads `heartbeat`)
@@ -53,6 +57,16 @@ class Batcher(Protocol):
     # sampled row, valid until the next decode; a token's bytes with control tokens by their name.
     def logits_row(self, row: int) -> Any: ...
     def display_piece(self, token: int) -> bytes: ...
+
+
+class StatefulBatcher(Batcher, Protocol):
+    """A backend whose sequences' KV states can be copied out and back (for a PromptCache)."""
+
+    def save_state(self, seq: int) -> bytearray: ...
+    def load_state(self, seq: int, state: bytes | bytearray) -> bool: ...
+
+
+RESTORE_MIN_GAIN = 32  # restoring must spare at least this many prompt tokens over the slot's own reuse
 
 
 class Request:
@@ -110,19 +124,20 @@ class _Slot:
     t_first: int = 0
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class Scheduler:
-    def __init__(self, batcher: Batcher, *, queue_size: int = 16, name: str = "edge-decode"):
+    def __init__(
+        self,
+        batcher: Batcher,
+        *,
+        queue_size: int = 16,
+        name: str = "edge-decode",
+        prompt_cache: PromptCache | None = None,
+    ):
         if queue_size < 0:
             raise BadRequestError(f"queue_size must be >= 0, got {queue_size}")
         self.b = batcher
+        stateful = hasattr(batcher, "save_state") and hasattr(batcher, "load_state")
+        self.cache = prompt_cache if prompt_cache is not None and prompt_cache.enabled and stateful else None
         self.queue_size = queue_size
         self.slots = [_Slot(seq=i) for i in range(batcher.n_slots)]
         self.heartbeat = time.monotonic()  # last loop iteration (monotonic seconds)
@@ -185,6 +200,7 @@ class Scheduler:
                 "queued": len(self._waiting),
                 "heartbeat": self.heartbeat,
                 **self.counters,
+                **(self.cache.stats() if self.cache is not None else {}),
             }
 
     def close(self, timeout: float = 30.0) -> bool:
@@ -194,6 +210,8 @@ class Scheduler:
             self._cond.notify()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self.cache is not None:
+            self.cache.close()
         return not self._thread.is_alive()
 
     # ---- decode thread ----------------------------------------------------------------------
@@ -270,6 +288,8 @@ class Scheduler:
 
     def _start(self, slot: _Slot, req: Request) -> None:
         keep = min(common_prefix(slot.cached, req.prompt), len(req.prompt) - 1)
+        if self.cache is not None:
+            keep = self._from_cache(slot, req.prompt, keep)
         keep = self.b.keep_prefix(slot.seq, keep)
         self._tick += 1
         slot.req, slot.last_used = req, self._tick
@@ -281,6 +301,38 @@ class Scheduler:
         self.counters["requests"] += 1
         self.counters["prompt_tokens"] += len(req.prompt)
         self.counters["cached_tokens"] += keep
+
+    def _from_cache(self, slot: _Slot, prompt: list[int], keep: int) -> int:
+        """Keep what the slot holds beyond `keep` (it is about to be dropped), and restore a cached state
+        that shares more of `prompt` than the slot does. Returns how many prompt tokens to keep."""
+        assert self.cache is not None
+        if len(slot.cached) - keep >= self.cache.min_tokens:
+            self._save(slot)
+        hit = self.cache.lookup(prompt)
+        if hit is None:
+            return keep
+        entry, n = hit
+        n = min(n, len(prompt) - 1)
+        if n < keep + RESTORE_MIN_GAIN:
+            return keep
+        state = self.cache.state_of(entry)
+        b: StatefulBatcher = self.b  # type: ignore[assignment]  # checked in __init__
+        if state is None or not b.load_state(slot.seq, state):
+            slot.cached = []
+            return 0 if state is not None else keep
+        slot.cached = list(entry.tokens)
+        self.cache.touch(entry, n)
+        return n
+
+    def _save(self, slot: _Slot) -> None:
+        """Copy the slot's KV state into the cache unless the cache already holds nearly all of it."""
+        assert self.cache is not None
+        if len(slot.cached) - self.cache.covered(slot.cached) < self.cache.min_tokens:
+            return
+        b: StatefulBatcher = self.b  # type: ignore[assignment]
+        state = b.save_state(slot.seq)
+        if state:
+            self.cache.add(slot.cached, state)
 
     def _on_token_logprob(self, slot: _Slot, token: int, row: int) -> None:
         from edge.engine.logprobs import entry  # numpy: only for requests that ask
@@ -337,6 +389,14 @@ class Scheduler:
         )
         self._release(slot)  # before the Finish goes out: whoever sees it sees the slot free
         req.emit(finish)
+        # a prompt the cache did not hold is kept now (after the answer went out), so that a later
+        # visit restores it even if other prompts have taken this slot in between
+        if self.cache is not None and reason != "cancelled" and self._uncached(req.prompt):
+            self._save(slot)
+
+    def _uncached(self, prompt: list[int]) -> bool:
+        assert self.cache is not None
+        return len(prompt) - self.cache.covered(prompt) >= self.cache.min_tokens
 
     def _release(self, slot: _Slot) -> None:
         self.b.free_sampler(slot.req.sampler)

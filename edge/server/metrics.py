@@ -12,9 +12,42 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edge.engine.base import Finish
+
+# The prompt cache's figures, read from the engine's stats() at scrape time: (stats key, name, help).
+PROMPT_CACHE_COUNTERS = (
+    ("hits", "edge_prompt_cache_hits", "requests that restored a cached prompt state"),
+    ("tokens_restored", "edge_prompt_cache_restored_tokens", "prompt tokens restored instead of evaluated"),
+    ("saves", "edge_prompt_cache_saves", "prompt states copied into the cache"),
+    ("evictions", "edge_prompt_cache_evictions", "states dropped from memory to stay within the budget"),
+    ("disk_writes", "edge_prompt_cache_disk_writes", "states written to the cache folder"),
+    ("disk_loads", "edge_prompt_cache_disk_loads", "states read back from the cache folder"),
+    ("disk_rejected", "edge_prompt_cache_disk_rejected", "cache files ignored: damaged, truncated or foreign"),
+)
+PROMPT_CACHE_GAUGES = (
+    ("cache_bytes", "edge_prompt_cache_bytes", "bytes of prompt states held in memory"),
+    ("cache_entries", "edge_prompt_cache_entries", "prompt states known (in memory or on disk)"),
+    ("cache_budget_bytes", "edge_prompt_cache_budget_bytes", "memory budget of the prompt cache"),
+)
+
+
+class _EngineFigures:
+    """A collector of the engine's own counters (the prompt cache), read when /metrics is scraped."""
+
+    def __init__(self, stats: Callable[[], dict]):
+        self.stats = stats
+
+    def collect(self):
+        s = self.stats()
+        for key, name, doc in PROMPT_CACHE_COUNTERS:
+            if key in s:
+                yield CounterMetricFamily(name, doc, value=s[key])
+        for key, name, doc in PROMPT_CACHE_GAUGES:
+            if key in s:
+                yield GaugeMetricFamily(name, doc, value=s[key])
+
 
 # Time to first token: from the request reaching the handler to the first generated text.
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -92,6 +125,7 @@ class Metrics:
         queue.set_function(lambda: stats().get("queued", 0))
         busy.set_function(lambda: stats().get("busy", 0))
         slots.set_function(lambda: stats().get("slots", 0))
+        r.register(_EngineFigures(stats))
 
     def observe_request(self, route: str, status: int) -> None:
         self.requests.labels(route=route, status=str(status)).inc()

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.config import Settings
+from edge.config import Settings, edge_home
 from edge.engine.base import Engine
 from edge.errors import DoesNotFitError, ModelNotFoundError, QueueFullError, UnavailableError
 from edge.server.catalog import rfc3339
@@ -76,6 +76,8 @@ def open_target(opener: Callable[..., Engine], target: Target, settings: Setting
         n_parallel=settings.parallel or 1,
         n_threads=settings.threads,
         queue_size=settings.queue_size,
+        cache_ram_bytes=settings.cache_ram << 20,
+        cache_dir=settings.cache_dir or (settings.home or edge_home()) / "cache" / "prompts",
     )
 
 

@@ -58,3 +58,16 @@ def test_serve_refuses_and_exits_5_before_binding(smollm2_path):
     assert "error: SmolLM2-135M-Instruct.Q4_1.gguf needs" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "serving" not in proc.stderr  # refused before any socket was bound (port 1 would need root anyway)
+
+
+def test_the_prompt_cache_is_counted_in_the_models_share(smollm2_path):
+    from edge.fit import model_need, server_budget
+
+    on = Settings(profile="rpi5-4gb")
+    off = Settings(profile="rpi5-4gb", cache_ram=0)
+    budget = server_budget(on)
+    assert on.cache_ram == 256
+    assert model_need(on, budget, smollm2_path).bytes - model_need(off, budget, smollm2_path).bytes == 256 << 20
+    assert "prompt cache up to 256 MiB (counted in the model's share)" in fit_model(on, smollm2_path).reasons
+    assert "prompt cache off" in fit_model(off, smollm2_path).reasons
+    assert Settings.from_env({"EDGE_CACHE_RAM": "64"}).cache_ram == 64
