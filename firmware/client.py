@@ -21,7 +21,7 @@ import http.client
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -109,6 +109,7 @@ class Client:
         """`url`: http://host:port or unix:///path/to.sock. `timeout`: seconds per socket operation
         (connect, and each read: a stream may last longer as long as tokens keep coming)."""
         parts = urlsplit(url)
+        self._connect: Callable[[], http.client.HTTPConnection]
         if parts.scheme == "unix":
             self._connect = lambda: UnixHTTPConnection(parts.path, timeout=timeout)
         elif parts.scheme == "http":
@@ -243,7 +244,7 @@ def _error_from(resp: http.client.HTTPResponse) -> EdgeError:
     try:
         body = json.loads(raw)
         err = body.get("error", body)
-        message = err.get("message") if isinstance(err, dict) else str(err)
+        message = str(err.get("message") or err) if isinstance(err, dict) else str(err)
     except (ValueError, AttributeError):
         message = raw.decode(errors="replace")[:500] or resp.reason
     klass = _ERRORS.get(resp.status, EdgeError)

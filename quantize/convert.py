@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +151,12 @@ def _from_hf(
 
     config = read_config(src)
     spec = get_arch(config.get("model_type"))
-    cfg = spec.load_config({**config, **spec.read_sidecar(src)})
+    fields = {**config, **spec.read_sidecar(src)}
+    cfg = spec.load_config(fields)
     ckpt = Checkpoint.open(src)
     vocab = vocab_mod.load_vocab(src, vocab_size=None if spec.trim_vocab else cfg.vocab_size)
     if spec.trim_vocab:  # Gemma 3: drop embedding rows past the tokenizer's vocabulary
-        cfg = replace(cfg, n_vocab=len(vocab.tokens))  # re-validated by __post_init__
+        cfg = spec.load_config({**fields, "n_vocab": len(vocab.tokens)})  # checked against vocab_size
     plan = spec.plan(cfg, ckpt.shapes())
     inter = intermediate_type(qtypes, ckpt.float_dtype())
     inter_path = outputs.get(inter.name)
@@ -225,6 +226,8 @@ def _out_tensor(t: PlannedTensor, inter: QuantType, cfg: Any, ckpt: Checkpoint) 
     def load() -> np.ndarray:
         if t.data is not None:
             return to_storage(t.data, qtype)
+        if t.hf_name is None:
+            raise ModelFormatError(f"{t.gguf_name} has neither data nor a checkpoint tensor to come from")
         data = ckpt.load(t.hf_name)  # (HF shape) float32
         if t.rule is not None and t.rule.transform is not None:
             data = t.rule.transform.forward(data, cfg)  # (GGUF shape)

@@ -83,13 +83,13 @@ class TensorData:
 
     def raw(self, t: TensorInfo) -> np.ndarray:
         """The stored bytes, (*reversed(shape[1:]), bytes per row): the layout gguf.quants.dequantize takes."""
-        block, type_size = gguf.GGML_QUANT_SIZES[t.ggml_type]
+        block, type_size = gguf.GGML_QUANT_SIZES[Q(t.ggml_type)]
         begin = self.start + t.offset
         return self.mm[begin : begin + t.nbytes].reshape(*reversed(t.shape[1:]), t.shape[0] // block * type_size)
 
     def floats(self, t: TensorInfo) -> np.ndarray:
         """(reversed(shape)) float32."""
-        return gguf.quants.dequantize(self.raw(t), t.ggml_type)
+        return gguf.quants.dequantize(self.raw(t), Q(t.ggml_type))
 
 
 def hf_config(spec: ArchSpec, kv: dict[str, Any], tensors: dict[str, TensorInfo], data: TensorData) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def _entries(spec: ArchSpec, cfg: Any, tensors: dict[str, TensorInfo], data: Ten
             raise ModelFormatError(f"tensor {name!r} is not part of the {spec.model_type} layout; cannot unpack")
         hf_name, rule = names[name]
         shape = tuple(int(d) for d in reversed(t.shape))  # numpy order
-        dtype = KEEP.get(t.ggml_type, "F32")
+        dtype = KEEP.get(Q(t.ggml_type), "F32")
         out.append(OutEntry(hf_name, dtype, shape, _loader(data, t, shape, dtype, rule, cfg)))
     return out
 

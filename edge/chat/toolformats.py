@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from edge.engine.grammar import schema_grammar
 
@@ -52,7 +52,7 @@ class Parsed:
     pending: bool = False
 
 
-def _json_at(text: str, pos: int):
+def _json_at(text: str, pos: int) -> tuple[Any, int] | None:
     """(value, end) of the JSON value starting at text[pos] (after blanks), or None if incomplete/invalid."""
     while pos < len(text) and text[pos] in _WS:
         pos += 1
@@ -165,8 +165,9 @@ class Hermes(ToolFormat):
         one = f'"{self.marker}" [ \\t\\n]{{0,2}} ({call}) [ \\t\\n]{{0,2}} "{self.close}"'
         return f"({one}) ([ \\t\\n]{{0,2}} {one})*" if parallel else one
 
-    def read_calls(self, text, start, names):
-        calls, pos = [], start
+    def read_calls(self, text: str, start: int, names: set[str]) -> tuple[list[Call], int, bool]:
+        calls: list[Call] = []
+        pos = start
         while True:
             got = _json_at(text, pos + len(self.marker))
             if got is None or (call := self.to_call(got[0], names)) is None:
@@ -220,14 +221,14 @@ class Mistral(_JsonAfterMarker):
         more = f' ("," " "? ({call}))*' if parallel else ""
         return f'"{self.marker}"? "[" " "? ({call}){more} "]"'
 
-    def read_calls(self, text, start, names):
+    def read_calls(self, text: str, start: int, names: set[str]) -> tuple[list[Call], int, bool]:
         got = _json_at(text, self.body(text, start))
         if got is None or not isinstance(got[0], list) or not got[0]:
             return [], start, False
-        calls = [self.to_call(obj, names) for obj in got[0]]
-        if not all(calls):
+        calls = [call for obj in got[0] if (call := self.to_call(obj, names)) is not None]
+        if len(calls) < len(got[0]):  # one entry that is not a call of a known tool: no calls
             return [], start, False
-        return calls, self.after_array(text, got[1]), True  # type: ignore[return-value]
+        return calls, self.after_array(text, got[1]), True
 
     def after_array(self, text: str, end: int) -> int:
         return end
@@ -269,10 +270,12 @@ class Llama3Json(_JsonAfterMarker):
     def root(self, call: str, parallel: bool) -> str:
         return f'"{self.marker}"? ({call})'
 
-    def read_calls(self, text, start, names):
+    def read_calls(self, text: str, start: int, names: set[str]) -> tuple[list[Call], int, bool]:
         got = _json_at(text, self.body(text, start))
-        call = self.to_call(got[0], names) if got else None
-        return ([call], got[1], True) if call else ([], start, False)
+        call = self.to_call(got[0], names) if got is not None else None
+        if got is None or call is None:
+            return [], start, False
+        return [call], got[1], True
 
 
 @register

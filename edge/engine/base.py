@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import abc
 import codecs
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from edge.errors import BadRequestError
 
@@ -143,6 +142,17 @@ class Finish:
 Event = Delta | Finish
 
 
+class EventStream(Protocol):
+    """What `Engine.generate` returns: an async iterator of `Delta`s, then one `Finish`; `aclose()`
+    before the end cancels the generation and frees its slot."""
+
+    def __aiter__(self) -> EventStream: ...
+
+    async def __anext__(self) -> Event: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Engine(abc.ABC):
     """A loaded model with its scheduler. Thread-safe; `generate` is called from the event loop."""
 
@@ -155,7 +165,7 @@ class Engine(abc.ABC):
     def detokenize(self, tokens: list[int]) -> str: ...
 
     @abc.abstractmethod
-    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> AsyncIterator[Event]:
+    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> EventStream:
         """Stream `Delta`s then one `Finish` (with stream=False: all the text in one Delta, then the Finish).
 
         Raises `QueueFullError` at once (before the first event) when no slot and no queue place

@@ -17,6 +17,7 @@ import copy
 import json
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from edge.errors import BadRequestError
 
@@ -248,7 +249,7 @@ def _same_length(a: str, b: str) -> str:
 def _converter():
     from edge.lightimport import llama_module
 
-    base = llama_module("llama_grammar")
+    base: Any = llama_module("llama_grammar")  # loaded at run time: its classes are not known statically
 
     class Converter(base.SchemaConverter):
         """llama.cpp's converter with integer ranges and JSON-strict strings (no raw control characters)."""

@@ -167,7 +167,7 @@ def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # edge.server.limits.bounded
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")  # edge.server.limits.between
         parts.append(f"{loc or 'body'}: {msg}")
     return "invalid request: " + "; ".join(parts)
 

@@ -14,7 +14,7 @@ import asyncio
 import base64
 import struct
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edge.config import Settings
 from edge.engine.base import Embeddings, Engine
 from edge.errors import BadRequestError, PayloadTooLargeError
-from edge.server.limits import KeepAlive, bounded
+from edge.server.limits import KeepAlive, between
 from edge.server.models import Lease, model_for
 from edge.server.state import ServerState
 
@@ -79,7 +79,7 @@ class EmbeddingRequest(_Lenient):
     model: str = Field("", max_length=512)
     input: Any
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: bounded(1, MAX_DIMENSIONS) | None = None
+    dimensions: Annotated[int, between(1, MAX_DIMENSIONS)] | None = None
     truncate: bool = True
     user: str | None = Field(None, max_length=512)
 
@@ -95,7 +95,7 @@ class EmbedRequest(_Lenient):
     model: str = Field(max_length=512)
     input: Any = None
     truncate: bool = True
-    dimensions: bounded(1, MAX_DIMENSIONS) | None = None
+    dimensions: Annotated[int, between(1, MAX_DIMENSIONS)] | None = None
     keep_alive: KeepAlive = None
     options: dict[str, Any] | None = None
 

@@ -1,4 +1,4 @@
-"""Per-request limits: bounded numeric fields whose 400 names the allowed range, and the request deadline.
+"""Per-request limits: `between` (numeric bounds whose 400 names the allowed range) and the request deadline.
 
 The deadline (`--request-timeout`, from the moment the handler starts: queue, prompt and generation
 included) ends a request with `RequestTimeoutError` (408):
@@ -14,25 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
 
 from edge.config import parse_duration
-from edge.engine.base import Event
+from edge.engine.base import Event, EventStream
 from edge.errors import BadRequestError, RequestTimeoutError
 
 
-def bounded(lo: float, hi: float, kind: type = int):
-    """A pydantic type `kind` in [lo, hi] whose error says "must be between lo and hi, got v"."""
+def between(lo: float, hi: float) -> AfterValidator:
+    """A pydantic validator for `Annotated[int, between(lo, hi)]` (or float): a value outside [lo, hi]
+    fails with "must be between lo and hi, got v"."""
 
-    def check(value):
+    def check(value: float) -> float:
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}, got {value}")
         return value
 
-    return Annotated[kind, AfterValidator(check)]
+    return AfterValidator(check)
 
 
 def deadline_of(t0: float, timeout: float) -> float | None:
@@ -44,7 +44,7 @@ class Deadline:
     """Wraps an engine's event stream: an event not arrived by `deadline` cancels the generation
     (closing the inner stream frees the slot) and raises RequestTimeoutError."""
 
-    def __init__(self, events: AsyncIterator[Event], deadline: float, timeout: float):
+    def __init__(self, events: EventStream, deadline: float, timeout: float):
         self._events, self._deadline, self._timeout = events, deadline, timeout
 
     def __aiter__(self) -> Deadline:
@@ -64,7 +64,7 @@ class Deadline:
             ) from None
 
     async def aclose(self) -> None:
-        await self._events.aclose()  # type: ignore[attr-defined]
+        await self._events.aclose()
 
 
 def _keep_alive(value: Any) -> float | None:

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -27,11 +27,12 @@ from edge.engine import grammar
 from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, TokenLogprob
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, ollama_error_body
 from edge.server import catalog, prompts, streaming
-from edge.server.limits import KeepAlive, bounded
+from edge.server.limits import KeepAlive, between
 from edge.server.models import Lease, model_for
 from edge.server.state import ServerState
 
 log = logging.getLogger("edge.server")
+T = TypeVar("T")
 MAX_TEXT = 1 << 22
 NDJSON = "application/x-ndjson"
 
@@ -40,8 +41,8 @@ class Options(BaseModel):
     """Ollama's `options`; unknown keys (num_gpu, mirostat...) are logged and ignored, as Ollama does."""
 
     model_config = ConfigDict(extra="allow")
-    num_predict: bounded(-2, 1 << 20) | None = None  # -1: no limit, -2: until the context is full
-    temperature: bounded(0.0, 10.0, float) | None = None
+    num_predict: Annotated[int, between(-2, 1 << 20)] | None = None  # -1: no limit, -2: until the context is full
+    temperature: Annotated[float, between(0.0, 10.0)] | None = None
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
@@ -51,7 +52,7 @@ class Options(BaseModel):
     repeat_last_n: int | None = Field(None, ge=-1, le=1 << 20)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    num_ctx: bounded(1, 1 << 24) | None = None  # bounds this request's window; see _fit_num_ctx
+    num_ctx: Annotated[int, between(1, 1 << 24)] | None = None  # bounds this request's window; see _fit_num_ctx
 
 
 class _Request(BaseModel):
@@ -286,25 +287,28 @@ def _params(body: _Request, n_prompt: int, n_ctx: int) -> SamplingParams:
     o = body.options or Options()
     if o.model_extra:
         log.warning("ignoring Ollama options this server does not implement: %s", ", ".join(sorted(o.model_extra)))
-    p = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, min_p=0.0, repeat_penalty=1.1, repeat_last_n=64)
-    given = {
-        "max_tokens": o.num_predict if o.num_predict and o.num_predict > 0 else None,
-        "temperature": o.temperature,
-        "top_k": o.top_k,
-        "top_p": o.top_p,
-        "min_p": o.min_p,
-        "seed": None if o.seed in (None, -1) else o.seed,
-        "repeat_penalty": o.repeat_penalty,
-        "repeat_last_n": o.repeat_last_n,
-        "presence_penalty": o.presence_penalty,
-        "frequency_penalty": o.frequency_penalty,
-        "stop": tuple(s for s in o.stop if s) if o.stop else None,
-        "grammar": _grammar(body.format),
-    }
-    if body.logprobs:
-        given.update(logprobs=True, top_logprobs=body.top_logprobs)
-    p = dataclasses.replace(p, **{k: v for k, v in given.items() if v is not None})
+    # an option left out takes Ollama's default (top_p 0.9, min_p 0 and repeat_penalty 1.1 differ from the engine's)
+    p = SamplingParams(
+        max_tokens=o.num_predict if o.num_predict and o.num_predict > 0 else None,
+        temperature=_or(o.temperature, 0.8),
+        top_k=_or(o.top_k, 40),
+        top_p=_or(o.top_p, 0.9),
+        min_p=_or(o.min_p, 0.0),
+        seed=None if o.seed in (None, -1) else o.seed,
+        repeat_penalty=_or(o.repeat_penalty, 1.1),
+        repeat_last_n=_or(o.repeat_last_n, 64),
+        presence_penalty=_or(o.presence_penalty, 0.0),
+        frequency_penalty=_or(o.frequency_penalty, 0.0),
+        stop=tuple(s for s in o.stop if s) if o.stop else (),
+        grammar=_grammar(body.format),
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs if body.logprobs else 0,
+    )
     return _fit_num_ctx(p, o.num_ctx, n_prompt, n_ctx)
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def _fit_num_ctx(p: SamplingParams, num_ctx: int | None, n_prompt: int, n_ctx: int) -> SamplingParams:

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -27,11 +27,12 @@ from edge.engine import grammar
 from edge.engine.base import MAX_TOP_LOGPROBS, Delta, Finish, SamplingParams, TokenLogprob
 from edge.errors import BadRequestError, EdgeError, openai_error_body
 from edge.server import catalog, prompts, streaming
-from edge.server.limits import bounded
+from edge.server.limits import between
 from edge.server.models import model_for
 from edge.server.state import ServerState
 
 log = logging.getLogger("edge.server")
+T = TypeVar("T")
 MAX_TOKENS = 1 << 20
 MAX_TEXT = 1 << 22  # characters in one prompt or message (the body limit applies first)
 
@@ -70,9 +71,9 @@ class ResponseFormat(_Lenient):
 
 class _Sampling(_Lenient):
     model: str = Field("", max_length=512)
-    max_tokens: bounded(1, MAX_TOKENS) | None = None
-    temperature: bounded(0.0, 2.0, float) | None = None
-    top_p: bounded(0.0, 1.0, float) | None = None
+    max_tokens: Annotated[int, between(1, MAX_TOKENS)] | None = None
+    temperature: Annotated[float, between(0.0, 2.0)] | None = None
+    top_p: Annotated[float, between(0.0, 1.0)] | None = None
     n: int = Field(1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -95,7 +96,7 @@ class _Sampling(_Lenient):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
-    max_completion_tokens: bounded(1, MAX_TOKENS) | None = None
+    max_completion_tokens: Annotated[int, between(1, MAX_TOKENS)] | None = None
     tools: list[dict[str, Any]] | None = Field(None, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -368,23 +369,27 @@ def _deltas(stream: ToolStream, text: str | None) -> list[dict]:
 
 # -- mapping -------------------------------------------------------------------------------------------
 def _params(body: _Sampling, max_tokens: int | None) -> SamplingParams:
-    given = {
-        "max_tokens": max_tokens,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "top_k": body.top_k,
-        "min_p": body.min_p,
-        "repeat_penalty": body.repeat_penalty,
-        "presence_penalty": body.presence_penalty,
-        "frequency_penalty": body.frequency_penalty,
-        "seed": None if body.seed in (None, -1) else body.seed,
-        "stop": _stops(body.stop),
-        "grammar": _grammar(body.response_format),
-    }
+    d = SamplingParams()  # the engine's defaults stand for what the request leaves out
     logprobs, top = body.wanted_logprobs()
-    if logprobs:
-        given.update(logprobs=True, top_logprobs=top)
-    return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=_or(body.temperature, d.temperature),
+        top_p=_or(body.top_p, d.top_p),
+        top_k=_or(body.top_k, d.top_k),
+        min_p=_or(body.min_p, d.min_p),
+        repeat_penalty=_or(body.repeat_penalty, d.repeat_penalty),
+        presence_penalty=_or(body.presence_penalty, d.presence_penalty),
+        frequency_penalty=_or(body.frequency_penalty, d.frequency_penalty),
+        seed=None if body.seed in (None, -1) else body.seed,
+        stop=_or(_stops(body.stop), d.stop),
+        grammar=_grammar(body.response_format),
+        logprobs=logprobs,
+        top_logprobs=top if logprobs else d.top_logprobs,
+    )
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def _chat_logprobs(entries: Sequence[TokenLogprob]) -> dict:

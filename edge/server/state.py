@@ -34,14 +34,17 @@ class EarlyLoad:
 
     def __init__(self, target: Target, settings: Settings, opener: Callable[..., Engine] | None = None):
         if opener is None:
-            from edge.engine import open_engine as opener
+            from edge.engine import open_engine
+
+            opener = open_engine
+        open_with = opener  # the narrowed (not None) opener, for the thread below
         self._done = threading.Event()
         self._engine: Engine | None = None
         self._error: BaseException | None = None
 
         def run() -> None:
             try:
-                self._engine = open_target(opener, target, settings)
+                self._engine = open_target(open_with, target, settings)
             except BaseException as exc:
                 self._error = exc
             finally:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams, TokenLogprob
+from edge.engine.base import Delta, Engine, Event, EventStream, Finish, SamplingParams, TokenLogprob
 from edge.server.limits import Deadline
 from edge.server.metrics import Metrics
 
@@ -31,7 +31,7 @@ class Run:
 
     def __init__(
         self,
-        agen: AsyncIterator[Event],
+        agen: EventStream,
         first: Event,
         t0: float,
         metrics: Metrics,
@@ -45,7 +45,7 @@ class Run:
         self.logprobs: list[TokenLogprob] = []  # what `collect` gathered (requests with logprobs)
         self._closed = False
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         try:
             ev = self.first
             seen_text = False

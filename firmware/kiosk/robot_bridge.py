@@ -54,9 +54,9 @@ def handle(client: Client, request: dict, emit) -> None:
             emit({"id": rid, "delta": piece})
         text = "".join(pieces)
     else:
-        reply = call()
-        assert isinstance(reply, str)  # without stream=True the client returns the whole text
-        text = reply
+        whole = call()
+        assert isinstance(whole, str)  # without stream=True the client returns the whole text
+        text = whole
     emit({"id": rid, "text": text, "done": True})
 
 

@@ -34,7 +34,7 @@ from edge.errors import BadRequestError, ModelFormatError
 from edge.fsio import temp_name
 
 from .metrics import ROW_BLOCK, ReferenceSpill, Stats, kl_rows, score_rows
-from .models import LogitsModel, OnnxModel, open_model
+from .models import GgufModel, LogitsModel, OnnxModel, open_model
 from .report import Report, Row, source_notes
 from .text import DEFAULT_TEXT_CHAIN, EvalText, chunks
 
@@ -102,7 +102,7 @@ class Evaluation:
                     f"{2 * self.config.ctx} are needed for --eval-ctx {self.config.ctx}: give a longer "
                     "--eval-text or a smaller --eval-ctx"
                 )
-            self.bos = model.bos if getattr(model, "add_bos", False) else None
+            self.bos = model.bos if isinstance(model, GgufModel) and model.add_bos else None
             todo = self._chunks(self.bos)
             self.spill = ReferenceSpill(self.config.spill_dir, model.n_vocab, self.config.ctx - 1 - self.first)
             stats = Stats()
@@ -148,6 +148,7 @@ class Evaluation:
             model.close()
 
     def _compare(self, i: int, logits: np.ndarray, targets: np.ndarray, stats: Stats) -> None:
+        assert self.spill is not None, "the reference is scored first (run_reference)"
         ref = self.spill.read(i)  # (rows,) records: one chunk in memory
         for s in range(0, len(targets), ROW_BLOCK):  # bounded float64 temporaries
             r = ref[s : s + ROW_BLOCK]

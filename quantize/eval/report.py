@@ -131,7 +131,7 @@ class Report:
 
 
 def _is_quantized(t: str | None) -> bool:
-    return bool(t) and t.upper() not in ("F32", "F16", "BF16")
+    return t is not None and t != "" and t.upper() not in ("F32", "F16", "BF16")
 
 
 def _rel(path: Path, folder: Path) -> str:
@@ -148,7 +148,7 @@ def _round(x: float | None, digits: int) -> float | None:
 def _versions() -> dict:
     import importlib.metadata as md
 
-    out = {}
+    out: dict[str, str | None] = {}
     for dist in ("edge-llm", "llama-cpp-python", "gguf"):
         try:
             out[dist] = md.version(dist)
@@ -288,7 +288,7 @@ def _num(x: float | None, digits: int, signed: bool = False) -> str:
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

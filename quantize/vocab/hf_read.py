@@ -40,9 +40,9 @@ def load_vocab(src_dir: Path, *, vocab_size: int | None = None) -> Vocab:
     kind = _kind(tj) if tj else None
     if tj is not None and kind == BPE:
         vocab = _from_bpe_json(tj, cfg)
-    elif kind == "WordPiece":
+    elif tj is not None and kind == "WordPiece":
         vocab = wordpiece.from_tokenizer_json(tj, *_id_table(tj))
-    elif kind == "Unigram":
+    elif tj is not None and kind == "Unigram":
         vocab = unigram.from_tokenizer_json(tj)
     elif spm_path.exists() and kind in (SPM, None):
         vocab = _from_spm_model(spm_path, tj, cfg, src_dir)
