@@ -258,6 +258,7 @@ class LlamaCppBatcher:
         )
 
     def _grammar(self, p: SamplingParams):
+        assert p.grammar is not None
         text = p.grammar.encode("utf-8")
         if not (p.grammar_triggers or p.grammar_trigger_tokens):
             return L.llama_sampler_init_grammar(self.vocab, text, b"root")

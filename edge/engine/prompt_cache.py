@@ -54,7 +54,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class Entry:
     tokens: tuple[int, ...]
     size: int  # bytes of the state
-    state: bytes | None = None  # None: on disk only, not read yet
+    state: bytes | bytearray | None = None  # None: on disk only, not read yet
     file: Path | None = None
     last_used: int = 0
     name: str = field(default="")  # file name stem: sha256 of the tokens
@@ -132,7 +132,7 @@ class PromptCache:
         hit = self.lookup(tokens)
         return hit[1] if hit else 0
 
-    def state_of(self, entry: Entry) -> bytes | None:
+    def state_of(self, entry: Entry) -> bytes | bytearray | None:
         """The entry's state, read from disk (and verified) on first use; None if it cannot be had."""
         if entry.state is not None:
             return entry.state
@@ -151,7 +151,7 @@ class PromptCache:
         self.counters["hits"] += 1
         self.counters["tokens_restored"] += restored
 
-    def add(self, tokens: Sequence[int], state: bytes) -> None:
+    def add(self, tokens: Sequence[int], state: bytes | bytearray) -> None:
         """Keep `state` (the KV of exactly `tokens`); drops the entries it nearly covers."""
         if not self.enabled or len(state) > self.budget or len(tokens) < self.min_tokens:
             return
@@ -200,6 +200,7 @@ class PromptCache:
 
     # ---- disk (writer thread) ---------------------------------------------------------------
     def _disk_loop(self) -> None:
+        assert self._root is not None  # the thread runs only with a folder
         try:
             self._digest = self._digest_of() if self._digest_of else ""
             self._dir = self._root / self._digest

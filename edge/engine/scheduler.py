@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from edge.engine.base import Delta, Engine, Event, Finish, SamplingParams, TokenLogprob
+from edge.engine.base import Delta, Engine, Event, Finish, FinishReason, SamplingParams, TokenLogprob
 from edge.engine.detok import AlignedTextStream, TextStream
 from edge.engine.prompt_cache import PromptCache, common_prefix
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, QueueFullError, UnavailableError
@@ -250,8 +250,10 @@ class Scheduler:
             del slot.todo[: len(chunk)]
             if out:
                 row = next(outputs)
-                token = self.b.sample(slot.req.sampler, row)
-                if slot.req.params.logprobs:
+                req = slot.req
+                assert req is not None  # planned slots hold a request
+                token = self.b.sample(req.sampler, row)
+                if req.params.logprobs:
                     self._on_token_logprob(slot, token, row)
                 else:
                     self._on_token(slot, token)
@@ -265,7 +267,7 @@ class Scheduler:
             if slot.t_first:  # generating: exactly one token to feed back
                 plan.append((slot, slot.todo[:1], True))
                 budget -= 1
-        for slot in sorted((s for s in active if not s.t_first), key=lambda s: s.req.t_submit):
+        for slot in sorted((s for s in active if not s.t_first), key=lambda s: s.req.t_submit if s.req else 0):
             if budget <= 0:
                 break
             chunk = slot.todo[:budget]
@@ -337,10 +339,12 @@ class Scheduler:
     def _on_token_logprob(self, slot: _Slot, token: int, row: int) -> None:
         from edge.engine.logprobs import entry  # numpy: only for requests that ask
 
+        assert slot.req is not None
         self._on_token(slot, token, entry(self.b.logits_row(row), token, slot.req.params.top_logprobs, self.b))
 
     def _on_token(self, slot: _Slot, token: int, logprob: TokenLogprob | None = None) -> None:
         req = slot.req
+        assert req is not None and slot.text is not None  # a generating slot holds both
         if not slot.t_first:
             slot.t_first = time.perf_counter_ns()
         if self.b.is_eog(token) and not req.params.ignore_eos:
@@ -366,8 +370,9 @@ class Scheduler:
             return self._finish(slot, "length")
         slot.todo = [token]
 
-    def _finish(self, slot: _Slot, reason: str, *, flush: bool = True) -> None:
+    def _finish(self, slot: _Slot, reason: FinishReason, *, flush: bool = True) -> None:
         req = slot.req
+        assert req is not None and slot.text is not None
         now = time.perf_counter_ns()
         tail = ""
         entries: tuple[TokenLogprob, ...] = ()
@@ -399,6 +404,7 @@ class Scheduler:
         return len(prompt) - self.cache.covered(prompt) >= self.cache.min_tokens
 
     def _release(self, slot: _Slot) -> None:
+        assert slot.req is not None
         self.b.free_sampler(slot.req.sampler)
         slot.req, slot.todo, slot.text = None, [], None
         with self._cond:
