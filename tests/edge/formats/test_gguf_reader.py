@@ -1,5 +1,5 @@
 """edge.formats.gguf, the one GGUF reader: its users agree on the real bundled files, and an
-independent walker (tests/fuzz/gguf_fields.py) reads the same tensor table."""
+independent walker (tests/support/fuzz/gguf_fields.py) reads the same tensor table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from edge.formats.gguf import ArrayRef, open_gguf, read_gguf_meta, token_text
 from edge.formats.validate import validate_gguf
 from profiles.plan.shape import shape_from_gguf
 from quantize.vocab import vocab_from_gguf
-from tests.fuzz.gguf_fields import parse
+from tests.support.fuzz.gguf_fields import parse
 
 
 @pytest.fixture(params=["smollm2", "gemma3"])
