@@ -47,12 +47,12 @@ def test_bridge_passes_tools_and_returns_calls_as_data(server):
         "tools": robot_tools.TOOLS,
         "tool_choice": {"type": "function", "function": {"name": "grip"}},
         "temperature": 0,
-        "max_tokens": 40,
+        "max_tokens": 160,
         "model": "smollm2:135m-q4_1",
     }
     robot_bridge.handle(Client(server.url), request, lambda obj: out.write(json.dumps(obj) + "\n"))
     (line,) = [json.loads(x) for x in out.getvalue().splitlines()]
-    assert line["id"] == 5 and line["done"] and line["tool_calls"]
+    assert line["id"] == 5 and line["done"] and line["tool_calls"], line
     for call in line["tool_calls"]:
         assert call["name"] == "grip" and call["id"]
         jsonschema.validate(call["arguments"], SCHEMAS["grip"])

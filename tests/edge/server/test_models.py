@@ -18,7 +18,8 @@ from tests.support.live import HTTP_TIMEOUT, chat_messages, start_server
 pytestmark = pytest.mark.slow
 SMOL, GEMMA = "smollm2:135m-q4_1", "gemma3:270m-q4_k_m"
 # At --ctx 512 x 1 slot the planner gives SmolLM2 ~0.14 GiB and Gemma-3 ~0.33 GiB beyond the process;
-# 450 MiB (less 10 % headroom and the process's 36 MiB) holds either one, never both.
+# 450 MiB (less 10 % headroom and the process's 36 MiB) holds either one, never both (with no prompt
+# cache: its --cache-ram counts in each model's share).
 ONE_MODEL_BUDGET = "450MiB"
 
 
@@ -126,7 +127,9 @@ def test_50_load_unload_cycles_leak_under_5_percent(store_server):
 
 
 def test_a_one_model_budget_evicts_the_idle_model_never_the_busy_one(tmp_path):
-    srv = start_server(tmp_path, "--ctx", "512", "--parallel", "1", "--memory-budget", ONE_MODEL_BUDGET)
+    srv = start_server(
+        tmp_path, "--ctx", "512", "--parallel", "1", "--memory-budget", ONE_MODEL_BUDGET, "--cache-ram", "0"
+    )
     url = srv.url
     try:
         ollama.Client(host=url, timeout=HTTP_TIMEOUT).generate(model=GEMMA)  # Gemma loaded, idle
