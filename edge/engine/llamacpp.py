@@ -440,18 +440,10 @@ class NativeSampler:
 
 def file_digest(path: Path) -> str:
     """sha256 of a model file, remembered while the file is unchanged (edge.formats.filecache)."""
-    import hashlib
-
     from edge.formats.filecache import remember
+    from edge.fsio import sha256_file
 
-    def compute() -> str:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        return h.hexdigest()
-
-    return remember(path, "sha256", compute)
+    return remember(path, "sha256", lambda: sha256_file(path))
 
 
 class LlamaCppEngine(SchedulerEngine):

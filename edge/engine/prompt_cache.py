@@ -26,13 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import queue
 import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from edge.fsio import atomic_file
 
 log = logging.getLogger("edge.engine.prompt_cache")
 
@@ -293,20 +294,15 @@ class PromptCache:
             }
         ).encode()
         path = self._dir / f"{entry.name}.kv"
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            with tmp.open("wb") as f:
+            with atomic_file(path, force=True) as tmp, tmp.open("wb") as f:
                 f.write(MAGIC + struct.pack("<I", len(header)) + header)
                 f.write(entry.state)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
             entry.file = path
             self.counters["disk_writes"] += 1
             self._trim_disk()
         except OSError as exc:
             log.warning("prompt cache: could not write %s: %s", path, exc)
-            tmp.unlink(missing_ok=True)
 
     def _trim_disk(self) -> None:
         assert self._dir is not None
