@@ -28,9 +28,9 @@ from .archs import get_arch
 from .archs.base import PlannedTensor
 from .checkpoint import Checkpoint
 from .gguf_out import TMP_PREFIX, OutTensor, refuse_existing, to_storage, write_gguf
-from .imatrix import Imatrix, compute_imatrix, parse_types_with_imatrix, quantize_with_imatrix
+from .imatrix import Imatrix, compute_imatrix, quantize_with_imatrix
 from .progress import Bars, Fallback, llama_log_to, warn
-from .quantizer import TYPES, QuantType, intermediate_type, quantize_file
+from .quantizer import TYPES, QuantType, intermediate_type, parse_types, quantize_file
 
 Q = gguf.GGMLQuantizationType
 
@@ -85,7 +85,7 @@ def convert(
             imatrix=imatrix,
             after=after,
         )
-    qtypes = parse_types_with_imatrix(types, imatrix is not None)
+    qtypes = parse_types(types, have_imatrix=imatrix is not None)
     if imatrix is not None and not Path(imatrix.text).is_file():
         raise NotFoundError(f"--imatrix-text {imatrix.text} does not exist: give a UTF-8 text file")
     if not src.exists():
@@ -136,7 +136,7 @@ def _with_onnx(src: Path, names: list[str], onnx_names: list[str], out_dir: Path
 
     rest = [t for t in names if t not in onnx_names]
     if rest:
-        parse_types_with_imatrix(rest, kw["imatrix"] is not None)  # bad GGUF types fail before any write
+        parse_types(rest, have_imatrix=kw["imatrix"] is not None)  # bad GGUF types fail before any write
     for t in onnx_names:
         parse_onnx_type(t)
     kw["name"] = kw["name"] or default_name(src)
@@ -358,20 +358,20 @@ def plan_outputs(
     src: Path, types: list[str] | str, out_dir: Path, *, name: str | None = None, imatrix: bool = False
 ) -> list[PlannedOutput]:
     """--dry-run: the files a conversion would write and their predicted sizes; nothing is written."""
-    from profiles.plan.planner import FTYPES, file_bytes
+    from profiles.plan.planner import file_bytes
     from profiles.plan.shape import read_model_shape
 
     src = Path(src)
     if not src.exists():
         raise NotFoundError(f"{src} does not exist: give a Hugging Face checkpoint folder or a .gguf file")
-    qtypes = parse_types_with_imatrix(types, imatrix)
+    qtypes = parse_types(types, have_imatrix=imatrix)
     shape = read_model_shape(src)
     name = name or default_name(src)
     return [
         PlannedOutput(
             t.name,
             Path(out_dir) / f"{name}-{t.file_suffix}.gguf",
-            file_bytes(shape, t.name) if t.name in FTYPES else None,
+            file_bytes(shape, t.name, imatrix),
         )
         for t in qtypes
     ]
