@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from edge.errors import BadRequestError, EdgeError
 from edge.fsio import atomic_file
 
-from .quantizer import ALIASES, TYPES, QuantType, parse_type
+from .quantizer import QuantType
 
 GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64  # ggml.h
 GGML_TYPE_F32 = 0
@@ -238,19 +237,3 @@ def quantize_with_imatrix(
                 f"llama.cpp failed to quantize {src.name} to {qtype.name} (code {rc}); its log above says why"
             )
     del keep
-
-
-def parse_types_with_imatrix(texts: list[str] | str, have_imatrix: bool) -> list[QuantType]:
-    """As quantizer.parse_types, but the types that need an importance matrix are allowed when one is given."""
-    if isinstance(texts, str):
-        texts = [texts]
-    out: list[QuantType] = []
-    for text in (p for t in texts for p in t.split(",") if p.strip()):
-        name = re.sub(r"^GGUF:", "", text.strip().upper())
-        name = ALIASES.get(name, name)
-        qtype = TYPES[name] if have_imatrix and name in TYPES else parse_type(text)
-        if qtype not in out:
-            out.append(qtype)
-    if not out:
-        return [parse_type("")]
-    return out

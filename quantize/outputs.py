@@ -19,8 +19,7 @@ from typing import Any
 from edge.errors import ModelFormatError, NotFoundError
 from edge.fsio import refuse_existing
 
-from .imatrix import parse_types_with_imatrix
-from .quantizer import TYPES, QuantType
+from .quantizer import TYPES, QuantType, parse_types
 
 ONNX_PREFIX = "onnx:"
 
@@ -104,7 +103,7 @@ def plan(
     """Parse every type, name every output and (check_existing) refuse the ones that exist without force."""
     src, out_dir = Path(src), Path(out_dir)
     gguf_names, onnx_names = split_types(types)
-    qtypes = parse_types_with_imatrix(gguf_names, imatrix) if gguf_names or not onnx_names else []
+    qtypes = parse_types(gguf_names, have_imatrix=imatrix) if gguf_names or not onnx_names else []
     otypes = []
     if onnx_names:
         from .onnx.quant import parse_onnx_type
@@ -125,14 +124,15 @@ def dry_run(
     src: Path, types: list[str] | str, out_dir: Path, *, name: str | None = None, imatrix: bool = False
 ) -> list[PlannedOutput]:
     """--dry-run: every output a conversion would write, with the predicted size of GGUF files; writes nothing."""
-    from profiles.plan.planner import FTYPES, file_bytes
+    from profiles.plan.planner import file_bytes
     from profiles.plan.shape import read_model_shape
+    from profiles.plan.types import TYPES
 
     p = plan(src, types, out_dir, name=name, imatrix=imatrix, check_existing=False)
     if not p.gguf_types:
         return p.outputs
     shape = read_model_shape(Path(src))
     return [
-        replace(o, predicted_bytes=file_bytes(shape, o.type)) if o.kind == "gguf" and o.type in FTYPES else o
+        replace(o, predicted_bytes=file_bytes(shape, o.type, imatrix)) if o.kind == "gguf" and o.type in TYPES else o
         for o in p.outputs
     ]

@@ -1,8 +1,8 @@
 """Memory and speed planner, shared by `edge-quantize plan` and `edge serve`.
 
-From a GGUF header or an HF config.json alone (no weights read) it predicts, per quantization type:
-the file size (tensor by tensor, with llama.cpp's per-tensor type choices for the _S/_M/_L mixes,
-src/llama-quant.cpp), the memory at run time (weights + KV cache + compute buffers), the
+From a GGUF header or an HF config.json alone (no weights read) it predicts, per quantization type
+(profiles.plan.types): the file size (tensor by tensor, with llama.cpp's per-tensor type choices for
+the _S/_M/_L and IQ mixes, src/llama-quant.cpp), the memory at run time (weights + KV cache + compute buffers), the
 generation speed (bandwidth x efficiency / bytes read per token) and whether it fits a profile's
 budget. `plan()` recommends a type and context or raises DoesNotFitError naming a way out.
 """
@@ -13,36 +13,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from edge.errors import DoesNotFitError, UnknownTypeError
+from edge.errors import DoesNotFitError
 from edge.lightimport import gguf_constants
 from profiles.plan.shape import ModelShape, TensorInfo
+from profiles.plan.types import TYPES, QuantType, lookup
 from profiles.profile import GIB, Profile
 
 gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 T = gguf.GGMLQuantizationType
 
-# name -> default ggml type of the mix (llama_ftype_get_default_type in src/llama-quant.cpp)
-FTYPES: dict[str, T] = {
-    "F32": T.F32,
-    "F16": T.F16,
-    "BF16": T.BF16,
-    "Q8_0": T.Q8_0,
-    "Q6_K": T.Q6_K,
-    "Q5_K_M": T.Q5_K,
-    "Q5_K_S": T.Q5_K,
-    "Q5_1": T.Q5_1,
-    "Q5_0": T.Q5_0,
-    "Q4_K_M": T.Q4_K,
-    "Q4_K_S": T.Q4_K,
-    "Q4_1": T.Q4_1,
-    "Q4_0": T.Q4_0,
-    "IQ4_NL": T.IQ4_NL,
-    "IQ4_XS": T.IQ4_XS,
-    "Q3_K_L": T.Q3_K,
-    "Q3_K_M": T.Q3_K,
-    "Q3_K_S": T.Q3_K,
-    "Q2_K": T.Q2_K,
-}
 AS_IS = "AS_IS"  # not a quantization: the tensor types of an existing GGUF file
 LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
 GGUF_ALIGNMENT = 32  # general.alignment default: each tensor's data starts on a 32-byte boundary
@@ -57,8 +36,12 @@ def _name(t: gguf.MODEL_TENSOR) -> str:
     return gguf.TENSOR_NAMES[t].split(".")[-1]
 
 
-ATTN_V_LIKE = (_name(gguf.MODEL_TENSOR.ATTN_V), _name(gguf.MODEL_TENSOR.ATTN_QKV))
+# category_is_attn_v in src/llama-quant.cpp: V, fused QKV and MLA's KV_B projections
+ATTN_V_LIKE = tuple(
+    _name(t) for t in (gguf.MODEL_TENSOR.ATTN_V, gguf.MODEL_TENSOR.ATTN_QKV, gguf.MODEL_TENSOR.ATTN_KV_B)
+)
 FFN_DOWN, ATTN_OUT = _name(gguf.MODEL_TENSOR.FFN_DOWN), _name(gguf.MODEL_TENSOR.ATTN_OUT)
+ATTN_K, ATTN_Q = _name(gguf.MODEL_TENSOR.ATTN_K), _name(gguf.MODEL_TENSOR.ATTN_Q)
 TOKEN_EMBD, OUTPUT = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD], gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT]
 
 
@@ -83,12 +66,23 @@ def _more_bits(i: int, n: int) -> bool:
 
 
 def _fallback(t: T, ncols: int) -> T:
-    """tensor_type_fallback: 256-block K-quants on rows that are not a multiple of 256."""
+    """tensor_type_fallback: 256-block types on rows that are not a multiple of 256."""
     block = gguf.GGML_QUANT_SIZES[t][0]
     if ncols % block == 0:
         return t
-    t = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL}.get(t, t)
+    t = _FALLBACK.get(t, t)
     return t if ncols % gguf.GGML_QUANT_SIZES[t][0] == 0 else T.F16
+
+
+_FALLBACK = {
+    **dict.fromkeys((T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ4_XS), T.IQ4_NL),
+    **dict.fromkeys((T.Q2_K, T.Q3_K), T.Q4_0),
+    T.Q4_K: T.Q5_0,
+    T.Q5_K: T.Q5_1,
+    T.Q6_K: T.Q8_0,
+}
+# the 1-2 bit IQ mixes share one set of rules in llama_tensor_get_type_impl
+IQ_LOW = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M")
 
 
 @dataclass
@@ -99,18 +93,27 @@ class _Counters:
     i_ffn_down: int = 0
 
 
-def _mix_type(ftype: str, cat: str, ncols: int, shape: ModelShape, c: _Counters) -> T:
-    """llama_tensor_get_type_impl for the non-IQ1/2/3 mixes of dense (non-MoE) models."""
-    new = FTYPES[ftype]
+def _mix_type(q: QuantType, cat: str, ncols: int, shape: ModelShape, c: _Counters, imatrix: bool) -> T:
+    """llama_tensor_get_type_impl for dense (non-MoE, non-Falcon) models, one tensor at a time."""
+    ftype, new = q.name, q.ggml_type
     if cat == "output" or (shape.tied_embeddings and cat == "token_embd"):
         if ncols % gguf.GGML_QUANT_SIZES[new][0] != 0:
             return T.Q8_0
+        if ftype in IQ_LOW or ftype == "IQ3_XXS":
+            return T.Q5_K
         return new if new == T.Q8_0 else T.Q6_K
+    if cat == "token_embd":
+        rules = {"IQ2_XXS": T.Q2_K, "IQ2_XS": T.Q2_K, "IQ1_S": T.Q2_K, "IQ1_M": T.Q2_K, "IQ2_S": T.IQ3_S}
+        return {**rules, "IQ3_XXS": T.IQ3_S}.get(ftype, new)
+    if ftype in IQ_LOW:
+        return _iq_low_type(ftype, new, cat, shape, c)
     if cat == "attn_v":
         i, n, gqa = c.i_attn_v, c.n_attn_v, shape.n_gqa
         c.i_attn_v += 1
         rules = {
             "Q2_K": T.Q4_K if gqa >= 4 else T.Q3_K,
+            "Q2_K_S": T.Q4_K if gqa >= 4 else new,
+            "IQ3_XXS": T.Q4_K if gqa >= 4 else T.IQ3_XXS if imatrix else T.IQ3_S,
             "Q3_K_M": T.Q5_K if i < 2 else T.Q4_K,
             "Q3_K_L": T.Q5_K,
             "IQ4_NL": T.Q5_K if gqa >= 4 else new,
@@ -120,43 +123,65 @@ def _mix_type(ftype: str, cat: str, ncols: int, shape: ModelShape, c: _Counters)
             "Q4_K_S": T.Q5_K if i < 4 else new,
         }
         return rules.get(ftype, new)
+    if cat in (ATTN_K, ATTN_Q):
+        return T.IQ2_S if ftype == "IQ3_XXS" else new
     if cat == FFN_DOWN:
         i, n = c.i_ffn_down, c.n_layer
         c.i_ffn_down += 1
+        first = i < n // 8
         rules = {
             "Q2_K": T.Q3_K,
+            "Q2_K_S": T.Q4_K if first else new,
             "Q3_K_M": T.Q5_K if i < n // 16 else T.Q4_K,
             "Q3_K_L": T.Q5_K,
             "Q4_K_M": T.Q6_K if _more_bits(i, n) else new,
-            "IQ4_NL": T.Q5_K if i < n // 8 else new,
-            "IQ4_XS": T.Q5_K if i < n // 8 else new,
             "Q5_K_M": T.Q6_K if _more_bits(i, n) else new,
-            "Q4_K_S": T.Q5_K if i < n // 8 else new,
+            "Q4_K_S": T.Q5_K if first else new,
         }
+        if not imatrix:  # without an importance matrix the first eighth of ffn_down gets more bits
+            rules |= {"IQ3_XXS": T.Q4_K if first else T.Q3_K, "IQ4_NL": T.Q5_K if first else new}
+            rules |= {"IQ4_XS": T.Q5_K if first else new}
+        else:  # with one, Q4_0/Q5_0 guard the first eighth against outliers
+            rules |= {"Q4_0": T.Q4_1 if first else new, "Q5_0": T.Q5_1 if first else new}
         return rules.get(ftype, new)
     if cat == ATTN_OUT:
-        return {"Q2_K": T.Q3_K, "Q3_K_M": T.Q4_K, "Q3_K_L": T.Q5_K}.get(ftype, new)
+        return {"Q2_K": T.Q3_K, "IQ3_XXS": T.IQ3_S, "Q3_K_M": T.Q4_K, "Q3_K_L": T.Q5_K}.get(ftype, new)
     return new
 
 
-def tensor_types(shape: ModelShape, ftype: str) -> list[tuple[TensorInfo, T]]:
+def _iq_low_type(ftype: str, new: T, cat: str, shape: ModelShape, c: _Counters) -> T:
+    """The IQ1/IQ2 branch of llama_tensor_get_type_impl: attn_v, the first ffn_down and attn_output get more bits."""
+    more = T.IQ3_S if ftype == "IQ2_S" else T.Q2_K
+    if cat == "attn_v":
+        c.i_attn_v += 1
+        return T.Q4_K if shape.n_gqa >= 4 else more
+    if cat == FFN_DOWN:
+        i = c.i_ffn_down
+        c.i_ffn_down += 1
+        return more if i < c.n_layer // 8 else new
+    if cat == ATTN_OUT:
+        return {"IQ1_S": T.IQ2_XXS, "IQ1_M": T.IQ2_XXS, "IQ2_S": T.IQ3_S}.get(ftype, new)
+    return new
+
+
+def tensor_types(shape: ModelShape, ftype: str, imatrix: bool | None = None) -> list[tuple[TensorInfo, T]]:
     """The ggml type llama-quantize (or the converter, for F16/BF16/F32) gives each tensor.
 
-    `AS_IS` keeps the types the GGUF header declares: what serving that very file costs."""
+    `AS_IS` keeps the types the GGUF header declares: what serving that very file costs.
+    `imatrix` (None: exactly when the type needs one) changes a few of llama.cpp's choices."""
     if ftype == AS_IS:
         return [(t, t.ggml_type) for t in shape.tensors]
-    if ftype not in FTYPES:
-        raise UnknownTypeError(f"unknown quantization type {ftype!r}; known: {', '.join(FTYPES)}")
-    default = FTYPES[ftype]
+    q = lookup(ftype)
+    imatrix = q.needs_imatrix if imatrix is None else imatrix
     counters = _Counters(n_attn_v=sum(_category(t.name) == "attn_v" for t in shape.tensors), n_layer=shape.n_layer)
     out = []
     for t in shape.tensors:
         if not _quantizable(t):
             out.append((t, T.F32 if t.ggml_type in (T.F16, T.BF16, T.F32) else t.ggml_type))
-        elif default in (T.F32, T.F16, T.BF16):
-            out.append((t, default))
+        elif q.is_float:
+            out.append((t, q.ggml_type))
         else:
-            new = _mix_type(ftype, _category(t.name), t.shape[0], shape, counters)
+            new = _mix_type(q, _category(t.name), t.shape[0], shape, counters, imatrix)
             out.append((t, _fallback(new, t.shape[0])))
     return out
 
@@ -166,20 +191,20 @@ def tensor_bytes(t: TensorInfo, qtype: T) -> int:
     return t.n_elements // block * size
 
 
-def weights_bytes(shape: ModelShape, ftype: str) -> tuple[int, int]:
+def weights_bytes(shape: ModelShape, ftype: str, imatrix: bool | None = None) -> tuple[int, int]:
     """(bytes of all tensors, bytes read per generated token: token_embd is a row lookup)."""
-    return _sizes(shape, ftype)[:2]
+    return _sizes(shape, ftype, imatrix)[:2]
 
 
-def file_bytes(shape: ModelShape, ftype: str) -> int:
+def file_bytes(shape: ModelShape, ftype: str, imatrix: bool | None = None) -> int:
     """Predicted .gguf file size: header (metadata, tensor infos) + aligned tensor data."""
-    return _sizes(shape, ftype)[2]
+    return _sizes(shape, ftype, imatrix)[2]
 
 
 @lru_cache(maxsize=256)
-def _sizes(shape: ModelShape, ftype: str) -> tuple[int, int, int]:
+def _sizes(shape: ModelShape, ftype: str, imatrix: bool | None) -> tuple[int, int, int]:
     total = read = data = 0
-    for t, qtype in tensor_types(shape, ftype):
+    for t, qtype in tensor_types(shape, ftype, imatrix):
         size = tensor_bytes(t, qtype)
         total += size
         data += -(-size // GGUF_ALIGNMENT) * GGUF_ALIGNMENT
@@ -368,7 +393,8 @@ def _gib(n: int) -> str:
 def _refuse(shape, profile, n_ctx, preferred, kw) -> DoesNotFitError:
     need = estimate(shape, preferred[-1], n_ctx, profile, **kw)
     budget = need.budget_bytes / (1 + profile.runtime.headroom)
-    ways = [t for t in LADDER + tuple(FTYPES) if estimate(shape, t, n_ctx, profile, **kw).fits]
+    plain = [t for t in dict.fromkeys(LADDER + tuple(TYPES)) if not TYPES[t].needs_imatrix]
+    ways = [t for t in plain if estimate(shape, t, n_ctx, profile, **kw).fits]
     ctx = max(((largest_context(shape, t, profile, n_ctx, **kw), t) for t in preferred), default=(0, ""))
     outs = []
     if ways:

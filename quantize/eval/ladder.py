@@ -217,11 +217,12 @@ def gguf_type(path: Path) -> str | None:
 
 def fits_profiles(path: Path, type_name: str) -> list[str] | None:
     """Hardware profiles whose memory budget holds this GGUF at the profile's default context."""
-    from profiles.plan.planner import FTYPES, estimate
+    from profiles.plan.planner import estimate
     from profiles.plan.shape import shape_from_gguf
+    from profiles.plan.types import TYPES
     from profiles.profile import list_profiles
 
-    if type_name.upper() not in FTYPES:
+    if type_name.upper() not in TYPES:
         return None
     shape = shape_from_gguf(Path(path))
     return [

@@ -1,4 +1,4 @@
-"""physical_cores(): SMT siblings, big.LITTLE, affinity and cgroup quotas, on fake /proc and /sys trees."""
+"""profiles.cpu: SMT siblings, big.LITTLE, affinity and cgroup limits, on fake and recorded /proc and /sys trees."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from profiles.cpu import cgroup_cpu_limit, parse_cpuinfo, physical_cores
+from profiles.cpu import cgroup_cpu_limit, cgroup_memory_limit, parse_cpuinfo, physical_cores, read_cpu
+from profiles.detect import detect
 
 
 def _x86(cores: int, threads_per_core: int, sockets: int = 1) -> str:
@@ -107,3 +108,60 @@ def test_this_machine():
     cores = len({(b.get("physical id"), b["core id"]) for b in blocks})
     quota = cgroup_cpu_limit()
     assert physical_cores() == max(1, min(cores, int(quota)) if quota else cores)
+
+
+DEVICES = Path(__file__).parent / "fixtures" / "devices"
+# recorded device -> (big cores, little cores): what every user of a thread count must agree on
+BIG_LITTLE = {
+    "rpi5-8gb": (4, 0),  # 4x Cortex-A76
+    "rpi5-4gb-container": (4, 0),  # cpu.max then caps the threads at 2
+    "jetson-orin-nano": (6, 0),  # 6x Cortex-A78AE
+    "jetson-orin-nano-super": (6, 0),
+    "jetson-agx-orin-64gb": (12, 0),
+    "android-termux": (5, 3),  # 1x X3 + 2x A715 + 2x A710 big, 3x A510 little
+    "rk3588-unknown-board": (4, 4),  # 4x A76 big, 4x A55 little
+    "laptop-intel-hybrid": (4, 8),  # 4 P-cores (8 threads), 8 E-cores
+    "server-avx512-docker-v1": (8, 0),  # 16 threads on 8 cores; a v1 quota of 3 CPUs
+    "macos-m2": (4, 4),
+}
+
+
+@pytest.mark.parametrize("device", sorted(BIG_LITTLE))
+def test_detect_and_the_engines_get_the_same_threads(device):
+    cpu = read_cpu(DEVICES / device)
+    assert (cpu.big_cores, cpu.little_cores) == BIG_LITTLE[device]
+    found = detect(DEVICES / device)
+    assert found.threads == physical_cores(DEVICES / device) == cpu.threads(default=1)[0]
+
+
+def test_every_device_has_an_expectation():
+    assert {p.name for p in DEVICES.iterdir() if p.is_dir()} == set(BIG_LITTLE)
+
+
+A7, A15, QCOM = 0xC07, 0xC0F, 0x51
+
+
+def test_cortex_a7_is_little(tmp_path):
+    assert physical_cores(_tree(tmp_path, _arm([A7] * 4 + [A15] * 4)), allowed=set(range(8))) == 4  # Exynos 5422
+    assert physical_cores(_tree(tmp_path / "pi2", _arm([A7] * 4)), allowed=set(range(4))) == 4  # Pi 2: all little
+
+
+def test_other_implementers_parts_are_not_read_as_arm_parts(tmp_path):
+    """Qualcomm (implementer 0x51) numbers its own cores: 0xd05 there is not a Cortex-A55."""
+    text = _arm([A55] * 4 + [A76] * 4).replace("CPU implementer\t: 0x41", f"CPU implementer\t: {QCOM:#x}")
+    assert physical_cores(_tree(tmp_path, text), allowed=set(range(8))) == 8  # unknown cores count as big
+    root = _tree(tmp_path / "cap", text, capacities=[400] * 4 + [1024] * 4)
+    assert physical_cores(root, allowed=set(range(8))) == 4  # ... unless sysfs capacities say otherwise
+
+
+def test_intel_hybrid_pinned_to_e_cores(tmp_path):
+    root = DEVICES / "laptop-intel-hybrid"
+    assert physical_cores(root, allowed={0, 1, 8}) == 1  # both threads of one P-core; the E-core left out
+    assert physical_cores(root, allowed={8, 9, 10}) == 3
+
+
+def test_cgroup_memory_limit_on_the_process_cgroup(tmp_path):
+    root = _tree(tmp_path, _x86(2, 1))
+    (root / "sys/fs/cgroup/app.slice/memory.max").write_text("2147483648\n")
+    (root / "sys/fs/cgroup/app.slice/edge.service/memory.max").write_text("max\n")
+    assert cgroup_memory_limit(root) == 2 * 2**30

@@ -29,7 +29,9 @@ GB = 1e9
 # Published file sizes, each row from a page read on the Hub (sizes as the Hub shows them: GiB for
 # llama.cpp's README, GB = 10^9 bytes for Hub file listings, rounded to 3 digits).
 # Llama-3.1-8B: llama.cpp tools/quantize/README.md (vendored in llama-cpp-python 0.3.36), table
-#   "meta-llama/Llama-3.1-8B", row "size (GiB)" as llama-bench reports it.
+#   "meta-llama/Llama-3.1-8B", row "size (GiB)" as llama-bench reports it. Q4_0/Q4_1/Q5_0/Q5_1 are
+#   not in that table: their sizes are the "4.34G @ Llama-3-8B" notes of tools/quantize/quantize.cpp
+#   (same tensor shapes). The IQ1-IQ3 and Q2_K_S rows were quantized with an importance matrix.
 # [ms]   https://huggingface.co/microsoft/Phi-3-mini-4k-instruct-gguf/tree/main (-fp16.gguf 7.64 GB)
 # [mrad] https://huggingface.co/mradermacher/Phi-3-mini-4k-instruct-GGUF/tree/6fc30a5b264aa7cbf1243bd6901d2769d7ee27a9
 #        (static quants, no imatrix)
@@ -57,6 +59,17 @@ PUBLISHED = [
     ("llama-3.1-8b", "Q3_K_M", 3.74 * GIB),
     ("llama-3.1-8b", "Q3_K_S", 3.41 * GIB),
     ("llama-3.1-8b", "Q2_K", 2.95 * GIB),
+    ("llama-3.1-8b", "Q5_1", 5.65 * GIB),
+    ("llama-3.1-8b", "Q5_0", 5.21 * GIB),
+    ("llama-3.1-8b", "Q4_1", 4.78 * GIB),
+    ("llama-3.1-8b", "Q4_0", 4.34 * GIB),
+    ("llama-3.1-8b", "IQ3_XXS", 3.04 * GIB),
+    ("llama-3.1-8b", "Q2_K_S", 2.78 * GIB),
+    ("llama-3.1-8b", "IQ2_S", 2.56 * GIB),
+    ("llama-3.1-8b", "IQ2_XS", 2.42 * GIB),
+    ("llama-3.1-8b", "IQ2_XXS", 2.23 * GIB),
+    ("llama-3.1-8b", "IQ1_M", 2.01 * GIB),
+    ("llama-3.1-8b", "IQ1_S", 1.87 * GIB),
     ("phi-3-mini-4k", "F16", 7.64 * GB),  # [ms]
     ("phi-3-mini-4k", "Q8_0", 4.06 * GB),
     ("phi-3-mini-4k", "Q6_K", 3.14 * GB),  # [mrad]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge.errors import BadRequestError, NotFoundError
-from profiles.plan.planner import FTYPES
+from profiles.plan.types import TYPES
 from profiles.profile import get_profile, list_profiles, load_profile_file
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles" / "data"
@@ -39,7 +39,7 @@ def test_profile_is_consistent(profile):
     assert 0 < profile.memory.budget_gib < profile.memory.total_gib
     assert profile.memory.bandwidth_gbs > 0
     assert profile.runtime.threads == profile.cpu.big_cores  # big cores only
-    assert all(t in FTYPES for t in profile.runtime.quant_types)
+    assert all(t in TYPES for t in profile.runtime.quant_types)
     assert 0 < profile.runtime.efficiency <= 1 and profile.runtime.context >= 1024
     if profile.gpu.kind == "cuda":
         assert "CMAKE_CUDA_ARCHITECTURES=87" in profile.build.cmake_args and profile.gpu.unified_memory

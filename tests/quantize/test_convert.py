@@ -18,28 +18,13 @@ from edge.errors import (
     UnknownTypeError,
     UnsupportedArchitectureError,
 )
+from profiles.plan.planner import tensor_types
+from profiles.plan.shape import read_model_shape
 from quantize.convert import convert
 from quantize.outputs import default_name
 from quantize.quantizer import TYPES, intermediate_type, parse_types, quantize_file
 
-ALL_TYPES = [
-    "F32",
-    "F16",
-    "BF16",
-    "Q8_0",
-    "Q6_K",
-    "Q5_K_M",
-    "Q5_K_S",
-    "Q4_K_M",
-    "Q4_K_S",
-    "Q4_0",
-    "Q4_1",
-    "Q3_K_M",
-    "Q3_K_L",
-    "Q2_K",
-    "IQ4_XS",
-    "IQ4_NL",
-]
+ALL_TYPES = [t.name for t in TYPES.values() if not t.needs_imatrix]  # the types quantized without an imatrix
 
 
 def sha256(path: Path) -> str:
@@ -53,7 +38,6 @@ def test_type_names():
     assert "'q9_x'" in e.value.message and "Q4_K_M" in e.value.message and "IQ4_NL" in e.value.message
     with pytest.raises(BadRequestError, match="needs an importance matrix"):
         parse_types("iq2_xxs")
-    assert set(ALL_TYPES) <= set(TYPES)
 
 
 def test_intermediate_choice():
@@ -152,10 +136,32 @@ def test_every_type_converts_loads_and_generates(tiny_checkpoint, tmp_path):
 
     results = convert(tiny_checkpoint("llama3"), ",".join(ALL_TYPES), tmp_path, name="m", quiet=True)
     assert [r.type for r in results] == ALL_TYPES
+    shape = read_model_shape(results[0].path)  # the planner predicts llama.cpp's choice for every tensor
     for r in results:
+        predicted = {t.name: q for t, q in tensor_types(shape, r.type)}
+        assert {t.name: t.tensor_type for t in gguf.GGUFReader(r.path).tensors} == predicted, r.type
         assert r.path.is_file() and r.size_bytes == r.path.stat().st_size and r.bits_per_weight > 2
         llm = llama_cpp.Llama(str(r.path), n_ctx=64, verbose=False, seed=1)
         out = llm.create_completion("hello world", max_tokens=4, temperature=0.0)
         assert out["usage"]["completion_tokens"] >= 1, r.type
         llm.close()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edge-tmp-")]
+
+
+@pytest.mark.slow
+def test_imatrix_types_match_the_planner(tiny_checkpoint, tmp_path):
+    import numpy as np
+
+    from quantize.imatrix import Imatrix, quantize_with_imatrix
+
+    f16 = convert(tiny_checkpoint("llama3"), "f16", tmp_path, name="m", quiet=True)[0].path
+    uniform = Imatrix()  # every input column equally important: enough for llama.cpp to accept the types
+    for t in gguf.GGUFReader(f16).tensors:
+        if t.name.startswith("blk.") and len(t.shape) == 2:
+            uniform.sums[t.name], uniform.counts[t.name] = np.ones(int(t.shape[0])), 1
+    shape = read_model_shape(f16)
+    for qtype in (t for t in TYPES.values() if t.needs_imatrix):
+        out = tmp_path / f"m-{qtype.file_suffix}.gguf"
+        quantize_with_imatrix(f16, out, qtype, uniform)
+        predicted = {t.name: q for t, q in tensor_types(shape, qtype.name)}
+        assert {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors} == predicted, qtype.name

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from edge.errors import BadRequestError
+from profiles.plan.planner import tensor_types
+from profiles.plan.shape import read_model_shape
 from quantize import imatrix as im
 from quantize.convert import convert
 from quantize.eval.text import default_eval_text
@@ -33,8 +35,8 @@ def test_types_needing_an_imatrix_are_refused_without_one_and_allowed_with_one()
     with pytest.raises(BadRequestError, match="importance matrix"):
         parse_types("q4_k_m,iq2_xxs")
     with pytest.raises(BadRequestError, match="importance matrix"):
-        im.parse_types_with_imatrix("iq2_xxs", have_imatrix=False)
-    assert [t.name for t in im.parse_types_with_imatrix("gguf:q4_k_m,IQ2_XXS,iq3_xxs", True)] == [
+        parse_types("iq2_xxs", have_imatrix=False)
+    assert [t.name for t in parse_types("gguf:q4_k_m,IQ2_XXS,iq3_xxs", have_imatrix=True)] == [
         "Q4_K_M",
         "IQ2_XXS",
         "IQ3_XXS",
@@ -73,6 +75,10 @@ def test_imatrix_changes_the_quantized_tensors_and_unlocks_iq2(matrix, smol_f32,
     assert "token_embd.weight" not in changed  # no activations collected for it
     im.quantize_with_imatrix(smol_f32, iq2, TYPES["IQ2_XXS"], matrix)
     assert iq2.stat().st_size < plain.stat().st_size
+    shape = read_model_shape(smol_f32)  # the planner predicts llama.cpp's choice for every tensor
+    for path, name, imatrix in ((plain, "Q4_K_M", False), (weighted, "Q4_K_M", True), (iq2, "IQ2_XXS", True)):
+        predicted = {t.name: q for t, q in tensor_types(shape, name, imatrix)}
+        assert {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors} == predicted, name
 
 
 @pytest.mark.slow
