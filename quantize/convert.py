@@ -28,7 +28,7 @@ from .archs import get_arch
 from .archs.base import PlannedTensor
 from .checkpoint import Checkpoint
 from .gguf_out import OutTensor, to_storage, write_gguf
-from .imatrix import Imatrix, compute_imatrix, quantize_with_imatrix
+from .imatrix import Imatrix, compute_imatrix
 from .outputs import OutputPlan, gguf_path, plan, read_config
 from .progress import Bars, Fallback, llama_log_to, warn
 from .quantizer import QuantType, intermediate_type, quantize_file
@@ -283,10 +283,8 @@ def _quantize(
     start = time.perf_counter()
     task = bars.add(f"quantize -> {qtype.name}" + (" (imatrix)" if matrix and not qtype.is_float else ""), total=None)
     with llama_log_to(bars, task) as log:  # llama.cpp's per-tensor fallback warnings: counted, not printed
-        if matrix is not None and not qtype.is_float:
-            quantize_with_imatrix(src, dst, qtype, matrix, force=force, allow_requantize=requantize)
-        else:
-            quantize_file(src, dst, qtype, force=force, allow_requantize=requantize)
+        importance = matrix.means() if matrix is not None and not qtype.is_float else None
+        quantize_file(src, dst, qtype, importance=importance, force=force, allow_requantize=requantize)
     bars.finish(task)
     fallbacks = log.fallbacks()
     for fallback in fallbacks:

@@ -14,7 +14,6 @@ tools/quantize's load_imatrix makes of an imatrix file.
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import BadRequestError, EdgeError
-from edge.fsio import atomic_file
-
-from .quantizer import QuantType
 
 GGML_MAX_DIMS, GGML_MAX_SRC, GGML_MAX_OP_PARAMS, GGML_MAX_NAME = 4, 10, 64, 64  # ggml.h
 GGML_TYPE_F32 = 0
@@ -187,53 +183,3 @@ def compute_imatrix(
     if not imatrix.sums:
         raise EdgeError(f"no activations were collected from {model_path}: is it a supported architecture?")
     return imatrix
-
-
-# -- quantization with the matrix -------------------------------------------------------------------
-
-
-def imatrix_array(means: dict[str, np.ndarray]):
-    """A NULL-terminated llama_model_imatrix_data[] (and the objects that must stay alive with it)."""
-    import llama_cpp
-
-    entries = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
-    keep = []
-    for i, (name, values) in enumerate(sorted(means.items())):
-        values = np.ascontiguousarray(values, np.float32)
-        raw = name.encode()
-        keep += [values, raw]
-        entries[i].name = raw
-        entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        entries[i].size = values.size
-    entries[len(means)].name = None
-    return entries, keep
-
-
-def quantize_with_imatrix(
-    src: Path,
-    dst: Path,
-    qtype: QuantType,
-    imatrix: Imatrix | None,
-    *,
-    force: bool = False,
-    allow_requantize: bool = False,
-    n_threads: int | None = None,
-) -> None:
-    """llama_model_quantize(src -> dst) with params.imatrix set (atomic output, as quantizer.quantize_file)."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(qtype.ftype)
-    params.nthread = n_threads or os.cpu_count() or 1
-    params.allow_requantize = allow_requantize
-    entries = keep = None
-    if imatrix is not None:
-        entries, keep = imatrix_array(imatrix.means())
-        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
-    with atomic_file(dst, force=force) as tmp:
-        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
-        if rc != 0:
-            raise EdgeError(
-                f"llama.cpp failed to quantize {src.name} to {qtype.name} (code {rc}); its log above says why"
-            )
-    del keep

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 from edge.errors import BadRequestError, EdgeError, UnknownTypeError
 from edge.fsio import atomic_file
@@ -76,20 +79,44 @@ def quantize_file(
     dst: Path,
     qtype: QuantType,
     *,
+    importance: Mapping[str, np.ndarray] | None = None,
     force: bool = False,
     allow_requantize: bool = False,
     n_threads: int | None = None,
 ) -> None:
-    """Run llama_model_quantize(src -> dst) with an atomic output."""
+    """Run llama_model_quantize(src -> dst) with an atomic output; `importance` (tensor name -> mean
+    squared activation per input column, as an importance matrix holds) weights the rounding."""
     import llama_cpp  # the native library loads here, not at import time
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(qtype.ftype)
     params.nthread = n_threads or os.cpu_count() or 1
     params.allow_requantize = allow_requantize
+    keep = None
+    if importance is not None:
+        entries, keep = _imatrix_array(importance)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     with atomic_file(dst, force=force) as tmp:
         rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
         if rc != 0:
             raise EdgeError(
                 f"llama.cpp failed to quantize {src.name} to {qtype.name} (code {rc}); its log above says why"
             )
+    del keep  # the arrays params.imatrix points into live until llama.cpp is done
+
+
+def _imatrix_array(means: Mapping[str, np.ndarray]):
+    """A NULL-terminated llama_model_imatrix_data[] (and the objects that must stay alive with it)."""
+    import llama_cpp
+
+    entries = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
+    keep = []
+    for i, (name, values) in enumerate(sorted(means.items())):
+        values = np.ascontiguousarray(values, np.float32)
+        raw = name.encode()
+        keep += [values, raw]
+        entries[i].name = raw
+        entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = values.size
+    entries[len(means)].name = None
+    return entries, keep

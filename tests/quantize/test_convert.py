@@ -152,7 +152,7 @@ def test_every_type_converts_loads_and_generates(tiny_checkpoint, tmp_path):
 def test_imatrix_types_match_the_planner(tiny_checkpoint, tmp_path):
     import numpy as np
 
-    from quantize.imatrix import Imatrix, quantize_with_imatrix
+    from quantize.imatrix import Imatrix
 
     f16 = convert(tiny_checkpoint("llama3"), "f16", tmp_path, name="m", quiet=True)[0].path
     uniform = Imatrix()  # every input column equally important: enough for llama.cpp to accept the types
@@ -162,6 +162,6 @@ def test_imatrix_types_match_the_planner(tiny_checkpoint, tmp_path):
     shape = read_model_shape(f16)
     for qtype in (t for t in TYPES.values() if t.needs_imatrix):
         out = tmp_path / f"m-{qtype.file_suffix}.gguf"
-        quantize_with_imatrix(f16, out, qtype, uniform)
+        quantize_file(f16, out, qtype, importance=uniform.means())
         predicted = {t.name: q for t, q in tensor_types(shape, qtype.name)}
         assert {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors} == predicted, qtype.name

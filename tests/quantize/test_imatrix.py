@@ -15,7 +15,7 @@ from profiles.plan.shape import read_model_shape
 from quantize import imatrix as im
 from quantize.convert import convert
 from quantize.eval.text import default_eval_text
-from quantize.quantizer import TYPES, parse_types
+from quantize.quantizer import TYPES, parse_types, quantize_file
 
 MATMUL_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
@@ -65,15 +65,15 @@ def test_collects_every_block_matmul_weight_with_token_counts(matrix, smol_f32):
 @pytest.mark.slow
 def test_imatrix_changes_the_quantized_tensors_and_unlocks_iq2(matrix, smol_f32, tmp_path):
     plain, weighted, iq2 = tmp_path / "plain.gguf", tmp_path / "weighted.gguf", tmp_path / "iq2.gguf"
-    im.quantize_with_imatrix(smol_f32, plain, TYPES["Q4_K_M"], None)
-    im.quantize_with_imatrix(smol_f32, weighted, TYPES["Q4_K_M"], matrix)
+    quantize_file(smol_f32, plain, TYPES["Q4_K_M"])
+    quantize_file(smol_f32, weighted, TYPES["Q4_K_M"], importance=matrix.means())
     a = {t.name: bytes(t.data) for t in gguf.GGUFReader(plain).tensors}
     b = {t.name: bytes(t.data) for t in gguf.GGUFReader(weighted).tensors}
     assert a.keys() == b.keys()
     changed = {n for n in a if a[n] != b[n]}
     assert any(".ffn_down." in n for n in changed) and any(".attn_q." in n for n in changed)
     assert "token_embd.weight" not in changed  # no activations collected for it
-    im.quantize_with_imatrix(smol_f32, iq2, TYPES["IQ2_XXS"], matrix)
+    quantize_file(smol_f32, iq2, TYPES["IQ2_XXS"], importance=matrix.means())
     assert iq2.stat().st_size < plain.stat().st_size
     shape = read_model_shape(smol_f32)  # the planner predicts llama.cpp's choice for every tensor
     for path, name, imatrix in ((plain, "Q4_K_M", False), (weighted, "Q4_K_M", True), (iq2, "IQ2_XXS", True)):
