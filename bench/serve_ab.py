@@ -3,6 +3,7 @@
     python bench/serve_ab.py tps    [--model gemma3] [--rounds 6]   # 128-token completions, 1 client
     python bench/serve_ab.py cached [--model smollm2] [--rounds 6]  # TTFT once a system prompt is cached
     python bench/serve_ab.py first  [--model smollm2] [--rounds 6]  # TTFT the first time a system prompt is seen
+    python bench/serve_ab.py tps --against-revision 9528ecc           # ours against ours at an older commit
 
 `bench/serve.py` measures everything with a few samples per server process; on a noisy 2-vCPU VM one
 of its ratios can land a few percent on either side of a goal from run to run. This settles one
@@ -23,8 +24,6 @@ import common
 import servers
 from common import console, median
 from serve import CTX, N_TOKENS, QUESTIONS, count_prompt, system_prompt
-
-KINDS = ["ours", "llama-server"]
 
 
 def samples(measure: str, run: servers.Running, r: int) -> list[float]:
@@ -47,8 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("measure", choices=["tps", "cached", "first"])
     ap.add_argument("--model", choices=["smollm2", "gemma3"], default="smollm2")
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument(
+        "--against-revision", metavar="REV", help="compare with `edge serve` at this git commit instead of llama-server"
+    )
     args = ap.parse_args(argv)
     common.exit_cleanly_on_sigterm()
+    anchor_kind = servers.add_revision(args.against_revision) if args.against_revision else "llama-server"
+    KINDS = ["ours", anchor_kind]
     missing = [k for k in KINDS if k not in servers.available_kinds()]
     if missing:
         raise SystemExit(f"cannot run {', '.join(missing)}")
@@ -67,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             got[kind] += xs
             this[kind] = median(xs)
             console.log(f"  {kind:13s} round {r + 1}: " + " ".join(f"{x:.1f}" for x in xs))
-        paired.append(this["ours"] / this["llama-server"])
+        paired.append(this["ours"] / this[anchor_kind])
     load.append(common.warn_if_busy())
     unit = "t/s" if args.measure == "tps" else "ms"
-    ours, anchor = median(got["ours"]), median(got["llama-server"])
+    ours, anchor = median(got["ours"]), median(got[anchor_kind])
     console.print(
-        f"{args.model} {args.measure}: ours {ours:.1f} {unit} vs llama-server {anchor:.1f} {unit} "
+        f"{args.model} {args.measure}: ours {ours:.1f} {unit} vs {anchor_kind} {anchor:.1f} {unit} "
         f"= {ours / anchor:.3f}x (medians of {len(got['ours'])} samples each, {args.rounds} rounds); "
         f"median of the per-round ratios {median(paired):.3f}x "
         f"({' '.join(f'{p:.2f}' for p in paired)})"

@@ -73,9 +73,12 @@ class LlamaCppPythonServer(ServerKind):
 
 
 class EdgeServer(ServerKind):
+    def launcher(self) -> list[str]:
+        return [str(common.venv_script("edge"))]
+
     def command(self, model, port, parallel, ctx):
         cmd = [
-            str(common.venv_script("edge")),
+            *self.launcher(),
             "serve",
             str(model),
             "--host",
@@ -102,6 +105,35 @@ def _edge_has_threads_flag() -> bool:
     return "--threads" in _EDGE_HELP
 
 
+@dataclass
+class EdgeAtRevision(EdgeServer):
+    """`edge serve` as it was at a git revision: a worktree of that commit first on PYTHONPATH, run by
+    this environment's python, so the same interpreter and llama.cpp serve both sides of an A/B."""
+
+    tree: Path = Path()
+
+    def launcher(self) -> list[str]:
+        return [sys.executable, "-c", "import sys; from edge.cli import main; sys.argv[0] = 'edge'; sys.exit(main())"]
+
+    def env(self) -> dict:
+        return dict(_env(), PYTHONPATH=str(self.tree))
+
+
+def add_revision(rev: str) -> str:
+    """Register `ours@REV` (a detached worktree of REV under the bench folder) and return its name."""
+    root = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True, check=True
+    )
+    sha = sha.stdout.strip()
+    tree = common.work_dir() / "revisions" / sha
+    if not tree.is_dir():
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), sha], check=True)
+    name = f"ours@{sha}"
+    KINDS[name] = EdgeAtRevision(name, "/health", {"ignore_eos": True}, tree=tree)
+    return name
+
+
 KINDS = {
     "ours": EdgeServer("ours", "/health", {"ignore_eos": True}),
     "llama-server": LlamaServer("llama-server", "/health", {"ignore_eos": True}),
@@ -123,6 +155,8 @@ def available_kinds() -> list[str]:
 
 
 def _missing(name: str) -> str | None:
+    if name.startswith("ours@"):
+        return None
     if name == "llama-server":
         return None if common.anchor_binary("llama-server", required=False) else "not built (python bench/anchors.py)"
     if name == "llama_cpp.server":
@@ -158,7 +192,8 @@ def start(kind_name: str, model: Path, *, parallel: int = 1, ctx: int = 2048, ti
     cmd = kind.command(model, port, parallel, ctx)
     with open(log, "wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env())
+        env = kind.env() if isinstance(kind, EdgeAtRevision) else _env()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     run = Running(kind, proc, f"http://127.0.0.1:{port}", started, log=log)
     try:
         _wait_ready(run, timeout)
