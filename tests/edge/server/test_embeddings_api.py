@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import struct
+import time
 
 import httpx
 import ollama
@@ -223,5 +224,9 @@ def test_kiosk_flow_one_server(kiosk_server, reference, oracle):
     assert chat.message.content.strip()
     served = {m["name"] for m in httpx.get(url + "/api/ps").json()["models"]}
     assert served == {"minilm:latest", "smollm2:135m-q4_1"}  # one process holds both
-    again = client.embeddings.create(model="minilm", input=asked).data[0].embedding  # with SmolLM2 loaded too
-    assert _cos(again, asked_vector) > 0.99999
+    again = ollama.Client(host=url, timeout=300).embed(model="minilm", input=asked, keep_alive=0).embeddings[0]
+    assert again == asked_vector  # the same vector with SmolLM2 loaded too; then MiniLM unloads
+    deadline = time.monotonic() + 30
+    while "minilm:latest" in {m["name"] for m in httpx.get(url + "/api/ps").json()["models"]}:
+        assert time.monotonic() < deadline, "keep_alive 0 on /api/embed did not unload"
+        time.sleep(0.05)
