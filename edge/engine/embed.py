@@ -8,7 +8,18 @@ causal embedding models such as e5-mistral or Qwen3-Embedding use). Every vector
 
 **Batching.** Inputs are packed into as few `llama_decode` calls as fit `n_batch` tokens and
 `n_seq_max` sequences (sequence id = position in the call), and read back per sequence with
-`llama_get_embeddings_seq`. An encoder (bidirectional attention) sees a whole input in one call, so
+`llama_get_embeddings_seq`.
+
+**Same vector alone or in a batch.** An input gives the same vector, bit for bit, whatever else shares
+its call. llama.cpp's arithmetic depends on where a sequence sits in the call and on the call's size:
+its attention sums run in SIMD lanes over the KV cells (or, in an encoder, the call's rows), so an
+input starting at another cell rounds differently, and the CPU flash-attention kernel switches to
+another algorithm when a call holds many query rows. The rounding is tiny, but a quantized model
+re-quantizes its activations before every matmul, which turns it into cosine differences of 1e-4 to
+2e-3. So flash attention is off in this context, every input starts at a multiple of `ALIGN` rows
+(and KV cells), and a call holds a multiple of `ALIGN` tokens: the gaps are filled with tokens of a
+spacer sequence (the last id) whose output nobody reads. That costs at most `ALIGN - 1` extra tokens
+per input. An encoder (bidirectional attention) sees a whole input in one call, so
 its `n_batch` is its context. A causal model with last-token pooling may split an input longer than
 `n_batch` over several calls: its KV cache keeps the earlier chunks, and the pooled value of the
 last call is the last token's, which is exact.
@@ -42,6 +53,8 @@ POOLING_NAMES = {v: k for k, v in POOLING.items()}
 ENCODER_DEFAULT_POOLING = "mean"  # an encoder whose GGUF names no (usable) pooling
 CAUSAL_DEFAULT_POOLING = "last"  # a generative model: see the module's docstring
 MAX_SEQS = 64  # sequences in one decode (llama.cpp allows 256; 64 short sentences already fill n_batch)
+# inputs start at multiples of this many rows: a multiple of every CPU's float SIMD width (AVX-512: 16)
+ALIGN = 16
 # A causal model's embedding context still computes logits for every token it evaluates
 # (n_vocab floats each): n_batch is chosen so that buffer stays within this many bytes.
 LOGITS_BUDGET = 64 << 20
@@ -85,6 +98,10 @@ def fit_inputs(inputs: list[list[int]], limit: int, *, truncate: bool, keep_last
     return out
 
 
+def align_up(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
 def plan_batches(lengths: Sequence[int], n_batch: int, n_seqs: int) -> list[list[int]]:
     """Input indices grouped into decode calls of at most n_batch tokens and n_seqs sequences, in order.
     An input longer than n_batch is a group of its own (decoded in chunks)."""
@@ -116,14 +133,18 @@ class LlamaCppEmbedder:
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = n_ctx  # most tokens of one input
         if encoder:
-            self.n_batch = n_ctx  # bidirectional attention: an input must sit in one call
+            self.n_batch = align_up(n_ctx)  # bidirectional attention: an input must sit in one call
         else:
-            self.n_batch = max(MIN_CAUSAL_BATCH, min(n_ctx, LOGITS_BUDGET // (4 * n_vocab)))
+            self.n_batch = max(MIN_CAUSAL_BATCH, min(n_ctx, LOGITS_BUDGET // (4 * n_vocab))) // ALIGN * ALIGN
         # an input longer than n_batch is decoded in chunks, which only last-token pooling survives
         self.chunked = not encoder and self.pooling == "last"
         if not self.chunked:
             self.n_ctx = min(self.n_ctx, self.n_batch)
-        self.n_seqs = min(MAX_SEQS, self.n_batch)  # llama.cpp wants n_seq_max <= n_batch
+        # sequences in one call: each input takes ALIGN rows or more, and llama.cpp reserves its graph
+        # with n_batch / n_seq_max rows per sequence, so n_seq_max divides n_batch
+        n_seq_max = next(d for d in range(min(MAX_SEQS, self.n_batch // ALIGN), 0, -1) if self.n_batch % d == 0)
+        self.n_seqs = n_seq_max - 1  # inputs in one call
+        self.spacer = n_seq_max - 1  # the sequence id of the filler tokens (see the module's docstring)
         self.keep_last = bool(L.llama_vocab_get_add_eos(self.vocab) or L.llama_vocab_get_add_sep(self.vocab))
         self.ctx = self._context(n_threads)
         self.mem = L.llama_get_memory(self.ctx)  # None for an encoder: nothing is cached between calls
@@ -138,7 +159,8 @@ class LlamaCppEmbedder:
         params.kv_unified = True
         params.n_ctx = max(self.n_ctx, self.n_batch)
         params.n_batch = params.n_ubatch = self.n_batch  # one ubatch per call: pooling sees whole inputs
-        params.n_seq_max = self.n_seqs
+        params.n_seq_max = self.n_seqs + 1  # the inputs and the spacer
+        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED  # see "Same vector" in the module's docstring
         params.n_threads = params.n_threads_batch = n_threads
         params.no_perf = True
         ctx = L.llama_init_from_model(self.model, params)
@@ -151,7 +173,7 @@ class LlamaCppEmbedder:
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         """The pooled (not normalised) vector of each input, each within n_ctx tokens and non-empty."""
         out: list[list[float]] = [[] for _ in inputs]
-        for group in plan_batches([len(t) for t in inputs], self.n_batch, self.n_seqs):
+        for group in plan_batches([align_up(len(t)) for t in inputs], self.n_batch, self.n_seqs):
             if len(inputs[group[0]]) > self.n_batch:
                 out[group[0]] = self._embed_long(inputs[group[0]])
                 continue
@@ -165,21 +187,27 @@ class LlamaCppEmbedder:
         assert self.chunked
         self._clear()
         for start in range(0, len(tokens), self.n_batch):
-            self._decode([(0, tokens[start : start + self.n_batch], start)], clear=False)
+            self._decode([(0, tokens[start : start + self.n_batch], start)], clear=False, aligned=False)
         return self._read(0)
 
     def _clear(self) -> None:
         if self.mem:
             L.llama_memory_clear(self.mem, True)
 
-    def _decode(self, entries: list[tuple[int, list[int], int]], *, clear: bool = True) -> None:
+    def _decode(self, entries: list[tuple[int, list[int], int]], *, clear: bool = True, aligned: bool = True) -> None:
         """(sequence id, tokens, first position) entries in one llama_decode; every token is an output
-        (llama.cpp pools over the outputs)."""
+        (llama.cpp pools over the outputs). `aligned`: each entry starts at a multiple of ALIGN rows and
+        the call ends on one, spacer tokens filling the gaps (the chunks of one long input are not: that
+        input is always decoded alone, the same way)."""
         if clear:
             self._clear()
         b = self.batch
-        n = 0
-        for seq, tokens, pos0 in entries:
+        n = spaced = 0
+        for seq, tokens, pos0 in [*entries, (self.spacer, [], 0)]:
+            while aligned and n % ALIGN:  # the spacer's tokens: any valid id, consecutive positions
+                b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = entries[0][1][0], spaced, 1, 1
+                b.seq_id[n][0] = self.spacer
+                n, spaced = n + 1, spaced + 1
             for j, tok in enumerate(tokens):
                 b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = tok, pos0 + j, 1, 1
                 b.seq_id[n][0] = seq

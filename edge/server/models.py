@@ -22,6 +22,7 @@ Everything here runs on the event loop; only loading and closing engines run in 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -81,17 +82,37 @@ def open_target(opener: Callable[..., Engine], target: Target, settings: Setting
     )
 
 
-def _close_engine(engine: Engine) -> None:
-    """Close an engine (llama.cpp frees its weights, KV cache and buffers), then hand the freed heap
-    back to the system: glibc keeps it in the loader thread's arena otherwise, and a server that loads
-    and unloads models all day would grow by it."""
-    engine.close()
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 128 << 10  # glibc's default, held fixed (see _libc)
+
+
+@functools.cache
+def _libc():
+    """glibc, set up so that a server that loads and unloads models all day does not grow; None when the
+    C library is not glibc (musl, macOS).
+
+    By default glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so
+    the next model's KV cache and compute buffers come from a thread's heap, whose top neither free() nor
+    malloc_trim hands back: RSS after an unload then depends on which thread loaded what. A fixed
+    threshold keeps every large buffer in an mmap of its own, returned when llama.cpp frees it."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        pass
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.malloc_trim  # noqa: B018 (glibc only: AttributeError elsewhere)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _close_engine(engine: Engine) -> None:
+    """Close an engine (llama.cpp frees its weights, KV cache and buffers), then hand the small blocks
+    freed back to the system: glibc keeps them in the closing thread's arena otherwise."""
+    engine.close()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class Loaded:
@@ -224,6 +245,7 @@ class ModelManager:
         self.metrics = metrics
         self.wait_s = min(wait_s, settings.request_timeout) if settings.request_timeout > 0 else wait_s
         self.models: dict[str, Loaded] = {}  # by file (Target.key)
+        _libc()  # before the first load: see there
         self.unloading: list[Loaded] = []  # out of `models`, engines still closing
         self.primary: Target | None = None  # the model `edge serve MODEL` named: what a request without a name gets
         self.pinned: dict[str, Target] = {}

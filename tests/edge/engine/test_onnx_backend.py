@@ -124,6 +124,8 @@ def test_openai_client_streams_from_edge_serve(smollm2_int4, tmp_path):
     server = start_server(tmp_path / "home", str(smollm2_int4), "--ctx", "1024")
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
+        with pytest.raises(openai.BadRequestError, match="does not compute embeddings"):  # a chat-only model
+            client.embeddings.create(model=smollm2_int4.name, input="hello")
         stream = client.chat.completions.create(
             model=smollm2_int4.name, messages=messages, temperature=0, max_tokens=24, stream=True
         )

@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import struct
+import time
 
 import httpx
 import ollama
@@ -183,8 +184,49 @@ def test_kiosk_flow_two_servers(embed_server, server, oracle):
     assert chat.choices[0].message.content == oracle.chat(messages, 24)
 
 
-@pytest.mark.skip(
-    reason="needs one server serving two models (the many-models manager); see test_kiosk_flow_two_servers"
-)
-def test_kiosk_flow_one_server():
-    raise AssertionError("unreachable")
+@pytest.fixture(scope="module")
+def kiosk_server(minilm_gguf, tmp_path_factory):
+    """One `edge serve` of the whole store (no model named): the converted MiniLM in its models folder
+    as `minilm`, next to the bundled SmolLM2; nothing loaded until a request names it."""
+    home = tmp_path_factory.mktemp("kiosk-home")
+    (home / "models").mkdir()
+    try:
+        os.link(minilm_gguf("F32"), home / "models" / "minilm.gguf")
+    except OSError:
+        shutil.copyfile(minilm_gguf("F32"), home / "models" / "minilm.gguf")
+    srv = start_server(home, "--ctx", "1024", "--parallel", "2")
+    yield srv
+    srv.stop()
+
+
+def test_kiosk_flow_one_server(kiosk_server, reference, oracle):
+    """Both models in one process, loaded on demand by name: the openai client embeds the passages and
+    a question with MiniLM, the top passage is the reference's, and the ollama client chats with SmolLM2
+    about it; the answer is the in-process greedy oracle's."""
+    url = kiosk_server.url
+    assert httpx.get(url + "/api/ps").json()["models"] == []
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", timeout=300)
+    passages = [d.embedding for d in client.embeddings.create(model="minilm", input=PASSAGES).data]
+    ref_passages = reference(PASSAGES)
+    for qi, question in enumerate(QUESTIONS):
+        q = ollama.Client(host=url, timeout=300).embed(model="minilm", input=question).embeddings[0]
+        got = max(range(len(PASSAGES)), key=lambda j: _cos(q, passages[j]))
+        ref_q = reference([question])[0]
+        assert got == max(range(len(PASSAGES)), key=lambda j: _cos(ref_q, ref_passages[j])), question
+        if qi == 2:
+            best, asked, asked_vector = PASSAGES[got], question, q
+    assert "Wi-Fi" in best
+    messages = chat_messages(f"Answer from this text: {best}\nQuestion: {asked}")
+    chat = ollama.Client(host=url, timeout=300).chat(
+        model="smollm2:135m-q4_1", messages=messages, options={"num_predict": 24, "temperature": 0}
+    )
+    assert chat.message.content == oracle.chat(messages, 24)
+    assert chat.message.content.strip()
+    served = {m["name"] for m in httpx.get(url + "/api/ps").json()["models"]}
+    assert served == {"minilm:latest", "smollm2:135m-q4_1"}  # one process holds both
+    again = ollama.Client(host=url, timeout=300).embed(model="minilm", input=asked, keep_alive=0).embeddings[0]
+    assert again == asked_vector  # the same vector with SmolLM2 loaded too; then MiniLM unloads
+    deadline = time.monotonic() + 30
+    while "minilm:latest" in {m["name"] for m in httpx.get(url + "/api/ps").json()["models"]}:
+        assert time.monotonic() < deadline, "keep_alive 0 on /api/embed did not unload"
+        time.sleep(0.05)

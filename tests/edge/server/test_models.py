@@ -90,7 +90,8 @@ def test_two_models_by_name_through_both_clients_loaded_once(store_server):
 def test_keep_alive_zero_unloads_and_rss_returns(store_server):
     url, pid = store_server.url, store_server.proc.pid
     client = ollama.Client(host=url, timeout=HTTP_TIMEOUT)
-    client.generate(model=GEMMA, keep_alive=0)  # unload Gemma: one model (SmolLM2) left
+    client.generate(model=SMOL)  # loaded (also when this test runs alone)
+    client.generate(model=GEMMA, keep_alive=0)  # unload Gemma if loaded: one model (SmolLM2) left
     assert set(loaded(url)) == {SMOL}
     one_model = rss_kib(pid)
     r = client.generate(model=GEMMA, prompt="Hello", raw=True, keep_alive=0, options={"num_predict": 4})
