@@ -25,6 +25,7 @@ class Completion:
     server_tps: float | None  # the server's own generation rate, when it reports one
     t_sent: float
     t_done: float
+    text: str = ""  # the completion's text
 
     @property
     def wall_tps(self) -> float:
@@ -77,6 +78,7 @@ def complete(run: Running, prompt: str, max_tokens: int = 128, client: httpx.Cli
         timings.get("predicted_per_second"),
         t0,
         t1,
+        "".join(c.get("text") or "" for c in data.get("choices") or []),
     )
 
 

@@ -75,6 +75,12 @@ SETTINGS_HELP: tuple[Setting, ...] = (
     ),
     Setting("cache_dir", "EDGE_CACHE_DIR", "folder where cached prompt states persist (default HOME/cache/prompts)"),
     Setting(
+        "spec",
+        "EDGE_SPEC",
+        "speculative decoding with drafts copied from the request's own prompt and output: on or off "
+        "(default on; it turns itself off per request when its drafts are rarely accepted)",
+    ),
+    Setting(
         "request_timeout",
         "EDGE_REQUEST_TIMEOUT",
         "seconds one request may take, queue and generation included (default 600; 0: none)",
@@ -134,6 +140,7 @@ class Settings:
     embed_max_tokens: int = 65536
     cache_ram: int = DEFAULT_CACHE_RAM_MIB  # per model; 0: no prompt cache
     cache_dir: Path | None = None
+    spec: bool = True  # prompt-lookup speculative decoding (GGUF models)
 
     def __post_init__(self) -> None:
         _check_range("port", self.port, 0, 65535)
@@ -291,7 +298,20 @@ def parse_bytes(value: Any, *, param: str = "memory_budget") -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
-_PARSERS = {"keep_alive": parse_duration, "memory_budget": parse_bytes}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_switch(value: Any, *, param: str) -> bool:
+    """A switch: a bool, or on/off, true/false, yes/no, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise BadRequestError(f"{param} must be on or off (true/false, 1/0), got {value!r}", param=param)
+
+
+_PARSERS = {"keep_alive": parse_duration, "memory_budget": parse_bytes, "spec": parse_switch}
 
 
 def _valid(name: str, value: Any) -> bool:

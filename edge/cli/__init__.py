@@ -61,6 +61,12 @@ def serve(
         None,
         help="folder where cached prompt states persist across restarts [env EDGE_CACHE_DIR; default ~/.edge/cache/prompts]",
     ),
+    spec: bool | None = typer.Option(
+        None,
+        "--spec/--no-spec",
+        help="speculative decoding with drafts copied from the request's own prompt and output "
+        "[env EDGE_SPEC; default on]",
+    ),
     uds: Path | None = typer.Option(
         None, "--uds", help="also listen on this Unix socket (mode 0660), for robots and kiosks"
     ),
@@ -106,6 +112,7 @@ def serve(
         memory_budget=memory_budget,
         cache_ram=cache_ram,
         cache_dir=cache_dir,
+        spec=spec,
     )
     from edge.fit import server_budget, server_settings
 

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from edge.engine.base import Delta, Engine, Event, Finish, ModelInfo, SamplingParams
+from edge.engine.speculative import SpecConfig
 from edge.errors import ModelFormatError, NotFoundError
 
 __all__ = ["open_engine", "detect_format", "Engine", "SamplingParams", "ModelInfo", "Delta", "Finish", "Event"]
@@ -52,11 +53,14 @@ def open_engine(
     queue_size: int = 16,
     cache_ram_bytes: int = 0,
     cache_dir: Path | None = None,
+    speculative: bool | SpecConfig = False,
     **backend_opts,
 ) -> Engine:
     """Load the model at `path` and start its scheduler. `engine.load_ns` tells how long it took.
 
-    `cache_ram_bytes`/`cache_dir`: the prompt cache beyond the slots (GGUF models; ONNX has none)."""
+    `cache_ram_bytes`/`cache_dir`: the prompt cache beyond the slots (GGUF models; ONNX has none).
+    `speculative`: prompt-lookup drafts (edge.engine.speculative; GGUF models): True for the default
+    SpecConfig, or one of its own."""
     fmt = detect_format(Path(path))
     if fmt == "gguf":
         from edge.engine.llamacpp import LlamaCppEngine
@@ -76,6 +80,7 @@ def open_engine(
             queue_size=queue_size,
             cache_ram_bytes=cache_ram_bytes,
             cache_dir=cache_dir,
+            spec=speculative if isinstance(speculative, SpecConfig) else SpecConfig() if speculative else None,
             **backend_opts,
         )
     from edge.engine.onnx.backend import OnnxEngine  # validates the folder (external data, manifest) first

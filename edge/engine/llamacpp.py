@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edge.engine.base import Embeddings, ModelInfo, SamplingParams
 from edge.engine.scheduler import GenerationStream, Scheduler, SchedulerEngine
+from edge.engine.speculative import SpecConfig
 from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError
 from edge.lightimport import llama_module
 
@@ -100,7 +101,10 @@ class LlamaCppBatcher:
         kv_unified: bool = False,
         flash_attn: int = -1,
         use_mmap: bool = True,
+        draft_max: int = 0,
     ):
+        """`draft_max` > 0: each slot may verify that many drafted tokens per decode (logits rows reserved
+        for them); 0 on architectures whose KV cache cannot drop a sequence's last positions."""
         _init_backend()
         if n_parallel < 1:
             raise BadRequestError(f"n_parallel must be >= 1, got {n_parallel}")
@@ -109,7 +113,12 @@ class LlamaCppBatcher:
         self.vocab = L.llama_model_get_vocab(self.model)
         n_ctx_train = L.llama_model_n_ctx_train(self.model)
         per_slot = n_ctx or min(n_ctx_train, DEFAULT_CTX_CAP)
-        self.ctx = self._new_context(per_slot, n_parallel, n_threads, n_threads_batch, n_batch, kv_unified, flash_attn)
+        # recurrent state cannot be rewound to an earlier position: no drafts to reject
+        rewindable = not (L.llama_model_is_recurrent(self.model) or L.llama_model_is_hybrid(self.model))
+        self.draft_max = max(0, draft_max) if rewindable else 0
+        self.ctx = self._new_context(
+            per_slot, n_parallel, n_threads, n_threads_batch, n_batch, kv_unified, flash_attn, 1 + self.draft_max
+        )
         self.mem = L.llama_get_memory(self.ctx)
         self.n_slots = n_parallel
         self.n_ctx = L.llama_n_ctx_seq(self.ctx) if not kv_unified else per_slot
@@ -135,14 +144,16 @@ class LlamaCppBatcher:
             )
         return model
 
-    def _new_context(self, per_slot, n_parallel, n_threads, n_threads_batch, n_batch, kv_unified, flash_attn):
+    def _new_context(
+        self, per_slot, n_parallel, n_threads, n_threads_batch, n_batch, kv_unified, flash_attn, outputs_per_slot
+    ):
         params = L.llama_context_default_params()
         params.n_ctx = per_slot * n_parallel  # non-unified KV: every sequence gets n_ctx / n_seq_max
-        params.n_batch = params.n_ubatch = max(n_batch, n_parallel)
+        params.n_batch = params.n_ubatch = max(n_batch, n_parallel * outputs_per_slot)
         params.n_seq_max = n_parallel
-        # we read at most one logits row per slot per batch: reserving n_batch rows (the default)
-        # costs a ~100 MB compute buffer for a 49k vocabulary
-        params.n_outputs_max = n_parallel
+        # we read one logits row per slot per batch, plus one per drafted token: reserving n_batch rows
+        # (the default) costs a ~100 MB compute buffer for a 49k vocabulary
+        params.n_outputs_max = n_parallel * outputs_per_slot
         params.n_threads, params.n_threads_batch = n_threads, n_threads_batch
         params.kv_unified = kv_unified
         params.flash_attn_type = flash_attn
@@ -323,6 +334,11 @@ class LlamaCppBatcher:
         L.llama_memory_seq_rm(self.mem, seq, -1, -1)
         return 0
 
+    def discard(self, seq: int, pos: int) -> None:
+        """Drop sequence `seq`'s KV from position `pos` on (rejected draft tokens)."""
+        if not L.llama_memory_seq_rm(self.mem, seq, pos, -1):
+            raise EdgeError(f"llama.cpp could not drop positions {pos}.. of sequence {seq}")
+
     def save_state(self, seq: int) -> bytearray:
         """A copy of sequence `seq`'s KV state (llama.cpp's own serialization, SWA cache included)."""
         size = L.llama_state_seq_get_size(self.ctx, seq)
@@ -344,25 +360,28 @@ class LlamaCppBatcher:
         L.llama_memory_seq_rm(self.mem, seq, -1, -1)
         return False
 
-    def decode(self, entries: list[tuple[int, list[int], int, bool]]) -> list[int]:
-        """Decode (seq, tokens, first position, want logits of the last token) entries in one batch.
+    def decode(self, entries: list[tuple[int, list[int], int, int]]) -> list[int]:
+        """Decode (seq, tokens, first position, n_out) entries in one batch: logits of the last n_out tokens
+        of each entry (0, 1, or 1 + the drafted tokens it verifies).
 
         Returns the batch rows whose logits were requested, in entry order.
         """
         b = self.batch
         rows = []
         n = 0
-        for seq, tokens, pos0, want in entries:
+        for seq, tokens, pos0, n_out in entries:
+            first_out = len(tokens) - n_out
             for j, tok in enumerate(tokens):
                 b.token[n] = tok
                 b.pos[n] = pos0 + j
                 b.n_seq_id[n] = 1
                 b.seq_id[n][0] = seq
-                b.logits[n] = 0
+                if j >= first_out:
+                    b.logits[n] = 1
+                    rows.append(n)
+                else:
+                    b.logits[n] = 0
                 n += 1
-            if want:
-                b.logits[n - 1] = 1
-                rows.append(n - 1)
         b.n_tokens = n
         rc = L.llama_decode(self.ctx, b)
         if rc != 0:
@@ -465,9 +484,11 @@ class LlamaCppEngine(SchedulerEngine):
         use_mmap: bool = True,
         cache_ram_bytes: int = 0,
         cache_dir: Path | None = None,
+        spec: SpecConfig | None = None,
     ):
         """`cache_ram_bytes` > 0 keeps earlier prompts' KV states in memory (and under `cache_dir`, keyed by
-        this file's sha256, across restarts): see edge.engine.prompt_cache."""
+        this file's sha256, across restarts): see edge.engine.prompt_cache. `spec`: prompt-lookup
+        speculation (edge.engine.speculative)."""
         t0 = time.perf_counter_ns()
         threads = n_threads or default_threads()
         self._batcher = LlamaCppBatcher(
@@ -480,6 +501,7 @@ class LlamaCppEngine(SchedulerEngine):
             kv_unified=kv_unified,
             flash_attn=flash_attn,
             use_mmap=use_mmap,
+            draft_max=spec.draft_max if spec is not None else 0,
         )
         self.info = self._batcher.model_info(name)
         self.n_threads = threads
@@ -489,7 +511,9 @@ class LlamaCppEngine(SchedulerEngine):
 
             model = Path(path)
             cache = PromptCache(cache_ram_bytes, directory=cache_dir, model_digest=lambda: file_digest(model))
-        self.scheduler = Scheduler(self._batcher, queue_size=queue_size, name=f"edge-decode-{name}", prompt_cache=cache)
+        self.scheduler = Scheduler(
+            self._batcher, queue_size=queue_size, name=f"edge-decode-{name}", prompt_cache=cache, spec=spec
+        )
         self.load_ns = time.perf_counter_ns() - t0
         self._closed = False
 

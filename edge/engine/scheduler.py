@@ -17,6 +17,9 @@ owns everything else:
 - Text assembly (`edge.engine.detok.TextStream`), stop strings, max tokens, context end, cancellation.
 - Log probabilities (`edge.engine.logprobs`) for the requests that ask, read from the row just sampled;
   a request without them takes none of that path.
+- Optional prompt-lookup speculation (edge.engine.speculative) on a backend that can verify drafts
+  (`draft_max` > 0, `discard`): a generating slot feeds its last token plus a draft copied from its own
+  context, the sampler runs on each position in turn, and the KV of rejected positions is dropped.
 - Events reach each request's asyncio queue through `loop.call_soon_threadsafe`.
 """
 
@@ -27,12 +30,13 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from edge.engine.base import Delta, Engine, Event, Finish, FinishReason, SamplingParams, TokenLogprob
 from edge.engine.detok import AlignedTextStream, TextStream
 from edge.engine.prompt_cache import PromptCache, common_prefix
+from edge.engine.speculative import Drafter, SpecConfig
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, QueueFullError, UnavailableError
 
 IDLE_WAKE_S = 1.0  # an idle loop still beats this often (the watchdog reads `heartbeat`)
@@ -49,7 +53,9 @@ class Batcher(Protocol):
     def make_sampler(self, params: SamplingParams) -> Any: ...
     def free_sampler(self, sampler: Any) -> None: ...
     def keep_prefix(self, seq: int, n_keep: int) -> int: ...  # drop KV from n_keep on; return what was kept
-    def decode(self, entries: list[tuple[int, list[int], int, bool]]) -> list[int]: ...
+    # (seq, tokens, first position, n_out): logits rows of the last n_out tokens of each entry (0 or 1,
+    # or 1 + its draft on a SpecBatcher), returned in entry order
+    def decode(self, entries: list[tuple[int, list[int], int, int]]) -> list[int]: ...
     def sample(self, sampler: Any, row: int) -> int: ...
     def piece(self, token: int) -> bytes: ...
     def is_eog(self, token: int) -> bool: ...
@@ -64,6 +70,15 @@ class StatefulBatcher(Batcher, Protocol):
 
     def save_state(self, seq: int) -> bytearray: ...
     def load_state(self, seq: int, state: bytes | bytearray) -> bool: ...
+
+
+class SpecBatcher(Batcher, Protocol):
+    """A backend that can verify drafts: up to `draft_max` extra logits rows per slot in one decode, and
+    the KV of rejected positions dropped."""
+
+    draft_max: int
+
+    def discard(self, seq: int, pos: int) -> None: ...  # drop sequence seq's KV from pos on
 
 
 RESTORE_MIN_GAIN = 32  # restoring must spare at least this many prompt tokens over the slot's own reuse
@@ -120,6 +135,7 @@ class _Slot:
     n_cached: int = 0  # prompt tokens reused from the cache
     n_generated: int = 0
     n_unsent: int = 0  # tokens whose text is still held back
+    drafter: Drafter | None = None  # this request's n-gram index, while it speculates
     t_start: int = 0
     t_first: int = 0
 
@@ -132,16 +148,23 @@ class Scheduler:
         queue_size: int = 16,
         name: str = "edge-decode",
         prompt_cache: PromptCache | None = None,
+        spec: SpecConfig | None = None,
     ):
+        """`spec`: draft-free speculation, used when the backend can verify drafts (`SpecBatcher`)."""
         if queue_size < 0:
             raise BadRequestError(f"queue_size must be >= 0, got {queue_size}")
         self.b = batcher
         stateful = hasattr(batcher, "save_state") and hasattr(batcher, "load_state")
         self.cache = prompt_cache if prompt_cache is not None and prompt_cache.enabled and stateful else None
+        can_verify = hasattr(batcher, "discard") and getattr(batcher, "draft_max", 0) > 0
+        draft_max = min(getattr(batcher, "draft_max", 0), spec.draft_max) if spec is not None and can_verify else 0
+        self.spec = replace(spec, draft_max=draft_max) if spec is not None and draft_max > 0 else None
         self.queue_size = queue_size
         self.slots = [_Slot(seq=i) for i in range(batcher.n_slots)]
         self.heartbeat = time.monotonic()  # last loop iteration (monotonic seconds)
         self.counters = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
+        if self.spec is not None:
+            self.counters |= {"spec_drafted": 0, "spec_accepted": 0, "spec_turned_off": 0}
         self._waiting: deque[Request] = deque()
         self._admitted = 0  # waiting + in slots
         self._tick = 0
@@ -244,36 +267,87 @@ class Scheduler:
         except Exception as exc:  # a failed decode fails the requests in it, not the server
             self._fail([s for s, _, _ in plan], exc)
             return
-        outputs = iter(rows)
-        for slot, chunk, out in plan:
+        at = 0
+        for slot, chunk, n_out in plan:
+            if n_out > 1:
+                self._verify(slot, chunk, rows[at : at + n_out])
+                at += n_out
+                continue
             slot.cached.extend(chunk)
             del slot.todo[: len(chunk)]
-            if out:
-                row = next(outputs)
+            if n_out:
+                row = rows[at]
+                at += 1
                 req = slot.req
                 assert req is not None  # planned slots hold a request
-                token = self.b.sample(req.sampler, row)
-                if req.params.logprobs:
-                    self._on_token_logprob(slot, token, row)
-                else:
-                    self._on_token(slot, token)
+                self._emit(slot, self.b.sample(req.sampler, row), row)
 
-    def _plan(self) -> list[tuple[_Slot, list[int], bool]]:
-        """This step's batch: one token per generating slot, then prompt chunks within n_batch."""
+    def _emit(self, slot: _Slot, token: int, row: int) -> None:
+        assert slot.req is not None
+        if slot.req.params.logprobs:
+            self._on_token_logprob(slot, token, row)
+        else:
+            self._on_token(slot, token)
+
+    def _plan(self) -> list[tuple[_Slot, list[int], int]]:
+        """This step's batch: one token per generating slot (plus its draft), then prompt chunks within
+        n_batch. Entries are (slot, tokens, how many of the last tokens need logits)."""
         budget = self.b.n_batch
         plan = []
         active = [s for s in self.slots if s.req is not None]
-        for slot in active:
-            if slot.t_first:  # generating: exactly one token to feed back
-                plan.append((slot, slot.todo[:1], True))
-                budget -= 1
+        generating = [s for s in active if s.t_first]
+        drafting = self.spec is not None and len(active) <= self.spec.max_busy
+        budget -= len(generating)
+        for slot in generating:  # exactly one token to feed back, and maybe a draft after it
+            draft = self._draft(slot, budget) if drafting and slot.drafter is not None else []
+            budget -= len(draft)
+            plan.append((slot, slot.todo[:1] + draft, 1 + len(draft)))
         for slot in sorted((s for s in active if not s.t_first), key=lambda s: s.req.t_submit if s.req else 0):
             if budget <= 0:
                 break
             chunk = slot.todo[:budget]
-            plan.append((slot, chunk, len(chunk) == len(slot.todo)))
+            plan.append((slot, chunk, int(len(chunk) == len(slot.todo))))
             budget -= len(chunk)
         return plan
+
+    # ---- speculation (edge.engine.speculative) ---------------------------------------------------
+    def _draft(self, slot: _Slot, budget: int) -> list[int]:
+        """A draft for a generating slot, short enough that every token it could add stays within the
+        request's max_tokens and the slot's context."""
+        assert slot.req is not None and slot.drafter is not None and self.spec is not None
+        limit = min(budget, self.spec.draft_max, self.b.n_ctx - 1 - len(slot.cached))
+        if slot.req.params.max_tokens is not None:
+            limit = min(limit, slot.req.params.max_tokens - slot.n_generated - 1)
+        return slot.drafter.draft(limit)
+
+    def _verify(self, slot: _Slot, chunk: list[int], rows: list[int]) -> None:
+        """Sample each drafted position in turn while the sampler agrees with the draft; keep the KV of
+        the agreed tokens, drop the rest, then hand the sampled tokens on as plain decoding would."""
+        req, drafter = slot.req, slot.drafter
+        assert req is not None and drafter is not None
+        draft = chunk[1:]
+        picked = []
+        for i, row in enumerate(rows):
+            token = self.b.sample(req.sampler, row)
+            picked.append((token, row))
+            if i == len(draft) or token != draft[i] or self.b.is_eog(token):
+                break
+        n_accepted = len(picked) - 1
+        sb: SpecBatcher = self.b  # type: ignore[assignment]  # checked in __init__
+        sb.discard(slot.seq, len(slot.cached) + 1 + n_accepted)
+        self.counters["spec_drafted"] += len(draft)
+        self.counters["spec_accepted"] += n_accepted
+        if not drafter.record(len(draft), n_accepted):
+            slot.drafter = None
+            self.counters["spec_turned_off"] += 1
+        slot.cached.append(chunk[0])
+        slot.todo = []
+        for i, (token, row) in enumerate(picked):
+            if i:
+                slot.cached.append(draft[i - 1])
+            self._emit(slot, token, row)
+            if slot.req is not req:  # finished (stop, length, stop string)
+                return
 
     def _admit_locked(self) -> None:
         while self._waiting:
@@ -299,6 +373,7 @@ class Scheduler:
         slot.todo = list(req.prompt[keep:])
         slot.text = AlignedTextStream(req.params.stop) if req.params.logprobs else TextStream(req.params.stop)
         slot.n_cached, slot.n_generated, slot.n_unsent = keep, 0, 0
+        slot.drafter = Drafter(self.spec, req.prompt) if self.spec is not None else None
         slot.t_start, slot.t_first = time.perf_counter_ns(), 0
         self.counters["requests"] += 1
         self.counters["prompt_tokens"] += len(req.prompt)
@@ -369,6 +444,8 @@ class Scheduler:
         if (limit is not None and slot.n_generated >= limit) or len(slot.cached) >= self.b.n_ctx:
             return self._finish(slot, "length")
         slot.todo = [token]
+        if slot.drafter is not None:
+            slot.drafter.push(token)
 
     def _finish(self, slot: _Slot, reason: FinishReason, *, flush: bool = True) -> None:
         req = slot.req
@@ -406,7 +483,7 @@ class Scheduler:
     def _release(self, slot: _Slot) -> None:
         assert slot.req is not None
         self.b.free_sampler(slot.req.sampler)
-        slot.req, slot.todo, slot.text = None, [], None
+        slot.req, slot.todo, slot.text, slot.drafter = None, [], None, None
         with self._cond:
             self._admitted -= 1
 

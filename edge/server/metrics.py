@@ -26,6 +26,12 @@ PROMPT_CACHE_COUNTERS = (
     ("disk_loads", "edge_prompt_cache_disk_loads", "states read back from the cache folder"),
     ("disk_rejected", "edge_prompt_cache_disk_rejected", "cache files ignored: damaged, truncated or foreign"),
 )
+# Speculative decoding (edge.engine.speculative), from the same stats().
+SPEC_COUNTERS = (
+    ("spec_drafted", "edge_spec_drafted_tokens", "tokens drafted from the requests' own context and verified"),
+    ("spec_accepted", "edge_spec_accepted_tokens", "drafted tokens accepted (each spared one decode step)"),
+    ("spec_turned_off", "edge_spec_turned_off_requests", "requests that stopped drafting: too few drafts accepted"),
+)
 PROMPT_CACHE_GAUGES = (
     ("cache_bytes", "edge_prompt_cache_bytes", "bytes of prompt states held in memory"),
     ("cache_entries", "edge_prompt_cache_entries", "prompt states known (in memory or on disk)"),
@@ -34,14 +40,14 @@ PROMPT_CACHE_GAUGES = (
 
 
 class _EngineFigures:
-    """A collector of the engine's own counters (the prompt cache), read when /metrics is scraped."""
+    """A collector of the engine's own counters (prompt cache, speculation), read when /metrics is scraped."""
 
     def __init__(self, stats: Callable[[], dict]):
         self.stats = stats
 
     def collect(self):
         s = self.stats()
-        for key, name, doc in PROMPT_CACHE_COUNTERS:
+        for key, name, doc in PROMPT_CACHE_COUNTERS + SPEC_COUNTERS:
             if key in s:
                 yield CounterMetricFamily(name, doc, value=s[key])
         for key, name, doc in PROMPT_CACHE_GAUGES:

@@ -48,26 +48,44 @@ class FakeBatcher:
         self.batches.append([(seq, len(t)) for seq, t, _, _ in entries])
         rows, n = [], 0
         self._rows = {}
-        for seq, tokens, pos0, want in entries:
+        for seq, tokens, pos0, n_out in entries:
             assert pos0 == len(self.kv[seq]), f"seq {seq}: token at {pos0}, cache holds {len(self.kv[seq])}"
             assert pos0 + len(tokens) <= self.n_ctx
-            self.kv[seq].extend(tokens)
-            n += len(tokens)
-            if want:
-                rows.append(n - 1)
-                self._rows[n - 1] = seq
+            assert n_out <= 1 + getattr(self, "draft_max", 0)
+            for j, tok in enumerate(tokens):
+                self.kv[seq].append(tok)
+                if j >= len(tokens) - n_out:
+                    rows.append(n)
+                    self._rows[n] = (seq, pos0 + j)
+                n += 1
         if self.delay:
             time.sleep(self.delay)
         return rows
 
     def sample(self, sampler, row):
-        return (self.kv[self._rows[row]][-1] + 1) % VOCAB
+        seq, pos = self._rows[row]
+        return (self.kv[seq][pos] + 1) % VOCAB
 
     def piece(self, token):
         return PIECES.get(token, f"<{token}>".encode())
 
     def is_eog(self, token):
         return token == EOG
+
+
+class SpecFakeBatcher(FakeBatcher):
+    """A FakeBatcher that verifies drafts: logits rows for up to 1 + draft_max tokens of a slot, and
+    `discard` drops the positions of rejected ones."""
+
+    def __init__(self, draft_max=4, **kw):
+        super().__init__(**kw)
+        self.draft_max = draft_max
+        self.discarded = 0
+
+    def discard(self, seq, pos):
+        assert pos <= len(self.kv[seq])
+        self.discarded += len(self.kv[seq]) - pos
+        del self.kv[seq][pos:]
 
 
 class StatefulFakeBatcher(FakeBatcher):

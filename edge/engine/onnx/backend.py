@@ -162,7 +162,7 @@ class OnnxBatcher:
     def keep_prefix(self, seq: int, n_keep: int) -> int:
         return max(0, n_keep)  # rows past n_keep are overwritten by the next step; seqlens_k bounds attention
 
-    def decode(self, entries: list[tuple[int, list[int], int, bool]]) -> list[int]:
+    def decode(self, entries: list[tuple[int, list[int], int, int]]) -> list[int]:
         self._rows = []
         rows = []
         for seq, tokens, pos0, want in entries:

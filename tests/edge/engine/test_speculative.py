@@ -1,0 +1,314 @@
+"""Prompt-lookup speculation: the drafter, the scheduler's verify step on a fake backend that checks every
+KV position, and the real bundled models (greedy output byte-identical with and without drafts, the
+sampled distribution kept, the per-request off-switch)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from edge.engine import open_engine
+from edge.engine.base import Delta, Finish, SamplingParams
+from edge.engine.scheduler import GenerationStream, Scheduler
+from edge.engine.speculative import Drafter, SpecConfig
+from tests.support.fake_backend import FakeBatcher, SpecFakeBatcher
+
+# ---- the drafter ---------------------------------------------------------------------------------
+
+
+def test_drafter_proposes_what_followed_the_suffix_earlier():
+    d = Drafter(SpecConfig(draft_start=4), [5, 6, 7, 8, 9, 10, 1, 2, 6, 7])
+    assert d.draft(8) == [8, 9, 10, 1]  # "6 7" was followed by 8 9 10 1
+    assert d.draft(2) == [8, 9]
+
+
+def test_drafter_prefers_the_longer_and_later_match():
+    # "1 2 3" -> 40 (3-gram) beats the later "2 3" -> 50 (2-gram); among equal lengths the latest wins
+    d = Drafter(SpecConfig(draft_start=1), [1, 2, 3, 40, 9, 2, 3, 50, 9, 1, 2, 3])
+    assert d.draft(1) == [40]
+    d = Drafter(SpecConfig(draft_start=1), [2, 3, 40, 2, 3, 50, 7, 2, 3])
+    assert d.draft(1) == [50]
+
+
+def test_drafter_never_matches_its_own_suffix_and_needs_two_tokens():
+    assert Drafter(SpecConfig(), [1, 2, 3, 4]).draft(4) == []
+    assert Drafter(SpecConfig(), [7, 1, 9, 1]).draft(4) == []  # a lone token is not enough
+    d = Drafter(SpecConfig(), [1, 2, 3])
+    d.push(1)
+    d.push(2)
+    assert d.draft(4) == [3, 1, 2]  # tokens pushed later extend the index and the copy
+
+
+def test_drafter_grows_shrinks_and_turns_off():
+    cfg = SpecConfig(draft_max=8, draft_start=4, probe=10, min_accept=0.5)
+    d = Drafter(cfg, [])
+    assert d.record(4, 4) and d.k == 6
+    assert d.record(6, 6) and d.k == 8
+    assert d.record(8, 8) and d.k == 8
+    d = Drafter(cfg, [])
+    assert d.record(4, 1) and d.k == 3  # 4 drafted: still probing
+    assert not d.record(8, 1)  # 2 of 12 accepted: below one half
+
+
+# ---- the scheduler on a fake backend ---------------------------------------------------------------
+
+
+async def collect(sched, prompt, **params):
+    stream = GenerationStream(sched, sched.submit(prompt, SamplingParams(temperature=0, **params)))
+    text = []
+    async for ev in stream:
+        if isinstance(ev, Delta):
+            text.append(ev.text)
+        else:
+            return "".join(text), ev
+    raise AssertionError("no Finish event")
+
+
+# The fake model continues any token t with t + 1: it answers 8, then "6 7 8" copied from the prompt
+# proposes 9 5 6 7, of which 9 is accepted and 5 rejected (the model says 10).
+COPY_PROMPT = [5, 6, 7, 8, 9, 5, 6, 7]
+
+
+@pytest.mark.parametrize("max_tokens", [1, 2, 3, 7, 40])
+def test_fake_output_and_kv_are_those_of_plain_decoding(max_tokens):
+    plain_b, spec_b = FakeBatcher(), SpecFakeBatcher(draft_max=4)
+    plain = Scheduler(plain_b)
+    spec = Scheduler(spec_b, spec=SpecConfig(draft_max=4, draft_start=4))
+    try:
+        want = asyncio.run(collect(plain, COPY_PROMPT, max_tokens=max_tokens))
+        got = asyncio.run(collect(spec, COPY_PROMPT, max_tokens=max_tokens))
+        assert got[0] == want[0] and got[1].completion_tokens == want[1].completion_tokens == max_tokens
+        assert got[1].reason == want[1].reason == "length"
+        # the cache holds what plain decoding's holds: rejected positions were dropped (the fake checks
+        # every later position against it too)
+        assert spec_b.kv[0] == plain_b.kv[0]
+        assert spec.slots[0].cached == spec_b.kv[0]
+        stats = spec.stats()
+        if max_tokens >= 7:  # 8 from the prompt, then a draft of 9 5 6 7 of which 9 is accepted, then 10...
+            assert stats["spec_accepted"] == 1 and stats["spec_drafted"] == 4
+            assert spec_b.discarded > 0
+        if max_tokens == 3:
+            assert stats["spec_drafted"] == stats["spec_accepted"] == 1  # room for one drafted token only
+        if max_tokens == 1:
+            assert stats["spec_drafted"] == 0  # a draft could add nothing within max_tokens
+    finally:
+        plain.close()
+        spec.close()
+
+
+def test_fake_drafts_stay_within_the_context():
+    spec_b = SpecFakeBatcher(draft_max=4, n_ctx=16)
+    spec = Scheduler(spec_b, spec=SpecConfig(draft_max=4))
+    plain = Scheduler(FakeBatcher(n_ctx=16))
+    try:
+        got, fin = asyncio.run(collect(spec, COPY_PROMPT))
+        want, _ = asyncio.run(collect(plain, COPY_PROMPT))
+        assert got == want and fin.reason == "length"  # the fake asserts no position passes n_ctx
+    finally:
+        spec.close()
+        plain.close()
+
+
+def test_no_drafts_while_many_slots_are_busy_or_on_a_backend_that_cannot_verify():
+    fb = SpecFakeBatcher(n_slots=3, draft_max=4, delay=0.002)
+    sched = Scheduler(fb, spec=SpecConfig(draft_max=4, max_busy=2))
+    prompts = [COPY_PROMPT + [i] for i in (5, 6, 7)]  # each one drafts when it runs alone
+
+    async def together():
+        return await asyncio.gather(*(collect(sched, p, max_tokens=12) for p in prompts))
+
+    try:
+        asyncio.run(together())
+        assert sched.stats()["spec_drafted"] == 0  # three busy slots: one token each per step
+        for p in prompts:
+            asyncio.run(collect(sched, p, max_tokens=12))
+        assert sched.stats()["spec_accepted"] >= 3
+    finally:
+        sched.close()
+    plain = Scheduler(FakeBatcher(), spec=SpecConfig())
+    try:
+        assert plain.spec is None and "spec_drafted" not in plain.stats()
+    finally:
+        plain.close()
+
+
+# ---- the real bundled models -------------------------------------------------------------------------
+
+PASSAGE = (
+    "The Lindqvist Museum opens at 9:00 on weekdays and at 10:30 on Saturdays. Tickets cost 12 euros for "
+    "adults, 7 euros for students and nothing for children under 12. The cafe on the second floor serves "
+    "soup, sandwiches and cinnamon buns until 16:00. Guided tours in English start at 11:00 and 14:00."
+)
+ITEMS = ["apples", "bread", "milk", "coffee beans", "tomatoes", "olive oil", "rice", "eggs"]
+FREE = [
+    "Write a short poem about the sea.",
+    "Why is the sky blue? Answer in two sentences.",
+    "Name three uses of a paperclip.",
+    "Tell me a fun fact about octopuses.",
+    "What should I pack for a weekend hike?",
+    "Describe a sunrise over the mountains.",
+    "Give me a tip for learning to cook.",
+    "What is a good name for a cat?",
+]
+COPY = [
+    f"Read this passage and repeat it word for word.\n\n{PASSAGE}",
+    f"{PASSAGE}\n\nWhen do guided tours start? Quote the sentence.",
+    f"{PASSAGE}\n\nWhat does a student ticket cost? Quote the passage.",
+    f"{PASSAGE}\n\nExtract as JSON with keys opens_weekdays, opens_saturday, adult_price, student_price.",
+    f"{PASSAGE}\n\nList every price mentioned in the passage.",
+    "Repeat this list with 'milk' replaced by 'oat milk':\n" + "\n".join(f"- {i}" for i in ITEMS),
+    "Repeat this list in the same order, numbered:\n" + "\n".join(f"- {i}" for i in ITEMS),
+    'Fix the spelling and repeat: "The quick brwon fox jumpd over the lazy dog near the rivr bank."',
+    "Copy this code unchanged:\ndef add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return a * b\n",
+    "Person: Ada Lovelace, born 1815 in London, mathematician.\nPerson: Alan Turing, born 1912 in London, "
+    "mathematician.\nRepeat both lines as JSON objects with keys name, year, city, job.",
+    f"Summarise in one sentence, reusing the passage's words.\n\n{PASSAGE}",
+    f"Translate nothing; print the passage again.\n\n{PASSAGE}",
+]
+PROMPTS = FREE + COPY  # 20
+
+
+def smol_prompt(engine, user: str) -> list[int]:
+    return engine.tokenize(
+        f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", add_special=False, parse_special=True
+    )
+
+
+def base_prompt(engine, user: str) -> list[int]:  # Gemma-3-270M here is a base model: plain text
+    return engine.tokenize(f"{user}\n\nAnswer:\n", add_special=True, parse_special=False)
+
+
+async def _generate(engine, prompt, params):
+    tokens, text, fin = 0, [], None
+    async for ev in engine.generate(prompt, params):
+        if isinstance(ev, Delta):
+            text.append(ev.text)
+            tokens += ev.n_tokens
+        elif isinstance(ev, Finish):
+            fin = ev
+    assert fin is not None
+    return "".join(text), fin
+
+
+def _all(engine, prompts, params_of):
+    """All requests at once (the slots decode them together)."""
+
+    async def go():
+        return await asyncio.gather(*(_generate(engine, p, params_of(i)) for i, p in enumerate(prompts)))
+
+    return asyncio.run(go())
+
+
+def _one_by_one(engine, prompts, params_of):
+    """One request at a time. llama.cpp's logits of a row depend slightly on what else its batch holds,
+    so byte-identical output is compared on requests that never share a batch with another one."""
+    return [asyncio.run(_generate(engine, p, params_of(i))) for i, p in enumerate(prompts)]
+
+
+# drafts in every slot at once: four requests run together and all of them draft
+BATCHED = SpecConfig(max_busy=4)
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+def pair(request):
+    """(engine without speculation, engine with it, prompt builder) on one bundled model, one slot each."""
+    path = request.getfixturevalue(f"{request.param}_path")
+    build = smol_prompt if request.param == "smollm2" else base_prompt
+    kw = dict(n_ctx=1024, n_parallel=1, n_threads=1)
+    plain = open_engine(path, name="plain", **kw)
+    spec = open_engine(path, name="spec", speculative=True, **kw)
+    yield plain, spec, build
+    plain.close()
+    spec.close()
+
+
+def _known_divergence(request) -> None:
+    """llama.cpp's repacked CPU kernels for Q4_K (its "extra buffer types") give a row slightly different
+    logits in a multi-token batch than alone, so Gemma-3 Q4_K_M's greedy answers flip at near-ties (one
+    of the 20 prompts: "a lot of stuff" / "a backpack full of gear"). With the model loaded with
+    use_extra_bufts off the same prompts are identical."""
+    if "gemma3" in request.node.name:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="batch-dependent Q4_K repacked kernels"))
+
+
+def test_greedy_output_is_byte_identical_on_20_prompts(pair, request):
+    plain, spec, build = pair
+    _known_divergence(request)
+    prompts = [build(plain, p) for p in PROMPTS]
+    greedy = lambda i: SamplingParams(temperature=0, max_tokens=48)  # noqa: E731
+    before = spec.stats()
+    want = _one_by_one(plain, prompts, greedy)
+    got = _one_by_one(spec, prompts, greedy)
+    for i, ((w, wf), (g, gf)) in enumerate(zip(want, got)):
+        assert g == w, f"prompt {i} ({PROMPTS[i][:40]!r}) differs with speculation"
+        assert (gf.reason, gf.completion_tokens) == (wf.reason, wf.completion_tokens)
+    after = spec.stats()
+    accepted = after["spec_accepted"] - before["spec_accepted"]
+    drafted = after["spec_drafted"] - before["spec_drafted"]
+    generated = after["generated_tokens"] - before["generated_tokens"]
+    assert accepted >= generated // 5, (accepted, drafted, generated)  # the copy prompts were copied
+    assert "spec_drafted" not in plain.stats()
+
+
+def test_logprobs_and_grammar_with_speculation(pair, request):
+    plain, spec, build = pair
+    _known_divergence(request)
+    prompt = build(plain, COPY[3])
+    grammar = 'root ::= "{" [^}]* "}"'
+    for params in (
+        SamplingParams(temperature=0, max_tokens=40, logprobs=True, top_logprobs=2),
+        SamplingParams(temperature=0, max_tokens=40, grammar=grammar),
+        SamplingParams(temperature=0, max_tokens=40, repeat_penalty=1.3),
+    ):
+        accepted = spec.stats()["spec_accepted"]
+        want = _one_by_one(plain, [prompt], lambda i: params)[0]  # noqa: B023
+        got = _one_by_one(spec, [prompt], lambda i: params)[0]  # noqa: B023
+        assert got[0] == want[0], params
+        assert spec.stats()["spec_accepted"] > accepted, params  # drafts were accepted on this path too
+
+
+def test_off_switch_engages_when_nothing_is_copied(smollm2_path):
+    cfg = SpecConfig()
+    with open_engine(smollm2_path, name="spec", n_ctx=1024, n_threads=1, speculative=cfg) as engine:
+        _all(engine, [smol_prompt(engine, FREE[5])], lambda i: SamplingParams(temperature=0, max_tokens=160))
+        s = engine.stats()
+        assert s["spec_turned_off"] == 1, s
+        assert s["spec_drafted"] >= cfg.probe and s["spec_accepted"] < cfg.min_accept * s["spec_drafted"]
+        _all(engine, [smol_prompt(engine, COPY[0])], lambda i: SamplingParams(temperature=0, max_tokens=80))
+        s2 = engine.stats()
+        assert s2["spec_turned_off"] == 1  # a copying request keeps drafting...
+        assert s2["spec_accepted"] - s["spec_accepted"] >= 30  # ...and many of its tokens come from drafts
+
+
+def test_sampling_keeps_the_distribution(smollm2_path):
+    """Temperature 1 on a prompt that ends mid-copy (drafts from the first token on). With one seed both
+    engines must give the same tokens (one draw per position in the same order); over disjoint seed sets
+    the first three tokens' distributions must agree (chi-square)."""
+    from scipy.stats import chi2_contingency
+
+    n = 120
+    kw = dict(n_ctx=512, n_parallel=4, n_threads=1, queue_size=n)
+    with (
+        open_engine(smollm2_path, name="plain", **kw) as plain,
+        open_engine(smollm2_path, name="spec", speculative=BATCHED, **kw) as spec,
+    ):
+        text = "Tea, coffee, juice, water, milk, soda, cocoa.\nTea, coffee, juice, water, milk, soda, cocoa.\nTea,"
+        prompt = plain.tokenize(text, add_special=False, parse_special=False)
+        params = lambda seed: SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_tokens=6, seed=seed)  # noqa: E731
+        same_seed = [_one_by_one(e, [prompt] * 6, params) for e in (plain, spec)]
+        assert [t for t, _ in same_seed[0]] == [t for t, _ in same_seed[1]]
+        accepted = spec.stats()["spec_accepted"]
+        off = [t for t, _ in _all(plain, [prompt] * n, lambda i: params(1000 + i))]
+        on = [t for t, _ in _all(spec, [prompt] * n, lambda i: params(5000 + i))]
+        assert spec.stats()["spec_accepted"] - accepted >= n, "drafts must be in play for the test to mean anything"
+    first = lambda t: t[:16]  # noqa: E731  about three tokens of text
+    counts_off, counts_on = Counter(map(first, off)), Counter(map(first, on))
+    common = [k for k in counts_off if counts_off[k] + counts_on[k] >= 10]
+    table = [[counts_off[k] for k in common], [counts_on[k] for k in common]]
+    table[0].append(n - sum(table[0]))  # the rare outcomes, pooled
+    table[1].append(n - sum(table[1]))
+    assert len(common) >= 2, counts_off  # a distribution with some spread, not one forced answer
+    _, p, _, _ = chi2_contingency(table)
+    assert p > 0.001, (p, table)
