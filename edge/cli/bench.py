@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -45,11 +44,11 @@ class BenchResult:
 
     @property
     def pp(self) -> float:
-        return statistics.median(self.pp_tps)
+        return _median(self.pp_tps)
 
     @property
     def tg(self) -> float:
-        return statistics.median(self.tg_tps)
+        return _median(self.tg_tps)
 
 
 def refuse_if_serving(host: str, port: int) -> None:
@@ -182,6 +181,11 @@ def record(result: BenchResult, settings: Settings) -> Path:
     )
     dev_id, device = calibration.this_device()
     return calibration.save(rec, calibration.calibration_path(settings.home, dev_id), device)
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2
 
 
 def _say(text: str) -> None:
