@@ -126,7 +126,23 @@ def fit_model(settings: Settings, model_path: Path, *, force: bool = False, root
         reasons.append(f"prompt cache up to {settings.cache_ram} MiB (counted in the model's share)")
     else:
         reasons.append("prompt cache off")
+    reasons.append(generation_speed(settings, budget, model_path, need.n_ctx or 2048))
     return Fit(settings.with_(ctx=need.n_ctx), budget.profile.name, tuple(reasons))
+
+
+def generation_speed(settings: Settings, budget: Budget, model_path: Path, n_ctx: int) -> str:
+    """The planner's generation speed for this file, from this device's `edge bench` calibration
+    (profiles.calibration) when there is one for the profile, else the nominal upper bound."""
+    from profiles import calibration
+    from profiles.plan.planner import SpeedModel, estimate
+    from profiles.plan.shape import read_model_shape
+
+    records = calibration.load(calibration.calibration_path(settings.home))
+    speed_model = SpeedModel.for_profile(records, budget.profile.name)
+    est = estimate(read_model_shape(Path(model_path)), "AS_IS", n_ctx, budget.profile, speed_model=speed_model)
+    if est.speed_basis == "upper_bound":
+        return f"generation at most {est.tokens_per_s:.0f} tokens/s (nominal bandwidth; `edge bench` measures it)"
+    return f"generation {est.tokens_per_s:.0f} tokens/s ({est.speed_basis}, edge bench on this device)"
 
 
 def _refusal(shape, profile, ctx, est, kw):

@@ -1,4 +1,4 @@
-"""`edge serve | run | models`: thin commands over edge.server, edge.engine and edge.store.
+"""`edge serve | run | models | profile | bench`: thin commands over edge.server, edge.engine and edge.store.
 
 `main()` maps every error through edge.errors.report_and_exit: a one-line message, never a traceback.
 """
@@ -125,9 +125,11 @@ def serve(
     run_server(settings, uds=uds, tcp=tcp, store=store, target=target, budget=budget)
 
 
+from edge.cli.bench import bench_command  # noqa: E402
 from edge.cli.profile import profile_command  # noqa: E402
 
 app.command("profile")(profile_command)
+app.command("bench")(bench_command)
 
 
 @app.command()
@@ -195,7 +197,7 @@ def _rate(fin) -> str:
     return f"{fin.completion_tokens / (fin.eval_ns / 1e9):.1f} tokens/s" if fin.eval_ns else "n/a"
 
 
-BUILTIN_COMMANDS = {"serve", "run", "models", "profile"}
+BUILTIN_COMMANDS = {"serve", "run", "models", "profile", "bench"}
 
 
 def add_plugin_commands(args: list[str]) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
 from profiles.detect import Detection, detect
+
+if TYPE_CHECKING:  # rich is imported when a table is printed, not on `edge serve`'s start
+    from rich.console import Console
 
 
 def profile_command(
@@ -24,7 +27,10 @@ def profile_command(
 
 
 def print_detection(found: Detection, console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
     p = found.profile
     console.print(f"[bold]{p.name}[/]: {p.description}")
     console.print(

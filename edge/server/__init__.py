@@ -20,9 +20,63 @@ __all__ = ["create_app", "serve", "bind"]
 
 
 def create_app(settings: Settings, **kw):
+    import_fastapi()
     from edge.server.app import create_app as _create
 
     return _create(settings, **kw)
+
+
+def import_fastapi() -> None:
+    """Import FastAPI with pydantic's schema building deferred for the models it defines at import.
+
+    `fastapi.openapi.models` declares the ~40 pydantic models of an OpenAPI document, and pydantic
+    builds each one's validator as its class is made: about a third of the server's imports, spent on
+    documents the server never produces (openapi_url=None). With pydantic's `defer_build` default on
+    for the length of this import, they are built the first time one is used, if ever; every model
+    defined afterwards (the request bodies in edge.server.openai and .ollama) builds as usual. When
+    pydantic's defaults are not where this expects them, FastAPI imports the ordinary way.
+
+    FastAPI also imports all of `pydantic.v1` (~0.1 s) the first time it asks whether a route's
+    body is a pydantic v1 model; no class can derive from v1's BaseModel before pydantic.v1 is
+    imported, so until then the answer is no without importing it (`_skip_v1_checks`)."""
+    import sys
+
+    if "fastapi" in sys.modules:
+        return
+    try:
+        from pydantic._internal import _config
+    except ImportError:  # another pydantic layout: nothing to defer
+        _config = None  # type: ignore[assignment]
+    defaults = getattr(_config, "config_defaults", None)
+    if not isinstance(defaults, dict) or defaults.get("defer_build") is not False:
+        import fastapi
+
+        return
+    defaults["defer_build"] = True
+    try:
+        import fastapi
+        import fastapi.openapi.models  # noqa: F401
+    finally:
+        defaults["defer_build"] = False
+    _skip_v1_checks()
+
+
+def _skip_v1_checks() -> None:
+    import sys
+
+    shared = sys.modules.get("fastapi._compat.shared")
+    users = [sys.modules.get(m) for m in ("fastapi._compat.shared", "fastapi._compat", "fastapi.encoders")]
+    for name in ("is_pydantic_v1_model_class", "is_pydantic_v1_model_instance"):
+        check = getattr(shared, name, None)
+        if check is None:
+            continue
+
+        def only_once_v1_exists(obj, _check=check) -> bool:
+            return "pydantic.v1" in sys.modules and _check(obj)
+
+        for module in users:  # the modules that bound the function by name at their import
+            if getattr(module, name, None) is check:
+                setattr(module, name, only_once_v1_exists)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -3,8 +3,14 @@
 From a GGUF header or an HF config.json alone (no weights read) it predicts, per quantization type
 (profiles.plan.types): the file size (tensor by tensor, with llama.cpp's per-tensor type choices for
 the _S/_M/_L and IQ mixes, src/llama-quant.cpp), the memory at run time (weights + KV cache + compute buffers), the
-generation speed (bandwidth x efficiency / bytes read per token) and whether it fits a profile's
-budget. `plan()` recommends a type and context or raises DoesNotFitError naming a way out.
+generation speed and whether it fits a profile's budget. `plan()` recommends a type and context or
+raises DoesNotFitError naming a way out.
+
+Generation speed comes from `edge bench`'s calibration of this device when there is one
+(profiles.calibration, fitted by `SpeedModel`): "measured" for a file of the very types measured,
+"estimated" for other types and models. Without one it is the profile's nominal bandwidth x
+efficiency / bytes read per token, an "upper_bound": on small CPUs the kernels, not the memory,
+set the pace.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 
 from edge.errors import DoesNotFitError
 from edge.lightimport import gguf_constants
+from profiles.calibration import Record, model_key
 from profiles.plan.shape import ModelShape, TensorInfo
 from profiles.plan.types import TYPES, QuantType, lookup
 from profiles.profile import GIB, Profile
@@ -297,6 +304,7 @@ class Estimate:
     tokens_per_s: float  # predicted generation speed at SPEED_AT_TOKENS
     budget_bytes: int
     fits: bool
+    speed_basis: str = "upper_bound"  # "measured" (edge bench ran this file) | "estimated" | "upper_bound"
 
     def to_dict(self) -> dict:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -316,8 +324,10 @@ def estimate(
     swa_full: bool | None = None,
     flash_attn: bool = True,
     backend: Backend = EDGE_LLAMA_CPP,
+    speed_model: SpeedModel | None = None,
 ) -> Estimate:
-    """`n_ctx` is per slot; `swa_full` None takes the backend's setting."""
+    """`n_ctx` is per slot; `swa_full` None takes the backend's setting; `speed_model` (from this
+    device's calibration, `SpeedModel.for_profile`) replaces the nominal speed."""
     swa_full = backend.swa_full if swa_full is None else swa_full
     weights, read = weights_bytes(shape, ftype)
     kv = kv_bytes(shape, n_ctx, n_parallel, swa_full)
@@ -329,7 +339,10 @@ def estimate(
     # rows of a reserved logits block that are never written (we read one row per slot) stay untouched
     untouched = compute - compute_bytes(shape, n_ctx, flash_attn, n_parallel, swa_full) if flash_attn else 0
     kv_read = kv_bytes(shape, min(n_ctx, SPEED_AT_TOKENS), 1, swa_full)
-    speed = profile.memory.bandwidth_gbs * 1e9 * profile.runtime.efficiency / (read + kv_read)
+    if speed_model is not None:
+        speed, basis = speed_model.tokens_per_s(shape, ftype, kv_read)
+    else:
+        speed, basis = profile.memory.bandwidth_gbs * 1e9 * profile.runtime.efficiency / (read + kv_read), "upper_bound"
     budget = profile.budget_bytes if budget_bytes is None else budget_bytes
     fits = (allocated + runtime) * (1 + profile.runtime.headroom) <= budget
     return Estimate(
@@ -346,7 +359,99 @@ def estimate(
         speed,
         budget,
         fits,
+        basis,
     )
+
+
+# --- generation speed from a calibration ------------------------------------------------------
+
+# Bytes-equivalent cost per byte of weights in llama.cpp's CPU matrix-vector kernels (generation,
+# one token): types whose dot product is a plain widen-and-multiply stream at the memory's pace
+# (1.0); the others spend extra instructions per block unpacking scales, minimums or high bits
+# and run slower per byte than memory could deliver. Fitted with bench/plan_speed.py on x86-64
+# (AVX-512, llama.cpp 0c1e570); `edge bench` on a device scales all of them through the bandwidth.
+KERNEL_COST = {
+    T.F32: 1.0,
+    T.F16: 1.0,
+    T.BF16: 1.0,
+    T.Q8_0: 1.0,
+    T.Q4_0: 1.0,
+    T.IQ4_NL: 1.0,
+}
+DEFAULT_KERNEL_COST = 1.6  # Q4_1, Q5_0/1, the K-quants and IQ types
+LAYER_S = 45e-6  # per layer and token: norms, attention, the graph's dispatch (2 threads, fitted as above)
+
+
+def bytes_by_type(shape: ModelShape, ftype: str) -> dict[str, int]:
+    """Weight bytes read per generated token, per ggml type (token_embd's row lookup excluded)."""
+    return dict(_bytes_by_type(shape, ftype))
+
+
+@lru_cache(maxsize=256)
+def _bytes_by_type(shape: ModelShape, ftype: str) -> tuple[tuple[str, int], ...]:
+    out: dict[str, int] = {}
+    for t, qtype in tensor_types(shape, ftype):
+        if t.name == f"{TOKEN_EMBD}.weight" and not shape.tied_embeddings:
+            continue
+        out[qtype.name] = out.get(qtype.name, 0) + tensor_bytes(t, qtype)
+    return tuple(sorted(out.items()))
+
+
+def cost_bytes(by_type: dict[str, int]) -> float:
+    return sum(n * KERNEL_COST.get(T[name], DEFAULT_KERNEL_COST) for name, n in by_type.items())
+
+
+@dataclass(frozen=True)
+class SpeedModel:
+    """Seconds per generated token = kernel-weighted bytes / bandwidth + layers x per-layer time,
+    with the bandwidth (and, from two or more measurements of one model, the per-layer time) fitted
+    to this device's `edge bench` records. Records of the same model are preferred; without them
+    every record of the profile contributes (the median bandwidth)."""
+
+    records: tuple[Record, ...]
+
+    @classmethod
+    def for_profile(cls, records: list[Record], profile: str) -> SpeedModel | None:
+        mine = tuple(r for r in records if r.profile == profile and r.parallel == 1)
+        return cls(mine) if mine else None
+
+    def fit(self, shape: ModelShape) -> tuple[float, float, list[Record]]:
+        """(bandwidth bytes/s, per-layer seconds, the records used) for `shape`."""
+        key = model_key(shape)
+        same = [r for r in self.records if r.model == key]
+        used = same or list(self.records)
+        points = [(cost_bytes(r.bytes_by_type) + r.kv_read_bytes, r.n_layer, 1 / r.tg_tps) for r in used]
+        layer_s = LAYER_S
+        distinct = {round(c) for c, _, _ in points}
+        if same and len(distinct) >= 2:  # two unknowns, two or more equations: least squares
+            layer_s = _fit_layer_time(points) or LAYER_S
+        bws = sorted(c / max(t - n * layer_s, 1e-9) for c, n, t in points)
+        return bws[len(bws) // 2], layer_s, used
+
+    def tokens_per_s(self, shape: ModelShape, ftype: str, kv_read: int) -> tuple[float, str]:
+        by_type = bytes_by_type(shape, ftype)
+        key = model_key(shape)
+        for r in self.records:
+            if r.model == key and r.bytes_by_type == by_type:
+                return r.tg_tps, "measured"
+        bw, layer_s, _ = self.fit(shape)
+        return 1 / ((cost_bytes(by_type) + kv_read) / bw + shape.n_layer * layer_s), "estimated"
+
+
+def _fit_layer_time(points: list[tuple[float, int, float]]) -> float | None:
+    """Least squares of t = c / bw + n x layer_s over (c, n, t); None when it is not positive."""
+    # unknowns x = (1/bw, layer_s): normal equations of the 2x2 system
+    scc = sum(c * c for c, _, _ in points)
+    scn = sum(c * n for c, n, _ in points)
+    snn = sum(n * n for _, n, _ in points)
+    sct = sum(c * t for c, _, t in points)
+    snt = sum(n * t for _, n, t in points)
+    det = scc * snn - scn * scn
+    if abs(det) < 1e-12 * scc * snn:
+        return None
+    inv_bw = (sct * snn - scn * snt) / det
+    layer_s = (scc * snt - scn * sct) / det
+    return layer_s if inv_bw > 0 and layer_s > 0 else None
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -361,6 +466,12 @@ class Plan:
     estimates: list[Estimate]  # the ladder, at the chosen context
     recommended: Estimate
     reasons: list[str] = field(default_factory=list)
+    calibration: list[Record] = field(default_factory=list)  # the edge bench records the speeds rest on
+
+    @property
+    def speed_upper_bound(self) -> bool:
+        """No calibration: every tokens/s is the nominal ceiling, not a prediction."""
+        return not self.calibration
 
     def to_dict(self) -> dict:
         return {
@@ -371,6 +482,13 @@ class Plan:
             "recommended": self.recommended.to_dict(),
             "estimates": [e.to_dict() for e in self.estimates],
             "reasons": self.reasons,
+            "speed": {
+                "upper_bound": self.speed_upper_bound,
+                "calibration": [
+                    {k: getattr(r, k) for k in ("file", "type", "threads", "tg_tps", "pp_tps", "measured_at")}
+                    for r in self.calibration
+                ],
+            },
         }
 
 
@@ -420,6 +538,7 @@ def plan(
     n_parallel: int | None = None,
     swa_full: bool | None = None,
     flash_attn: bool = True,
+    speed_model: SpeedModel | None = None,
 ) -> Plan:
     """Recommend the first of the profile's preferred types that fits, at `n_ctx` or, when none is
     given, at the largest context that fits up to min(model's own, profile's context).
@@ -429,6 +548,7 @@ def plan(
         n_parallel=n_parallel or profile.runtime.parallel,
         swa_full=swa_full,
         flash_attn=flash_attn,
+        speed_model=speed_model,
     )
     preferred = types or profile.runtime.quant_types
     cap = min(shape.n_ctx_train, profile.runtime.context)
@@ -449,4 +569,12 @@ def plan(
         f"{choice}: first of the profile's preferred types {list(preferred)} that fits "
         f"({_gib(rec.memory_bytes)} + {profile.runtime.headroom:.0%} headroom <= {_gib(rec.budget_bytes)})"
     )
-    return Plan(shape.source, profile.name, rec.budget_bytes, shape.n_ctx_train, ladder, rec, reasons)
+    used = speed_model.fit(shape)[2] if speed_model is not None else []
+    if speed_model is None:
+        reasons.append(
+            "tokens/s: an upper bound from the profile's nominal bandwidth; `edge bench` measures this device"
+        )
+    else:
+        what = ", ".join(f"{Path(r.file).name or r.type} {r.tg_tps:.0f} t/s" for r in used)
+        reasons.append(f"tokens/s: from edge bench on this device ({what}); other types estimated from it")
+    return Plan(shape.source, profile.name, rec.budget_bytes, shape.n_ctx_train, ladder, rec, reasons, used)

@@ -1,0 +1,32 @@
+"""What `edge serve` imports before its first answer: FastAPI without its OpenAPI validators built
+or pydantic.v1 imported, and those still working when something does use them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+PROBE = """
+import sys
+from edge.server import import_fastapi
+import_fastapi()
+import fastapi.openapi.models as m
+assert not m.OpenAPI.__pydantic_complete__, "OpenAPI's validator was built at import"
+from edge.config import Settings
+from edge.server.app import create_app
+create_app(Settings(), opener=lambda *a, **k: None)
+assert "pydantic.v1" not in sys.modules, "route registration imported pydantic.v1"
+doc = m.OpenAPI.model_validate({"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, "paths": {}})
+assert doc.info.title == "t"
+from fastapi._compat import shared
+from pydantic import v1
+class Old(v1.BaseModel):
+    x: int
+assert shared.is_pydantic_v1_model_class(Old) and not shared.is_pydantic_v1_model_class(int)
+print("ok")
+"""
+
+
+def test_serve_imports_fastapi_without_openapi_validators_or_pydantic_v1():
+    r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
