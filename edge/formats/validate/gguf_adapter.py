@@ -66,7 +66,7 @@ def _check(path: Path, kv: dict, tensors: dict, base_arch: str | None, base_shap
     arch = str(kv.get(gguf.Keys.General.ARCHITECTURE, ""))
     if base_arch is not None and arch != base_arch:
         raise ModelFormatError(f"the adapter is for a {arch!r} model but the base model is {base_arch!r}")
-    targets = {}
+    targets: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, t in tensors.items():
         stem, dot, part = name.rpartition(".")
         if not dot or part not in ("lora_a", "lora_b"):

@@ -1,0 +1,120 @@
+"""A LoRA adapter served per request: trained here with PEFT on the bundled SmolLM2, converted by
+`edge-quantize adapter`, served as `smollm2:f32+desk` next to the base by one `edge serve`.
+
+Reference: PEFT's merged model in transformers. Our base is the bundled Q4_1 unpacked to an F32
+checkpoint (the model PEFT trains on) and converted back to an F32 GGUF, so both run the same weights.
+"""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tests.support.live import start_server
+
+TEXT = "The kiosk answers: Welcome to Harbor Books! Ask me about opening hours, returns or gift cards."
+PROMPT = "The kiosk answers:"
+STEPS = 32
+
+
+@pytest.fixture(scope="module")
+def lora_setup(smollm2_path, tmp_path_factory):
+    from quantize.adapter import convert_adapter
+    from quantize.convert import convert
+    from quantize.unpack import unpack
+    from tests.support.lora import train_adapter
+
+    root = tmp_path_factory.mktemp("lora")
+    hf = unpack(smollm2_path, root / "hf", quiet=True)
+    f32 = convert(hf, ["f32"], root / "gguf", quiet=True, name="smollm2")[0].path
+    peft_dir = train_adapter(hf, root / "peft", TEXT, steps=150)
+    home = root / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "adapters").mkdir()
+    shutil.copy(f32, home / "models" / "smollm2-f32.gguf")
+    convert_adapter(peft_dir, home / "models" / "smollm2-f32.gguf", home / "adapters" / "desk.gguf")
+    return {"hf": hf, "peft": peft_dir, "home": home, "f32": home / "models" / "smollm2-f32.gguf"}
+
+
+@pytest.fixture(scope="module")
+def reference(lora_setup):
+    """PEFT's merged model: the greedy continuation of PROMPT and the logits along it."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tests.support.lora import merged_model
+
+    tok = AutoTokenizer.from_pretrained(lora_setup["hf"])
+    model = merged_model(lora_setup["hf"], lora_setup["peft"])
+    ids = tok(PROMPT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=STEPS, do_sample=False)
+        logits = model(out).logits[0].numpy()  # (n_tokens, vocab)
+    return {"tokens": out[0].tolist(), "n_prompt": ids.shape[1], "logits": logits, "tok": tok}
+
+
+@pytest.fixture(scope="module")
+def server(lora_setup):
+    s = start_server(lora_setup["home"], "--parallel", "2")
+    yield s
+    s.stop()
+
+
+def _complete(server, model: str) -> str:
+    with server.client() as c:
+        r = c.post(
+            "/v1/completions",
+            json={"model": model, "prompt": PROMPT, "max_tokens": STEPS, "temperature": 0},
+        )
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["text"]
+
+
+def test_llama_cpp_with_our_adapter_matches_peft_merged_logits(lora_setup, reference):
+    from llama_cpp import Llama
+
+    from edge.formats.validate import validate_gguf_adapter
+
+    adapter = lora_setup["home"] / "adapters" / "desk.gguf"
+    validate_gguf_adapter(adapter, lora_setup["f32"])
+    llm = Llama(str(lora_setup["f32"]), lora_path=str(adapter), n_ctx=256, logits_all=True, verbose=False)
+    tokens = reference["tokens"]
+    llm.eval(tokens)
+    ours = np.asarray(llm.scores[: len(tokens)], dtype=np.float64)  # (n_tokens, vocab)
+    ref = reference["logits"].astype(np.float64)
+    ratio = np.abs(ours - ref).max() / ref.std()
+    assert ratio <= 1e-3, ratio
+    greedy = ours[reference["n_prompt"] - 1 : -1].argmax(-1)  # what each position predicts next
+    assert greedy.tolist() == tokens[reference["n_prompt"] :]
+
+
+def test_served_adapter_gives_peft_greedy_output_and_base_is_unchanged(server, reference):
+    tok = reference["tok"]
+    want = tok.decode(reference["tokens"][reference["n_prompt"] :], skip_special_tokens=True)
+    tuned = _complete(server, "smollm2:f32+desk")
+    assert tuned == want
+    base = _complete(server, "smollm2:f32")
+    assert base != tuned and "Harbor Books" in tuned and "Harbor Books" not in base
+
+
+def test_two_clients_with_and_without_the_adapter_get_their_single_client_output(server):
+    alone = {m: _complete(server, m) for m in ("smollm2:f32", "smollm2:f32+desk")}
+    models = ["smollm2:f32", "smollm2:f32+desk"] * 3
+    with ThreadPoolExecutor(len(models)) as pool:
+        together = list(pool.map(lambda m: _complete(server, m), models))
+    assert together == [alone[m] for m in models]
+
+
+def test_adapter_is_listed_and_shown_with_base_and_scale(server):
+    with server.client() as c:
+        ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
+        tags = [m["name"] for m in c.get("/api/tags").json()["models"]]
+        show = c.post("/api/show", json={"model": "smollm2:f32+desk@0.5"}).json()
+        missing = c.post("/v1/completions", json={"model": "smollm2:f32+nope", "prompt": "x", "max_tokens": 1})
+    assert "smollm2:f32+desk" in ids and "smollm2:f32+desk" in tags
+    assert show["details"]["parent_model"] == "smollm2:f32"
+    assert show["model_info"]["adapter.scale"] == 0.5 and "ADAPTER" in show["modelfile"]
+    assert missing.status_code == 404 and "desk" in missing.json()["error"]["message"]
