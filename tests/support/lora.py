@@ -48,8 +48,9 @@ def random_adapter(
     return Path(out_dir)
 
 
-def train_adapter(base_dir: Path, out_dir: Path, text: str, *, steps: int = 200, seed: int = 0) -> Path:
-    """A real LoRA (r 8 on the attention and MLP projections) trained to continue `text`."""
+def train_adapter(base_dir: Path, out_dir: Path, text: str, *, steps: int = 60, seed: int = 0, layers: int = 8) -> Path:
+    """A real LoRA (r 8 on the attention and MLP projections of the last `layers` blocks) trained to
+    continue `text`. Only the last blocks: backpropagation then stops there, which keeps it fast on CPU."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,9 +59,13 @@ def train_adapter(base_dir: Path, out_dir: Path, text: str, *, steps: int = 200,
     torch.set_num_threads(2)
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=list(LLAMA_LINEARS)))
+    n_layers = model.config.num_hidden_layers
+    config = LoraConfig(
+        r=8, lora_alpha=16, target_modules=list(LLAMA_LINEARS), layers_to_transform=list(range(n_layers - layers, n_layers))
+    )
+    model = get_peft_model(model, config)
     ids = tok(text, return_tensors="pt").input_ids
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     model.train()
     for _ in range(steps):
         loss = model(input_ids=ids, labels=ids).loss
