@@ -197,6 +197,7 @@ class LoraPair:
     a: str  # adapter tensor names
     b: str
     rank: int
+    scale: float  # PEFT's factor on B A
     factor: float  # multiplies lora_b: PEFT's scale over llama.cpp's alpha / rank
 
 
@@ -278,8 +279,8 @@ def _pair(module: str, parts: dict[str, str], refs: dict, config: LoraConfig, ba
             f"{module} has rank {rank} but adapter_config.json says r = {config.rank(module)}; the files disagree"
         )
     llama_scale = config.alpha / rank if config.alpha else 1.0  # what llama.cpp will multiply by
-    factor = config.scaling(module, rank) / llama_scale
-    return LoraPair(module, gguf_name, rule, parts["A"], parts["B"], rank, factor)
+    scale = config.scaling(module, rank)
+    return LoraPair(module, gguf_name, rule, parts["A"], parts["B"], rank, scale, scale / llama_scale)
 
 
 def _check_targets(config: LoraConfig, base: Base) -> None:
@@ -352,3 +353,47 @@ def _loader(adapter: Checkpoint, p: LoraPair, which: str, base: Base, qtype: Q):
         return to_storage(b, qtype)
 
     return load
+
+
+# -- merging ---------------------------------------------------------------------------------------
+
+
+class MergedCheckpoint(Checkpoint):
+    """The base checkpoint with the adapter merged into each adapted weight as it is read:
+    W + s B A, computed in float64 and returned as float32 (so the converter's intermediate is F32)."""
+
+    def __init__(self, base: Checkpoint, adapter: Checkpoint, pairs: list[LoraPair]):
+        super().__init__(base.refs)
+        self.adapter = adapter
+        self.pairs = {p.module + ".weight": p for p in pairs}
+
+    def float_dtype(self) -> str:
+        return "F32"
+
+    def load(self, name: str) -> np.ndarray:
+        w = super().load(name)  # (out, in)
+        p = self.pairs.get(name)
+        if p is None:
+            return w
+        delta = self.adapter.load(p.b).astype(np.float64) @ self.adapter.load(p.a).astype(np.float64)  # (out, in)
+        return (w.astype(np.float64) + p.scale * delta).astype(np.float32)
+
+
+def merge_adapter(
+    peft_dir: Path, base_dir: Path, types: list[str] | str, out_dir: Path, *, name: str | None = None, **kw: Any
+):
+    """Write the base model with the adapter merged, at each of `types` (any type `convert` takes):
+    merged in high precision into an F32 intermediate, then quantized. `base_dir` is the HF folder."""
+    from .convert import convert
+
+    base_dir = Path(base_dir)
+    if not base_dir.is_dir() or not any(base_dir.glob("*.safetensors")):
+        raise BadRequestError(
+            f"--merge needs the base model's Hugging Face folder with its weights, not {base_dir}; "
+            "a GGUF base can be turned into one with `edge-quantize unpack`"
+        )
+    base = Base.read(base_dir)
+    _config, pairs, refs = plan_adapter(Path(peft_dir), base)
+    merged = MergedCheckpoint(Checkpoint.open(base_dir), Checkpoint(refs), pairs)
+    name = name or f"{base_dir.resolve().name}-{Path(peft_dir).resolve().name}".lower()
+    return convert(base_dir, types, out_dir, name=name, checkpoint=merged, **kw)

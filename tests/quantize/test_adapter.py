@@ -159,3 +159,30 @@ def test_cli_writes_the_adapter_and_exits_nonzero_on_bad_input(adapters, tiny_ch
         main(["adapter", str(tmp_path), "--base", str(tiny_checkpoint("phi3")), "-o", str(tmp_path / "b.gguf")])
     assert done.value.code == 3 and "adapter_config.json" in capsys.readouterr().err
     assert not (tmp_path / "b.gguf").exists()
+
+
+def test_merge_equals_peft_merge_and_unload(adapters, tiny_checkpoint, tmp_path):
+    """--merge F32 against PEFT's merge_and_unload saved and converted the ordinary way; and a Q8_0 alongside."""
+    from quantize.adapter import merge_adapter
+    from quantize.convert import convert
+    from tests.support.lora import merged_model
+
+    base, peft_dir = tiny_checkpoint("llama3"), adapters("llama3")
+    ours = {r.type: r.path for r in merge_adapter(peft_dir, base, "f32,q8_0", tmp_path / "ours", quiet=True)}
+    ref_dir = tmp_path / "peft-merged"
+    merged_model(base, peft_dir).save_pretrained(ref_dir, safe_serialization=True)
+    for f in base.iterdir():  # the tokenizer files
+        if not (ref_dir / f.name).exists():
+            shutil.copy(f, ref_dir / f.name)
+    ref = convert(ref_dir, ["f32"], tmp_path / "ref", quiet=True, name="ref")[0].path
+    got, want = gguf_tensors(ours["F32"])[0], gguf_tensors(ref)[0]
+    assert sorted(got) == sorted(want)
+    for t in want:
+        np.testing.assert_allclose(
+            got[t], want[t], rtol=0, atol=1e-5 * max(1.0, float(np.abs(want[t]).max())), err_msg=t
+        )
+    assert not np.array_equal(
+        got["blk.0.attn_q.weight"],
+        gguf_tensors(convert(base, ["f32"], tmp_path / "b", quiet=True, name="b")[0].path)[0]["blk.0.attn_q.weight"],
+    )
+    assert ours["Q8_0"].stat().st_size < ours["F32"].stat().st_size / 3
