@@ -30,12 +30,13 @@ def lora_setup(smollm2_path, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lora")
     hf = unpack(smollm2_path, root / "hf", quiet=True)
-    f32 = convert(hf, ["f32"], root / "gguf", quiet=True, name="smollm2")[0].path
+    f32, q8 = (r.path for r in convert(hf, ["f32", "q8_0"], root / "gguf", quiet=True, name="smollm2"))
     peft_dir = train_adapter(hf, root / "peft", TEXT)  # seeded, CPU, about a minute
     home = root / "home"
     (home / "models").mkdir(parents=True)
     (home / "adapters").mkdir()
     shutil.copy(f32, home / "models" / "smollm2-f32.gguf")
+    shutil.copy(q8, home / "models" / "smollm2-q8_0.gguf")
     convert_adapter(peft_dir, home / "models" / "smollm2-f32.gguf", home / "adapters" / "desk.gguf")
     return {"hf": hf, "peft": peft_dir, "home": home, "f32": home / "models" / "smollm2-f32.gguf"}
 
@@ -127,6 +128,11 @@ def test_served_adapter_gives_peft_greedy_output_and_base_is_unchanged(server, r
     assert tuned == want
     base = _complete(server, "smollm2:f32")
     assert base != tuned and "Harbor Books" in tuned and "Harbor Books" not in base
+
+
+def test_adapter_on_a_q8_0_base_keeps_the_learned_behaviour(server):
+    assert "Harbor Books" in _complete(server, "smollm2:q8_0+desk")
+    assert "Harbor Books" not in _complete(server, "smollm2:q8_0")
 
 
 def test_two_clients_with_and_without_the_adapter_get_their_single_client_output(server):
