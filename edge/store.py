@@ -6,7 +6,9 @@ Layout (nothing is ever downloaded; a model is a file someone put there):
       models/<name>-<tag>.gguf       a GGUF model            -> "<name>:<tag>"
       models/<name>.gguf             no dash: tag "latest"   -> "<name>:latest"
       models/<name>-<tag>/*.onnx     an ONNX model folder    -> "<name>:<tag>"
-      aliases.toml | aliases.json    {"llama3.1:8b" = "smollm2:135m-q4_1"}
+      adapters/<adapter>.gguf        a GGUF LoRA adapter (edge-quantize adapter) -> "<model>+<adapter>"
+                                     for every GGUF model of the adapter's architecture
+      aliases.toml | aliases.json    {"llama3.1:8b" = "smollm2:135m-q4_1", "desk" = "smollm2:135m-q4_1+desk@0.8"}
       cache/bundled/                 bundled models that must be assembled (Gemma-3) live here
       current/models/, current/aliases.toml   the active install slot of a bundle (firmware.bundle.installs);
                                      its models are found first, its aliases under the home's own
@@ -22,7 +24,9 @@ Resolution of a requested name (case-insensitive; `name` means `name:latest`):
    bundled model of the same name);
 3. `name:latest` with no such file: the bundled model declared latest for that name, else the
    only tag of that name; several tags -> not found, listing them.
-An unknown name raises ModelNotFoundError listing what is available. Names are only ever
+An unknown name raises ModelNotFoundError listing what is available.
+`<model>+<adapter>[@scale]` resolves `<model>` as above and applies the adapter (scale 1 unless given);
+an ONNX model refuses adapters (onnxruntime does not apply GGUF LoRA files). Names are only ever
 compared with names derived from files, never joined into paths, so `../x`, `/etc/passwd` or a
 symlink leading out of the models folder never resolve.
 
@@ -72,18 +76,21 @@ class ModelEntry:
     size_bytes: int
     modified: float  # mtime, seconds since the epoch
     bundled: bool
+    adapter: Path | None = None  # a LoRA adapter applied on top of `path` ("base+adapter" names)
+    adapter_scale: float = 1.0
+    base: str | None = None  # the base model's name when `adapter` is set
 
 
 def canonical(name: str) -> str:
-    """`Name` -> `name:latest`; `name:tag` lower-cased. Raises BadRequestError on unusable input."""
+    """`Name` -> `name:latest`; `name:tag` lower-cased (`base+adapter`: the base part). Raises BadRequestError."""
     if not isinstance(name, str) or not name.strip():
         raise BadRequestError("model name is empty; ask for a model by name, e.g. smollm2:135m-q4_1", param="model")
     if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 or c == "\x7f" for c in name):
         raise BadRequestError(
             f"model name is too long or has control characters (limit {MAX_NAME_CHARS})", param="model"
         )
-    key = name.strip().lower()
-    return key if ":" in key else f"{key}:latest"
+    key, plus, adapter = name.strip().lower().partition("+")
+    return (key if ":" in key else f"{key}:latest") + plus + adapter
 
 
 def name_from_file(filename: str) -> str | None:
@@ -251,6 +258,38 @@ class ModelStore:
         taken = {e.name for e in local}
         return sorted(local + [e for e in bundled_models(self.cache_dir) if e.name not in taken], key=lambda e: e.name)
 
+    def adapters(self) -> dict[str, Path]:
+        """{adapter name: GGUF file} from the adapters/ folders (the bundle slot's first)."""
+        found: dict[str, Path] = {}
+        for folder in [f.parent / "adapters" for f in self.folders()]:
+            if not folder.is_dir():
+                continue
+            for p in sorted(p for _, p in zip(range(MAX_ENTRIES), folder.iterdir())):
+                name = p.stem.lower()
+                if p.suffix.lower() == ".gguf" and _FILE_NAME.fullmatch(name) and _inside(p, folder):
+                    found.setdefault(name, p)
+        return found
+
+    def with_adapters(self, entries: builtins.list[ModelEntry]) -> builtins.list[ModelEntry]:
+        """`model+adapter` for every GGUF model whose architecture is the adapter's."""
+        from edge.errors import EdgeError
+        from edge.formats.gguf import cached_gguf_meta
+
+        def arch(path: Path) -> str | None:
+            try:
+                return cached_gguf_meta(path).architecture if path.is_file() else None
+            except (EdgeError, OSError):
+                return None
+
+        out = []
+        adapters = [(n, p, arch(p)) for n, p in self.adapters().items()]
+        for e in entries:
+            base_arch = arch(e.path) if e.format == "gguf" and adapters else None
+            for name, path, a_arch in adapters:
+                if base_arch is not None and a_arch == base_arch:
+                    out.append(_combined(e, name, path, 1.0))
+        return out
+
     def aliases(self) -> dict[str, str]:
         """{canonical alias: canonical target} from aliases.toml or aliases.json in the home folder."""
         slot = self.slot_dir / "aliases.toml" if self.slot_dir is not None else None
@@ -281,6 +320,8 @@ class ModelStore:
                 )
             seen.append(key)
             key = aliases[key]
+        if "+" in key:
+            return self._with_adapter(name, key)
         entries = self.list()
         entry = next((e for e in entries if e.name == key), None)
         if entry is None and key.endswith(":latest"):
@@ -288,6 +329,33 @@ class ModelStore:
         if entry is None:
             raise self._not_found(name, key, entries)
         return self._checked(entry)
+
+    def _with_adapter(self, asked: str, key: str) -> ModelEntry:
+        base_name, _, spec = key.partition("+")
+        adapter, _, scale_text = spec.partition("@")
+        base = self.resolve(base_name)
+        if base.format != "gguf":
+            raise BadRequestError(
+                f"{base.name} is an ONNX model: LoRA adapters apply to GGUF models only; "
+                f"serve {adapter!r} on the GGUF form of the model",
+                param="model",
+            )
+        path = self.adapters().get(adapter)
+        if path is None:
+            have = ", ".join(sorted(self.adapters())) or "none"
+            raise ModelNotFoundError(
+                f"model {asked!r}: no LoRA adapter {adapter!r} in {self.home / 'adapters'} (adapters: {have})",
+                param="model",
+            )
+        try:
+            scale = float(scale_text) if scale_text else 1.0
+        except ValueError:
+            scale = float("nan")
+        if not -16.0 <= scale <= 16.0:
+            raise BadRequestError(
+                f"adapter scale {scale_text!r} in {asked!r} is not a number in [-16, 16]", param="model"
+            )
+        return _combined(base, adapter, path, scale)
 
     def default(self) -> ModelEntry:
         """The bundled SmolLM2 (what `edge serve` serves when no model is named)."""
@@ -325,6 +393,15 @@ class ModelStore:
             f"or map the name in {self.home / 'aliases.toml'}",
             param="model",
         )
+
+
+def _combined(base: ModelEntry, adapter: str, path: Path, scale: float) -> ModelEntry:
+    st = path.stat()
+    name = f"{base.name}+{adapter}" + (f"@{scale:g}" if scale != 1.0 else "")
+    return ModelEntry(
+        name, base.path, base.format, base.size_bytes + st.st_size, max(base.modified, st.st_mtime),
+        base.bundled, adapter=path, adapter_scale=scale, base=base.name,
+    )  # fmt: skip
 
 
 def _latest_for(name: str) -> str | None:

@@ -69,7 +69,9 @@ def convert(
     name: str | None = None,
     imatrix: ImatrixOptions | None = None,
     after: AfterHook | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> list[ConvertResult]:
+    """`checkpoint`: read the HF folder's weights through this instead (a LoRA merged on the fly)."""
     src, out_dir = Path(src), Path(out_dir)
     p = plan(src, types, out_dir, name=name, imatrix=imatrix is not None, force=force)
     if imatrix is not None and p.gguf_types and not Path(imatrix.text).is_file():
@@ -87,7 +89,9 @@ def convert(
         extra = _Extra(imatrix, after)
         if src.is_file():
             return done + _requantize(src, p.gguf_types, outputs, bars, force, extra)
-        return done + _from_hf(src, p.gguf_types, outputs, out_dir, p.name, bars, force, keep_intermediate, extra)
+        return done + _from_hf(
+            src, p.gguf_types, outputs, out_dir, p.name, bars, force, keep_intermediate, extra, checkpoint
+        )
 
 
 def _export_onnx(src: Path, p: OutputPlan, force: bool, quiet: bool) -> list[ConvertResult]:
@@ -146,6 +150,7 @@ def _from_hf(
     force: bool,
     keep_intermediate: bool,
     extra: _Extra,
+    checkpoint: Checkpoint | None = None,
 ) -> list[ConvertResult]:
     from . import vocab as vocab_mod  # owned by the vocab stream; imported only for HF sources
 
@@ -153,7 +158,7 @@ def _from_hf(
     spec = get_arch(config.get("model_type"))
     fields = {**config, **spec.read_sidecar(src)}
     cfg = spec.load_config(fields)
-    ckpt = Checkpoint.open(src)
+    ckpt = checkpoint or Checkpoint.open(src)
     vocab = vocab_mod.load_vocab(src, vocab_size=None if spec.trim_vocab else cfg.vocab_size)
     if spec.trim_vocab:  # Gemma 3: drop embedding rows past the tokenizer's vocabulary
         cfg = spec.load_config({**fields, "n_vocab": len(vocab.tokens)})  # checked against vocab_size

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import abc
 import codecs
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from edge.errors import BadRequestError
 
 FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter (GGUF file) applied to a request, and its scale (1.0: as trained)."""
+
+    path: str
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ class SamplingParams:
     # Per-token log probabilities (see TokenLogprob); only a request that asks pays for them.
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, best first (with logprobs)
+    adapter: Adapter | None = None  # the LoRA this request runs under (None: the base model)
 
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI and Ollama bound top_logprobs
@@ -190,3 +199,17 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+
+class AdapterEngine:
+    """An engine seen through one LoRA adapter: every generation it starts runs under `adapter`;
+    everything else is the base engine's (one model in memory serves the base and all its adapters)."""
+
+    def __init__(self, engine: Engine, adapter: Adapter):
+        self.base, self.adapter = engine, adapter
+
+    def generate(self, prompt: list[int], params: SamplingParams, *, stream: bool = True) -> EventStream:
+        return self.base.generate(prompt, replace(params, adapter=self.adapter), stream=stream)
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)

@@ -18,10 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-from edge.engine.base import Embeddings, ModelInfo, SamplingParams
+from edge.engine.base import Adapter, Embeddings, ModelInfo, SamplingParams
 from edge.engine.scheduler import GenerationStream, Scheduler, SchedulerEngine
 from edge.engine.speculative import SpecConfig
 from edge.errors import BadRequestError, DoesNotFitError, EdgeError, ModelFormatError
+from edge.formats.validate import validate_gguf_adapter
 from edge.lightimport import llama_module
 
 L = llama_module("llama_cpp")  # the ctypes API only, not the high-level package (see edge.lightimport)
@@ -130,6 +131,8 @@ class LlamaCppBatcher:
         self._piece_buf = ctypes.create_string_buffer(256)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self._argmax = _Argmax(self.n_vocab) if self.n_vocab >= FAST_GREEDY_MIN_VOCAB else None
+        self._loras: dict[str, object] = {}  # adapter path -> llama_adapter_lora (freed with the model)
+        self._lora_on: Adapter | None = None  # what the context applies now
 
     # ---- loading ------------------------------------------------------------------------------
     @staticmethod
@@ -388,6 +391,26 @@ class LlamaCppBatcher:
             raise EdgeError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
         return rows
 
+    def set_adapter(self, adapter: Adapter | None) -> None:
+        """Apply `adapter` (None: none) to the context from the next decode on (decode thread). The file
+        was checked by validate_gguf_adapter against this model when the request came in."""
+        if adapter == self._lora_on:
+            return
+        if adapter is None:
+            rc = L.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            lora = self._loras.get(adapter.path)
+            if lora is None:
+                lora = L.llama_adapter_lora_init(self.model, adapter.path.encode())
+                if not lora:
+                    raise ModelFormatError(f"llama.cpp could not load the LoRA adapter {adapter.path}")
+                self._loras[adapter.path] = lora
+            loras = (L.llama_adapter_lora_p_ctypes * 1)(lora)
+            rc = L.llama_set_adapters_lora(self.ctx, loras, 1, (ctypes.c_float * 1)(adapter.scale))
+        if rc != 0:
+            raise EdgeError(f"llama_set_adapters_lora failed with code {rc}")
+        self._lora_on = adapter
+
     def free(self) -> None:
         if self.ctx:
             L.llama_batch_free(self.batch)
@@ -516,6 +539,7 @@ class LlamaCppEngine(SchedulerEngine):
         )
         self.load_ns = time.perf_counter_ns() - t0
         self._closed = False
+        self._checked: set[tuple[str, int]] = set()  # adapter files validated (path, mtime)
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         return self._batcher.tokenize(text, add_special, parse_special)
@@ -534,7 +558,20 @@ class LlamaCppEngine(SchedulerEngine):
                 "chat or complete text; send its inputs to /v1/embeddings or /api/embed",
                 param="model",
             )
+        if params.adapter is not None:
+            self._check_adapter(params.adapter)
         return super().generate(prompt, params, stream=stream)
+
+    def _check_adapter(self, adapter: Adapter) -> None:
+        """A LoRA file is untrusted input: the bounded validator, against this model, before llama.cpp reads it."""
+        path = Path(adapter.path)
+        try:
+            key = (adapter.path, path.stat().st_mtime_ns)
+        except OSError:
+            raise ModelFormatError(f"the LoRA adapter {path.name} is gone") from None
+        if key not in self._checked:
+            validate_gguf_adapter(path, self._batcher.path)
+            self._checked.add(key)
 
     async def embed(
         self, inputs: list[list[int]], *, truncate: bool = True, dimensions: int | None = None

@@ -14,6 +14,10 @@ owns everything else:
 - An optional `PromptCache` beyond the slots (edge.engine.prompt_cache): a slot's KV state is copied
   out before a request overwrites it, and after a request whose prompt the cache did not hold; a
   request whose prompt shares more with a kept state than with its slot gets that state copied in.
+  It holds base-model states only: a request under a LoRA adapter reuses only its slot's prefix.
+- LoRA adapters (`SamplingParams.adapter`): a batch holds the slots of one adapter (llama.cpp applies
+  adapters per context), adapters in use take turns step by step, and a slot's cached prefix serves
+  only a request under the same adapter.
 - Text assembly (`edge.engine.detok.TextStream`), stop strings, max tokens, context end, cancellation.
 - Log probabilities (`edge.engine.logprobs`) for the requests that ask, read from the row just sampled;
   a request without them takes none of that path.
@@ -33,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from edge.engine.base import Delta, Engine, Event, Finish, FinishReason, SamplingParams, TokenLogprob
+from edge.engine.base import Adapter, Delta, Engine, Event, Finish, FinishReason, SamplingParams, TokenLogprob
 from edge.engine.detok import AlignedTextStream, TextStream
 from edge.engine.prompt_cache import PromptCache, common_prefix
 from edge.engine.speculative import Drafter, SpecConfig
@@ -138,6 +142,7 @@ class _Slot:
     drafter: Drafter | None = None  # this request's n-gram index, while it speculates
     t_start: int = 0
     t_first: int = 0
+    adapter: Adapter | None = None  # the LoRA `cached` was computed under: a prefix is shared only within it
 
 
 class Scheduler:
@@ -168,6 +173,7 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._admitted = 0  # waiting + in slots
         self._tick = 0
+        self._turn = 0  # rotates the adapter whose slots the next batch holds (_one_adapter)
         self._closing = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -294,7 +300,7 @@ class Scheduler:
         n_batch. Entries are (slot, tokens, how many of the last tokens need logits)."""
         budget = self.b.n_batch
         plan = []
-        active = [s for s in self.slots if s.req is not None]
+        active = self._one_adapter([s for s in self.slots if s.req is not None])
         generating = [s for s in active if s.t_first]
         drafting = self.spec is not None and len(active) <= self.spec.max_busy
         budget -= len(generating)
@@ -349,6 +355,17 @@ class Scheduler:
             if slot.req is not req:  # finished (stop, length, stop string)
                 return
 
+    def _one_adapter(self, active: list[_Slot]) -> list[_Slot]:
+        """llama.cpp applies LoRA adapters to a whole context, so one batch runs under one adapter: the
+        slots of the adapter whose turn it is (turns rotate over the adapters in use); the others wait a step."""
+        adapters = list(dict.fromkeys(s.req.params.adapter for s in active if s.req is not None))
+        if len(adapters) > 1:
+            self._turn += 1
+        chosen = adapters[self._turn % len(adapters)] if adapters else None
+        if adapters and hasattr(self.b, "set_adapter"):
+            self.b.set_adapter(chosen)
+        return [s for s in active if s.req is not None and s.req.params.adapter == chosen]
+
     def _admit_locked(self) -> None:
         while self._waiting:
             free = [s for s in self.slots if s.req is None]
@@ -359,14 +376,20 @@ class Scheduler:
                 self.b.free_sampler(req.sampler)
                 self._admitted -= 1
                 continue
-            best = max(free, key=lambda s: (common_prefix(s.cached, req.prompt), -s.last_used))
+            best = max(free, key=lambda s: (self._reusable(s, req), -s.last_used))
             self._start(best, req)
 
+    @staticmethod
+    def _reusable(slot: _Slot, req: Request) -> int:
+        """Prompt tokens whose KV the slot holds, computed under the request's adapter."""
+        return common_prefix(slot.cached, req.prompt) if slot.adapter == req.params.adapter else 0
+
     def _start(self, slot: _Slot, req: Request) -> None:
-        keep = min(common_prefix(slot.cached, req.prompt), len(req.prompt) - 1)
-        if self.cache is not None:
+        keep = min(self._reusable(slot, req), len(req.prompt) - 1)
+        if self.cache is not None and req.params.adapter is None and slot.adapter is None:  # base-model KV only
             keep = self._from_cache(slot, req.prompt, keep)
         keep = self.b.keep_prefix(slot.seq, keep)
+        slot.adapter = req.params.adapter
         self._tick += 1
         slot.req, slot.last_used = req, self._tick
         slot.cached = slot.cached[:keep]
@@ -473,7 +496,12 @@ class Scheduler:
         req.emit(finish)
         # a prompt the cache did not hold is kept now (after the answer went out), so that a later
         # visit restores it even if other prompts have taken this slot in between
-        if self.cache is not None and reason != "cancelled" and self._uncached(req.prompt):
+        if (
+            self.cache is not None
+            and reason != "cancelled"
+            and req.params.adapter is None
+            and self._uncached(req.prompt)
+        ):
             self._save(slot)
 
     def _uncached(self, prompt: list[int]) -> bool:
@@ -567,6 +595,12 @@ class SchedulerEngine(Engine):
         """Submit now (QueueFullError / ContextOverflowError / BadRequestError raise here), stream later."""
         if self._closed:
             raise EdgeError("this engine is closed")
+        if params.adapter is not None and not hasattr(self.scheduler.b, "set_adapter"):
+            raise BadRequestError(
+                f"{self.info.name} is an {self.info.format.upper()} model, which does not apply LoRA adapters; "
+                "serve the adapter on the GGUF form of the model",
+                param="model",
+            )
         req = self.scheduler.submit(list(prompt), params, hold=not stream)
         return GenerationStream(self.scheduler, req)
 

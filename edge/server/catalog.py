@@ -80,7 +80,8 @@ def servable(state) -> list[Servable]:
     """Every model in the store, after any file the server keeps loaded from outside it
     (`edge serve PATH`): each can be asked for by name."""
     rows, seen = [], set()
-    for e in state.store.list():
+    entries = state.store.list()
+    for e in entries + state.store.with_adapters(entries):  # `model+adapter` names after the models
         rows.append(Servable(e.name, Path(e.path), e.format, e.size_bytes, e.modified))
         seen.add(str(Path(e.path).resolve()))
     outside = [t for k, t in state.models.pinned.items() if k not in seen]

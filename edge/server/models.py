@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.config import Settings, edge_home
-from edge.engine.base import Engine
+from edge.engine.base import Adapter, AdapterEngine, Engine
 from edge.errors import DoesNotFitError, ModelNotFoundError, QueueFullError, UnavailableError
 from edge.server.catalog import rfc3339
 
@@ -49,10 +49,20 @@ class Target:
     path: Path
     modified: float
     size_bytes: int
+    adapter: Path | None = None  # a LoRA applied per request on the model at `path` ("base+adapter")
+    adapter_scale: float = 1.0
+    base_name: str | None = None  # the model's own name when `adapter` is set
 
     @property
     def key(self) -> str:
+        """The loaded model: one per file, shared by the base and all its adapters."""
         return str(self.path.resolve())
+
+    def base(self) -> Target:
+        """The model without its adapter (what is loaded)."""
+        if self.adapter is None:
+            return self
+        return Target(self.base_name or self.path.stem, self.path, self.modified, self.size_bytes)
 
 
 def resolve_target(spec: str | None, store) -> Target:
@@ -65,7 +75,14 @@ def resolve_target(spec: str | None, store) -> Target:
         known = next((e.name for e in store.list() if Path(e.path).resolve() == path), None)
         return Target(name=known or path.stem, path=path, modified=st.st_mtime, size_bytes=st.st_size)
     entry = store.resolve(spec) if spec else store.default()
-    return Target(name=entry.name, path=Path(entry.path), modified=entry.modified, size_bytes=entry.size_bytes)
+    return _target(entry)
+
+
+def _target(entry) -> Target:
+    """The Target of a store entry (a ModelEntry)."""
+    return Target(
+        entry.name, Path(entry.path), entry.modified, entry.size_bytes, entry.adapter, entry.adapter_scale, entry.base
+    )
 
 
 def open_target(opener: Callable[..., Engine], target: Target, settings: Settings) -> Engine:
@@ -179,9 +196,11 @@ class Lease:
     def __init__(self, manager: ModelManager, name: str | None, keep_alive: float | None):
         self._manager, self._name, self._keep_alive = manager, name, keep_alive
         self.model: Loaded | None = None
+        self.requested: Target | None = None  # the name asked for (with its adapter, if any)
 
     async def __aenter__(self) -> Lease:
-        self.model = await self._manager._acquire(self._name, self._keep_alive)
+        self.requested = await asyncio.to_thread(self._manager.resolve, self._name)
+        self.model = await self._manager._acquire(self._name, self._keep_alive, self.requested)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -195,7 +214,11 @@ class Lease:
     # what handlers read
     @property
     def engine(self) -> Engine:
+        """The model's engine; under the requested LoRA adapter, if the name carried one."""
         assert self.model is not None and self.model.engine is not None
+        t = self.requested
+        if t is not None and t.adapter is not None:
+            return AdapterEngine(self.model.engine, Adapter(str(t.adapter), t.adapter_scale))  # type: ignore[return-value]
         return self.model.engine
 
     @property
@@ -206,7 +229,7 @@ class Lease:
     @property
     def target(self) -> Target:
         assert self.model is not None
-        return self.model.target
+        return self.requested if self.requested is not None and self.requested.adapter else self.model.target
 
     @property
     def name(self) -> str:
@@ -283,7 +306,7 @@ class ModelManager:
             entry = self.store.resolve(name)
         except ModelNotFoundError as exc:
             raise ModelNotFoundError(f"model {name!r} is not served here: {exc.message}", param="model") from None
-        return Target(entry.name, Path(entry.path), entry.modified, entry.size_bytes)
+        return _target(entry)
 
     def loaded_info(self, path: Path):
         """The engine's ModelInfo when that file is loaded, else None."""
@@ -294,8 +317,10 @@ class ModelManager:
     def lease(self, name: str | None, keep_alive: float | None = None) -> Lease:
         return Lease(self, name, keep_alive)
 
-    async def _acquire(self, name: str | None, keep_alive: float | None) -> Loaded:
-        target = await asyncio.to_thread(self.resolve, name)
+    async def _acquire(self, name: str | None, keep_alive: float | None, target: Target | None = None) -> Loaded:
+        if target is None:
+            target = await asyncio.to_thread(self.resolve, name)
+        target = target.base()
         n_ctx, need = await self._need(target)
         loop = asyncio.get_running_loop()
         deadline = None

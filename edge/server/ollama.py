@@ -356,16 +356,22 @@ def show(body: ShowRequest, request: Request):
     name = body.model or body.name
     if not name:
         raise BadRequestError("send the model name in `model`", param="model")
-    path, fmt, modified = _locate(state, name)
+    t = state.models.resolve(name)  # ModelNotFoundError names what is available
+    path, fmt, modified = t.path, "onnx" if t.path.is_dir() else "gguf", t.modified
     facts = _facts(state, path, fmt)
     params = "\n".join(f"stop {json.dumps(s)}" for s in _stop_tokens(state, path))
+    modelfile, details, info = f"# edge serves this file as is\nFROM {path}\n", catalog.details(facts), facts.model_info
+    if t.adapter is not None:  # Ollama's Modelfile spelling: FROM the base, ADAPTER the LoRA
+        modelfile += f"ADAPTER {t.adapter}\n"
+        details = {**details, "parent_model": t.base_name or ""}
+        info = {**info, "adapter.base": t.base_name, "adapter.file": str(t.adapter), "adapter.scale": t.adapter_scale}
     return JSONResponse(
         {
-            "modelfile": f"# edge serves this file as is\nFROM {path}\n",
+            "modelfile": modelfile,
             "parameters": params,
             "template": facts.chat_template or "",
-            "details": catalog.details(facts),
-            "model_info": facts.model_info,
+            "details": details,
+            "model_info": info,
             "capabilities": catalog.capabilities(facts),
             "tool_format": catalog.tool_format(facts),
             "modified_at": catalog.rfc3339(modified),
@@ -431,11 +437,6 @@ def _model_row(state: ServerState, name: str, path: Path, fmt: str, size: int, m
 def _facts(state: ServerState, path: Path, fmt: str) -> catalog.FileFacts:
     info = state.models.loaded_info(path)
     return catalog.facts_from_info(info) if info is not None else catalog.facts_from_file(path, fmt)
-
-
-def _locate(state: ServerState, name: str) -> tuple[Path, str, float]:
-    t = state.models.resolve(name)  # ModelNotFoundError names what is available
-    return t.path, "onnx" if t.path.is_dir() else "gguf", t.modified
 
 
 def _stop_tokens(state: ServerState, path: Path) -> list[str]:

@@ -200,6 +200,32 @@ def unpack(
         console.print(f"wrote {path}")
 
 
+@app.command()
+def adapter(
+    peft_dir: Path = typer.Argument(..., help="PEFT LoRA folder (adapter_config.json, adapter_model.safetensors)."),
+    base: Path = typer.Option(..., "--base", help="The base model: Hugging Face folder or GGUF file."),
+    out: Path = typer.Option(..., "--out", "-o", help="GGUF adapter file to write (with --merge: output folder)."),
+    out_type: str = typer.Option(
+        "f32", "--type", "-t", help="LoRA tensors: f32, f16, bf16. With --merge: any convert type list (q4_k_m,q8_0)."
+    ),
+    merge: bool = typer.Option(False, "--merge", help="Write the base model with the adapter merged instead."),
+    name: str | None = typer.Option(None, help="With --merge: base name of the outputs."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary line."),
+) -> None:
+    """Convert a PEFT LoRA adapter to a GGUF adapter for llama.cpp, checked against its base model."""
+    from quantize.adapter import convert_adapter, merge_adapter
+
+    if merge:
+        for m in merge_adapter(peft_dir, base, out_type, out, name=name, force=force, quiet=True):
+            if not quiet:
+                console.print(f"wrote {m.path} ({m.type}, {_size(m.size_bytes)})")
+        return
+    r = convert_adapter(peft_dir, base, out, out_type=out_type, force=force)
+    if not quiet:
+        console.print(f"wrote {r.path}: {r.tensors} tensors, rank {r.rank}, alpha {r.alpha:g} ({r.seconds:.1f} s)")
+
+
 from quantize.cli.plan import plan_command  # noqa: E402 - `edge-quantize plan`: memory/speed per type on a profile
 
 app.command("plan")(plan_command)

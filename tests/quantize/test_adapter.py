@@ -1,0 +1,188 @@
+"""`edge-quantize adapter`: PEFT LoRA -> GGUF adapter, against llama.cpp's convert_lora_to_gguf.py.
+
+Tiny random adapters on the tiny checkpoints of Llama-3 (q/k permutation), Phi-3 (fused qkv and
+gate_up) and Gemma-3; llama.cpp's converter on the same folders is the oracle (tensor for tensor).
+Bad input is refused with a clear error and leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import BadRequestError, ModelFormatError, NotFoundError
+from edge.formats.validate import validate_gguf_adapter
+from quantize.adapter import convert_adapter
+from tests.support.lora import LLAMA_LINEARS, PHI3_LINEARS, gguf_tensors, oracle_convert, random_adapter
+
+TARGETS = {"llama3": LLAMA_LINEARS, "phi3": PHI3_LINEARS, "gemma3": LLAMA_LINEARS}
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_checkpoint, tmp_path_factory):
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = random_adapter(tiny_checkpoint(kind), tmp_path_factory.mktemp(f"peft-{kind}"), TARGETS[kind])
+        return cache[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", ["llama3", "phi3", "gemma3"])
+def test_adapter_equals_llama_cpp_converter(kind, adapters, tiny_checkpoint, tiny_gguf, tmp_path):
+    peft_dir, base = adapters(kind), tiny_checkpoint(kind)
+    ref, ref_kv = gguf_tensors(oracle_convert(peft_dir, base, tmp_path / "ref.gguf"))
+    for name, base_arg in (("hf", base), ("gguf", tiny_gguf(kind, "f32"))):
+        out = convert_adapter(peft_dir, base_arg, tmp_path / f"{name}.gguf").path
+        ours, kv = gguf_tensors(out)
+        assert sorted(ours) == sorted(ref), name
+        for t in ref:
+            assert ours[t].shape == ref[t].shape, t
+            np.testing.assert_array_equal(ours[t], ref[t], err_msg=f"{name}: {t}")
+        for key in ("general.architecture", "general.type", "adapter.type", "adapter.lora.alpha"):
+            assert kv[key] == ref_kv[key], key
+        summary = validate_gguf_adapter(out, tiny_gguf(kind, "f32"))
+        assert (summary.rank, summary.n_pairs) == (4, len(ref) // 2)
+
+
+def test_lora_b_rows_of_q_and_k_are_permuted(adapters, tiny_checkpoint, tmp_path):
+    """The permutation is what makes q/k differ from PEFT's layout (v is stored as it is)."""
+    from quantize.checkpoint import Checkpoint, read_header
+
+    peft_dir = adapters("llama3")
+    ours, _ = gguf_tensors(convert_adapter(peft_dir, tiny_checkpoint("llama3"), tmp_path / "a.gguf").path)
+    src = Checkpoint(read_header(peft_dir / "adapter_model.safetensors"))
+    q = src.load("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")
+    v = src.load("base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight")
+    assert not np.array_equal(ours["blk.0.attn_q.weight.lora_b"], q)
+    np.testing.assert_array_equal(ours["blk.0.attn_v.weight.lora_b"], v)
+
+
+def _copy(peft_dir: Path, dst: Path, **config) -> Path:
+    shutil.copytree(peft_dir, dst)
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    cfg.update(config)
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_rslora_scale_is_folded_into_lora_b(adapters, tiny_checkpoint, tmp_path):
+    peft_dir = adapters("llama3")
+    plain, _ = gguf_tensors(convert_adapter(peft_dir, tiny_checkpoint("llama3"), tmp_path / "a.gguf").path)
+    rs = _copy(peft_dir, tmp_path / "rs", use_rslora=True)
+    folded, _ = gguf_tensors(convert_adapter(rs, tiny_checkpoint("llama3"), tmp_path / "b.gguf").path)
+    # PEFT: alpha / sqrt(r) = 4; llama.cpp: alpha / r = 2 -> lora_b twice as large
+    np.testing.assert_allclose(folded["blk.1.ffn_up.weight.lora_b"], 2 * plain["blk.1.ffn_up.weight.lora_b"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "says"),
+    [
+        ({"r": "eight"}, BadRequestError, "r is 'eight'"),
+        ({"lora_alpha": None}, BadRequestError, "lora_alpha"),
+        ({"target_modules": ["q_proj", "c_attn"]}, ModelFormatError, "c_attn"),
+        ({"use_dora": True}, ModelFormatError, "DoRA"),
+        ({"r": 16}, ModelFormatError, "rank 4"),
+    ],
+)
+def test_bad_adapter_config_is_refused_and_nothing_written(edit, error, says, adapters, tiny_checkpoint, tmp_path):
+    bad = _copy(adapters("llama3"), tmp_path / "bad", **edit)
+    with pytest.raises(error, match=says):
+        convert_adapter(bad, tiny_checkpoint("llama3"), tmp_path / "out.gguf")
+    assert list(tmp_path.glob("*.gguf")) == [] and not any(p.name.startswith(".edge-tmp") for p in tmp_path.iterdir())
+
+
+def test_missing_config_and_another_base_are_refused(adapters, tiny_checkpoint, tmp_path):
+    bad = _copy(adapters("llama3"), tmp_path / "bad")
+    (bad / "adapter_config.json").unlink()
+    with pytest.raises(NotFoundError, match="adapter_config.json"):
+        convert_adapter(bad, tiny_checkpoint("llama3"), tmp_path / "out.gguf")
+    with pytest.raises(ModelFormatError, match="another base model"):  # same layer names, other shapes
+        convert_adapter(adapters("llama3"), tiny_checkpoint("gemma3"), tmp_path / "out.gguf")
+    with pytest.raises(ModelFormatError, match="not layers of phi3"):
+        convert_adapter(adapters("llama3"), tiny_checkpoint("phi3"), tmp_path / "out.gguf")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_trained_embeddings_and_tied_lm_head_are_refused_with_the_reason(tiny_checkpoint, tmp_path):
+    base = tiny_checkpoint("llama3-tied")
+    saved = random_adapter(base, tmp_path / "m2s", ["q_proj"], modules_to_save=["lm_head"])
+    with pytest.raises(ModelFormatError, match="modules_to_save"):
+        convert_adapter(saved, base, tmp_path / "a.gguf")
+    embed = random_adapter(base, tmp_path / "emb", ["q_proj", "embed_tokens"])
+    with pytest.raises(ModelFormatError, match="token embeddings"):
+        convert_adapter(embed, base, tmp_path / "b.gguf")
+    head = random_adapter(base, tmp_path / "head", ["q_proj", "lm_head"])
+    with pytest.raises(ModelFormatError, match="ties its output"):
+        convert_adapter(head, base, tmp_path / "c.gguf")
+    assert list(tmp_path.glob("*.gguf")) == []
+
+
+def test_lm_head_lora_on_an_untied_base_converts_like_llama_cpp(tiny_checkpoint, tmp_path):
+    base = tiny_checkpoint("llama3")
+    head = random_adapter(base, tmp_path / "head", ["v_proj", "lm_head"])
+    ours, _ = gguf_tensors(convert_adapter(head, base, tmp_path / "a.gguf").path)
+    ref, _ = gguf_tensors(oracle_convert(head, base, tmp_path / "ref.gguf"))
+    assert "output.weight.lora_b" in ours and sorted(ours) == sorted(ref)
+    for t in ref:
+        np.testing.assert_array_equal(ours[t], ref[t])
+
+
+def test_validator_refuses_malformed_adapters(adapters, tiny_checkpoint, tiny_gguf, tmp_path):
+    good = convert_adapter(adapters("llama3"), tiny_checkpoint("llama3"), tmp_path / "a.gguf").path
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ModelFormatError, match="truncated"):
+        validate_gguf_adapter(cut)
+    with pytest.raises(ModelFormatError, match="not a LoRA adapter"):
+        validate_gguf_adapter(tiny_gguf("llama3", "f32"))
+    with pytest.raises(ModelFormatError, match="is for a 'llama' model"):
+        validate_gguf_adapter(good, tiny_gguf("phi3", "f32"))
+    with pytest.raises(ModelFormatError, match="another model"):
+        validate_gguf_adapter(good, tiny_gguf("llama2", "f32"))  # MHA: k is larger
+
+
+def test_cli_writes_the_adapter_and_exits_nonzero_on_bad_input(adapters, tiny_checkpoint, tmp_path, capsys):
+    from quantize.cli import main
+
+    out = tmp_path / "a.gguf"
+    with pytest.raises(SystemExit) as done:
+        main(["adapter", str(adapters("phi3")), "--base", str(tiny_checkpoint("phi3")), "-o", str(out), "-q"])
+    assert done.value.code == 0 and validate_gguf_adapter(out).architecture == "phi3"
+    with pytest.raises(SystemExit) as done:
+        main(["adapter", str(tmp_path), "--base", str(tiny_checkpoint("phi3")), "-o", str(tmp_path / "b.gguf")])
+    assert done.value.code == 3 and "adapter_config.json" in capsys.readouterr().err
+    assert not (tmp_path / "b.gguf").exists()
+
+
+def test_merge_equals_peft_merge_and_unload(adapters, tiny_checkpoint, tmp_path):
+    """--merge F32 against PEFT's merge_and_unload saved and converted the ordinary way; and a Q8_0 alongside."""
+    from quantize.adapter import merge_adapter
+    from quantize.convert import convert
+    from tests.support.lora import merged_model
+
+    base, peft_dir = tiny_checkpoint("llama3"), adapters("llama3")
+    ours = {r.type: r.path for r in merge_adapter(peft_dir, base, "f32,q8_0", tmp_path / "ours", quiet=True)}
+    ref_dir = tmp_path / "peft-merged"
+    merged_model(base, peft_dir).save_pretrained(ref_dir, safe_serialization=True)
+    for f in base.iterdir():  # the tokenizer files
+        if not (ref_dir / f.name).exists():
+            shutil.copy(f, ref_dir / f.name)
+    ref = convert(ref_dir, ["f32"], tmp_path / "ref", quiet=True, name="ref")[0].path
+    got, want = gguf_tensors(ours["F32"])[0], gguf_tensors(ref)[0]
+    assert sorted(got) == sorted(want)
+    for t in want:
+        np.testing.assert_allclose(
+            got[t], want[t], rtol=0, atol=1e-5 * max(1.0, float(np.abs(want[t]).max())), err_msg=t
+        )
+    assert not np.array_equal(
+        got["blk.0.attn_q.weight"],
+        gguf_tensors(convert(base, ["f32"], tmp_path / "b", quiet=True, name="b")[0].path)[0]["blk.0.attn_q.weight"],
+    )
+    assert ours["Q8_0"].stat().st_size < ours["F32"].stat().st_size / 3
