@@ -7,7 +7,9 @@ prompt (the template's own `tools` variable, or the generic system message), giv
 `auto`), and reads calls out of the model's text, whole or streamed (`ToolStream`).
 
 tool_choice: `none` sends no tools to the model and no grammar; `auto` lets it answer or call;
-`required` forces at least one call; a named function forces a call of that function.
+`required` forces at least one call; a named function forces exactly one call of that function (as
+vLLM does): a grammar that allowed more lets a small model repeat the call until max_tokens, and a
+reply cut there returns no call.
 """
 
 from __future__ import annotations
@@ -135,6 +137,11 @@ class ToolPlan:
         return self.choice.mode != "none"
 
     @property
+    def many(self) -> bool:
+        """Whether the grammar allows several calls in one reply: parallel_tool_calls, unless one function is named."""
+        return self.parallel and self.choice.name is None
+
+    @property
     def callable(self) -> list[Tool]:
         return [t for t in self.tools if t.name == self.choice.name] if self.choice.name else self.tools
 
@@ -162,7 +169,7 @@ class ToolPlan:
         """SamplingParams fields: grammar, and for a lazy grammar its trigger patterns and tokens."""
         if not self.active:
             return {}
-        fmt, tools, parallel = self.format, self.callable, self.parallel
+        fmt, tools, parallel = self.format, self.callable, self.many
         if isinstance(fmt, Generic):
             return {"grammar": fmt.reply_grammar(tools, parallel, allow_answer=self.choice.mode == "auto")}
         out: dict = {"grammar": fmt.grammar(tools, parallel)}
