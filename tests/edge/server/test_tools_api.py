@@ -73,6 +73,8 @@ def test_required_calls_validate_and_stream_the_same(client):
     assert deltas[0].id and deltas[0].type == "function" and deltas[0].function.name == call.function.name
     assert {d.index for d in deltas} == {0}
     assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+    fragments = [d.function.arguments for d in deltas[1:] if d.function.arguments]
+    assert len(fragments) >= 3, fragments  # sent as the model writes them, not in one piece at the end
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
