@@ -21,55 +21,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the firmware example's tools
 import common
 import httpx
 import servers
 from common import Row, console, median
 
+from firmware.kiosk import robot_tools
+
 ANCHOR = "llama-server --jinja"
 CTX = 2048
 REQUESTS_PER_ROUND = 5
+# The robot's own three functions (the firmware example's), and two more to make a 5-tool set.
 TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "drive",
-            "description": "Drive the robot by x and y metres",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "x": {"type": "number"},
-                    "y": {"type": "number"},
-                    "speed": {"type": "string", "enum": ["slow", "normal", "fast"]},
-                },
-                "required": ["x", "y"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "grip",
-            "description": "Open or close the gripper",
-            "parameters": {
-                "type": "object",
-                "properties": {"action": {"type": "string", "enum": ["open", "close"]}},
-                "required": ["action"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "say",
-            "description": "Say a short sentence",
-            "parameters": {
-                "type": "object",
-                "properties": {"text": {"type": "string", "maxLength": 60}},
-                "required": ["text"],
-            },
-        },
-    },
+    *robot_tools.TOOLS,
     {
         "type": "function",
         "function": {
@@ -142,8 +107,12 @@ def _is_json(text: str) -> bool:
         return False
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def server_round(kind: str, model: Path, fig: dict, n_requests: int) -> None:
-    run = servers.start(kind, model, parallel=1, ctx=CTX)
+    env = {"PYTHONPATH": str(REPO)} if kind == "ours" else None  # `edge serve` from this tree
+    run = servers.start(kind, model, parallel=1, ctx=CTX, env=env)
     try:
         with httpx.Client(timeout=300) as http:
             first, ok, _ = one_call(http, run, TASKS[0])
