@@ -305,3 +305,28 @@ def test_tool_message_must_answer_a_call():
     with pytest.raises(BadRequestError, match="call_404"):
         plan.messages(bad)
     assert plan.messages(HISTORY)[-1]["content"].startswith('{"tool_response"')
+
+
+def test_too_large_a_grammar_is_refused_before_every_tool_is_built(monkeypatch):
+    """Grammar building is bounded: the size is checked after each tool, so 128 tools of ~70 KB of
+    grammar each stop at the 8th, not after all of them."""
+    from edge.engine import grammar
+
+    big = {
+        "type": "object",
+        "properties": {f"p{j}": {"type": "string", "enum": [f"v{j}_{k}" for k in range(500)]} for j in range(7)},
+    }
+    tools = [{"type": "function", "function": {"name": f"t{i}", "parameters": big}} for i in range(128)]
+    built = []
+    real = grammar._converter
+
+    def counting():
+        conv = real()
+        resolve = conv.resolve_refs
+        conv.resolve_refs = lambda schema, url: built.append(url) or resolve(schema, url)
+        return conv
+
+    monkeypatch.setattr(grammar, "_converter", counting)
+    with pytest.raises(BadRequestError, match="over 524288 characters") as err:
+        ToolPlan.build(None, tools, "required", True).sampling(lambda text: [7])
+    assert err.value.param == "tools" and len(built) < 16
