@@ -174,6 +174,10 @@ def start(
     except BaseException:
         common.stop(proc)
         raise
+    if isinstance(kind, EdgeServer):
+        # `edge serve MODEL` lists the whole store in /v1/models (bundled models included, in name
+        # order); the file it serves answers to its name without the extension.
+        run.model_id = model.stem
     return run
 
 
