@@ -1,14 +1,16 @@
 """Log probabilities: what they cost, what they leave alone, and whether they match llama-server's.
 
-    python bench/logprobs.py speed  [--ref main] [--model smollm2|gemma3] [--rounds 6]
+    python bench/logprobs.py speed  [--model smollm2|gemma3] [--rounds 6] [--ref GIT_REF]
     python bench/logprobs.py oracle [--model smollm2|gemma3] [--tokens 32]
 
-`speed`: tokens/s of 128-token greedy completions (one client, /v1/completions, ignore_eos) of
-`edge serve` from this tree against `edge serve` from a git ref (its files exported with
-`git archive`, run with the same venv), logprobs OFF on both: the plain path must stay as fast
-(goal >= 0.98x). A third server, this tree again, answers the same requests with `logprobs: 5`:
-the price a client pays when it asks (no goal). A fresh server per round, order rotated, ratio
-of the medians and median of the per-round ratios, as bench/serve_ab.py does.
+`speed`: tokens/s of 128-token greedy completions (one client, /v1/completions, ignore_eos, no
+tools, no logprobs) of `edge serve` from this tree against llama-server on the same file, in the
+same run, as bench/serve_ab.py measures it: a fresh server per round, order rotated, 4 samples each,
+the ratio of the medians and the median of the per-round ratios. That ratio is then set against the
+one README.md's Benchmarks table records for the same measure before tools and logprobs existed
+(`--recorded`): the plain path must keep it (goal: now / recorded >= 0.98). Also measured: this tree
+answering with `logprobs: 5` (the price a client pays when it asks; no goal), and with `--ref`,
+`edge serve` from a git ref (its files exported with `git archive`, same venv) as a second baseline.
 
 `oracle`: the same file and prompt, greedy, against llama-server's own `/completion` with
 `n_probs` (its default reports the softmax of the raw logits, `post_sampling_probs` off, as we
@@ -24,10 +26,10 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import client
 import common
 import httpx
 import servers
@@ -37,56 +39,14 @@ from serve import CTX, N_TOKENS, count_prompt
 REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-3
 ORACLE_PROMPT = "The capital of France is Paris. The capital of Germany is"
-SPEED_KINDS = ["this", "ref", "this+logprobs"]
-
-
-class TreeServer(servers.ServerKind):
-    """`edge serve` from a source tree (PYTHONPATH), with this venv."""
-
-    def __init__(self, name: str, tree: Path, extra: dict):
-        super().__init__(name, "/health", extra)
-        self.tree = tree
-
-    def command(self, model, port, parallel, ctx):
-        return [
-            sys.executable,
-            "-c",
-            "import sys; sys.argv[0] = 'edge'; from edge.cli import main; main()",
-            "serve",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--parallel",
-            str(parallel),
-            "--ctx",
-            str(ctx),
-            "--threads",
-            str(servers.THREADS),
-        ]
-
-
-def start(kind: servers.ServerKind, model: Path, env: dict | None = None) -> servers.Running:
-    port = common.free_port()
-    log = common.work_dir() / "logs" / f"logprobs-{kind.name}-{port}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(kind.command(model, port, 1, CTX), stdout=out, stderr=subprocess.STDOUT, env=env)
-    run = servers.Running(kind, proc, f"http://127.0.0.1:{port}", started, log=log)
-    try:
-        servers._wait_ready(run, 120)
-    except BaseException:
-        common.stop(proc)
-        raise
-    return run
+# ours / llama-server, 1 client, 128-token completions, as README.md's Benchmarks table records them
+RECORDED = {"smollm2": 1.03, "gemma3": 1.03}
+PLAIN = {"ignore_eos": True}
 
 
 def tree_env(tree: Path) -> dict:
-    import os
-
-    return dict(os.environ, PYTHONPATH=str(tree), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    """`edge serve` imports the package from `tree` (PYTHONPATH comes before the venv's editable install)."""
+    return {"PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
 
 
 def export_ref(ref: str, into: Path) -> Path:
@@ -100,53 +60,67 @@ def export_ref(ref: str, into: Path) -> Path:
     return tree
 
 
-def tps(run: servers.Running, prompt: str) -> float:
-    body = {"model": run.model_id or "default", "prompt": prompt, "max_tokens": N_TOKENS, "temperature": 0.0}
-    body.update(run.kind.extra)
-    t0 = time.perf_counter()
-    r = httpx.post(run.url("/v1/completions"), json=body, timeout=300)
-    seconds = time.perf_counter() - t0
-    r.raise_for_status()
-    n = r.json()["usage"]["completion_tokens"]
-    if n != N_TOKENS:
-        console.log(f"[yellow]{run.kind.name} generated {n} tokens, not {N_TOKENS}[/]")
-    return n / seconds
+def samples(run: servers.Running) -> list[float]:
+    """Wall tokens/s of 4 completions after one warm-up (bench/serve_ab.py's tps measure)."""
+    client.complete(run, count_prompt(3), 8)
+    out = []
+    for i in range(4):
+        done = client.complete(run, count_prompt(10 + 7 * i), N_TOKENS)
+        if done.completion_tokens != N_TOKENS:
+            console.log(f"[yellow]{run.kind.name} generated {done.completion_tokens} tokens, not {N_TOKENS}[/]")
+        out.append(done.wall_tps)
+    return out
 
 
 def speed(args) -> int:
     model = common.bundled_model(args.model)
+    if not common.anchor_binary("llama-server", required=False):
+        raise SystemExit("llama-server is not built: python bench/anchors.py")
     with tempfile.TemporaryDirectory(prefix="edge-ref-") as tmp:
-        ref_tree = export_ref(args.ref, Path(tmp))
-        kinds = {
-            "this": (TreeServer("this", REPO, {"ignore_eos": True}), tree_env(REPO)),
-            "ref": (TreeServer("ref", ref_tree, {"ignore_eos": True}), tree_env(ref_tree)),
-            "this+logprobs": (TreeServer("this+logprobs", REPO, {"ignore_eos": True, "logprobs": 5}), tree_env(REPO)),
+        kinds: dict[str, tuple[servers.ServerKind, dict]] = {
+            "this": (servers.EdgeServer("this", "/health", PLAIN), tree_env(REPO)),
+            "llama-server": (servers.KINDS["llama-server"], {}),
+            "this+logprobs": (servers.EdgeServer("this+logprobs", "/health", {**PLAIN, "logprobs": 5}), tree_env(REPO)),
         }
-        got: dict[str, list[float]] = {k: [] for k in SPEED_KINDS}
-        paired = []
+        if args.ref:
+            kinds["ref"] = (servers.EdgeServer("ref", "/health", PLAIN), tree_env(export_ref(args.ref, Path(tmp))))
+        names = list(kinds)
+        got: dict[str, list[float]] = {k: [] for k in names}
+        paired: dict[str, list[float]] = {k: [] for k in names if k != "llama-server"}
         load = [common.warn_if_busy()]
         for r in range(args.rounds):
             this = {}
-            order = SPEED_KINDS[r % 3 :] + SPEED_KINDS[: r % 3]
-            for name in order:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 kind, env = kinds[name]
-                run = start(kind, model, env)
+                run = servers.start(kind, model, parallel=1, ctx=CTX, env=env)
                 try:
-                    tps(run, count_prompt(3))  # warm up
-                    xs = [tps(run, count_prompt(10 + 7 * i)) for i in range(4)]
+                    xs = samples(run)
                 finally:
                     common.stop(run.proc)
                 got[name] += xs
                 this[name] = median(xs)
                 console.log(f"  {name:14s} round {r + 1}: " + " ".join(f"{x:.1f}" for x in xs))
-            paired.append(this["this"] / this["ref"])
+            for name in paired:
+                paired[name].append(this[name] / this["llama-server"])
         load.append(common.warn_if_busy())
-    a, b, c = (median(got[k]) for k in SPEED_KINDS)
+    med = {k: median(v) for k, v in got.items()}
+    ratio, recorded = med["this"] / med["llama-server"], args.recorded or RECORDED[args.model]
     console.print(
-        f"{args.model} logprobs off: this {a:.1f} t/s vs {args.ref} {b:.1f} t/s = {a / b:.3f}x "
-        f"(median of per-round ratios {median(paired):.3f}x; goal >= 0.98x); "
-        f"with logprobs 5: {c:.1f} t/s = {c / a:.3f}x of off"
+        f"{args.model}, logprobs and tools absent: this {med['this']:.1f} t/s vs llama-server "
+        f"{med['llama-server']:.1f} t/s = {ratio:.3f}x (median of per-round ratios {median(paired['this']):.3f}x; "
+        f"{' '.join(f'{p:.2f}' for p in paired['this'])}); recorded {recorded:.2f}x: now/recorded "
+        f"{ratio / recorded:.3f} (per-round {median(paired['this']) / recorded:.3f}; goal >= 0.98)"
     )
+    console.print(
+        f"with logprobs 5: {med['this+logprobs']:.1f} t/s = {med['this+logprobs'] / med['this']:.3f}x of off "
+        f"(per-round vs llama-server {median(paired['this+logprobs']):.3f}x)"
+    )
+    if args.ref:
+        console.print(
+            f"{args.ref}: {med['ref']:.1f} t/s; this/ref {med['this'] / med['ref']:.3f}x "
+            f"(per-round ratios vs llama-server: this {median(paired['this']):.3f}, ref {median(paired['ref']):.3f})"
+        )
+    console.print(f"load average before/after: {load}")
     return 0
 
 
@@ -155,7 +129,7 @@ def oracle(args) -> int:
     if not common.anchor_binary("llama-server", required=False):
         raise SystemExit("llama-server is not built: python bench/anchors.py")
     body = {"prompt": ORACLE_PROMPT, "temperature": 0.0, "max_tokens": args.tokens}
-    ours_run = start(TreeServer("ours", REPO, {}), model, tree_env(REPO))
+    ours_run = servers.start(servers.EdgeServer("ours", "/health"), model, parallel=1, ctx=CTX, env=tree_env(REPO))
     try:
         body["model"] = ours_run.model_id or "default"
         r = httpx.post(ours_run.url("/v1/completions"), json={**body, "logprobs": 5}, timeout=300)
@@ -186,10 +160,11 @@ def oracle(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="measure", required=True)
-    s = sub.add_parser("speed", help="tokens/s, logprobs off, this tree vs a git ref (and with logprobs on)")
-    s.add_argument("--ref", default="main")
+    s = sub.add_parser("speed", help="tokens/s with logprobs and tools absent, against llama-server in one run")
     s.add_argument("--model", choices=["smollm2", "gemma3"], default="smollm2")
     s.add_argument("--rounds", type=int, default=6)
+    s.add_argument("--recorded", type=float, default=None, help="the recorded ours/llama-server ratio to keep")
+    s.add_argument("--ref", default=None, help="also measure `edge serve` from this git ref")
     o = sub.add_parser("oracle", help="chosen-token logprobs vs llama-server's, greedy, same file and prompt")
     o.add_argument("--model", choices=["smollm2", "gemma3"], default="smollm2")
     o.add_argument("--tokens", type=int, default=32)

@@ -183,23 +183,36 @@ class Running:
         return self.base + path
 
 
-def start(kind_name: str, model: Path, *, parallel: int = 1, ctx: int = 2048, timeout: float = 120) -> Running:
-    """Start a server and return once it answers ready (polled every 5 ms)."""
-    kind = KINDS[kind_name]
+def start(
+    kind_name: str | ServerKind,
+    model: Path,
+    *,
+    parallel: int = 1,
+    ctx: int = 2048,
+    timeout: float = 120,
+    env: dict | None = None,
+) -> Running:
+    """Start a server (a name in KINDS, or a kind) and return once it answers ready (polled every 5 ms).
+    `env`: extra environment variables (e.g. PYTHONPATH to run `edge serve` from another tree)."""
+    kind = KINDS[kind_name] if isinstance(kind_name, str) else kind_name
     port = common.free_port()
-    log = common.work_dir() / "logs" / f"{kind_name}-{port}.log"
+    log = common.work_dir() / "logs" / f"{kind.name.replace(' ', '_')}-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = kind.command(model, port, parallel, ctx)
     with open(log, "wb") as out:
         started = time.perf_counter()
-        env = kind.env() if isinstance(kind, EdgeAtRevision) else _env()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        base = kind.env() if isinstance(kind, EdgeAtRevision) else _env()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**base, **(env or {})})
     run = Running(kind, proc, f"http://127.0.0.1:{port}", started, log=log)
     try:
         _wait_ready(run, timeout)
     except BaseException:
         common.stop(proc)
         raise
+    if isinstance(kind, EdgeServer):
+        # `edge serve MODEL` lists the whole store in /v1/models (bundled models included, in name
+        # order); the file it serves answers to its name without the extension.
+        run.model_id = model.stem
     return run
 
 

@@ -1,75 +1,47 @@
-"""Benchmark (issue 12): time to a complete tool call, `edge serve` against `llama-server --jinja`.
+"""Benchmark: time to a complete tool call, `edge serve` against `llama-server --jinja`.
 
-    python bench/tools.py [--quick] [--rounds N] [--json]
+    python bench/tools.py [--quick] [--rounds N] [--own-template] [--json]
 
 The same request to both servers, one after the other in an order that rotates each round, on the
-same SmolLM2 Q4_1 file with 2 threads, over HTTP on loopback: /v1/chat/completions with a 5-tool
+same SmolLM2 Q4_1 weights with 2 threads, over HTTP on loopback: /v1/chat/completions with a 5-tool
 set, tool_choice "required", parallel_tool_calls false, temperature 0, non-streamed. Measured:
 client wall time from sending the request to having the whole reply (a complete call), after one
 warm-up request per server process; the first request (grammar and prompt both cold) is reported
 apart. Each reply is checked: a call of a known tool whose arguments parse as JSON (llama-server's
 calls are counted even when they do not validate, ours must validate; both are reported).
 Goal: ours/llama-server <= 1.0 on the median.
+
+SmolLM2's own template has no tools, and llama-server's template analysis then drops `tools`
+altogether (no tools in the prompt, no grammar, plain text back), so there would be no call to
+time. Both servers therefore serve a copy of the file whose chat template is Qwen 2.5's (ChatML
+like SmolLM2's, with tools: the `<tool_call>` format), written once with gguf's
+gguf_new_metadata; `--own-template` keeps SmolLM2's (ours answers in the generic format).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # the firmware example's tools, the templates
 import common
 import httpx
 import servers
 from common import Row, console, median
 
+from firmware.kiosk import robot_tools
+
 ANCHOR = "llama-server --jinja"
 CTX = 2048
 REQUESTS_PER_ROUND = 5
+# The robot's own three functions (the firmware example's), and two more to make a 5-tool set.
 TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "drive",
-            "description": "Drive the robot by x and y metres",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "x": {"type": "number"},
-                    "y": {"type": "number"},
-                    "speed": {"type": "string", "enum": ["slow", "normal", "fast"]},
-                },
-                "required": ["x", "y"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "grip",
-            "description": "Open or close the gripper",
-            "parameters": {
-                "type": "object",
-                "properties": {"action": {"type": "string", "enum": ["open", "close"]}},
-                "required": ["action"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "say",
-            "description": "Say a short sentence",
-            "parameters": {
-                "type": "object",
-                "properties": {"text": {"type": "string", "maxLength": 60}},
-                "required": ["text"],
-            },
-        },
-    },
+    *robot_tools.TOOLS,
     {
         "type": "function",
         "function": {
@@ -142,8 +114,31 @@ def _is_json(text: str) -> bool:
         return False
 
 
+REPO = Path(__file__).resolve().parent.parent
+QWEN_TEMPLATE = "Qwen-Qwen2.5-7B-Instruct.jinja"
+
+
+def with_tool_template(model: Path) -> Path:
+    """A copy of `model` whose chat template is Qwen 2.5's (from the llama-cpp-python sdist), made once."""
+    from tests.support.templates import template_dir
+
+    out = common.work_dir() / "tools" / f"{model.stem}.qwen25-template.gguf"
+    if out.is_file():
+        return out
+    folder, why = template_dir()
+    if folder is None:
+        raise SystemExit(f"the sdist's chat templates are not available ({why}); run with --own-template")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    cmd = [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(model), str(tmp)]
+    subprocess.run([*cmd, "--chat-template-file", str(folder / QWEN_TEMPLATE), "--force"], check=True)
+    tmp.replace(out)
+    return out
+
+
 def server_round(kind: str, model: Path, fig: dict, n_requests: int) -> None:
-    run = servers.start(kind, model, parallel=1, ctx=CTX)
+    env = {"PYTHONPATH": str(REPO)} if kind == "ours" else None  # `edge serve` from this tree
+    run = servers.start(kind, model, parallel=1, ctx=CTX, env=env)
     try:
         with httpx.Client(timeout=300) as http:
             first, ok, _ = one_call(http, run, TASKS[0])
@@ -153,6 +148,7 @@ def server_round(kind: str, model: Path, fig: dict, n_requests: int) -> None:
                 fig.setdefault(("call", kind), []).append(wall)
                 fig.setdefault(("complete", kind), []).append(1.0 if ok else 0.0)
                 fig.setdefault(("tokens", kind), []).append(n)
+                fig.setdefault(("per token", kind), []).append(1000 * wall / max(n, 1))
         console.log(
             f"  {kind:22s} first {first:.2f} s, median {median(fig[('call', kind)][-n_requests:]):.2f} s, "
             f"complete calls {sum(fig[('complete', kind)][-n_requests:]):.0f}/{n_requests}"
@@ -171,6 +167,7 @@ def rows(fig: dict, kinds: list[str]) -> list[Row]:
         Row("first call in a fresh server", "s", med("first call", "ours"), {ANCHOR: med("first call", ANCHOR)}),
         Row("replies with a complete call", "share", med("complete", "ours"), {ANCHOR: med("complete", ANCHOR)}),
         Row("completion tokens per call", "tokens", med("tokens", "ours"), {ANCHOR: med("tokens", ANCHOR)}),
+        Row("wall time per completion token", "ms", med("per token", "ours"), {ANCHOR: med("per token", ANCHOR)}),
     ]
 
 
@@ -179,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one round, 3 requests per server")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per server (default 3, quick 1)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    ap.add_argument("--own-template", action="store_true", help="SmolLM2's own template (llama-server ignores tools)")
     args = ap.parse_args(argv)
     common.exit_cleanly_on_sigterm()
     rounds = args.rounds or (1 if args.quick else 3)
@@ -187,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if ANCHOR not in kinds:
         console.log("[yellow]llama-server is not built (python bench/anchors.py): measuring ours alone[/]")
     model = common.bundled_model("smollm2")
+    model = model if args.own_template else with_tool_template(model)
     load = [common.warn_if_busy()]
     fig: dict = {}
     console.rule(f"SmolLM2-135M Q4_1: a 5-tool request, tool_choice required ({rounds} rounds)")

@@ -15,6 +15,11 @@ Formats (name: what the model writes):
 
 Markers that are control tokens (`<|python_tag|>`, `[TOOL_CALLS]`, `<|tool_call|>`) are not part of
 the text the server returns, so parsing accepts the calls with or without them.
+
+While a reply streams, `parse(..., final=False)` also gives the call being written (`Partial`: its
+name, and where its arguments begin), so that they can be sent as they grow. A call's `text` is its
+arguments spelled as `json.dumps` spells them, re-spelled from the model's own text
+(`edge.chat.jsonstream`), so the streamed fragments and the whole reply agree by construction.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from edge.chat.jsonstream import JsonRespeller
 from edge.engine.grammar import schema_grammar
 
 REGISTRY: dict[str, type[ToolFormat]] = {}
@@ -40,16 +46,27 @@ def register(cls: type[ToolFormat]) -> type[ToolFormat]:
 class Call:
     name: str
     arguments: dict
+    text: str | None = None  # the arguments as json.dumps(ensure_ascii=False) spells them, from the model's text
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A call being written: its name is complete; its arguments start at text[args_at] (-1: not yet)."""
+
+    name: str
+    args_at: int
 
 
 @dataclass
 class Parsed:
     """What a model's text holds: text for the user and complete calls. `pending`: text that may still
-    become a call (held back while streaming; dropped at the end, so no half call is returned)."""
+    become a call (held back while streaming; dropped at the end, so no half call is returned).
+    `partial`: while streaming, the call being written after `calls`."""
 
     content: str = ""
     calls: list[Call] = field(default_factory=list)
     pending: bool = False
+    partial: Partial | None = None
 
 
 def _json_at(text: str, pos: int) -> tuple[Any, int] | None:
@@ -60,6 +77,32 @@ def _json_at(text: str, pos: int) -> tuple[Any, int] | None:
         return _DECODER.raw_decode(text, pos)
     except (json.JSONDecodeError, RecursionError):
         return None
+
+
+# The head of a call object as the grammars write it (name first, then the arguments); tool names
+# are 1-64 of [A-Za-z0-9_.-] (edge.chat.tools.NAME_RE), so the name needs no unescaping.
+_HEAD = re.compile(r'[ \t\r\n]*\{[ \t\r\n]*"name"[ \t\r\n]*:[ \t\r\n]*"([A-Za-z0-9_.\-]{1,64})"')
+_ARGS = re.compile(r'[ \t\r\n]*,[ \t\r\n]*"(?:arguments|parameters)"[ \t\r\n]*:[ \t\r\n]*')
+
+
+def _partial(text: str, pos: int, names: set[str]) -> Partial | None:
+    """The call whose object starts at text[pos], once its name is written."""
+    m = _HEAD.match(text, pos) if pos >= 0 else None
+    if m is None or m.group(1) not in names:
+        return None
+    a = _ARGS.match(text, m.end())
+    return Partial(m.group(1), a.end() if a else -1)
+
+
+def _args_text(text: str, pos: int, names: set[str]) -> str | None:
+    """The re-spelled arguments object of the complete call at text[pos] (None: not written name first,
+    or not an object)."""
+    p = _partial(text, pos, names)
+    if p is None or p.args_at < 0 or not text.startswith("{", _skip_ws(text, p.args_at)):
+        return None
+    r = JsonRespeller()
+    out = r.feed(text[p.args_at :])
+    return out if r.done else None
 
 
 def _skip_ws(text: str, pos: int) -> int:
@@ -126,8 +169,10 @@ class ToolFormat:
             held = 0 if final else _held(text, self.marker)
             return Parsed(content=text[: len(text) - held], pending=held > 0)
         calls, end, complete = self.read_calls(text, start, names)
-        if not complete:
-            return Parsed(content=text[:start], pending=not final)
+        if not complete:  # `end`: where the call being written starts (-1: none)
+            if final:
+                return Parsed(content=text[:start])
+            return Parsed(content=text[:start], calls=calls, pending=True, partial=_partial(text, end, names))
         rest = text[end:]
         if not final and any(tag.startswith(rest.lstrip(_WS)) for tag in (self.marker, getattr(self, "close", ""))):
             return Parsed(content=text[:start], calls=calls, pending=True)  # another call or the closing tag may follow
@@ -137,7 +182,19 @@ class ToolFormat:
         return text.find(self.marker)
 
     def read_calls(self, text: str, start: int, names: set[str]) -> tuple[list[Call], int, bool]:
+        """(calls, end, True) when the calls from `start` are complete; else (the complete ones, where
+        the next one starts or -1, False)."""
         raise NotImplementedError
+
+    def call_at(self, text: str, pos: int, names: set[str]) -> tuple[Call | None, int] | None:
+        """The call object at text[pos] and where it ends; None if incomplete, (None, end) if not a call."""
+        got = _json_at(text, pos)
+        if got is None:
+            return None
+        call = self.to_call(got[0], names)
+        if call is not None:
+            call = Call(call.name, call.arguments, _args_text(text, pos, names))
+        return call, got[1]
 
     def to_call(self, obj, names: set[str]) -> Call | None:
         if not isinstance(obj, dict) or obj.get("name") not in names:
@@ -149,6 +206,31 @@ class ToolFormat:
             except json.JSONDecodeError:
                 return None
         return Call(obj["name"], args) if isinstance(args, dict) else None
+
+    def read_array(self, text: str, pos: int, names: set[str]) -> tuple[list[Call], int, bool]:
+        """A JSON array of calls at text[pos]: (calls, end, True), or (complete ones, where the next one
+        starts or -1, False). An entry that is not a call of a known tool makes it no calls."""
+        j = _skip_ws(text, pos)
+        if not text.startswith("[", j):
+            return [], -1, False
+        calls: list[Call] = []
+        j += 1
+        while True:
+            e = _skip_ws(text, j)
+            got = self.call_at(text, e, names)
+            if got is None:
+                return calls, e, False
+            call, end = got
+            if call is None:
+                return [], -1, False
+            calls.append(call)
+            k = _skip_ws(text, end)
+            if text.startswith(",", k):
+                j = k + 1
+            elif text.startswith("]", k):
+                return calls, k + 1, True
+            else:
+                return calls, -1, False
 
     # -- history ----------------------------------------------------------------------------------
     def call_for_template(self, call_id: str, name: str, arguments: dict) -> dict:
@@ -169,12 +251,14 @@ class Hermes(ToolFormat):
         calls: list[Call] = []
         pos = start
         while True:
-            got = _json_at(text, pos + len(self.marker))
-            if got is None or (call := self.to_call(got[0], names)) is None:
-                return calls, pos, False
+            body = pos + len(self.marker)
+            got = self.call_at(text, body, names)
+            call = got[0] if got is not None else None
+            if got is None or call is None:
+                return calls, body, False
             pos = _skip_ws(text, got[1])
             if not text.startswith(self.close, pos):
-                return calls, pos, False  # the closing tag is part of the call: cut short, no call
+                return calls, body, False  # the closing tag is part of the call: cut short, no call
             pos += len(self.close)
             calls.append(call)
             nxt = _skip_ws(text, pos)
@@ -222,13 +306,8 @@ class Mistral(_JsonAfterMarker):
         return f'"{self.marker}"? "[" " "? ({call}){more} "]"'
 
     def read_calls(self, text: str, start: int, names: set[str]) -> tuple[list[Call], int, bool]:
-        got = _json_at(text, self.body(text, start))
-        if got is None or not isinstance(got[0], list) or not got[0]:
-            return [], start, False
-        calls = [call for obj in got[0] if (call := self.to_call(obj, names)) is not None]
-        if len(calls) < len(got[0]):  # one entry that is not a call of a known tool: no calls
-            return [], start, False
-        return calls, self.after_array(text, got[1]), True
+        calls, end, complete = self.read_array(text, self.body(text, start), names)
+        return (calls, self.after_array(text, end), True) if complete else (calls, end, False)
 
     def after_array(self, text: str, end: int) -> int:
         return end
@@ -271,11 +350,12 @@ class Llama3Json(_JsonAfterMarker):
         return f'"{self.marker}"? ({call})'
 
     def read_calls(self, text: str, start: int, names: set[str]) -> tuple[list[Call], int, bool]:
-        got = _json_at(text, self.body(text, start))
-        call = self.to_call(got[0], names) if got is not None else None
-        if got is None or call is None:
-            return [], start, False
-        return [call], got[1], True
+        body = self.body(text, start)
+        got = self.call_at(text, body, names)
+        if got is None:
+            return [], body, False
+        call, end = got
+        return ([call], end, True) if call is not None else ([], -1, False)
 
 
 @register
@@ -305,17 +385,27 @@ class Generic(ToolFormat):
         return schema_grammar(schemas, root, param="tools", what="tool parameters")
 
     def parse(self, text: str, names: set[str], final: bool) -> Parsed:
-        if not final:
-            return Parsed(pending=True)  # one JSON document: read once, at the end
+        if not final:  # the calls complete so far and the one being written, or the answer so far
+            m = _GENERIC_CALLS.match(text)
+            if m is None:
+                return Parsed(content=_partial_response(text), pending=True)
+            calls, at, _ = self.read_array(text, m.end(), names)
+            return Parsed(calls=calls, pending=True, partial=_partial(text, at, names))
         got = _json_at(text, 0)
         if got is None or not isinstance(got[0], dict):
             return Parsed(content=_partial_response(text))
         obj = got[0]
         if isinstance(obj.get("response"), str):
             return Parsed(content=obj["response"])
+        m = _GENERIC_CALLS.match(text)
+        if m is not None:  # the grammar's spelling: read in place, so each call keeps its own text
+            calls, _, complete = self.read_array(text, m.end(), names)
+            if complete and calls and len(calls) == len(obj.get("tool_calls") or ()):
+                return Parsed(calls=calls)
         raw = obj.get("tool_calls", [obj["tool_call"]] if "tool_call" in obj else None)
-        calls = [self.to_call(c, names) for c in raw] if isinstance(raw, list) else [None]
-        return Parsed(calls=calls) if calls and all(calls) else Parsed(content="")  # type: ignore[arg-type]
+        found = [self.to_call(c, names) for c in raw] if isinstance(raw, list) else [None]
+        calls = [c for c in found if c is not None]
+        return Parsed(calls=calls) if calls and len(calls) == len(found) else Parsed(content="")
 
     def system_prompt(self, tools: list, required: bool) -> str:
         described = "\n".join(json.dumps(t.as_openai()["function"], ensure_ascii=False) for t in tools)
@@ -326,6 +416,9 @@ class Generic(ToolFormat):
             'to call tools, or {"response": "<your answer>"} to answer the user'
         )
         return f"You can call these tools:\n{described}\n\n{how}."
+
+
+_GENERIC_CALLS = re.compile(r'[ \t\r\n]*\{[ \t\r\n]*"tool_calls"[ \t\r\n]*:')
 
 
 def _partial_response(text: str) -> str:

@@ -7,22 +7,27 @@ prompt (the template's own `tools` variable, or the generic system message), giv
 `auto`), and reads calls out of the model's text, whole or streamed (`ToolStream`).
 
 tool_choice: `none` sends no tools to the model and no grammar; `auto` lets it answer or call;
-`required` forces at least one call; a named function forces a call of that function.
+`required` forces at least one call; a named function forces exactly one call of that function (as
+vLLM does): a grammar that allowed more lets a small model repeat the call until max_tokens, and a
+reply cut there returns no call.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.chat.toolformats import Generic, Parsed, ToolFormat, detect_format, mistral_id
+from edge.chat.jsonstream import JsonRespeller
+from edge.chat.toolformats import Call, Generic, Parsed, ToolFormat, detect_format, mistral_id
 from edge.engine.grammar import check_schema
 from edge.errors import BadRequestError
 
+log = logging.getLogger("edge.server")
 MAX_TOOLS = 128
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
@@ -46,10 +51,15 @@ class ToolCall:
     id: str
     name: str
     arguments: dict
+    text: str | None = None  # the arguments re-spelled from the model's text (what streaming sends)
 
     @property
     def arguments_json(self) -> str:
-        return json.dumps(self.arguments, ensure_ascii=False)
+        return self.text if self.text is not None else json.dumps(self.arguments, ensure_ascii=False)
+
+    @classmethod
+    def of(cls, call_id: str, call: Call) -> ToolCall:
+        return cls(call_id, call.name, call.arguments, call.text)
 
 
 def parse_tools(raw: list | None) -> list[Tool]:
@@ -135,6 +145,11 @@ class ToolPlan:
         return self.choice.mode != "none"
 
     @property
+    def many(self) -> bool:
+        """Whether the grammar allows several calls in one reply: parallel_tool_calls, unless one function is named."""
+        return self.parallel and self.choice.name is None
+
+    @property
     def callable(self) -> list[Tool]:
         return [t for t in self.tools if t.name == self.choice.name] if self.choice.name else self.tools
 
@@ -162,7 +177,7 @@ class ToolPlan:
         """SamplingParams fields: grammar, and for a lazy grammar its trigger patterns and tokens."""
         if not self.active:
             return {}
-        fmt, tools, parallel = self.format, self.callable, self.parallel
+        fmt, tools, parallel = self.format, self.callable, self.many
         if isinstance(fmt, Generic):
             return {"grammar": fmt.reply_grammar(tools, parallel, allow_answer=self.choice.mode == "auto")}
         out: dict = {"grammar": fmt.grammar(tools, parallel)}
@@ -179,35 +194,93 @@ class ToolPlan:
         return self.format.parse(text, self.names, final)
 
     def calls(self, parsed: Parsed) -> list[ToolCall]:
-        return [ToolCall(self.new_id(), c.name, c.arguments) for c in parsed.calls]
+        return [ToolCall.of(self.new_id(), c) for c in parsed.calls]
+
+
+@dataclass
+class _Open:
+    """The call being written while streaming: what of its arguments went out."""
+
+    index: int
+    id: str
+    name: str
+    args_at: int = -1  # where its arguments start in the text; -1 while not written
+    fed: int = 0  # text read into `spell` so far
+    spell: JsonRespeller = field(default_factory=JsonRespeller)
+    sent: str = ""  # the arguments text sent so far
+    held: bool = False  # arguments that are not an object (a JSON string): sent whole at the end
 
 
 class ToolStream:
-    """Feeds streamed text; yields ("content", text) and ("call", ToolCall) as they become certain.
-    Text that may still turn into a call is held back; a call is given whole once it is complete."""
+    """Feeds streamed text; returns events as they become certain, in order:
+
+    ("content", text); ("start", index, id, name) once a call's name is written; ("args", index,
+    fragment) as its arguments are written (re-spelled as `json.dumps` spells them, so the fragments
+    add up to the call's `arguments_json`); ("call", index, ToolCall) once the call is complete.
+    Text that may still turn into a call is held back. A reply cut short ends with a call that
+    started but never completed (its `finish_reason` is "length")."""
 
     def __init__(self, plan: ToolPlan):
-        self.plan, self.text, self.sent, self.n_calls = plan, "", 0, 0
+        self.plan, self.text, self.sent = plan, "", 0
         self.calls: list[ToolCall] = []
+        self.open: _Open | None = None
 
-    def feed(self, piece: str) -> list[tuple[str, Any]]:
+    def feed(self, piece: str) -> list[tuple]:
         self.text += piece
         return self._new(self.plan.parse(self.text, final=False))
 
-    def finish(self) -> list[tuple[str, Any]]:
+    def finish(self) -> list[tuple]:
         return self._new(self.plan.parse(self.text, final=True))
 
-    def _new(self, p: Parsed) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
+    def _new(self, p: Parsed) -> list[tuple]:
+        out: list[tuple] = []
         if len(p.content) > self.sent:
             out.append(("content", p.content[self.sent :]))
             self.sent = len(p.content)
-        for c in p.calls[self.n_calls :]:
-            call = ToolCall(self.plan.new_id(), c.name, c.arguments)
-            self.calls.append(call)
-            out.append(("call", call))
-        self.n_calls = max(self.n_calls, len(p.calls))
+        for c in p.calls[len(self.calls) :]:
+            self._complete(c, out)
+        if p.partial is not None and len(p.calls) == len(self.calls):
+            self._grow(p.partial.name, p.partial.args_at, out)
         return out
+
+    def _complete(self, c: Call, out: list[tuple]) -> None:
+        index, opened = len(self.calls), self.open
+        if opened is None or opened.index != index:
+            opened = _Open(index, self.plan.new_id(), c.name)
+            out.append(("start", index, opened.id, c.name))
+        call = ToolCall.of(opened.id, c)
+        rest = call.arguments_json
+        if rest.startswith(opened.sent):
+            rest = rest[len(opened.sent) :]
+        else:  # cannot happen for text the call grammars allow; the stream would not add up
+            log.warning("streamed arguments of %s do not begin its arguments %r", c.name, rest)
+        if rest:
+            out.append(("args", index, rest))
+        self.calls.append(call)
+        self.open = None
+        out.append(("call", index, call))
+
+    def _grow(self, name: str, args_at: int, out: list[tuple]) -> None:
+        index = len(self.calls)
+        if self.open is None:
+            self.open = _Open(index, self.plan.new_id(), name)
+            out.append(("start", index, self.open.id, name))
+        o = self.open
+        if args_at < 0 or o.held:
+            return
+        if o.args_at < 0:
+            o.args_at = o.fed = args_at
+        new = self.text[o.fed :]
+        if not o.sent and not new.strip():
+            return
+        if not o.sent and not new.lstrip().startswith("{"):
+            o.held = True
+            return
+        o.fed = len(self.text)
+        fragment = o.spell.feed(new)
+        if fragment:
+            o.sent += fragment
+            out.append(("args", index, fragment))
 
 
 # -- history --------------------------------------------------------------------------------------

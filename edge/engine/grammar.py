@@ -300,16 +300,22 @@ def schema_grammar(
             raise BadRequestError(
                 f"{what} cannot be turned into a grammar ({type(exc).__name__}: {exc}); simplify it", param=param
             ) from exc
+        # checked after each schema, so that many large ones are refused without building them all
+        _bounded(sum(len(k) + len(v) + 5 for k, v in conv._rules.items()), what, param)
     if root is not None:
         conv._rules["root"] = root(names)
     text = conv.format_grammar()
-    if len(text) > MAX_GRAMMAR_CHARS:
+    _bounded(len(text), what, param)
+    return text
+
+
+def _bounded(size: int, what: str, param: str) -> None:
+    if size > MAX_GRAMMAR_CHARS:
         raise BadRequestError(
-            f"{what} makes a grammar of {len(text)} characters, over the limit of {MAX_GRAMMAR_CHARS}; "
+            f"{what} makes a grammar of over {MAX_GRAMMAR_CHARS} characters; "
             "simplify it (fewer enum values, shorter repetitions)",
             param=param,
         )
-    return text
 
 
 def json_schema_to_gbnf(schema: dict | str, *, param: str = "response_format") -> str:

@@ -175,18 +175,28 @@ async def _respond_tools(run: streaming.Run, stream: bool, request: Request, sta
     return JSONResponse({**_head(state), "message": message, **_final(fin, run, state)})
 
 
+def _tool_messages(events: list[tuple]) -> list[dict]:
+    """Ollama's streamed messages: content as it comes, each call whole once complete (the ollama
+    client reads `arguments` as an object, never in fragments)."""
+    out = []
+    for event in events:
+        if event[0] == "content":
+            out.append(_tool_message(event[1], None))
+        elif event[0] == "call":
+            out.append(_tool_message("", [event[2]]))
+    return out
+
+
 async def _ndjson_tools(run: streaming.Run, state: Lease, plan: ToolPlan) -> AsyncIterator[bytes]:
     """Content as it becomes certain, each call in its own line once complete, then the closing line."""
     events, calls = run.events(), ToolStream(plan)
     try:
         async for ev in events:
             if isinstance(ev, Delta) and ev.text:
-                for kind, value in calls.feed(ev.text):
-                    msg = _tool_message(value, None) if kind == "content" else _tool_message("", [value])
+                for msg in _tool_messages(calls.feed(ev.text)):
                     yield _line({**_head(state), "message": msg, "done": False})
             elif isinstance(ev, Finish):
-                for kind, value in calls.finish():
-                    msg = _tool_message(value, None) if kind == "content" else _tool_message("", [value])
+                for msg in _tool_messages(calls.finish()):
                     yield _line({**_head(state), "message": msg, "done": False})
                 yield _line({**_head(state), "message": _tool_message("", None), **_final(ev, run, state)})
     except Exception as exc:

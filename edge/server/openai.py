@@ -354,16 +354,19 @@ def _reply(text: str, fin: Finish, plan: ToolPlan | None) -> tuple[dict, str]:
 
 
 def _deltas(stream: ToolStream, text: str | None) -> list[dict]:
-    """Stream deltas for new text (None: the end): content, or a call as {id, type, name} then its arguments."""
-    out = []
-    for kind, value in stream.feed(text) if text is not None else stream.finish():
+    """Stream deltas for new text (None: the end): content, or a call as {id, type, name}, then its
+    arguments in fragments as the model writes them."""
+    out: list[dict] = []
+    for event in stream.feed(text) if text is not None else stream.finish():
+        kind = event[0]
         if kind == "content":
-            out.append({"content": value})
-            continue
-        index = next(i for i, c in enumerate(stream.calls) if c is value)
-        head = {"index": index, "id": value.id, "type": "function", "function": {"name": value.name, "arguments": ""}}
-        out.append({"tool_calls": [head]})
-        out.append({"tool_calls": [{"index": index, "function": {"arguments": value.arguments_json}}]})
+            out.append({"content": event[1]})
+        elif kind == "start":
+            _, index, call_id, name = event
+            head = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+            out.append({"tool_calls": [head]})
+        elif kind == "args":
+            out.append({"tool_calls": [{"index": event[1], "function": {"arguments": event[2]}}]})
     return out
 
 

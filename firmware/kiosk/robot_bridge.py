@@ -11,9 +11,11 @@ model without HTTP. One request per line, answered in order:
     out: {"id": 9, "error": "model 'x' is not served here ...", "code": "model_not_found", "done": true}
 
 With "tools" (OpenAI function tools, optionally "tool_choice"), the answer line also carries the
-calls as data, arguments decoded: {"id": 7, "text": null, "tool_calls": [{"id": "call_...",
-"name": "drive", "arguments": {"x": 0.4}}], "done": true}. Such requests are answered whole
-(no "delta" lines). The robot runs the calls and sends the results back as "tool" messages.
+calls as data, arguments decoded, and why the reply ended: {"id": 7, "text": null, "tool_calls":
+[{"id": "call_...", "name": "drive", "arguments": {"x": 0.4}}], "finish_reason": "tool_calls",
+"done": true}. "finish_reason": "length" means max_tokens cut the reply (a call cut short is never
+returned). Such requests are answered whole (no "delta" lines). The robot runs the calls and sends
+the results back as "tool" messages.
 
 A bad line gets an error line and the bridge goes on; EOF ends it (exit 0). Requests are passed
 through firmware.client, so a restarting service (503, refused connection) is retried.
@@ -39,7 +41,9 @@ def handle(client: Client, request: dict, emit) -> None:
     if request.get("tools") and "messages" in request:
         reply = client.chat_reply(request["messages"], tools=request["tools"], **params)
         calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in reply.tool_calls]
-        emit({"id": rid, "text": reply.content, "tool_calls": calls, "done": True})
+        emit(
+            {"id": rid, "text": reply.content, "tool_calls": calls, "finish_reason": reply.finish_reason, "done": True}
+        )
         return
     if "messages" in request:
         call = lambda **kw: client.chat(request["messages"], **params, **kw)  # noqa: E731

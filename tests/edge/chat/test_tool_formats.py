@@ -147,6 +147,15 @@ GOLDEN = [
     ("generic", _j({"response": ARGS2["text"]}), [], ARGS2["text"]),
     # an unknown function is not a call
     ("hermes", '<tool_call>\n{"name": "fly", "arguments": {}}\n</tool_call>', [], ""),
+    # the model's own spelling: blanks, escapes, numbers json.dumps writes otherwise
+    (
+        "generic",
+        '{ "tool_calls": [ {"name": "drive", "arguments": { "speed":3,"mode" : "fast", "waypoints": '
+        '[{"x": 1.50}, {"x":-2E1}]}}, {"name":"say","arguments":{"text": "She said \\"hi\\" \\u2014 '
+        '\\u00fcn\\u00efc\\u00f6d\\u00e9 \\u2713"}} ]}',
+        [("drive", {**ARGS1, "waypoints": [{"x": 1.5}, {"x": -20.0}]}), ("say", ARGS2)],
+        "",
+    ),
 ]
 
 # cut at max_tokens in the middle of a call: no call, only the text before it
@@ -188,9 +197,27 @@ def test_streamed_pieces_give_the_same_calls_and_text(fmt, text, calls, content)
     for i in range(0, len(text), 3):
         events += stream.feed(text[i : i + 3])
     events += stream.finish()
-    assert "".join(v for k, v in events if k == "content") == content
-    got = [(v.name, v.arguments) for k, v in events if k == "call"]
-    assert got == calls and len({v.id for k, v in events if k == "call"}) == len(calls)
+    assert "".join(e[1] for e in events if e[0] == "content") == content
+    done = [e[2] for e in events if e[0] == "call"]
+    assert [(c.name, c.arguments) for c in done] == calls and len({c.id for c in done}) == len(calls)
+    whole = _plan(fmt).parse(text).calls
+    for i, call in enumerate(done):  # start (id, name), then fragments adding up to the whole reply's arguments
+        (start,) = [e for e in events if e[0] == "start" and e[1] == i]
+        assert start[2:] == (call.id, call.name)
+        assert "".join(e[2] for e in events if e[0] == "args" and e[1] == i) == call.arguments_json
+        assert call.arguments_json == json.dumps(whole[i].arguments, ensure_ascii=False) == whole[i].text
+
+
+@pytest.mark.parametrize("fmt,text,calls,content", [g for g in GOLDEN if g[2]])
+def test_arguments_stream_as_they_are_written(fmt, text, calls, content):
+    """Fed a few characters at a time, each call's arguments go out in several fragments, the first
+    long before the call is complete."""
+    stream = ToolStream(_plan(fmt))
+    batches = [stream.feed(text[i : i + 3]) for i in range(0, len(text), 3)] + [stream.finish()]
+    for index in range(len(calls)):
+        fed = [n for n, batch in enumerate(batches) for e in batch if e[0] == "args" and e[1] == index]
+        (done,) = [n for n, batch in enumerate(batches) for e in batch if e[0] == "call" and e[1] == index]
+        assert len(fed) >= 3 and fed[0] < done - 2, (index, fed, done)
 
 
 @pytest.mark.parametrize("fmt", ["hermes", "llama3_json", "mistral", "phi4", "generic"])
@@ -278,3 +305,28 @@ def test_tool_message_must_answer_a_call():
     with pytest.raises(BadRequestError, match="call_404"):
         plan.messages(bad)
     assert plan.messages(HISTORY)[-1]["content"].startswith('{"tool_response"')
+
+
+def test_too_large_a_grammar_is_refused_before_every_tool_is_built(monkeypatch):
+    """Grammar building is bounded: the size is checked after each tool, so 128 tools of ~70 KB of
+    grammar each stop at the 8th, not after all of them."""
+    from edge.engine import grammar
+
+    big = {
+        "type": "object",
+        "properties": {f"p{j}": {"type": "string", "enum": [f"v{j}_{k}" for k in range(500)]} for j in range(7)},
+    }
+    tools = [{"type": "function", "function": {"name": f"t{i}", "parameters": big}} for i in range(128)]
+    built = []
+    real = grammar._converter
+
+    def counting():
+        conv = real()
+        resolve = conv.resolve_refs
+        conv.resolve_refs = lambda schema, url: built.append(url) or resolve(schema, url)
+        return conv
+
+    monkeypatch.setattr(grammar, "_converter", counting)
+    with pytest.raises(BadRequestError, match="over 524288 characters") as err:
+        ToolPlan.build(None, tools, "required", True).sampling(lambda text: [7])
+    assert err.value.param == "tools" and len(built) < 16

@@ -73,6 +73,8 @@ def test_required_calls_validate_and_stream_the_same(client):
     assert deltas[0].id and deltas[0].type == "function" and deltas[0].function.name == call.function.name
     assert {d.index for d in deltas} == {0}
     assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+    fragments = [d.function.arguments for d in deltas[1:] if d.function.arguments]
+    assert len(fragments) >= 3, fragments  # sent as the model writes them, not in one piece at the end
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
@@ -83,6 +85,21 @@ def test_named_function_with_a_nested_schema(client):
     assert len({c.id for c in calls}) == len(calls)
     for c in calls:
         _valid("move", json.loads(c.function.arguments))
+
+
+def test_logprobs_with_tools_streamed_and_not(client):
+    """llama-server refuses logprobs with tools and stream; here every generated token has its entry."""
+    kw = {"tool_choice": "required", "parallel_tool_calls": False, "logprobs": True, "top_logprobs": 2}
+    r = _create(client, **kw)
+    entries = r.choices[0].logprobs.content
+    assert r.choices[0].message.tool_calls and len(entries) == r.usage.completion_tokens
+    assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries)
+
+    chunks = list(_create(client, **kw, stream=True, stream_options={"include_usage": True}))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert deltas and len(streamed) == chunks[-1].usage.completion_tokens
+    assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in streamed)
 
 
 def test_truncated_call_is_length_and_no_call(client):
