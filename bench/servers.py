@@ -28,6 +28,10 @@ class ServerKind:
     def command(self, model: Path, port: int, parallel: int, ctx: int) -> list[str]:
         raise NotImplementedError
 
+    def model_id(self, model: Path, listed: str) -> str:
+        """The `model` field requests carry: by default what /v1/models lists first."""
+        return listed
+
 
 class LlamaServer(ServerKind):
     def command(self, model, port, parallel, ctx):
@@ -73,6 +77,11 @@ class LlamaCppPythonServer(ServerKind):
 
 
 class EdgeServer(ServerKind):
+    def model_id(self, model, listed):
+        # `edge serve MODEL` lists the whole store in /v1/models (bundled models included, in name
+        # order); the file it serves answers to its name without the extension.
+        return model.stem
+
     def launcher(self) -> list[str]:
         return [str(common.venv_script("edge"))]
 
@@ -209,10 +218,7 @@ def start(
     except BaseException:
         common.stop(proc)
         raise
-    if isinstance(kind, EdgeServer):
-        # `edge serve MODEL` lists the whole store in /v1/models (bundled models included, in name
-        # order); the file it serves answers to its name without the extension.
-        run.model_id = model.stem
+    run.model_id = kind.model_id(model, run.model_id)
     return run
 
 

@@ -80,6 +80,9 @@ class _Extra:
     def command(self, model, port, parallel, ctx):
         return self.base.command(model, port, parallel, ctx) + self.args
 
+    def model_id(self, model, listed):
+        return self.base.model_id(model, listed)
+
 
 def register(anchor_spec: list[str]) -> dict[str, str]:
     """The four servers of this benchmark, added to servers.KINDS; returns label -> kind name."""
