@@ -10,7 +10,9 @@ causal embedding models such as e5-mistral or Qwen3-Embedding use). Every vector
 `n_seq_max` sequences (sequence id = position in the call), and read back per sequence with
 `llama_get_embeddings_seq`.
 
-**Same vector alone or in a batch.** An input gives the same vector, bit for bit, whatever else shares
+**Same vector alone or in a batch**, with `exact` (EDGE_EMBED_EXACT=on; it costs about half the
+throughput). Off, as in llama-server, an input alone and in a batch differ by up to ~2e-3 in
+1 - cosine on quantized models. On, an input gives the same vector, bit for bit, whatever else shares
 its call. llama.cpp's arithmetic depends on where a sequence sits in the call and on the call's size:
 its attention sums run in SIMD lanes over the KV cells (or, in an encoder, the call's rows), so an
 input starting at another cell rounds differently, and the CPU flash-attention kernel switches to
@@ -36,12 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from edge.config import parse_switch
 from edge.engine.base import Embeddings
 from edge.errors import BadRequestError, ContextOverflowError, DoesNotFitError, EdgeError, QueueFullError
 from edge.lightimport import llama_module
@@ -98,8 +102,8 @@ def fit_inputs(inputs: list[list[int]], limit: int, *, truncate: bool, keep_last
     return out
 
 
-def align_up(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def align_up(n: int, align: int = ALIGN) -> int:
+    return -(-n // align) * align
 
 
 def plan_batches(lengths: Sequence[int], n_batch: int, n_seqs: int) -> list[list[int]]:
@@ -124,7 +128,23 @@ class LlamaCppEmbedder:
 
     Not thread-safe: `EmbedWorker` runs every call on one thread."""
 
-    def __init__(self, model, *, arch: str, metadata: dict[str, str], encoder: bool, n_ctx: int, n_threads: int):
+    def __init__(
+        self,
+        model,
+        *,
+        arch: str,
+        metadata: dict[str, str],
+        encoder: bool,
+        n_ctx: int,
+        n_threads: int,
+        exact: bool | None = None,
+    ):
+        """`exact`: the same vector alone or in any batch (see the module's docstring); None reads
+        EDGE_EMBED_EXACT (default off: llama.cpp's own arithmetic, about twice as fast)."""
+        if exact is None:
+            exact = parse_switch(os.environ.get("EDGE_EMBED_EXACT", "off"), param="EDGE_EMBED_EXACT")
+        self.exact = exact
+        self.align = ALIGN if exact else 1
         self.model = model
         self.vocab = L.llama_model_get_vocab(model)
         self.encoder = encoder
@@ -133,16 +153,16 @@ class LlamaCppEmbedder:
         n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = n_ctx  # most tokens of one input
         if encoder:
-            self.n_batch = align_up(n_ctx)  # bidirectional attention: an input must sit in one call
+            self.n_batch = align_up(n_ctx, self.align)  # bidirectional attention: an input must sit in one call
         else:
-            self.n_batch = max(MIN_CAUSAL_BATCH, min(n_ctx, LOGITS_BUDGET // (4 * n_vocab))) // ALIGN * ALIGN
+            self.n_batch = max(MIN_CAUSAL_BATCH, min(n_ctx, LOGITS_BUDGET // (4 * n_vocab))) // self.align * self.align
         # an input longer than n_batch is decoded in chunks, which only last-token pooling survives
         self.chunked = not encoder and self.pooling == "last"
         if not self.chunked:
             self.n_ctx = min(self.n_ctx, self.n_batch)
         # sequences in one call: each input takes ALIGN rows or more, and llama.cpp reserves its graph
         # with n_batch / n_seq_max rows per sequence, so n_seq_max divides n_batch
-        n_seq_max = next(d for d in range(min(MAX_SEQS, self.n_batch // ALIGN), 0, -1) if self.n_batch % d == 0)
+        n_seq_max = next(d for d in range(min(MAX_SEQS, self.n_batch // self.align), 0, -1) if self.n_batch % d == 0)
         self.n_seqs = n_seq_max - 1  # inputs in one call
         self.spacer = n_seq_max - 1  # the sequence id of the filler tokens (see the module's docstring)
         self.keep_last = bool(L.llama_vocab_get_add_eos(self.vocab) or L.llama_vocab_get_add_sep(self.vocab))
@@ -160,7 +180,8 @@ class LlamaCppEmbedder:
         params.n_ctx = max(self.n_ctx, self.n_batch)
         params.n_batch = params.n_ubatch = self.n_batch  # one ubatch per call: pooling sees whole inputs
         params.n_seq_max = self.n_seqs + 1  # the inputs and the spacer
-        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED  # see "Same vector" in the module's docstring
+        if self.exact:
+            params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED  # see "Same vector" in the module's docstring
         params.n_threads = params.n_threads_batch = n_threads
         params.no_perf = True
         ctx = L.llama_init_from_model(self.model, params)
@@ -173,7 +194,7 @@ class LlamaCppEmbedder:
     def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         """The pooled (not normalised) vector of each input, each within n_ctx tokens and non-empty."""
         out: list[list[float]] = [[] for _ in inputs]
-        for group in plan_batches([align_up(len(t)) for t in inputs], self.n_batch, self.n_seqs):
+        for group in plan_batches([align_up(len(t), self.align) for t in inputs], self.n_batch, self.n_seqs):
             if len(inputs[group[0]]) > self.n_batch:
                 out[group[0]] = self._embed_long(inputs[group[0]])
                 continue
@@ -204,7 +225,7 @@ class LlamaCppEmbedder:
         b = self.batch
         n = spaced = 0
         for seq, tokens, pos0 in [*entries, (self.spacer, [], 0)]:
-            while aligned and n % ALIGN:  # the spacer's tokens: any valid id, consecutive positions
+            while aligned and n % self.align:  # the spacer's tokens: any valid id, consecutive positions
                 b.token[n], b.pos[n], b.n_seq_id[n], b.logits[n] = entries[0][1][0], spaced, 1, 1
                 b.seq_id[n][0] = self.spacer
                 n, spaced = n + 1, spaced + 1
