@@ -11,6 +11,8 @@ import json
 import threading
 import time
 
+from edge.engine.base import Delta, SamplingParams
+from edge.engine.scheduler import GenerationStream
 from edge.errors import BadRequestError
 
 VOCAB = 1000
@@ -102,3 +104,15 @@ class StatefulFakeBatcher(FakeBatcher):
         self.loads += 1
         self.kv[seq] = json.loads(bytes(state))
         return True
+
+
+async def collect_text(sched, prompt, **params):
+    """Run one greedy request through a scheduler: (its text, its Finish event)."""
+    stream = GenerationStream(sched, sched.submit(prompt, SamplingParams(temperature=0, **params)))
+    text = []
+    async for ev in stream:
+        if isinstance(ev, Delta):
+            text.append(ev.text)
+        else:
+            return "".join(text), ev
+    raise AssertionError("no Finish event")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from edge.engine.base import Adapter, Delta, SamplingParams
-from edge.engine.scheduler import GenerationStream, Scheduler
-from tests.support.fake_backend import StatefulFakeBatcher
+from edge.engine.base import Adapter
+from edge.engine.scheduler import Scheduler
+from tests.support.fake_backend import StatefulFakeBatcher, collect_text
 
 A, B = Adapter("/a.gguf"), Adapter("/b.gguf", 0.5)
 
@@ -30,15 +30,8 @@ class AdapterFake(StatefulFakeBatcher):
         return super().decode(entries)
 
 
-async def run(sched, prompt, adapter, n=6):
-    params = SamplingParams(temperature=0, max_tokens=n, adapter=adapter)
-    stream = GenerationStream(sched, sched.submit(prompt, params))
-    text = []
-    async for ev in stream:
-        if isinstance(ev, Delta):
-            text.append(ev.text)
-        else:
-            return "".join(text), ev
+def run(sched, prompt, adapter, n=6):
+    return collect_text(sched, prompt, max_tokens=n, adapter=adapter)
 
 
 def test_each_decode_holds_one_adapter_and_every_request_finishes():

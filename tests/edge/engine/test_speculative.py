@@ -11,9 +11,9 @@ import pytest
 
 from edge.engine import open_engine
 from edge.engine.base import Delta, Finish, SamplingParams
-from edge.engine.scheduler import GenerationStream, Scheduler
+from edge.engine.scheduler import Scheduler
 from edge.engine.speculative import Drafter, SpecConfig
-from tests.support.fake_backend import FakeBatcher, SpecFakeBatcher
+from tests.support.fake_backend import FakeBatcher, SpecFakeBatcher, collect_text
 
 # ---- the drafter ---------------------------------------------------------------------------------
 
@@ -55,17 +55,6 @@ def test_drafter_grows_shrinks_and_turns_off():
 # ---- the scheduler on a fake backend ---------------------------------------------------------------
 
 
-async def collect(sched, prompt, **params):
-    stream = GenerationStream(sched, sched.submit(prompt, SamplingParams(temperature=0, **params)))
-    text = []
-    async for ev in stream:
-        if isinstance(ev, Delta):
-            text.append(ev.text)
-        else:
-            return "".join(text), ev
-    raise AssertionError("no Finish event")
-
-
 # The fake model continues any token t with t + 1: it answers 8, then "6 7 8" copied from the prompt
 # proposes 9 5 6 7, of which 9 is accepted and 5 rejected (the model says 10).
 COPY_PROMPT = [5, 6, 7, 8, 9, 5, 6, 7]
@@ -77,8 +66,8 @@ def test_fake_output_and_kv_are_those_of_plain_decoding(max_tokens):
     plain = Scheduler(plain_b)
     spec = Scheduler(spec_b, spec=SpecConfig(draft_max=4, draft_start=4))
     try:
-        want = asyncio.run(collect(plain, COPY_PROMPT, max_tokens=max_tokens))
-        got = asyncio.run(collect(spec, COPY_PROMPT, max_tokens=max_tokens))
+        want = asyncio.run(collect_text(plain, COPY_PROMPT, max_tokens=max_tokens))
+        got = asyncio.run(collect_text(spec, COPY_PROMPT, max_tokens=max_tokens))
         assert got[0] == want[0] and got[1].completion_tokens == want[1].completion_tokens == max_tokens
         assert got[1].reason == want[1].reason == "length"
         # the cache holds what plain decoding's holds: rejected positions were dropped (the fake checks
@@ -103,8 +92,8 @@ def test_fake_drafts_stay_within_the_context():
     spec = Scheduler(spec_b, spec=SpecConfig(draft_max=4))
     plain = Scheduler(FakeBatcher(n_ctx=16))
     try:
-        got, fin = asyncio.run(collect(spec, COPY_PROMPT))
-        want, _ = asyncio.run(collect(plain, COPY_PROMPT))
+        got, fin = asyncio.run(collect_text(spec, COPY_PROMPT))
+        want, _ = asyncio.run(collect_text(plain, COPY_PROMPT))
         assert got == want and fin.reason == "length"  # the fake asserts no position passes n_ctx
     finally:
         spec.close()
@@ -117,13 +106,13 @@ def test_no_drafts_while_many_slots_are_busy_or_on_a_backend_that_cannot_verify(
     prompts = [COPY_PROMPT + [i] for i in (5, 6, 7)]  # each one drafts when it runs alone
 
     async def together():
-        return await asyncio.gather(*(collect(sched, p, max_tokens=12) for p in prompts))
+        return await asyncio.gather(*(collect_text(sched, p, max_tokens=12) for p in prompts))
 
     try:
         asyncio.run(together())
         assert sched.stats()["spec_drafted"] == 0  # three busy slots: one token each per step
         for p in prompts:
-            asyncio.run(collect(sched, p, max_tokens=12))
+            asyncio.run(collect_text(sched, p, max_tokens=12))
         assert sched.stats()["spec_accepted"] >= 3
     finally:
         sched.close()
