@@ -24,7 +24,6 @@ an adapted lm_head on a base whose output shares the embedding (llama.cpp would 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -42,6 +41,7 @@ from .archs import get_arch, get_arch_for_gguf
 from .archs.base import ArchSpec, TensorRule
 from .checkpoint import Checkpoint, read_header
 from .gguf_out import OutTensor, to_storage, write_gguf
+from .outputs import read_json_object
 
 T = gguf.MODEL_TENSOR
 Q = gguf.GGMLQuantizationType
@@ -67,12 +67,7 @@ class LoraConfig:
         path = peft_dir / "adapter_config.json"
         if not path.is_file():
             raise NotFoundError(f"{peft_dir} has no adapter_config.json: give the folder PEFT's save_pretrained wrote")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFormatError(f"{path} is not valid JSON ({exc})") from None
-        if not isinstance(d, dict):
-            raise ModelFormatError(f"{path} is not a JSON object")
+        d = read_json_object(path)
         kind = d.get("peft_type", "LORA")
         if kind != "LORA":
             raise ModelFormatError(f"{path}: peft_type {kind!r} is not a LoRA; only LoRA adapters convert")

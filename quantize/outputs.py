@@ -73,6 +73,11 @@ def read_config(src: Path) -> dict[str, Any]:
     path = Path(src) / "config.json"
     if not path.is_file():
         raise NotFoundError(f"{src} has no config.json: is it a Hugging Face checkpoint folder?")
+    return read_json_object(path)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; ModelFormatError says what is wrong with it."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
