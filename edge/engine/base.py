@@ -49,6 +49,7 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, best first (with logprobs)
     adapter: Adapter | None = None  # the LoRA this request runs under (None: the base model)
+    speculate: bool = True  # may draft from its own prompt and output (when the server speculates at all)
 
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI and Ollama bound top_logprobs

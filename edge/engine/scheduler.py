@@ -396,7 +396,7 @@ class Scheduler:
         slot.todo = list(req.prompt[keep:])
         slot.text = AlignedTextStream(req.params.stop) if req.params.logprobs else TextStream(req.params.stop)
         slot.n_cached, slot.n_generated, slot.n_unsent = keep, 0, 0
-        slot.drafter = Drafter(self.spec, req.prompt) if self.spec is not None else None
+        slot.drafter = Drafter(self.spec, req.prompt) if self.spec is not None and req.params.speculate else None
         slot.t_start, slot.t_first = time.perf_counter_ns(), 0
         self.counters["requests"] += 1
         self.counters["prompt_tokens"] += len(req.prompt)

@@ -227,6 +227,7 @@ def test_grammars_build_for_every_choice(fmt):
         assert "root ::=" in fields["grammar"]
         lazy = choice == "auto" and fmt != "generic"
         assert bool(fields.get("grammar_triggers")) == lazy
+        assert fields["speculate"] is False  # calls are not drafted (see ToolPlan.sampling)
     assert _plan(fmt, "none").sampling(lambda text: [7]) == {}
 
 

@@ -87,6 +87,18 @@ def test_fake_output_and_kv_are_those_of_plain_decoding(max_tokens):
         spec.close()
 
 
+def test_a_request_that_may_not_speculate_drafts_nothing():
+    spec = Scheduler(SpecFakeBatcher(draft_max=4), spec=SpecConfig(draft_max=4, draft_start=4))
+    try:
+        want = asyncio.run(collect_text(spec, COPY_PROMPT, max_tokens=40))
+        drafted = spec.stats()["spec_drafted"]
+        assert drafted > 0  # the same request drafts when it may
+        got = asyncio.run(collect_text(spec, COPY_PROMPT, max_tokens=40, speculate=False))
+        assert got[0] == want[0] and spec.stats()["spec_drafted"] == drafted
+    finally:
+        spec.close()
+
+
 def test_fake_drafts_stay_within_the_context():
     spec_b = SpecFakeBatcher(draft_max=4, n_ctx=16)
     spec = Scheduler(spec_b, spec=SpecConfig(draft_max=4))
