@@ -12,9 +12,13 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.config import Settings
 from edge.errors import BadRequestError, UnavailableError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["create_app", "serve", "bind"]
 
@@ -159,7 +163,7 @@ def serve(
     config = submodule("uvicorn", "config").Config(
         app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False, **uvicorn_options(settings)
     )
-    server = submodule("uvicorn", "server").Server(config)
+    server: uvicorn.Server = submodule("uvicorn", "server").Server(config)  # uvicorn's modules, not its CLI
 
     def remove_socket() -> None:
         if uds:
