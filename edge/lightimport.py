@@ -4,8 +4,8 @@
 formats (~0.7 s); `gguf/__init__.py` imports its reader, writer, lazy tensors and numpy (~0.15 s),
 while the runtime needs only `gguf.constants` (enums and tables, 15 ms). Both costs fell on every
 `edge serve` cold start, whose budget is 0.6 s. We register a stand-in package module whose
-__path__ is the real one, so that `llama_cpp.llama_cpp` (ctypes bindings), `llama_cpp.llama_grammar`
-and `gguf.constants` import alone. The stand-in runs the real __init__ the first time anyone asks it
+__path__ is the real one, so that `llama_cpp.llama_cpp` (ctypes bindings), `llama_cpp.llama_grammar`,
+`gguf.constants` and `prometheus_client.core` (without its HTTP exposition) import alone. The stand-in runs the real __init__ the first time anyone asks it
 for an attribute (`from llama_cpp import Llama` in a test, `gguf.GGUFWriter` in the converter), so
 other users of the packages see no difference.
 """
@@ -22,6 +22,8 @@ from edge.errors import DependencyMissingError
 _HINTS = {
     "llama_cpp": "llama-cpp-python is not installed: pip install 'llama-cpp-python==0.3.36'",
     "gguf": "gguf is not installed: pip install gguf",
+    "prometheus_client": "prometheus-client is not installed: pip install 'prometheus-client>=0.19'",
+    "uvicorn": "uvicorn is not installed: pip install uvicorn",
 }
 
 
@@ -36,6 +38,9 @@ def _install_stub(package: str) -> None:
     state = {"loaded": False}
 
     def __getattr__(name: str):
+        if not state["loaded"] and importlib.util.find_spec(f"{package}.{name}") is not None:
+            # a submodule (`from . import values` inside the package): imported alone as well
+            return importlib.import_module(f"{package}.{name}")
         if not state["loaded"]:
             state["loaded"] = True
             with open(origin, encoding="utf-8") as f:

@@ -21,10 +21,13 @@ Models without a template (e.g. the bundled Gemma-3-270M, a base model) get a fa
 from __future__ import annotations
 
 import json
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
-from edge.chat.sandbox import compile_template, render_chunks, run_bounded
 from edge.errors import BadRequestError
+
+if TYPE_CHECKING:
+    import jinja2
 
 MAX_TEMPLATE_CHARS = 256 * 1024  # real templates are < 40 KB
 DEFAULT_MAX_CHARS = 8 * 1024 * 1024  # rendered prompt: far beyond any context window
@@ -96,6 +99,10 @@ class ChatTemplate:
     `render()` gives exactly what HF's `apply_chat_template(..., tokenize=False)` gives for the same
     template text and special tokens. `prompt()` is what to tokenize: it also drops a leading BOS
     text when the tokenizer adds BOS itself (as llama.cpp's server does), so BOS is never doubled.
+
+    The template compiles (and Jinja2 imports) at the first render, not when a model loads: a server
+    answering plain completions first never pays for it, and a template that does not compile is
+    the BadRequestError of that first render.
     """
 
     def __init__(
@@ -116,7 +123,8 @@ class ChatTemplate:
         self.bos_token, self.eos_token = bos_token, eos_token
         self.family = (family or "").lower()
         self.timeout, self.max_chars = timeout, max_chars
-        self._template = compile_template(self.source, max_chars) if self.source else None
+        self._template: jinja2.Template | None = None  # compiled at the first render (_compiled)
+        self._compile_lock = threading.Lock()
 
     @classmethod
     def for_model(cls, info, **limits) -> ChatTemplate:
@@ -125,11 +133,19 @@ class ChatTemplate:
 
     @property
     def is_fallback(self) -> bool:
-        return self._template is None
+        return self.source is None
+
+    def _compiled(self, source: str) -> jinja2.Template:
+        with self._compile_lock:  # renders run in worker threads: one compiles, the others wait
+            if self._template is None:
+                from edge.chat.sandbox import compile_template
+
+                self._template = compile_template(source, self.max_chars)
+            return self._template
 
     def render(self, messages: list[dict], *, add_generation_prompt: bool = True, tools=None, **kw) -> str:
         messages = normalize_messages(messages)
-        if self._template is None:
+        if self.source is None:
             return self._fallback(messages, add_generation_prompt)
         variables = {
             **kw,
@@ -139,7 +155,9 @@ class ChatTemplate:
             "bos_token": self.bos_token or "",
             "eos_token": self.eos_token or "",
         }
-        template, limit = self._template, self.max_chars
+        from edge.chat.sandbox import render_chunks, run_bounded
+
+        template, limit = self._compiled(self.source), self.max_chars
         budget = max(MIN_BUDGET, BUDGET_PER_INPUT_CHAR * _input_chars(messages, tools))
         return run_bounded(lambda: render_chunks(template, variables, limit, budget), self.timeout)
 

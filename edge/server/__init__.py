@@ -12,9 +12,13 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.config import Settings
 from edge.errors import BadRequestError, UnavailableError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["create_app", "serve", "bind"]
 
@@ -32,9 +36,10 @@ def import_fastapi() -> None:
     `fastapi.openapi.models` declares the ~40 pydantic models of an OpenAPI document, and pydantic
     builds each one's validator as its class is made: about a third of the server's imports, spent on
     documents the server never produces (openapi_url=None). With pydantic's `defer_build` default on
-    for the length of this import, they are built the first time one is used, if ever; every model
-    defined afterwards (the request bodies in edge.server.openai and .ollama) builds as usual. When
-    pydantic's defaults are not where this expects them, FastAPI imports the ordinary way.
+    for the length of this import, they are built the first time one is used, if ever; models defined
+    afterwards follow their own config (the request bodies in edge.server.openai, .ollama and
+    .embeddings defer theirs to their first request). When pydantic's defaults are not where this
+    expects them, FastAPI imports the ordinary way.
 
     FastAPI also imports all of `pydantic.v1` (~0.1 s) the first time it asks whether a route's
     body is a pydantic v1 model; no class can derive from v1's BaseModel before pydantic.v1 is
@@ -138,8 +143,7 @@ def serve(
         need = model_need(settings, budget, target.path, target.size_bytes)
         early = EarlyLoad(target, settings.with_(ctx=need.n_ctx))
 
-    import uvicorn
-
+    from edge.lightimport import submodule
     from edge.server.security import uvicorn_options
     from edge.server.supervision import Supervision
     from edge.server.unix import bind_unix
@@ -156,10 +160,10 @@ def serve(
     state = app.state.edge
     models = state.models
     supervision = Supervision()
-    config = uvicorn.Config(
+    config = submodule("uvicorn", "config").Config(
         app, log_level=log_level, timeout_graceful_shutdown=5, access_log=False, **uvicorn_options(settings)
     )
-    server = uvicorn.Server(config)
+    server: uvicorn.Server = submodule("uvicorn", "server").Server(config)  # uvicorn's modules, not its CLI
 
     def remove_socket() -> None:
         if uds:

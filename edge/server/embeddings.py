@@ -70,7 +70,7 @@ def _kind(v: Any) -> str:
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)  # validators built on first use (openai.py)
 
 
 class EmbeddingRequest(_Lenient):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the /metrics route)
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from edge.lightimport import submodule
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+else:
+    # prometheus_client's package __init__ also imports its exposition module (http.server, wsgiref,
+    # urllib...: some 30 ms of a cold start on a 2-core box), needed only when /metrics is scraped
+    _core = submodule("prometheus_client", "core")
+    CollectorRegistry, Counter, Gauge, Histogram = _core.CollectorRegistry, _core.Counter, _core.Gauge, _core.Histogram
+    CounterMetricFamily, GaugeMetricFamily = _core.CounterMetricFamily, _core.GaugeMetricFamily
 
 from edge.engine.base import Finish
 
@@ -146,4 +149,11 @@ class Metrics:
             self.cancelled.inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return submodule("prometheus_client", "exposition").generate_latest(self.registry)
+
+
+def __getattr__(name: str):
+    """CONTENT_TYPE_LATEST (for the /metrics route), from the exposition module imported on first use."""
+    if name == "CONTENT_TYPE_LATEST":
+        return submodule("prometheus_client", "exposition").CONTENT_TYPE_LATEST
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

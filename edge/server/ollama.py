@@ -40,7 +40,7 @@ NDJSON = "application/x-ndjson"
 class Options(BaseModel):
     """Ollama's `options`; unknown keys (num_gpu, mirostat...) are logged and ignored, as Ollama does."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # validators built on first use (openai.py)
     num_predict: Annotated[int, between(-2, 1 << 20)] | None = None  # -1: no limit, -2: until the context is full
     temperature: Annotated[float, between(0.0, 10.0)] | None = None
     top_k: int | None = Field(None, ge=0, le=1_000_000)
@@ -56,7 +56,7 @@ class Options(BaseModel):
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     model: str = Field(max_length=512)
     format: Literal["", "json"] | dict[str, Any] | None = None
     options: Options | None = None
@@ -76,7 +76,7 @@ class GenerateRequest(_Request):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = Field("", max_length=MAX_TEXT)
     images: list[str] | None = None
@@ -90,7 +90,7 @@ class ChatRequest(_Request):
 
 
 class ShowRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", defer_build=True)
     model: str | None = Field(None, max_length=512)
     name: str | None = Field(None, max_length=512)  # the older spelling
     verbose: bool = False

@@ -11,13 +11,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from edge.config import Settings
 from edge.errors import BadRequestError, EdgeError, ForbiddenError, PayloadTooLargeError, RequestTimeoutError
+from edge.lightimport import submodule
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+else:  # without uvicorn/__init__.py, which imports its command line (click, the process supervisors)
+    H11Protocol = submodule("uvicorn", "protocols.http.h11_impl").H11Protocol
 
 LOOPBACK_NAMES = {"localhost", "localhost.", "::1"}
 MAX_HEADER_BYTES = 16 * 1024  # h11_max_incomplete_event_size: a request line + headers larger than this is cut
