@@ -205,16 +205,17 @@ def test_llama_cpp_with_our_adapter_matches_peft_merged_logits(kind, adapters, t
     adapter = convert_adapter(peft_dir, base, tmp_path / "a.gguf").path
     rng = np.random.default_rng(0)
     merged = merged_model(base, peft_dir)
-    tokens = [int(t) for t in rng.integers(3, merged.config.vocab_size, 24)]
+    n_vocab = min(Llama(str(base_gguf), vocab_only=True, verbose=False).n_vocab(), merged.config.vocab_size)
+    tokens = [int(t) for t in rng.integers(3, n_vocab, 24)]  # ids both runtimes know
 
     def llama(lora: Path | None) -> np.ndarray:
         llm = Llama(str(base_gguf), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True, verbose=False)
         llm.eval(tokens)
-        return np.asarray(llm.scores[: len(tokens)], dtype=np.float64)  # (n_tokens, vocab)
+        return np.asarray(llm.scores[: len(tokens), :n_vocab], dtype=np.float64)  # (n_tokens, n_vocab)
 
-    def hf(model) -> np.ndarray:
+    def hf(model) -> np.ndarray:  # the config's vocab_size may pad the tokenizer's: compare the ids both have
         with torch.no_grad():
-            return model(torch.tensor([tokens])).logits[0].double().numpy()
+            return model(torch.tensor([tokens])).logits[0, :, :n_vocab].double().numpy()
 
     def ratio(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.abs(a - b).max() / b.std())
