@@ -8,7 +8,12 @@ and a random PEFT LoRA on it (r 8 on the seven projections of every block).
       PEFT folder and base folder: wall time and peak RSS per process, interleaved A B A B;
   (b) generation: 128-token greedy completions (one client, 2 threads) from `edge serve` naming
       `smollm2:135m-q4_1+desk` vs `llama-server -m <Q4_1> --lora desk.gguf`, the same adapter file;
-      and ours on the base alone. Requests alternate between the servers, both loaded.
+      and each on the base alone (ours: the same server without `+desk`; llama-server: a second one
+      without `--lora`), which shows what applying the adapter costs llama.cpp itself. Requests
+      alternate between the servers, all loaded. Ours runs without speculative decoding by default
+      (`--spec off`), so both servers do the same decodes: the prompt's output under this random
+      adapter repeats one token, which prompt-lookup drafts would otherwise speed up far beyond
+      what the adapter path costs.
 Ratios are on medians.
 """
 
@@ -100,38 +105,45 @@ def _tps(url: str, model: str) -> float:
     return r.json()["usage"]["completion_tokens"] / dt
 
 
-def bench_serve(base: Path, adapter: Path, work: Path, rounds: int) -> None:
+def bench_serve(base: Path, adapter: Path, work: Path, rounds: int, spec: str) -> None:
     home = work / "lora-home"
     shutil.rmtree(home, ignore_errors=True)
     (home / "adapters").mkdir(parents=True)
     shutil.copy(adapter, home / "adapters" / "desk.gguf")
-    p_ours, p_ref = common.free_port(), common.free_port()
-    ours_env = dict(os.environ, EDGE_HOME=str(home))
+    p_ours, p_ref, p_plain = common.free_port(), common.free_port(), common.free_port()
+    ours_env = dict(os.environ, EDGE_HOME=str(home), EDGE_SPEC=spec)
     ours_cmd = [common.venv_script("edge"), "serve", "--port", p_ours, "--threads", THREADS, "--ctx", 2048]
     ref_cmd = [common.anchor_binary("llama-server"), "-m", base, "--lora", home / "adapters" / "desk.gguf"]
-    ref_cmd += ["--port", p_ref, "-t", THREADS, "-c", 2048, "-np", 1, "--no-webui", "--host", "127.0.0.1"]
-    ours = _start(ours_cmd, ours_env, f"http://127.0.0.1:{p_ours}", work / "lora-ours.log")
+    common_args = ["-t", THREADS, "-c", 2048, "-np", 1, "--no-webui", "--host", "127.0.0.1"]
+    ref_cmd += ["--port", p_ref, *common_args]
+    plain_cmd = [common.anchor_binary("llama-server"), "-m", base, "--port", p_plain, *common_args]
+    procs = []
     try:
-        ref = _start(ref_cmd, dict(os.environ), f"http://127.0.0.1:{p_ref}", work / "lora-ref.log")
-    except BaseException:
-        common.stop(ours)
-        raise
-    u_o, u_r = f"http://127.0.0.1:{p_ours}", f"http://127.0.0.1:{p_ref}"
-    try:
-        for url, model in ((u_o, "smollm2:135m-q4_1+desk"), (u_o, "smollm2:135m-q4_1"), (u_r, "x")):
+        procs.append(_start(ours_cmd, ours_env, f"http://127.0.0.1:{p_ours}", work / "lora-ours.log"))
+        procs.append(_start(ref_cmd, dict(os.environ), f"http://127.0.0.1:{p_ref}", work / "lora-ref.log"))
+        procs.append(_start(plain_cmd, dict(os.environ), f"http://127.0.0.1:{p_plain}", work / "lora-plain.log"))
+        u_o, u_r, u_p = (f"http://127.0.0.1:{p}" for p in (p_ours, p_ref, p_plain))
+        runs = {
+            "ours+adapter": (u_o, "smollm2:135m-q4_1+desk"),
+            "llama-server --lora": (u_r, "x"),
+            "ours base": (u_o, "smollm2:135m-q4_1"),
+            "llama-server base": (u_p, "x"),
+        }
+        for url, model in runs.values():
             _tps(url, model)  # warm-up
-        got: dict[str, list[float]] = {"adapter": [], "base": [], "llama-server": []}
+        got: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(rounds):
-            got["adapter"].append(_tps(u_o, "smollm2:135m-q4_1+desk"))
-            got["llama-server"].append(_tps(u_r, "x"))
-            got["base"].append(_tps(u_o, "smollm2:135m-q4_1"))
+            for k, (url, model) in runs.items():
+                got[k].append(_tps(url, model))
     finally:
-        common.stop(ours)
-        common.stop(ref)
-    a, b, r = (median(got[k]) for k in ("adapter", "base", "llama-server"))
+        for proc in procs:
+            common.stop(proc)
+    a, r, b, p = (median(got[k]) for k in runs)
     console.print(
-        f"(b) tokens/s, {N_TOKENS}-token completions, median of {rounds}: ours with adapter {a:.1f}, "
-        f"ours base alone {b:.1f} ({a / b:.2f}x), llama-server --lora {r:.1f} -> ours/llama-server {a / r:.2f}"
+        f"(b) tokens/s, {N_TOKENS}-token completions, median of {rounds} (ours with speculation {spec}): "
+        f"ours with adapter {a:.1f}, llama-server --lora {r:.1f} -> ours/llama-server {a / r:.2f}; "
+        f"base alone: ours {b:.1f}, llama-server {p:.1f} ({b / p:.2f}); the adapter's own cost: "
+        f"ours {a / b:.2f}x, llama-server {r / p:.2f}x"
     )
 
 
@@ -139,12 +151,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--convert-rounds", type=int, default=3)
+    ap.add_argument("--spec", choices=["off", "on"], default="off", help="ours with speculative decoding (EDGE_SPEC)")
     args = ap.parse_args()
     common.warn_if_busy()
     work = common.work_dir()
     base, hf, peft_dir = setup(work)
     adapter = bench_convert(hf, peft_dir, work, args.convert_rounds)
-    bench_serve(base, adapter, work, args.rounds)
+    bench_serve(base, adapter, work, args.rounds, args.spec)
 
 
 if __name__ == "__main__":

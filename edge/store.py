@@ -60,6 +60,7 @@ MAX_NAME_CHARS = 256
 MAX_ENTRIES = 10_000  # files scanned in the models folder
 MAX_ALIAS_FILE_BYTES = 1024 * 1024
 MAX_ALIAS_HOPS = 8
+ADAPTER_SCALE_MAX = 16.0  # |scale| of a LoRA adapter, in a name (`base+adapter@scale`) or a request body
 _PART = r"[a-z0-9][a-z0-9._-]*"
 _FILE_NAME = re.compile(rf"(?P<model>[a-z0-9][a-z0-9._]*)(?:-(?P<tag>{_PART}))?")
 _SHARD = re.compile(r"-\d{5}-of-\d{5}$")
@@ -270,6 +271,15 @@ class ModelStore:
                     found.setdefault(name, p)
         return found
 
+    def adapter_path(self, name: str) -> Path:
+        """Where an adapter installed under `name` goes (home/adapters/<name>.gguf); a 400 for a bad name."""
+        key = name.strip().lower()
+        if len(key) > MAX_NAME_CHARS or not _FILE_NAME.fullmatch(key):
+            raise BadRequestError(
+                f"adapter name {name!r}: use lower-case letters, digits, '.', '_' and '-' (as in 'support-desk')"
+            )
+        return self.models_dir.parent / "adapters" / f"{key}.gguf"
+
     def with_adapters(self, entries: builtins.list[ModelEntry]) -> builtins.list[ModelEntry]:
         """`model+adapter` for every GGUF model whose architecture is the adapter's."""
         from edge.errors import EdgeError
@@ -351,9 +361,11 @@ class ModelStore:
             scale = float(scale_text) if scale_text else 1.0
         except ValueError:
             scale = float("nan")
-        if not -16.0 <= scale <= 16.0:
+        if not -ADAPTER_SCALE_MAX <= scale <= ADAPTER_SCALE_MAX:
             raise BadRequestError(
-                f"adapter scale {scale_text!r} in {asked!r} is not a number in [-16, 16]", param="model"
+                f"adapter scale {scale_text!r} in {asked!r} is not a number in "
+                f"[{-ADAPTER_SCALE_MAX:g}, {ADAPTER_SCALE_MAX:g}]",
+                param="model",
             )
         return _combined(base, adapter, path, scale)
 

@@ -22,6 +22,7 @@ Everything here runs on the event loop; only loading and closing engines run in 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import math
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from edge.config import Settings, edge_home
 from edge.engine.base import Adapter, AdapterEngine, Engine
-from edge.errors import DoesNotFitError, ModelNotFoundError, QueueFullError, UnavailableError
+from edge.errors import BadRequestError, DoesNotFitError, ModelNotFoundError, QueueFullError, UnavailableError
 from edge.server.catalog import rfc3339
 
 log = logging.getLogger("edge.server")
@@ -193,13 +194,18 @@ class Lease:
     The model is loaded (or waited for) on entry and counted in flight until exit. `release()` may be
     called directly, once; a streamed answer releases when its response ends (see app._Guard)."""
 
-    def __init__(self, manager: ModelManager, name: str | None, keep_alive: float | None):
+    def __init__(
+        self, manager: ModelManager, name: str | None, keep_alive: float | None, lora_scale: float | None = None
+    ):
         self._manager, self._name, self._keep_alive = manager, name, keep_alive
+        self._lora_scale = lora_scale  # the body's scale for the name's adapter (validated by the route's model)
         self.model: Loaded | None = None
         self.requested: Target | None = None  # the name asked for (with its adapter, if any)
 
     async def __aenter__(self) -> Lease:
         self.requested = await asyncio.to_thread(self._manager.resolve, self._name)
+        if self._lora_scale is not None:
+            self.requested = _with_scale(self.requested, self._lora_scale)
         self.model = await self._manager._acquire(self._name, self._keep_alive, self.requested)
         return self
 
@@ -242,10 +248,24 @@ class Lease:
 LEASES = "edge.leases"  # the ASGI scope key of a request's leases (released by app._Guard)
 
 
-async def model_for(request, name: str | None, keep_alive: float | None = None) -> Lease:
+def _with_scale(target: Target, scale: float) -> Target:
+    """`target` with its LoRA adapter at `scale`; a 400 when the name carries no adapter."""
+    if target.adapter is None:
+        raise BadRequestError(
+            f"a LoRA scale was given but the model {target.name!r} carries no adapter; "
+            "name one as base+adapter (GET /v1/models lists them)",
+            param="model",
+        )
+    return dataclasses.replace(target, adapter_scale=scale)
+
+
+async def model_for(
+    request, name: str | None, keep_alive: float | None = None, lora_scale: float | None = None
+) -> Lease:
     """The model a request names, loaded and held until the whole response is sent (a streamed
-    answer included): app._Guard, the outermost middleware, releases it however the response ends."""
-    lease = await request.app.state.edge.models.lease(name, keep_alive).__aenter__()
+    answer included): app._Guard, the outermost middleware, releases it however the response ends.
+    `lora_scale` replaces the scale of the adapter the name carries."""
+    lease = await request.app.state.edge.models.lease(name, keep_alive, lora_scale).__aenter__()
     request.scope.setdefault(LEASES, []).append(lease)
     return lease
 
@@ -314,8 +334,8 @@ class ModelManager:
         return m.engine.info if m is not None and m.engine is not None else None
 
     # -- leases ----------------------------------------------------------------------------------
-    def lease(self, name: str | None, keep_alive: float | None = None) -> Lease:
-        return Lease(self, name, keep_alive)
+    def lease(self, name: str | None, keep_alive: float | None = None, lora_scale: float | None = None) -> Lease:
+        return Lease(self, name, keep_alive, lora_scale)
 
     async def _acquire(self, name: str | None, keep_alive: float | None, target: Target | None = None) -> Loaded:
         if target is None:

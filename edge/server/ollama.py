@@ -30,6 +30,7 @@ from edge.server import catalog, prompts, streaming
 from edge.server.limits import KeepAlive, between
 from edge.server.models import Lease, model_for
 from edge.server.state import ServerState
+from edge.store import ADAPTER_SCALE_MAX
 
 log = logging.getLogger("edge.server")
 T = TypeVar("T")
@@ -53,6 +54,8 @@ class Options(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     num_ctx: Annotated[int, between(1, 1 << 24)] | None = None  # bounds this request's window; see _fit_num_ctx
+    # the scale of the LoRA adapter the model name carries (`base+adapter`), instead of the name's
+    lora_scale: float | None = Field(None, ge=-ADAPTER_SCALE_MAX, le=ADAPTER_SCALE_MAX, allow_inf_nan=False)
 
 
 class _Request(BaseModel):
@@ -105,7 +108,7 @@ async def generate(body: GenerateRequest, request: Request):
     _refuse(body.template, "template", "per-request templates are not supported; the model's own template is used")
     if not body.prompt and not body.system:
         return await _load_or_unload(state, body, {"response": ""})
-    lease = await model_for(request, body.model, body.keep_alive)  # after validation: a bad body loads nothing
+    lease = await model_for(request, body.model, body.keep_alive, _lora_scale(body))  # after validation
     engine = lease.engine
     prompt = await asyncio.to_thread(_generate_prompt, lease, body)
     run = await streaming.start(
@@ -129,7 +132,7 @@ async def chat(body: ChatRequest, request: Request):
     if not body.messages:
         return await _load_or_unload(state, body, {"message": {"role": "assistant", "content": ""}})
     messages = [_message(m) for m in body.messages]
-    lease = await model_for(request, body.model, body.keep_alive)  # after validation: a bad body loads nothing
+    lease = await model_for(request, body.model, body.keep_alive, _lora_scale(body))  # after validation
     engine = lease.engine
     plan = prompts.tool_plan(lease.template, body.tools, None, None, messages)
     constrained: dict = {}
@@ -315,6 +318,10 @@ def _params(body: _Request, n_prompt: int, n_ctx: int) -> SamplingParams:
         top_logprobs=body.top_logprobs if body.logprobs else 0,
     )
     return _fit_num_ctx(p, o.num_ctx, n_prompt, n_ctx)
+
+
+def _lora_scale(body: _Request) -> float | None:
+    return body.options.lora_scale if body.options is not None else None
 
 
 def _or(value: T | None, default: T) -> T:

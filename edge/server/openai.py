@@ -30,6 +30,7 @@ from edge.server import catalog, prompts, streaming
 from edge.server.limits import between
 from edge.server.models import model_for
 from edge.server.state import ServerState
+from edge.store import ADAPTER_SCALE_MAX
 
 log = logging.getLogger("edge.server")
 T = TypeVar("T")
@@ -71,6 +72,16 @@ class ResponseFormat(_Lenient):
     json_schema: JsonSchemaSpec | None = None
 
 
+LoraScale = Annotated[float, Field(ge=-ADAPTER_SCALE_MAX, le=ADAPTER_SCALE_MAX, allow_inf_nan=False)]
+
+
+class LoraEntry(_Lenient):
+    """One entry of llama-server's `lora` field: {"id": index of the adapter, "scale": its scale}."""
+
+    id: int = Field(ge=0, le=1 << 16)
+    scale: LoraScale
+
+
 class _Sampling(_Lenient):
     model: str = Field("", max_length=512)
     max_tokens: Annotated[int, between(1, MAX_TOKENS)] | None = None
@@ -89,6 +100,23 @@ class _Sampling(_Lenient):
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(None, ge=0.0, le=10.0)
+    # the scale of the LoRA adapter the model name carries (`base+adapter`), instead of the name's:
+    # `lora_scale`, or llama-server's `lora: [{"id": 0, "scale": s}]` (id 0 is the name's adapter)
+    lora_scale: LoraScale | None = None
+    lora: list[LoraEntry] | None = Field(None, max_length=1)
+
+    def wanted_lora_scale(self) -> float | None:
+        """The body's adapter scale (None: the name's); a 400 for an adapter the name does not carry."""
+        if not self.lora:
+            return self.lora_scale
+        if self.lora_scale is not None:
+            raise BadRequestError("send lora_scale or lora, not both", param="lora")
+        if self.lora[0].id != 0:
+            raise BadRequestError(
+                "lora[0].id must be 0: a request applies the one adapter its model name carries (base+adapter)",
+                param="lora",
+            )
+        return self.lora[0].scale
 
     def wanted_logprobs(self) -> tuple[bool, int]:
         """(per-token log probabilities asked, alternatives per token); a 400 for a combination that
@@ -134,7 +162,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     t0 = time.perf_counter()
     _refuse_unsupported(body)
     messages = [_message(m) for m in body.messages]
-    lease = await model_for(request, body.model)  # after validation: a bad body never loads a model
+    lease = await model_for(request, body.model, lora_scale=body.wanted_lora_scale())  # after validation
     engine = lease.engine
     plan = prompts.tool_plan(lease.template, body.tools, body.tool_choice, body.parallel_tool_calls, messages)
     params = _params(body, body.max_completion_tokens or body.max_tokens)
@@ -184,7 +212,8 @@ async def completions(body: CompletionRequest, request: Request):
     if body.suffix:
         raise BadRequestError("suffix (fill-in-the-middle) is not supported by this server", param="suffix")
     text_in = _single_prompt(body.prompt)
-    engine = (await model_for(request, body.model)).engine  # after validation: a bad body never loads a model
+    lease = await model_for(request, body.model, lora_scale=body.wanted_lora_scale())  # after validation
+    engine = lease.engine
     prompt = await asyncio.to_thread(prompts.text_prompt, engine, text_in)
     run = await streaming.start(
         engine,

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from edge.errors import report_and_exit
+from edge.errors import BadRequestError, report_and_exit
 from quantize.progress import console
 
 _TEXT_HELP = "Debian's GPL-3 licence text, else a licence text shipped by an installed package"
@@ -202,9 +202,19 @@ def unpack(
 
 @app.command()
 def adapter(
-    peft_dir: Path = typer.Argument(..., help="PEFT LoRA folder (adapter_config.json, adapter_model.safetensors)."),
+    peft_dir: Path = typer.Argument(
+        ...,
+        help="PEFT LoRA folder (adapter_config.json, adapter_model.safetensors); with --install also a GGUF adapter.",
+    ),
     base: Path = typer.Option(..., "--base", help="The base model: Hugging Face folder or GGUF file."),
-    out: Path = typer.Option(..., "--out", "-o", help="GGUF adapter file to write (with --merge: output folder)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="GGUF adapter file to write (with --merge: output folder)."
+    ),
+    install: str | None = typer.Option(
+        None,
+        "--install",
+        help="Instead of -o: validate, then put it in $EDGE_HOME/adapters as NAME (served as base+NAME).",
+    ),
     out_type: str = typer.Option(
         "f32", "--type", "-t", help="LoRA tensors: f32, f16, bf16. With --merge: any convert type list (q4_k_m,q8_0)."
     ),
@@ -216,6 +226,16 @@ def adapter(
     """Convert a PEFT LoRA adapter to a GGUF adapter for llama.cpp, checked against its base model."""
     from quantize.adapter import convert_adapter, merge_adapter
 
+    if (out is None) == (install is None) or (merge and install is not None):
+        raise BadRequestError("give either -o OUT or --install NAME (--merge writes to -o)")
+    if install is not None:
+        from quantize.adapter_install import install_adapter
+
+        i = install_adapter(peft_dir, base, install, out_type=out_type, force=force)
+        if not quiet:
+            console.print(f"installed {i.path} ({i.architecture}, rank {i.rank}, alpha {i.alpha:g})")
+        return
+    assert out is not None
     if merge:
         for m in merge_adapter(peft_dir, base, out_type, out, name=name, force=force, quiet=True):
             if not quiet:

@@ -161,13 +161,14 @@ def test_cli_writes_the_adapter_and_exits_nonzero_on_bad_input(adapters, tiny_ch
     assert not (tmp_path / "b.gguf").exists()
 
 
-def test_merge_equals_peft_merge_and_unload(adapters, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("kind", ["llama3", "phi3", "gemma3"])
+def test_merge_equals_peft_merge_and_unload(kind, adapters, tiny_checkpoint, tmp_path):
     """--merge F32 against PEFT's merge_and_unload saved and converted the ordinary way; and a Q8_0 alongside."""
     from quantize.adapter import merge_adapter
     from quantize.convert import convert
     from tests.support.lora import merged_model
 
-    base, peft_dir = tiny_checkpoint("llama3"), adapters("llama3")
+    base, peft_dir = tiny_checkpoint(kind), adapters(kind)
     ours = {r.type: r.path for r in merge_adapter(peft_dir, base, "f32,q8_0", tmp_path / "ours", quiet=True)}
     ref_dir = tmp_path / "peft-merged"
     merged_model(base, peft_dir).save_pretrained(ref_dir, safe_serialization=True)
@@ -182,7 +183,91 @@ def test_merge_equals_peft_merge_and_unload(adapters, tiny_checkpoint, tmp_path)
             got[t], want[t], rtol=0, atol=1e-5 * max(1.0, float(np.abs(want[t]).max())), err_msg=t
         )
     assert not np.array_equal(
-        got["blk.0.attn_q.weight"],
-        gguf_tensors(convert(base, ["f32"], tmp_path / "b", quiet=True, name="b")[0].path)[0]["blk.0.attn_q.weight"],
+        got["blk.0.attn_output.weight"],
+        gguf_tensors(convert(base, ["f32"], tmp_path / "b", quiet=True, name="b")[0].path)[0][
+            "blk.0.attn_output.weight"
+        ],
     )
     assert ours["Q8_0"].stat().st_size < ours["F32"].stat().st_size / 3
+
+
+@pytest.mark.parametrize("kind", ["llama3", "phi3", "gemma3"])
+def test_llama_cpp_with_our_adapter_matches_peft_merged_logits(kind, adapters, tiny_checkpoint, tiny_gguf, tmp_path):
+    """Logits of llama.cpp with our GGUF adapter on the F32 base against PEFT's merged model in
+    transformers, within 1e-3 (of the std) of how far the two runtimes differ on the base alone."""
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM
+
+    from tests.support.lora import merged_model
+
+    base, peft_dir, base_gguf = tiny_checkpoint(kind), adapters(kind), tiny_gguf(kind, "f32")
+    adapter = convert_adapter(peft_dir, base, tmp_path / "a.gguf").path
+    rng = np.random.default_rng(0)
+    merged = merged_model(base, peft_dir)
+    n_vocab = min(Llama(str(base_gguf), vocab_only=True, verbose=False).n_vocab(), merged.config.vocab_size)
+    tokens = [int(t) for t in rng.integers(3, n_vocab, 24)]  # ids both runtimes know
+
+    def llama(lora: Path | None) -> np.ndarray:
+        llm = Llama(str(base_gguf), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True, verbose=False)
+        llm.eval(tokens)
+        return np.asarray(llm.scores[: len(tokens), :n_vocab], dtype=np.float64)  # (n_tokens, n_vocab)
+
+    def hf(model) -> np.ndarray:  # the config's vocab_size may pad the tokenizer's: compare the ids both have
+        with torch.no_grad():
+            return model(torch.tensor([tokens])).logits[0, :, :n_vocab].double().numpy()
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a - b).max() / b.std())
+
+    plain = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    runtimes = ratio(llama(None), hf(plain))
+    ours, want = llama(adapter), hf(merged)
+    assert ratio(ours, hf(plain)) > 10 * (runtimes + 1e-3)  # the adapter changes the logits...
+    assert ratio(ours, want) <= runtimes + 1e-3, (runtimes, ratio(ours, want))  # ...as PEFT's merge does
+    assert (ours.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_install_puts_a_validated_adapter_in_the_store(adapters, tiny_checkpoint, tiny_gguf, tmp_path, capsys):
+    """PEFT folder or GGUF file -> $EDGE_HOME/adapters/NAME.gguf with its base recorded; bad input leaves
+    nothing there (no file a server would list, no temp file)."""
+    from edge.errors import OutputExistsError
+    from edge.store import ModelStore
+    from quantize.adapter_install import install_adapter
+    from quantize.cli import main
+
+    store = ModelStore(tmp_path / "home")
+    folder = tmp_path / "home" / "adapters"
+    base_gguf = tiny_gguf("llama3", "f32")
+    got = install_adapter(adapters("llama3"), tiny_checkpoint("llama3"), "Desk", store=store)
+    assert got.path == folder / "desk.gguf" and got.architecture == "llama"
+    assert validate_gguf_adapter(got.path, base_gguf).rank == 4
+    assert json.loads((folder / "desk.json").read_text())["base"] == str(tiny_checkpoint("llama3").resolve())
+    assert store.adapters() == {"desk": got.path}
+    copy = install_adapter(got.path, base_gguf, "desk-copy", store=store)  # a GGUF adapter is copied
+    assert copy.path.read_bytes() == got.path.read_bytes()
+    with pytest.raises(OutputExistsError):
+        install_adapter(got.path, base_gguf, "desk", store=store)
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(got.path.read_bytes()[:1000])
+    for source, base, name, error in (
+        (cut, base_gguf, "cut", ModelFormatError),  # truncated
+        (got.path, tiny_gguf("phi3", "f32"), "other", ModelFormatError),  # for another base
+        (adapters("phi3"), tiny_checkpoint("llama3"), "wrong", Exception),  # PEFT folder for another model
+        (got.path, tiny_checkpoint("llama3"), "hf-base", BadRequestError),  # a GGUF file needs a GGUF base
+        (got.path, base_gguf, "Bad/Name", BadRequestError),
+    ):
+        with pytest.raises(error):
+            install_adapter(source, base, name, store=store)
+    assert sorted(p.name for p in folder.iterdir()) == ["desk-copy.gguf", "desk-copy.json", "desk.gguf", "desk.json"]
+
+    env = {"EDGE_HOME": str(tmp_path / "cli-home")}
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as done:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        main(["adapter", str(adapters("llama3")), "--base", str(base_gguf), "--install", "desk", "-q"])
+    assert done.value.code == 0 and (tmp_path / "cli-home" / "adapters" / "desk.gguf").is_file()
+    with pytest.raises(SystemExit) as done:
+        main(["adapter", str(adapters("llama3")), "--base", str(base_gguf), "--install", "x", "-o", "y.gguf"])
+    assert done.value.code != 0 and "either -o" in capsys.readouterr().err

@@ -110,3 +110,28 @@ def gguf_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         if f.types and f.types[0] != gguf.GGUFValueType.ARRAY:
             kv[f.name] = f.contents()
     return tensors, kv
+
+
+def synthetic_adapter(base_gguf: Path, out: Path, stems=("blk.0.attn_q.weight", "blk.0.ffn_up.weight"), r: int = 4):
+    """A GGUF LoRA adapter written directly (gguf's writer, random values, no PEFT): pairs for `stems`
+    of the GGUF model `base_gguf`, shaped as llama.cpp expects. For corpora of malformed adapters."""
+    import gguf
+
+    from edge.formats.gguf import open_gguf
+
+    with open_gguf(base_gguf) as f:
+        arch, shapes = f.meta.architecture, {t.name: t.shape for t in f.tensors}
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(out, arch)
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 8.0)
+    for stem in stems:
+        n_in, n_out = shapes[stem][:2]  # ggml order
+        w.add_tensor(stem + ".lora_a", rng.standard_normal((r, n_in), dtype=np.float32))  # ne [in, r]
+        w.add_tensor(stem + ".lora_b", rng.standard_normal((n_out, r), dtype=np.float32))  # ne [r, out]
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(out)

@@ -101,6 +101,23 @@ def checked(smollm2_path, gemma3_path, module_tmp) -> tuple[dict[str, str], dict
 
 
 @pytest.fixture(scope="module")
+def adapter_checked(smollm2_path, module_tmp) -> tuple[dict[str, str], dict[str, dict]]:
+    """The same cases made from a LoRA adapter for SmolLM2, checked against SmolLM2 as the server does."""
+    from tests.support.lora import synthetic_adapter
+
+    out, work = module_tmp("adapter-corpus"), module_tmp("adapter-run")
+    src = synthetic_adapter(smollm2_path, out / "adapter.gguf")
+    assert run_bounded([src], work, base=smollm2_path)[str(src)]["result"] == "ok"  # the seed itself is valid
+    corpus: dict[str, str] = {}
+    results: dict[str, dict] = {}
+    for make in (_truncations, _mutations):
+        for batch in make(src, out, "adapter"):
+            results |= run_bounded(list(batch), work, base=smollm2_path)
+            corpus |= {str(p): what for p, what in batch.items()}
+    return corpus, results
+
+
+@pytest.fixture(scope="module")
 def corpus(checked) -> dict[str, str]:
     return checked[0]
 
@@ -129,3 +146,15 @@ def test_refusals_name_the_problem(corpus, results):
     ]
     huge_keys = [m for w, m in by_what.items() if w == f"key count = {1 << 63}"]
     assert huge_keys and all("the limit is 4096" in m for m in huge_keys)
+
+
+def test_every_malformed_adapter_is_refused_with_model_format_error(adapter_checked):
+    corpus, results = adapter_checked
+    assert len(corpus) > 50
+    bad = [f"{what}: {results.get(p, {'result': 'no result'})['result']} {results.get(p, {}).get('message', '')[:200]}"
+           for p, what in corpus.items() if results.get(p, {}).get("result") != "ModelFormatError"]  # fmt: skip
+    assert not bad, f"{len(bad)} of {len(corpus)} adapter cases not refused cleanly:\n" + "\n".join(bad[:40])
+    truncated = [results[p]["message"] for p, w in corpus.items() if w.startswith("truncated at") and "at 0 " not in w]
+    assert truncated and all("truncated" in m or "past the end" in m or "bad magic" in m for m in truncated), truncated[
+        :5
+    ]

@@ -153,3 +153,72 @@ def test_adapter_is_listed_and_shown_with_base_and_scale(server):
     assert show["details"]["parent_model"] == "smollm2:f32"
     assert show["model_info"]["adapter.scale"] == 0.5 and "ADAPTER" in show["modelfile"]
     assert missing.status_code == 404 and "desk" in missing.json()["error"]["message"]
+
+
+def test_per_request_scale_through_the_openai_and_ollama_clients(server):
+    import ollama
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
+
+    def complete(model: str, **extra) -> str:
+        r = client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=STEPS, temperature=0, extra_body=extra or None
+        )
+        return r.choices[0].text
+
+    base, tuned = complete("smollm2:f32"), complete("smollm2:f32+desk")
+    assert base != tuned
+    assert complete("smollm2:f32+desk@0.5", lora_scale=0.0) == base  # the body's scale replaces the name's
+    assert complete("smollm2:f32+desk@0", lora_scale=1.0) == tuned
+    assert complete("smollm2:f32+desk", lora_scale=0.25) == complete("smollm2:f32+desk@0.25")
+    assert complete("smollm2:f32+desk", lora=[{"id": 0, "scale": 0.0}]) == base  # llama-server's spelling
+    chat = client.chat.completions.create(
+        model="smollm2:f32+desk",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=8,
+        temperature=0,
+        extra_body={"lora_scale": 0.5},
+    )
+    assert chat.choices[0].message.content
+    o = ollama.Client(host=server.url, timeout=300)
+    options = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": STEPS, "lora_scale": 0.0}
+    assert o.generate(model="smollm2:f32+desk", prompt=PROMPT, raw=True, options=options).response == base
+
+    bad = [
+        ({"lora_scale": 100}, "smollm2:f32+desk"),  # out of [-16, 16]
+        ({"lora_scale": "x"}, "smollm2:f32+desk"),
+        ({"lora_scale": 0.5}, "smollm2:f32"),  # no adapter in the name
+        ({"lora": [{"id": 1, "scale": 0.5}]}, "smollm2:f32+desk"),  # not the name's adapter
+        ({"lora": [{"id": 0, "scale": 0.5}], "lora_scale": 0.5}, "smollm2:f32+desk"),
+    ]
+    for extra, model in bad:
+        with pytest.raises(openai.BadRequestError):
+            complete(model, **extra)
+    with server.client() as c:  # a NaN cannot travel through the openai client's strict JSON
+        r = c.post(
+            "/v1/completions",
+            content=b'{"model": "smollm2:f32+desk", "prompt": "x", "max_tokens": 1, "lora_scale": NaN}',
+            headers={"content-type": "application/json"},
+        )
+    assert r.status_code == 400, r.text
+    with pytest.raises(ollama.ResponseError):
+        o.generate(model="smollm2:f32", prompt=PROMPT, options=options)
+
+
+def test_truncated_or_corrupted_adapter_is_refused_and_the_server_keeps_serving(server, lora_setup):
+    good = (lora_setup["home"] / "adapters" / "desk.gguf").read_bytes()
+    folder = lora_setup["home"] / "adapters"
+    (folder / "cut.gguf").write_bytes(good[: len(good) // 2])
+    (folder / "junk.gguf").write_bytes(good[:64] + bytes(b ^ 0xFF for b in good[64:4096]) + good[4096:])
+    try:
+        with server.client() as c:
+            for name in ("cut", "junk"):
+                r = c.post("/v1/completions", json={"model": f"smollm2:f32+{name}", "prompt": "x", "max_tokens": 1})
+                assert 400 <= r.status_code < 500, r.text
+                assert f"{name}.gguf" in r.json()["error"]["message"], r.text
+    finally:
+        for name in ("cut", "junk"):
+            (folder / f"{name}.gguf").unlink()
+    assert server.proc.poll() is None
+    assert "Harbor Books" in _complete(server, "smollm2:f32+desk")

@@ -1,6 +1,8 @@
-"""Run edge.formats.validate.validate_gguf on many files in ONE child process under resource limits.
+"""Run edge.formats.validate.validate_gguf (or validate_gguf_adapter) on many files in
+ONE child process under resource limits. Given BASE (a GGUF model), the files are LoRA adapters checked
+against it, as the server checks an adapter before llama.cpp loads it.
 
-    python -m tests.support.fuzz.bounded LIST_FILE  (one path a line) -> one JSON line per file on stdout:
+    python -m tests.support.fuzz.bounded LIST_FILE [BASE]  (one path a line) -> one JSON line per file:
     {"path": ..., "result": "ok" | "ModelFormatError" | "<other exception type>", "message": ..., "seconds": ...}
 
 The child caps its address space (RLIMIT_AS) and CPU time, so a case that allocates by a length
@@ -22,12 +24,12 @@ AS_LIMIT = 3 << 30  # bytes of address space: mmap of the 250 MB Gemma file + Py
 CPU_LIMIT = 240  # seconds for the whole batch
 
 
-def run_bounded(paths: list[Path], work: Path, timeout: float = 300) -> dict[str, dict]:
-    """path -> result dict (see the module docstring)."""
+def run_bounded(paths: list[Path], work: Path, timeout: float = 300, *, base: Path | None = None) -> dict[str, dict]:
+    """path -> result dict (see the module docstring); given `base`, the files are LoRA adapters for it."""
     listing = work / "cases.txt"
     listing.write_text("".join(f"{p}\n" for p in paths))
-    proc = subprocess.run([sys.executable, "-m", "tests.support.fuzz.bounded", str(listing)], capture_output=True, text=True,
-                          timeout=timeout, cwd=Path(__file__).resolve().parents[3])  # fmt: skip
+    cmd = [sys.executable, "-m", "tests.support.fuzz.bounded", str(listing)] + ([str(base)] if base else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[3])
     results = {}
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
@@ -39,16 +41,19 @@ def run_bounded(paths: list[Path], work: Path, timeout: float = 300) -> dict[str
     return results
 
 
-def _main(listing: str) -> None:
+def _main(listing: str, base: str | None = None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_LIMIT, CPU_LIMIT))
     from edge.errors import ModelFormatError
-    from edge.formats.validate import validate_gguf
+    from edge.formats.validate import validate_gguf, validate_gguf_adapter
+
+    def validate(path: Path) -> object:
+        return validate_gguf(path) if base is None else validate_gguf_adapter(path, Path(base))
 
     for path in Path(listing).read_text().splitlines():
         t = time.perf_counter()
         try:
-            validate_gguf(Path(path))
+            validate(Path(path))
             result, message = "ok", ""
         except ModelFormatError as e:
             result, message = "ModelFormatError", e.message
@@ -62,4 +67,4 @@ def _main(listing: str) -> None:
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    _main(*sys.argv[1:3])
