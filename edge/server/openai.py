@@ -87,6 +87,7 @@ class _Sampling(_Lenient):
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(None, ge=0.0, le=10.0)
+    ignore_eos: bool = False  # generate past end-of-generation tokens, up to max_tokens (benchmarks)
 
     def wanted_logprobs(self) -> tuple[bool, int]:
         """(per-token log probabilities asked, alternatives per token); a 400 for a combination that
@@ -388,6 +389,7 @@ def _params(body: _Sampling, max_tokens: int | None) -> SamplingParams:
         grammar=_grammar(body.response_format),
         logprobs=logprobs,
         top_logprobs=top if logprobs else d.top_logprobs,
+        ignore_eos=body.ignore_eos,
     )
 
 
