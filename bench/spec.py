@@ -1,14 +1,15 @@
 """Copy-heavy generation: our prompt-lookup speculation against llama-server, default and with its own
-n-gram speculation; and free-form chat, ours with speculation against ours without.
+n-gram speculation; and free-form chat, ours with speculation against ours without (1 and 4 clients).
 
 Every request is a new prompt (fresh names, numbers and items each round, so no cache helps), greedy,
-/v1/completions, one client, stopping where the model stops (at most --max-tokens). Three copy-heavy
-kinds: answer by quoting a given passage, extract a record's fields as JSON, repeat a list with edits.
-Tokens/s = completion tokens / request wall time over loopback HTTP; the servers answer each prompt
-in a rotated order; medians over all prompts. Ours with speculation must give the same text as ours
-without it on every prompt (counted and reported).
+streamed /v1/completions with `ignore_eos`, so every server generates exactly --max-tokens tokens (equal
+work). Three copy-heavy kinds: answer by quoting a given passage, extract a record's fields as JSON,
+repeat a list with edits. Per request, on the client's clock: time to first token (prompt evaluation)
+and decode tokens/s = (tokens - 1) / (last chunk - first chunk). The servers answer each prompt in a
+rotated order; medians over all prompts. Ours with speculation must give the same text as ours without
+it on every prompt (counted and reported).
 
-    python bench/spec.py [--model smollm2|gemma3|both] [--rounds 4] [--anchor-spec ngram-simple]
+    python bench/spec.py [--model smollm2|gemma3|both] [--rounds 3] [--anchor-spec "--spec-type ngram-simple"]
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ import argparse
 import json
 import random
 import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import servers
-from client import complete
 
 NAMES = ["Ada", "Bruno", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hiro", "Ines", "Jonas", "Kofi", "Lena"]
 CITIES = ["Lisbon", "Oslo", "Turin", "Krakow", "Porto", "Ghent", "Bergen", "Lyon", "Graz", "Tartu"]
@@ -71,11 +77,11 @@ KINDS = {"passage": passage_prompt, "json": json_prompt, "list": list_prompt}
 
 
 class _Extra:
-    """A server kind with extra command-line arguments and no request extras (the model stops itself)."""
+    """A server kind with extra command-line arguments; requests ask for exactly max_tokens (ignore_eos)."""
 
     def __init__(self, base: servers.ServerKind, name: str, args: list[str]):
         self.base, self.name, self.args = base, name, args
-        self.ready_path, self.extra = base.ready_path, {}
+        self.ready_path, self.extra = base.ready_path, {"ignore_eos": True}
 
     def command(self, model, port, parallel, ctx):
         return self.base.command(model, port, parallel, ctx) + self.args
@@ -86,9 +92,14 @@ class _Extra:
 
 def register(anchor_spec: list[str]) -> dict[str, str]:
     """The four servers of this benchmark, added to servers.KINDS; returns label -> kind name."""
+
+    # a prompt cache on disk outlives the server: a fresh folder each, so that no other run's states help
+    def fresh() -> list[str]:
+        return ["--cache-dir", tempfile.mkdtemp(prefix="spec-bench-cache-")]
+
     kinds = {
-        "ours+spec": _Extra(servers.KINDS["ours"], "ours+spec", ["--spec"]),
-        "ours": _Extra(servers.KINDS["ours"], "ours-nospec", ["--no-spec"]),
+        "ours+spec": _Extra(servers.KINDS["ours"], "ours+spec", ["--spec", *fresh()]),
+        "ours": _Extra(servers.KINDS["ours"], "ours-nospec", ["--no-spec", *fresh()]),
         "llama-server": _Extra(servers.KINDS["llama-server"], "llama-server-default", []),
         "llama-server+ngram": _Extra(servers.KINDS["llama-server"], "llama-server-ngram", anchor_spec),
     }
@@ -97,50 +108,117 @@ def register(anchor_spec: list[str]) -> dict[str, str]:
     return {label: k.name for label, k in kinds.items()}
 
 
+@dataclass
+class Timed:
+    ttft: float  # seconds from the request to the first chunk with text (prompt evaluation + 1 token)
+    decode_tps: float  # (tokens - 1) / (last chunk - first chunk)
+    wall_tps: float  # tokens / whole request
+    tokens: int
+    text: str
+
+
+def stream(run: servers.Running, prompt: str, max_tokens: int, client: httpx.Client) -> Timed:
+    body = {
+        "model": run.model_id or "default",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **run.kind.extra,
+    }
+    parts, tokens, t_first, t_last = [], 0, 0.0, 0.0
+    t0 = time.perf_counter()
+    with client.stream("POST", run.url("/v1/completions"), json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{run.kind.name} answered {r.status_code}: {r.read()[:500]!r}")
+        for line in r.iter_lines():
+            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                continue
+            data = json.loads(line[5:])
+            text = "".join(c.get("text") or "" for c in data.get("choices") or [])
+            if text:
+                t_last = time.perf_counter()
+                t_first = t_first or t_last
+                parts.append(text)
+            if data.get("usage"):
+                tokens = int(data["usage"].get("completion_tokens", 0))
+    t1 = time.perf_counter()
+    if tokens != max_tokens:
+        raise RuntimeError(f"{run.kind.name} generated {tokens} tokens, not {max_tokens}: equal work failed")
+    return Timed(t_first - t0, (tokens - 1) / max(t_last - t_first, 1e-9), tokens / (t1 - t0), tokens, "".join(parts))
+
+
 def measure(model: Path, labels: dict[str, str], rounds: int, max_tokens: int, seed: int) -> dict:
     runs = {label: servers.start(kind, model, ctx=4096) for label, kind in labels.items()}
-    tps: dict[str, dict[str, list[float]]] = {kind: {label: [] for label in runs} for kind in [*KINDS, "chat"]}
-    tokens: dict[str, list[int]] = {label: [] for label in runs}
+    kinds = [*KINDS, "chat"]
+    got: dict[str, dict[str, list[Timed]]] = {kind: {label: [] for label in runs} for kind in kinds}
     same, total = 0, 0
     r = random.Random(seed)
     try:
-        for rnd in range(rounds):
-            for i, (kind, make) in enumerate([*KINDS.items(), ("chat", chat_prompt)]):
-                prompt = make(r)
-                chosen = list(runs) if kind != "chat" else ["ours+spec", "ours"]
-                k = (rnd + i) % len(chosen)
-                texts = {}
-                for label in chosen[k:] + chosen[:k]:
-                    c = complete(runs[label], prompt, max_tokens)
-                    tps[kind][label].append(c.wall_tps)
-                    tokens[label].append(c.completion_tokens)
-                    texts[label] = c.text
-                total += 1
-                same += texts["ours+spec"] == texts["ours"]
-                if texts["ours+spec"] != texts["ours"]:
-                    common.console.log(f"[red]{kind}: output differs with speculation[/]")
-            common.console.log(f"round {rnd}: " + ", ".join(f"{k} {tps['json'][k][-1]:.0f}" for k in runs))
+        with httpx.Client(timeout=300) as client:
+            for rnd in range(rounds):
+                for i, (kind, make) in enumerate([*KINDS.items(), ("chat", chat_prompt)]):
+                    prompt = make(r)
+                    k = (rnd + i) % len(runs)
+                    order = list(runs)[k:] + list(runs)[:k]
+                    for label in order:
+                        got[kind][label].append(stream(runs[label], prompt, max_tokens, client))
+                    total += 1
+                    same += got[kind]["ours+spec"][-1].text == got[kind]["ours"][-1].text
+                    if got[kind]["ours+spec"][-1].text != got[kind]["ours"][-1].text:
+                        common.console.log(f"[red]{kind}: output differs with speculation[/]")
+                common.console.log(
+                    f"round {rnd} decode t/s: "
+                    + "; ".join(f"{kd} " + " ".join(f"{got[kd][lb][-1].decode_tps:.0f}" for lb in runs) for kd in kinds)
+                )
         stats = _metrics(runs["ours+spec"])
     finally:
         for run in runs.values():
             common.stop(run.proc)
-    copy = {label: common.median([x for kind in KINDS for x in tps[kind][label]]) for label in runs}
+    med = lambda xs: common.median([float(x) for x in xs])  # noqa: E731
+    copy = {lb: med([t.decode_tps for kd in KINDS for t in got[kd][lb]]) for lb in runs}
     return {
-        "copy_tps": copy,
-        "copy_tps_by_kind": {kind: {label: common.median(v) for label, v in tps[kind].items()} for kind in KINDS},
-        "chat_tps": {label: common.median(tps["chat"][label]) for label in ("ours+spec", "ours")},
+        "copy_decode_tps": copy,
+        "decode_tps_by_kind": {kd: {lb: med([t.decode_tps for t in got[kd][lb]]) for lb in runs} for kd in kinds},
+        "ttft_ms_by_kind": {kd: {lb: 1000 * med([t.ttft for t in got[kd][lb]]) for lb in runs} for kd in kinds},
+        "copy_wall_tps": {lb: med([t.wall_tps for kd in KINDS for t in got[kd][lb]]) for lb in runs},
         "vs_llama_server": copy["ours+spec"] / copy["llama-server"],
         "vs_llama_server_ngram": copy["ours+spec"] / copy["llama-server+ngram"],
-        "chat_spec_vs_nospec": common.median(tps["chat"]["ours+spec"]) / common.median(tps["chat"]["ours"]),
+        "plain_vs_llama_server": copy["ours"] / copy["llama-server"],
+        "chat_spec_vs_nospec": med([t.decode_tps for t in got["chat"]["ours+spec"]])
+        / med([t.decode_tps for t in got["chat"]["ours"]]),
         "identical_outputs": f"{same}/{total}",
-        "median_completion_tokens": {label: common.median([float(t) for t in v]) for label, v in tokens.items()},
         "ours_spec_counters": stats,
     }
 
 
-def _metrics(run) -> dict:
-    import httpx
+def measure_chat4(model: Path, labels: dict[str, str], rounds: int, max_tokens: int, seed: int) -> dict:
+    """Free-form chat, 4 clients at once on 4 slots: aggregate tokens/s of each wave, ours with and without
+    speculation, waves alternating."""
+    runs = {lb: servers.start(labels[lb], model, ctx=4096, parallel=4) for lb in ("ours+spec", "ours")}
+    tps: dict[str, list[float]] = {lb: [] for lb in runs}
+    r = random.Random(seed + 7)
+    clients = [httpx.Client(timeout=300) for _ in range(4)]
+    try:
+        for rnd in range(rounds):
+            prompts = [chat_prompt(r) for _ in clients]
+            order = list(runs) if rnd % 2 == 0 else list(runs)[::-1]
+            for lb in order:
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(4) as pool:
+                    done = list(pool.map(lambda pc: stream(runs[lb], pc[0], max_tokens, pc[1]), zip(prompts, clients)))  # noqa: B023
+                tps[lb].append(sum(t.tokens for t in done) / (time.perf_counter() - t0))
+    finally:
+        for c in clients:
+            c.close()
+        for run in runs.values():
+            common.stop(run.proc)
+    med = {lb: common.median(v) for lb, v in tps.items()}
+    return {"chat4_tps": med, "chat4_spec_vs_nospec": med["ours+spec"] / med["ours"]}
 
+
+def _metrics(run) -> dict:
     out = {}
     for line in httpx.get(run.url("/metrics"), timeout=10).text.splitlines():
         if line.startswith("edge_spec_"):
@@ -152,9 +230,10 @@ def _metrics(run) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="both", help="smollm2, gemma3 or both (the bundled models)")
-    ap.add_argument("--rounds", type=int, default=4, help="rounds of the 3 copy kinds + 1 chat prompt")
-    ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the 3 copy kinds + 1 chat prompt")
+    ap.add_argument("--max-tokens", type=int, default=160, help="tokens every request generates (ignore_eos)")
+    ap.add_argument("--chat4-rounds", type=int, default=2, help="waves of 4 concurrent chat requests; 0: none")
+    ap.add_argument("--seed", type=int, default=None, help="prompts' random seed (default: the clock: new prompts)")
     ap.add_argument(
         "--anchor-spec",
         default="--spec-type ngram-simple",
@@ -165,22 +244,36 @@ def main() -> None:
     common.exit_cleanly_on_sigterm()
     common.warn_if_busy()
     labels = register(args.anchor_spec.split())
+    if args.seed is None:
+        args.seed = time.time_ns() % 1_000_000
+    common.console.log(f"prompt seed {args.seed}")
     models = ["smollm2", "gemma3"] if args.model == "both" else [args.model]
-    results = {m: measure(common.bundled_model(m), labels, args.rounds, args.max_tokens, args.seed) for m in models}
+    results = {}
+    for m in models:
+        path = common.bundled_model(m)
+        results[m] = measure(path, labels, args.rounds, args.max_tokens, args.seed)
+        if args.chat4_rounds:
+            results[m] |= measure_chat4(path, labels, args.chat4_rounds, args.max_tokens, args.seed)
     if args.json:
         print(json.dumps(results, indent=2))
         return
     c = common.console
     for m, res in results.items():
-        c.print(f"[bold]{m}[/]: copy-heavy tokens/s (median of {args.rounds * len(KINDS)} prompts per server)")
-        c.print("  " + "   ".join(f"{k} {v:.1f}" for k, v in res["copy_tps"].items()))
-        for kind, row in res["copy_tps_by_kind"].items():
-            c.print(f"    {kind}: " + "   ".join(f"{k} {v:.1f}" for k, v in row.items()))
+        n = args.rounds * len(KINDS)
+        c.print(f"[bold]{m}[/]: decode tokens/s, {args.max_tokens} tokens per request (median of {n} copy prompts)")
+        c.print("  " + "   ".join(f"{k} {v:.1f}" for k, v in res["copy_decode_tps"].items()))
+        for kind, row in res["decode_tps_by_kind"].items():
+            ttft = res["ttft_ms_by_kind"][kind]
+            c.print(f"    {kind}: " + "   ".join(f"{k} {v:.1f} ({ttft[k]:.0f} ms)" for k, v in row.items()))
+        c.print("  (time to first token in brackets)")
+        c.print(f"  wall tokens/s (prompt included): {res['copy_wall_tps']}")
         c.print(f"  ours+spec / llama-server          {res['vs_llama_server']:.2f}  (goal >= 1.3)")
         c.print(f"  ours+spec / llama-server {args.anchor_spec}  {res['vs_llama_server_ngram']:.2f}  (goal >= 1.0)")
+        c.print(f"  ours (no spec) / llama-server     {res['plain_vs_llama_server']:.2f}")
         c.print(f"  free-form chat, spec / no spec    {res['chat_spec_vs_nospec']:.3f}  (goal >= 0.98)")
+        if "chat4_tps" in res:
+            c.print(f"  4 clients chat, spec / no spec    {res['chat4_spec_vs_nospec']:.3f}  {res['chat4_tps']}")
         c.print(f"  identical outputs with/without speculation: {res['identical_outputs']}")
-        c.print(f"  median completion tokens: {res['median_completion_tokens']}")
         c.print(f"  our counters: {res['ours_spec_counters']}")
 
 

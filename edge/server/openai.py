@@ -100,6 +100,7 @@ class _Sampling(_Lenient):
     top_k: int | None = Field(None, ge=0, le=1_000_000)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(None, ge=0.0, le=10.0)
+    ignore_eos: bool = False  # generate past end-of-generation tokens, up to max_tokens (benchmarks)
     # the scale of the LoRA adapter the model name carries (`base+adapter`), instead of the name's:
     # `lora_scale`, or llama-server's `lora: [{"id": 0, "scale": s}]` (id 0 is the name's adapter)
     lora_scale: LoraScale | None = None
@@ -419,6 +420,7 @@ def _params(body: _Sampling, max_tokens: int | None) -> SamplingParams:
         grammar=_grammar(body.response_format),
         logprobs=logprobs,
         top_logprobs=top if logprobs else d.top_logprobs,
+        ignore_eos=body.ignore_eos,
     )
 
 

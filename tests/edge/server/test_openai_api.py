@@ -80,6 +80,16 @@ def test_max_tokens_gives_finish_reason_length(client):
     assert r.usage.completion_tokens == 5
 
 
+def test_ignore_eos_generates_max_tokens(client):
+    """llama-server's ignore_eos: the answer that stops by itself above runs on to max_tokens."""
+    messages = chat_messages("What is the capital of France?")
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=40, extra_body={"ignore_eos": True}
+    )
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 40
+    assert "Paris" in r.choices[0].message.content
+
+
 def test_completions_greedy_equals_the_engine(client, oracle):
     prompt = "The capital of France is"
     r = client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=12)
