@@ -192,7 +192,7 @@ def _feeds(m: dict, chunk: np.ndarray) -> dict[str, np.ndarray]:
     """One chunk from position 0 with an empty KV cache, as the runtime's prompt step feeds it."""
     n = len(chunk)
     kv = np.zeros((1, int(m["n_kv_heads"]), n, int(m["head_dim"])), np.float32)  # (1, n_kv, n, head_dim)
-    feeds = {
+    feeds: dict[str, np.ndarray] = {
         "input_ids": chunk.astype(np.int64)[None, :],  # (1, n)
         "seqlens_k": np.array([n - 1], np.int32),
         "total_sequence_length": np.array(n, np.int32),
