@@ -1,15 +1,21 @@
-"""ONNX speed: our int4 SmolLM2 through edge's ONNX backend vs onnxruntime-genai's builder + runtime.
+"""ONNX quality and speed: our int8 / int4 / calibrated int4 SmolLM2 vs onnxruntime-genai's int4.
 
-    .venv/bin/python bench/onnx.py [--tokens 128] [--rounds 3] [--threads 2]
+    .venv/bin/python bench/onnx.py [--tokens 128] [--rounds 3] [--threads 2] [--chunks 14] [--prepare]
 
-Both sides get the same checkpoint (the bundled SmolLM2-135M-Instruct GGUF unpacked to HF by
-edge-quantize), both int4 (block 32, symmetric, accuracy level 4: onnxruntime-genai's CPU default),
-both greedy with end-of-sequence ignored, same prompt, same thread count. onnxruntime-genai's
+Every side gets the same checkpoint (the bundled SmolLM2-135M-Instruct GGUF unpacked to HF by
+edge-quantize). Quality: KL divergence and same-top-token % against the F32 GGUF on the ladder's
+text and chunks (quantize.eval, docs/ladder.md), for GGUF Q8_0 / Q4_0, our ONNX onnx:int8,
+onnx:int4 (round-to-nearest) and onnx:int4_awq (calibrated on --calib-text, by default licence
+texts other than the evaluation's GPL-3), and onnxruntime-genai's int4 folder (its model.onnx run
+chunk by chunk in onnxruntime). Speed: every ONNX variant and onnxruntime-genai's int4 (block 32,
+symmetric, accuracy level 4: its CPU default), greedy with end-of-sequence ignored, same prompt,
+same thread count. `--prepare` builds every file and stops (run it under tools/heavy, then the
+measurement under tools/quiet). onnxruntime-genai's
 builder needs transformers 5, so it lives in its own venv (created here on first use, $GENAI_VENV,
 default /tmp/genai-venv; torch is borrowed from the project's venv through a .pth file instead of
 downloading it again). Runs are separate processes, interleaved A/B/A/B; tokens/s counts decode
 steps after the first token (prompt evaluation excluded). Prints each run, the medians and the
-ratio ours / genai (goal >= 0.9).
+ratio of each of ours / genai (goal >= 0.9), then the quality table.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # this file is named onnx.py: keep its folder off the path, or it would shadow the onnx package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 PROMPT = "Write a short story about a robot who learns to paint."
+OURS_TYPES = ("onnx:int8", "onnx:int4", "onnx:int4_awq")
+CALIB_LICENCES = ("Apache-2.0", "MPL-2.0", "CC0-1.0", "Artistic")  # not the evaluation's GPL-3
 
 OURS = (
     r"""
@@ -92,21 +100,35 @@ def genai_python(venv: Path) -> Path:
     return py
 
 
-def prepare(work: Path, venv: Path, threads: int) -> tuple[Path, Path]:
+def prepare(work: Path, venv: Path, threads: int, calib_text: Path | None) -> dict[str, Path]:
+    """Every file measured: label -> GGUF file or ONNX folder (built once, kept in `work`)."""
     sys.path.insert(0, str(ROOT))
     from edge.store import bundled_models, materialize
 
     work.mkdir(parents=True, exist_ok=True)
-    hf, ours, genai = work / "smollm2-hf", work / "smollm2-onnx-int4_bs32", work / "genai-int4"
+    hf, genai = work / "smollm2-hf", work / "genai-int4"
     if not hf.exists():
         from quantize.unpack import unpack
 
         entry = next(e for e in bundled_models(work / "cache") if e.name == "smollm2:135m-q4_1")
         unpack(materialize(entry).path, hf, quiet=True)
-    if not ours.exists():
-        from quantize.onnx.export import export_onnx
+    files = {t: work / f"smollm2-{t.replace(':', '-')}" for t in ("f32", "q8_0", "q4_0")}
+    files = {t: p.with_suffix(".gguf") for t, p in files.items()}
+    if not all(p.exists() for p in files.values()):
+        from quantize.convert import convert
 
-        export_onnx(hf, ["onnx:int4"], work, name="smollm2", quiet=True)
+        convert(hf, list(files), work, name="smollm2", quiet=True, force=True)
+    from quantize.onnx.calib import CalibOptions
+    from quantize.onnx.export import export_onnx
+    from quantize.onnx.quant import parse_onnx_type
+
+    if calib_text is None:
+        calib_text = work / "calib.txt"
+        calib_text.write_bytes(b"".join(Path("/usr/share/common-licenses", n).read_bytes() for n in CALIB_LICENCES))
+    for t in OURS_TYPES:
+        files[t] = work / f"smollm2-onnx-{parse_onnx_type(t).name}"
+        if not files[t].exists():
+            export_onnx(hf, [t], work, name="smollm2", quiet=True, calib=CalibOptions(calib_text))
     if not genai.exists():
         py = genai_python(venv)
         subprocess.run(
@@ -133,7 +155,70 @@ def prepare(work: Path, venv: Path, threads: int) -> tuple[Path, Path]:
     cfg = json.loads(cfg_path.read_text())
     cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
     cfg_path.write_text(json.dumps(cfg, indent=2))
-    return ours, genai
+    files["genai int4"] = genai
+    return files
+
+
+class GenaiLogits:
+    """onnxruntime-genai's folder as a quantize.eval LogitsModel: its model.onnx run in onnxruntime,
+    one chunk from position 0 with an empty KV cache (no generation loop needed for logits)."""
+
+    def __init__(self, folder: Path, threads: int):
+        import numpy as np
+        import onnxruntime as ort
+
+        self.np = np
+        cfg = json.loads((folder / "genai_config.json").read_text())["model"]
+        dec = cfg["decoder"]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        self.sess = ort.InferenceSession(str(folder / dec["filename"]), so, providers=["CPUExecutionProvider"])
+        self.kv = (int(dec["num_key_value_heads"]), int(dec["head_size"]))
+        self.n_vocab, self.n_params = int(cfg["vocab_size"]), 0
+
+    def chunk_logits(self, tokens, first: int):
+        np, n = self.np, len(tokens)
+        feeds = {}
+        for i in self.sess.get_inputs():
+            if i.name == "input_ids":
+                feeds[i.name] = np.asarray(tokens, np.int64)[None, :]  # (1, n)
+            elif i.name == "attention_mask":
+                feeds[i.name] = np.ones((1, n), np.int64)
+            elif i.name == "position_ids":
+                feeds[i.name] = np.arange(n, dtype=np.int64)[None, :]
+            elif i.name.startswith("past_key_values"):
+                dtype = np.float16 if "float16" in i.type else np.float32
+                feeds[i.name] = np.zeros((1, self.kv[0], 0, self.kv[1]), dtype)  # (1, n_kv, 0, head_size)
+        [logits] = self.sess.run(["logits"], feeds)
+        return logits[0, first:].astype(np.float32)  # (n - first, vocab)
+
+    def close(self) -> None:
+        del self.sess
+
+
+def quality(files: dict[str, Path], chunks: int, threads: int) -> list[tuple[str, dict]]:
+    from quantize.eval.ladder import EvalConfig, Evaluation
+    from quantize.eval.text import default_eval_text
+
+    rows = []
+    config = EvalConfig(speed=False, max_chunks=chunks, n_threads=threads)
+    with Evaluation(files["f32"], default_eval_text(), config) as ev:
+        ev.run_reference()
+        for label, path in files.items():
+            if label == "f32":
+                continue
+            if label.startswith("genai"):
+                model = GenaiLogits(path, threads)
+                try:
+                    fig = ev.run_model(model, path, label)  # type: ignore[arg-type]
+                finally:
+                    model.close()
+            else:
+                fig = ev.run_variant(path, label)
+            rows.append((label, fig.figures))
+            log(f"{label}: KLD {fig.figures['kld_mean']:.4f}, same top {fig.figures['same_top_pct']:.2f} %")
+    return rows
 
 
 def run(cmd: list[str]) -> float:
@@ -146,23 +231,42 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunks", type=int, default=14, help="evaluation chunks of 512 tokens (the ladder's 14)")
+    ap.add_argument("--calib-text", type=Path, default=None)
+    ap.add_argument("--prepare", action="store_true", help="build every file, measure nothing")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edge-bench-onnx"))
     ap.add_argument("--genai-venv", type=Path, default=Path("/tmp/genai-venv"))
     args = ap.parse_args()
-    ours, genai = prepare(args.work, args.genai_venv, args.threads)
+    files = prepare(args.work, args.genai_venv, args.threads, args.calib_text)
+    if args.prepare:
+        return
     gpy = genai_python(args.genai_venv)
-    ours_cmd = [sys.executable, "-c", OURS, str(ours), str(args.tokens), str(args.threads), str(ROOT)]
-    genai_cmd = [str(gpy), "-c", GENAI, str(genai), str(args.tokens)]
-    a, b = [], []
+    cmds = {
+        t: [sys.executable, "-c", OURS, str(files[t]), str(args.tokens), str(args.threads), str(ROOT)]
+        for t in OURS_TYPES
+    }
+    cmds["genai int4"] = [str(gpy), "-c", GENAI, str(files["genai int4"]), str(args.tokens)]
+    tps: dict[str, list[float]] = {k: [] for k in cmds}
     for i in range(args.rounds):
-        a.append(run(ours_cmd))
-        b.append(run(genai_cmd))
-        log(f"round {i + 1}: edge onnx {a[-1]:.1f} t/s, onnxruntime-genai {b[-1]:.1f} t/s")
-    ma, mb = statistics.median(a), statistics.median(b)
-    print(
-        f"SmolLM2-135M int4, {args.tokens} tokens, {args.threads} threads, median of {args.rounds}: "
-        f"edge onnx {ma:.1f} t/s, onnxruntime-genai {mb:.1f} t/s, ratio {ma / mb:.2f}x (goal >= 0.9x)"
-    )
+        for label, cmd in cmds.items():  # interleaved: each round runs every variant once
+            tps[label].append(run(cmd))
+        log(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in tps.items()) + " t/s")
+    med = {k: statistics.median(v) for k, v in tps.items()}
+    base = med["genai int4"]
+    print(f"SmolLM2-135M, {args.tokens} tokens, {args.threads} threads, median of {args.rounds} (tokens/s):")
+    for k, v in med.items():
+        print(
+            f"  {k:16s} {v:6.1f} t/s  {v / base:.2f}x genai int4" + ("" if k.startswith("genai") else " (goal >= 0.9x)")
+        )
+    rows = quality(files, args.chunks, args.threads)
+    print(f"quality against F32 on the ladder's text ({args.chunks} chunks x 512):")
+    print("| variant | KLD mean | KLD p99 | same top % | PPL | tokens/s |")
+    print("|---|---|---|---|---|---|")
+    for label, f in rows:
+        speed = f"{med[label]:.1f}" if label in med else "-"
+        print(
+            f"| {label} | {f['kld_mean']:.4f} | {f['kld_p99']:.4f} | {f['same_top_pct']:.2f} | {f['ppl']:.3f} | {speed} |"
+        )
 
 
 if __name__ == "__main__":

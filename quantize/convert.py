@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
@@ -32,6 +32,9 @@ from .imatrix import Imatrix, compute_imatrix
 from .outputs import OutputPlan, gguf_path, plan, read_config
 from .progress import Bars, Fallback, llama_log_to, warn
 from .quantizer import QuantType, intermediate_type, quantize_file
+
+if TYPE_CHECKING:
+    from .onnx.calib import CalibOptions
 
 Q = gguf.GGMLQuantizationType
 
@@ -70,13 +73,15 @@ def convert(
     imatrix: ImatrixOptions | None = None,
     after: AfterHook | None = None,
     checkpoint: Checkpoint | None = None,
+    calib: CalibOptions | None = None,
 ) -> list[ConvertResult]:
-    """`checkpoint`: read the HF folder's weights through this instead (a LoRA merged on the fly)."""
+    """`checkpoint`: read the HF folder's weights through this instead (a LoRA merged on the fly).
+    `calib`: quantize.onnx.calib.CalibOptions, the text calibrated ONNX types measure activations on."""
     src, out_dir = Path(src), Path(out_dir)
     p = plan(src, types, out_dir, name=name, imatrix=imatrix is not None, force=force)
     if imatrix is not None and p.gguf_types and not Path(imatrix.text).is_file():
         raise NotFoundError(f"--imatrix-text {imatrix.text} does not exist: give a UTF-8 text file")
-    done = _export_onnx(src, p, force, quiet) if p.onnx_types else []
+    done = _export_onnx(src, p, force, quiet, calib) if p.onnx_types else []
     if not p.gguf_types:
         if after is not None and len(done) > 1 and any(r.type == "onnx:fp32" for r in done):
             with Bars(quiet) as bars:  # an ONNX-only ladder: the fp32 folder is the reference
@@ -94,10 +99,11 @@ def convert(
         )
 
 
-def _export_onnx(src: Path, p: OutputPlan, force: bool, quiet: bool) -> list[ConvertResult]:
+def _export_onnx(src: Path, p: OutputPlan, force: bool, quiet: bool, calib: CalibOptions | None) -> list[ConvertResult]:
     from .onnx.export import export_onnx
 
-    results = export_onnx(src, [t.label for t in p.onnx_types], p.out_dir, force=force, quiet=quiet, name=p.name)
+    labels = [t.label for t in p.onnx_types]
+    results = export_onnx(src, labels, p.out_dir, force=force, quiet=quiet, name=p.name, calib=calib)
     return [ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds) for r in results]
 
 

@@ -35,7 +35,7 @@ def convert(
         "--to",
         "-t",
         help="Comma list of types, e.g. f16,q8_0,q4_k_m (gguf: prefix ok), onnx:fp32,onnx:fp16,onnx:int8,onnx:int4 "
-        "(int4 options: _bs16/32/64/128, _asym, _acc0-4, _head8).",
+        "(int4 options: _bs16/32/64/128, _asym, _acc0-4, _head8, _awq).",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder; files are <name>-<type>.gguf, ONNX folders <name>-onnx-<type>/."
@@ -50,6 +50,10 @@ def convert(
         None,
         help="Compute an importance matrix on this text and quantize with it (unlocks IQ2_XXS, IQ2_XS, IQ3_XXS, ...).",
     ),
+    calib_text: Path | None = typer.Option(
+        None,
+        help="Text whose activations calibrated ONNX types (onnx:int4_awq) are fitted to; chunked as --imatrix-text.",
+    ),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the quality report."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned outputs and sizes; write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report instead of the tables."),
@@ -57,6 +61,7 @@ def convert(
     """Convert SRC to one GGUF file per requested type; with several types, measure them (report)."""
     from quantize.convert import ImatrixOptions
     from quantize.convert import convert as run
+    from quantize.onnx.calib import CalibOptions
     from quantize.outputs import default_name
     from quantize.outputs import dry_run as plan
 
@@ -67,6 +72,7 @@ def convert(
     box: dict = {}
     hook = None if no_eval or n_types < 2 else _ladder_hook(name, out, src, eval_text, eval_ctx, box)
     imatrix = ImatrixOptions(imatrix_text, eval_ctx) if imatrix_text else None
+    calib = CalibOptions(calib_text, eval_ctx) if calib_text else None
     results = run(
         src,
         to,
@@ -76,6 +82,7 @@ def convert(
         keep_intermediate=keep_intermediate,
         name=name,
         imatrix=imatrix,
+        calib=calib,
         after=hook,
     )
     if not quiet and not as_json:

@@ -126,7 +126,6 @@ class Evaluation:
         if self.spill is None:
             self.run_reference()
         assert self.spill is not None
-        t0 = time.perf_counter()
         model = open_model(path, self.config.ctx, self.config.n_threads)
         try:
             n_vocab = self.spill.n_vocab
@@ -135,17 +134,25 @@ class Evaluation:
                     f"{path} has {model.n_vocab} tokens in its vocabulary, the reference "
                     f"{self.reference} has {n_vocab}: they are not the same model"
                 )
-            stats = Stats()
-            todo = self._chunks(self.bos)
-            for i, chunk in enumerate(todo):
-                # an ONNX export may keep rows past the GGUF vocabulary (padding of the HF checkpoint): dropped
-                logits = model.chunk_logits(chunk, self.first)[:-1, :n_vocab]  # (ctx-1-first, V)
-                self._compare(i, logits, chunk[self.first + 1 :], stats)
-                self.progress(label or Path(path).name, i + 1, len(todo))
-            figures = stats.summary() | self._speed(model)
-            return VariantFigures(Path(path), model.n_vocab, model.n_params, figures, time.perf_counter() - t0)
+            return self.run_model(model, Path(path), label)
         finally:
             model.close()
+
+    def run_model(self, model: LogitsModel, path: Path, label: str | None = None) -> VariantFigures:
+        """Any model with the LogitsModel shape (benchmarks bring other runtimes' folders), on the
+        reference's chunks; logits rows past the reference's vocabulary (padding) are dropped."""
+        if self.spill is None:
+            self.run_reference()
+        assert self.spill is not None
+        t0 = time.perf_counter()
+        stats = Stats()
+        todo = self._chunks(self.bos)
+        for i, chunk in enumerate(todo):
+            logits = model.chunk_logits(chunk, self.first)[:-1, : self.spill.n_vocab]  # (ctx-1-first, V)
+            self._compare(i, logits, chunk[self.first + 1 :], stats)
+            self.progress(label or Path(path).name, i + 1, len(todo))
+        figures = stats.summary() | self._speed(model)
+        return VariantFigures(Path(path), model.n_vocab, model.n_params, figures, time.perf_counter() - t0)
 
     def _compare(self, i: int, logits: np.ndarray, targets: np.ndarray, stats: Stats) -> None:
         assert self.spill is not None, "the reference is scored first (run_reference)"

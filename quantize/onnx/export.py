@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,10 @@ from ..checkpoint import Checkpoint
 from ..outputs import ONNX_PREFIX, plan, read_config
 from ..progress import Bars, warn
 from . import get_spec
+from .calib import CalibOptions, CalibText, check_calibration, collect
 from .decoder import Loader, build
 from .graph import Graph, WeightFormat
-from .quant import OnnxType
+from .quant import OnnxType, parse_onnx_type
 from .weights import WeightSink
 
 
@@ -52,20 +54,24 @@ def export_onnx(
     quiet: bool = False,
     name: str | None = None,
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
+    calib: CalibOptions | None = None,
 ) -> list[OnnxResult]:
+    """`calib`: the text calibrated types (onnx:int4_awq) measure activations on; required by them."""
     src, out_dir = Path(src), Path(out_dir)
     names = [t for t in (types.split(",") if isinstance(types, str) else types) if t.strip()]
     names = [t if t.strip().lower().startswith(ONNX_PREFIX) else ONNX_PREFIX + t.strip() for t in names]
     p = plan(src, names, out_dir, name=name, force=force)
+    text = check_calibration(p.onnx_types, calib)
     targets = p.onnx_paths()
     out_dir.mkdir(parents=True, exist_ok=True)
     with Bars(quiet) as bars:
         if src.is_file():
-            return _from_gguf(src, p.onnx_types, targets, out_dir, p.name, bars, external_data_bytes, force)
-        return [_export_one(src, t, targets[t.name], bars, external_data_bytes, force) for t in p.onnx_types]
+            return _from_gguf(src, p.onnx_types, targets, out_dir, p.name, bars, external_data_bytes, force, text)
+        with _calibration(src, p.onnx_types, text, out_dir, p.name, bars) as stats:
+            return [_export_one(src, t, targets[t.name], bars, external_data_bytes, force, stats) for t in p.onnx_types]
 
 
-def _from_gguf(src, otypes, targets, out_dir, name, bars, external_data_bytes, force) -> list[OnnxResult]:
+def _from_gguf(src, otypes, targets, out_dir, name, bars, external_data_bytes, force, text) -> list[OnnxResult]:
     from ..unpack import unpack
 
     if src.suffix.lower() != ".gguf":
@@ -77,7 +83,8 @@ def _from_gguf(src, otypes, targets, out_dir, name, bars, external_data_bytes, f
     tmp = temp_name(out_dir / name, "unpack-")
     try:
         unpack(src, tmp, force=True, quiet=True)
-        return [_export_one(tmp, t, targets[t.name], bars, external_data_bytes, force) for t in otypes]
+        with _calibration(tmp, otypes, text, out_dir, name, bars) as stats:
+            return [_export_one(tmp, t, targets[t.name], bars, external_data_bytes, force, stats) for t in otypes]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -88,8 +95,33 @@ def _tokenizer_size(src: Path) -> int:
     return Tokenizer.from_file(str(src / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
 
 
+@contextmanager
+def _calibration(src: Path, otypes: list[OnnxType], text: CalibText | None, out_dir: Path, name: str, bars: Bars):
+    """Activation statistics for the calibrated types (None without them), from a temporary int8
+    export (quantize/onnx/calib.py) that lives, with the Hessians spilled beside it, until the
+    types are written."""
+    if text is None or not any(t.calibrated for t in otypes):
+        yield None
+        return
+    todo = text.chunks(src)  # a text too short fails here, before any output
+    tmp = temp_name(out_dir / name, "calib-")
+    try:
+        _export_one(src, parse_onnx_type("onnx:int8"), tmp, bars, EXTERNAL_DATA_BYTES, True)
+        task = bars.add("calibration (activations)", total=len(todo))
+        full = any(t.weights.method == "gptq" for t in otypes)
+        yield collect(tmp, todo, full=full, progress=lambda done, total: bars.update(task, completed=done, total=total))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _export_one(
-    src: Path, otype: OnnxType, target: Path, bars: Bars, external_data_bytes: int, force: bool
+    src: Path,
+    otype: OnnxType,
+    target: Path,
+    bars: Bars,
+    external_data_bytes: int,
+    force: bool,
+    stats: dict[str, np.ndarray] | None = None,
 ) -> OnnxResult:
     start = time.perf_counter()
     config = read_config(src)
@@ -108,7 +140,7 @@ def _export_one(
     with atomic_folder(target, force=force) as tmp:
         sink = WeightSink(tmp / MODEL_FILE, external=big)  # weights go to disk as the graph takes them
         try:
-            g = Graph(f"{model_type}-decoder", wf, sink)
+            g = Graph(f"{model_type}-decoder", wf, sink, stats if otype.calibrated else None)
             build(dspec, lay, Loader(ckpt, set()), g, on_block=lambda i: bars.advance(task))
             sink.finish(g.model())
         finally:

@@ -31,16 +31,20 @@ class WeightFormat:
     symmetric: bool = True
     accuracy_level: int = 4  # MatMulNBits: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
     head_bits: int = 4  # bits of the output projection (8 keeps it near-lossless)
+    method: str = "rtn"  # "rtn": onnxruntime's round-to-nearest; "awq": activation-aware (blockquant.py)
 
 
 class Graph:
     """`sink` (quantize/onnx/weights.py): initializers of 1 KiB or more are written out as they come,
     so a graph never holds the model's weights; without one they stay in `inits` (tests, tiny graphs)."""
 
-    def __init__(self, name: str, wf: WeightFormat, sink: WeightSink | None = None):
+    def __init__(
+        self, name: str, wf: WeightFormat, sink: WeightSink | None = None, stats: dict[str, np.ndarray] | None = None
+    ):
         self.name = name
         self.wf = wf
         self.sink = sink
+        self.stats = stats or {}  # linear name -> mean squared input activation per channel (K,): "awq"
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, TensorProto] = {}
         self._written: set[str] = set()  # names the sink wrote inline (not in `inits`)
@@ -114,6 +118,8 @@ class Graph:
         from onnxruntime.capi import _pybind_state as C
 
         k, n = wt.shape
+        if wf.method != "rtn":
+            return self._matmul_nbits_calibrated(name, x, wt, outputs, wf)
         k_blocks = -(-k // wf.block_size)
         if k_blocks * wf.block_size != k:
             wt = np.pad(wt, ((0, k_blocks * wf.block_size - k), (0, 0)))
@@ -123,6 +129,41 @@ class Graph:
         scales = np.zeros((n, k_blocks), dtype=np.float32)  # (N, blocks)
         quant = C.quantize_matmul_4bits if wf.bits == 4 else C.quantize_matmul_8bits
         quant(packed, wt, scales, zeros, wf.block_size, n, k, wf.symmetric)
+        inputs = [x, self.const(name + ".qweight", packed), self.const(name + ".scales", scales)]
+        if not wf.symmetric:
+            inputs.append(self.const(name + ".zero_points", zeros))
+        return self.op(
+            "MatMulNBits",
+            inputs,
+            domain=MS,
+            outputs=outputs,
+            K=k,
+            N=n,
+            bits=wf.bits,
+            block_size=wf.block_size,
+            accuracy_level=wf.accuracy_level,
+        )[0]
+
+    def _matmul_nbits_calibrated(self, name: str, x: str, wt: np.ndarray, outputs, wf: WeightFormat) -> str:
+        """awq: W * s quantized with activation-weighted block scales, the input divided by s first;
+        gptq: the same scaling, then GPTQ on W * s with the input's Hessian (rescaled by s); without
+        the scaling GPTQ cannot recover channels whose activations dwarf the rest (their small weights
+        round to zero in blocks scaled by the others). Statistics: quantize/onnx/calib.py."""
+        from .blockquant import awq_scales, gptq
+
+        st = self.stats.get(name)
+        k = wt.shape[0]
+        if st is None or st.shape[0] != k or (wf.method == "gptq" and st.shape != (k, k)):
+            want = "the input's Hessian (K, K)" if wf.method == "gptq" else "activation statistics (K,)"
+            raise ValueError(f"{name}: {wf.method} needs {want} with K = {k}: calibrate first")
+        act = np.ascontiguousarray(np.diagonal(st) if st.ndim == 2 else st, dtype=np.float32)
+        s, (packed, scales, zeros) = awq_scales(wt, wf.bits, wf.block_size, wf.symmetric, act)
+        if wf.method == "gptq":
+            h = np.asarray(st, dtype=np.float64) / np.outer(s, s)  # (K, K) Hessian of x / s
+            packed, scales, zeros = gptq(wt * s[:, None], wf.bits, wf.block_size, wf.symmetric, h)
+        if not np.all(s == 1):
+            x = self.op("Mul", [x, self.const(name + ".input_scale", (1 / s).astype(np.float32))])[0]
+        k, n = wt.shape
         inputs = [x, self.const(name + ".qweight", packed), self.const(name + ".scales", scales)]
         if not wf.symmetric:
             inputs.append(self.const(name + ".zero_points", zeros))
