@@ -45,6 +45,7 @@ class ConvertResult:
     seconds: float
     imatrix: bool = False  # quantized with an importance matrix
     fallbacks: tuple[Fallback, ...] = ()  # tensors llama.cpp stored in another type (rows vs block size)
+    exporter: str = ""  # ONNX folders: "edge" (our graph builder) or "optimum"
 
 
 # Called once every output exists, before a temporary intermediate is removed:
@@ -98,7 +99,9 @@ def _export_onnx(src: Path, p: OutputPlan, force: bool, quiet: bool) -> list[Con
     from .onnx.export import export_onnx
 
     results = export_onnx(src, [t.label for t in p.onnx_types], p.out_dir, force=force, quiet=quiet, name=p.name)
-    return [ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds) for r in results]
+    return [
+        ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds, exporter=r.exporter) for r in results
+    ]
 
 
 def _adding(rows: list[ConvertResult], after: AfterHook) -> AfterHook:
