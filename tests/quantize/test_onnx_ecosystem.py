@@ -18,6 +18,7 @@ import pytest
 from quantize.onnx.export import export_onnx
 
 N_GREEDY = 24
+ROOT = Path(__file__).resolve().parents[2]
 PROMPT_IDS = [5, 17, 300, 42, 99, 7, 250, 600, 12, 33, 7, 81]
 
 
@@ -65,6 +66,17 @@ def _our_greedy(folder: Path, prompt: list[int], n: int) -> list[int]:
     return asyncio.run(run())
 
 
+def _logits(folder: Path, ids: list[int]) -> np.ndarray:
+    """(n, vocab) logits of every position, through the backend's batcher."""
+    from edge.engine.onnx.backend import batcher_class
+
+    b = batcher_class(folder)(folder, n_ctx=64, n_parallel=1, n_threads=1)
+    try:
+        return b.logits_all(0, ids, 0)
+    finally:
+        b.free()
+
+
 def _hf_greedy(src: Path, prompt: list[int], n: int) -> list[int]:
     import torch
     import transformers
@@ -97,18 +109,17 @@ def test_onnxruntime_genai_runs_our_folder_greedy_as_we_do(tiny_checkpoint, tmp_
 @pytest.fixture(scope="module")
 def qwen2_folders(tiny_checkpoint, tmp_path_factory):
     """A tiny random Qwen2 (no converter of ours) converted by the CLI to onnx:fp32 and onnx:int8: (src, out, stdout)."""
-    import contextlib
-    import io
-
-    from quantize.cli import main
+    import subprocess
+    import sys
 
     src = tiny_checkpoint("qwen2")
     out = tmp_path_factory.mktemp("qwen2-onnx")
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit) as exit_:
-        main(["convert", str(src), "--to", "onnx:fp32,onnx:int8,onnx:int4", "-o", str(out), "--name", "q", "--no-eval"])
-    assert exit_.value.code == 0, buf.getvalue()
-    return src, out, buf.getvalue()
+    cli = "import sys; from quantize.cli import main; main(sys.argv[1:])"
+    args = ["convert", str(src), "--to", "onnx:fp32,onnx:int8,onnx:int4", "-o", str(out), "--name", "q", "--no-eval"]
+    env = {**os.environ, "COLUMNS": "300", "PYTHONPATH": str(ROOT)}  # the summary table on one line per folder
+    done = subprocess.run([sys.executable, "-c", cli, *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return src, out, done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -121,12 +132,15 @@ def test_optimum_exports_what_our_builder_lacks_and_says_so(qwen2_folders):
         assert {"tokenizer.json", "tokenizer_config.json", "genai_config.json"} <= set(manifest["files"])
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(out / "q-onnx-int8" / "model.onnx")).graph.node}
-    assert "MatMulNBits" in ops and "MatMul" not in ops  # every weight matmul quantized
+    graph = onnx.load(str(out / "q-onnx-int8" / "model.onnx")).graph
+    weights = {t.name for t in graph.initializer}
+    assert any(n.op_type == "MatMulNBits" for n in graph.node)
+    assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]  # all quantized
     hf = _hf_greedy(src, PROMPT_IDS, N_GREEDY)
     assert _our_greedy(out / "q-onnx-fp32", PROMPT_IDS, N_GREEDY) == hf
-    int8 = _our_greedy(out / "q-onnx-int8", PROMPT_IDS, N_GREEDY)
-    assert sum(a == b for a, b in zip(int8, hf)) >= N_GREEDY * 3 // 4, (int8, hf)
+    ref, int8 = (_logits(out / f"q-onnx-{t}", PROMPT_IDS) for t in ("fp32", "int8"))  # (n, vocab) each
+    assert np.corrcoef(ref.ravel(), int8.ravel())[0, 1] > 0.99
+    assert (ref.argmax(-1) == int8.argmax(-1)).mean() >= 0.75
     assert len(_our_greedy(out / "q-onnx-int4_bs32", PROMPT_IDS, 4)) == 4
 
 
@@ -178,7 +192,7 @@ def test_missing_optimum_names_the_extra(tiny_checkpoint, tmp_path, monkeypatch)
     real = builtins.__import__
 
     def no_optimum(name, *args, **kw):
-        if name.startswith("optimum"):
+        if name == "optimum" or name.startswith("optimum."):
             raise ImportError(name=name)
         return real(name, *args, **kw)
 
