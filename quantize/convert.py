@@ -48,6 +48,7 @@ class ConvertResult:
     seconds: float
     imatrix: bool = False  # quantized with an importance matrix
     fallbacks: tuple[Fallback, ...] = ()  # tensors llama.cpp stored in another type (rows vs block size)
+    exporter: str = ""  # ONNX folders: "edge" (our graph builder) or "optimum"
 
 
 # Called once every output exists, before a temporary intermediate is removed:
@@ -104,7 +105,9 @@ def _export_onnx(src: Path, p: OutputPlan, force: bool, quiet: bool, calib: Cali
 
     labels = [t.label for t in p.onnx_types]
     results = export_onnx(src, labels, p.out_dir, force=force, quiet=quiet, name=p.name, calib=calib)
-    return [ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds) for r in results]
+    return [
+        ConvertResult(r.type, r.path, r.size_bytes, r.bits_per_weight, r.seconds, exporter=r.exporter) for r in results
+    ]
 
 
 def _adding(rows: list[ConvertResult], after: AfterHook) -> AfterHook:

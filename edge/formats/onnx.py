@@ -6,9 +6,11 @@ it lives in edge/ because the runtime never imports quantize.
     <folder>/model.onnx            the decoder graph (decoder.py's interface)
     <folder>/model.onnx.data       external weights, for models above EXTERNAL_DATA_BYTES
     <folder>/tokenizer.json ...    tokenizer, its config, chat template, generation config, config.json
+    <folder>/genai_config.json     what onnxruntime-genai reads to run the folder unchanged
     <folder>/edge_onnx.json        the manifest: format version, model numbers the runtime needs
-                                   (layers, kv heads, head dim, vocab, eos ids, context), the type,
-                                   and every file with its size and sha256
+                                   (layers, kv heads, head dim, vocab, eos ids, context), which
+                                   exporter wrote the graph and its KV cache kind ("inplace": ours,
+                                   "concat": optimum's), the type, and every file with its size and sha256
 
 The runtime refuses a folder whose manifest is missing, of another format version, or whose files
 differ in size from the manifest (a truncated copy); `verify_folder` also checks every sha256.
@@ -25,7 +27,7 @@ from edge.errors import ModelFormatError, NotFoundError
 from edge.fsio import sha256_file
 
 MANIFEST = "edge_onnx.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bumped when the graph interface changes: older folders are refused, to be re-exported
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above 1 GiB go to model.onnx.data (protobuf caps a file at 2 GiB)

@@ -17,6 +17,8 @@ from rich.table import Table
 from edge.errors import BadRequestError, report_and_exit
 from quantize.progress import console
 
+# which code wrote an ONNX folder (quantize.convert.ConvertResult.exporter); GGUF rows leave it empty
+EXPORTERS = {"edge": "edge graph builder", "optimum": "optimum"}
 _TEXT_HELP = "Debian's GPL-3 licence text, else a licence text shipped by an installed package"
 
 app = typer.Typer(
@@ -87,10 +89,17 @@ def convert(
     )
     if not quiet and not as_json:
         table = Table(title="edge-quantize")
-        for col in ("type", "file", "size", "bits/weight", "seconds"):
-            table.add_column(col, justify="left" if col in ("type", "file") else "right")
+        for col in ("type", "file", "size", "bits/weight", "seconds", "exporter"):
+            table.add_column(col, justify="left" if col in ("type", "file", "exporter") else "right")
         for r in results:
-            table.add_row(r.type, str(r.path), _size(r.size_bytes), f"{r.bits_per_weight:.2f}", f"{r.seconds:.1f}")
+            table.add_row(
+                r.type,
+                str(r.path),
+                _size(r.size_bytes),
+                f"{r.bits_per_weight:.2f}",
+                f"{r.seconds:.1f}",
+                EXPORTERS.get(r.exporter, r.exporter),
+            )
         console.print(table)
     if "report" in box:
         _emit_report(box["report"], out, name, quiet, as_json)

@@ -194,8 +194,7 @@ def _feeds(m: dict, chunk: np.ndarray) -> dict[str, np.ndarray]:
     kv = np.zeros((1, int(m["n_kv_heads"]), n, int(m["head_dim"])), np.float32)  # (1, n_kv, n, head_dim)
     feeds: dict[str, np.ndarray] = {
         "input_ids": chunk.astype(np.int64)[None, :],  # (1, n)
-        "seqlens_k": np.array([n - 1], np.int32),
-        "total_sequence_length": np.array(n, np.int32),
+        "attention_mask": np.ones((1, n), np.int64),  # n tokens in the cache after this step
     }
     for i in range(int(m["n_layers"])):
         feeds[f"past_key_values.{i}.key"] = kv

@@ -8,8 +8,10 @@ Per block (onnxruntime contrib ops, as onnxruntime-genai's builder emits them):
       ─ [post norm] ─ next block
 
 Graph interface (B = batch, S = new tokens, T = KV buffer length chosen by the runtime):
-  inputs  input_ids int64 (B, S); seqlens_k int32 (B,) = tokens in the cache after this step - 1;
-          total_sequence_length int32 () ; past_key_values.{i}.key/.value float (B, n_kv, T, head_dim)
+  inputs  input_ids int64 (B, S); attention_mask int64 (B, L) of ones, L = tokens in the cache after
+          this step (the graph derives GroupQueryAttention's seqlens_k = L - 1 and
+          total_sequence_length = L from it, as onnxruntime-genai's models do, so onnxruntime-genai
+          runs the folder); past_key_values.{i}.key/.value float (B, n_kv, T, head_dim)
   outputs logits float (B, S, vocab); present.{i}.key/.value, same shape as past: the runtime binds
           each present to its past buffer, so GroupQueryAttention writes the new rows in place
           (past_present_share_buffer) and nothing is copied per step.
@@ -105,8 +107,8 @@ class Loader:
 def build(spec: DecoderSpec, lay: Layout, ld: Loader, g: Graph, on_block=lambda i: None) -> None:
     w = spec.weights
     g.input("input_ids", TensorProto.INT64, ["batch", "seq"])
-    g.input("seqlens_k", TensorProto.INT32, ["batch"])
-    g.input("total_sequence_length", TensorProto.INT32, [])
+    g.input("attention_mask", TensorProto.INT64, ["batch", "total"])
+    _lengths(g)
     kv_shape = ["batch", lay.n_kv_heads, "kv_len", lay.head_dim]
     for i in range(lay.n_layers):
         past_k, past_v, pres_k, pres_v = kv_names(i)
@@ -142,6 +144,16 @@ def build(spec: DecoderSpec, lay: Layout, ld: Loader, g: Graph, on_block=lambda 
     for i in range(lay.n_layers):
         g.output(kv_names(i)[2], FLOAT, kv_shape)
         g.output(kv_names(i)[3], FLOAT, kv_shape)
+
+
+def _lengths(g: Graph) -> None:
+    """GroupQueryAttention's length inputs from the mask, as onnxruntime-genai's models derive them:
+    seqlens_k (B,) int32 = ones in the mask - 1, total_sequence_length () int32 = the mask's width."""
+    ones = g.op("ReduceSum", ["attention_mask", g.const("axis_1", np.array([1], dtype=np.int64))], keepdims=0)[0]
+    last = g.op("Sub", [ones, g.const("one_i64", np.array(1, dtype=np.int64))])[0]
+    g.op("Cast", [last], outputs=["seqlens_k"], to=TensorProto.INT32)
+    width = g.op("Gather", [g.op("Shape", ["attention_mask"])[0], g.const("index_1", np.array(1, dtype=np.int64))])[0]
+    g.op("Cast", [width], outputs=["total_sequence_length"], to=TensorProto.INT32)
 
 
 def _head_format(wf):

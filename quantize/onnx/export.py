@@ -1,5 +1,8 @@
 """`edge-quantize convert SRC --to onnx:int4,...`: HF checkpoint (or GGUF, through unpack) -> ONNX folders.
 
+Architectures our graph builder lacks (not in quantize.onnx.SUPPORTED) are exported by optimum
+instead (quantize/onnx/optimum_export.py); the result and the manifest say which exporter made a folder.
+
 For each requested type: validate the checkpoint against the architecture's tensor table (the GGUF
 converter's, quantize/archs), build the decoder graph block by block from memory-mapped weights
 (int4 weights are packed as they are read) and written to disk as the graph takes them (external
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ModelFormatError
+from edge.errors import BadRequestError, ModelFormatError
 from edge.formats.onnx import EXTERNAL_DATA_BYTES, MODEL_FILE, copy_companions, write_manifest
 from edge.fsio import atomic_folder, temp_name
 
@@ -28,9 +31,10 @@ from ..archs import get_arch
 from ..checkpoint import Checkpoint
 from ..outputs import ONNX_PREFIX, plan, read_config
 from ..progress import Bars, warn
-from . import get_spec
+from . import SUPPORTED, get_spec
 from .calib import CalibOptions, CalibText, check_calibration, collect
 from .decoder import Loader, build
+from .genai import write_genai_config
 from .graph import Graph, WeightFormat
 from .quant import OnnxType, parse_onnx_type
 from .weights import WeightSink
@@ -43,6 +47,7 @@ class OnnxResult:
     size_bytes: int  # model.onnx + external data
     bits_per_weight: float
     seconds: float
+    exporter: str = "edge"  # "edge" (our graph builder) | "optimum" (quantize/onnx/optimum_export.py)
 
 
 def export_onnx(
@@ -62,6 +67,12 @@ def export_onnx(
     names = [t if t.strip().lower().startswith(ONNX_PREFIX) else ONNX_PREFIX + t.strip() for t in names]
     p = plan(src, names, out_dir, name=name, force=force)
     text = check_calibration(p.onnx_types, calib)
+    calibrated = [t.label for t in p.onnx_types if t.calibrated]
+    if calibrated and src.is_dir() and (kind := read_config(src).get("model_type")) not in SUPPORTED:
+        raise BadRequestError(
+            f"{', '.join(calibrated)}: calibration runs on our graph builder's architectures "
+            f"({', '.join(sorted(SUPPORTED))}); {kind} is exported by optimum: use onnx:int8 or onnx:int4"
+        )
     targets = p.onnx_paths()
     out_dir.mkdir(parents=True, exist_ok=True)
     with Bars(quiet) as bars:
@@ -126,7 +137,12 @@ def _export_one(
     start = time.perf_counter()
     config = read_config(src)
     model_type = config.get("model_type")
-    dspec = get_spec(model_type)  # unsupported architectures stop here
+    if model_type not in SUPPORTED:  # our graph builder lacks it: optimum's exporter
+        from .optimum_export import EXPORTER, run
+
+        size, bpw, seconds = run(src, config, otype, target, force, _eos_ids(src, config))
+        return OnnxResult(otype.label, target, size, bpw, seconds, exporter=EXPORTER)
+    dspec = get_spec(model_type)
     aspec = get_arch(model_type)
     cfg = aspec.load_config(config)
     ckpt = Checkpoint.open(src)
@@ -147,7 +163,9 @@ def _export_one(
             sink.close()
         bars.advance(task)
         copy_companions(src, tmp)
-        write_manifest(tmp, _model_section(config, cfg, lay, n_params, src), otype.label)
+        model = _model_section(config, cfg, lay, n_params, src)
+        write_genai_config(tmp, model)
+        write_manifest(tmp, model, otype.label)
         bars.advance(task)
     size = sum(p.stat().st_size for p in target.glob("model.onnx*"))
     return OnnxResult(otype.label, target, size, size * 8 / max(n_params, 1), time.perf_counter() - start)
@@ -186,4 +204,7 @@ def _model_section(config: dict, cfg, lay, n_params: int, src: Path) -> dict:
         "parameter_count": n_params,
         "eos_token_ids": _eos_ids(src, config),
         "bos_token_id": config.get("bos_token_id"),
+        "pad_token_id": config.get("pad_token_id"),
+        "exporter": "edge",  # quantize/onnx's graph builder (KV shared in place)
+        "kv_cache": "inplace",
     }

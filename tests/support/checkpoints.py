@@ -217,6 +217,27 @@ def _gemma3(vocab: int, ids: dict[str, int | None]):
     )
 
 
+def _qwen2(vocab: int, ids: dict[str, int | None]):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # GQA 2:1, with Qwen2's q/k/v biases
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        initializer_range=INIT_STD,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=None,
+    )
+
+
 def _bert(vocab: int, ids: dict[str, int | None]):
     from transformers import BertConfig
 
@@ -235,6 +256,8 @@ def _bert(vocab: int, ids: dict[str, int | None]):
     )
 
 
+OPTIMUM_ONLY = ("qwen2",)
+
 KINDS: dict[str, Kind] = {
     "llama3": Kind("llama3", lambda v, i: _llama3(v, i, tied=False), "LlamaForCausalLM", 3),
     "llama3-tied": Kind("llama3", lambda v, i: _llama3(v, i, tied=True), "LlamaForCausalLM", 31),
@@ -247,8 +270,15 @@ KINDS: dict[str, Kind] = {
     "bert": Kind("bert", _bert, "BertModel", 11),
     # a decoder with a Unigram vocabulary (XLM-RoBERTa's tokenizer.json): the vocabulary path is the point
     "llama-unigram": Kind("xlmr", _llama2, "LlamaForCausalLM", 12),
+    # an architecture our converters lack: edge-quantize exports it to ONNX through optimum
+    "qwen2": Kind("llama3", _qwen2, "Qwen2ForCausalLM", 13),
 }
-CAUSAL = tuple(k for k, s in KINDS.items() if s.model_cls.endswith("ForCausalLM") and s.tokenizer != "xlmr")
+# the architectures our own converters handle (GGUF and the ONNX graph builder)
+CAUSAL = tuple(
+    k
+    for k, s in KINDS.items()
+    if s.model_cls.endswith("ForCausalLM") and s.tokenizer != "xlmr" and k not in OPTIMUM_ONLY
+)
 
 _BOS = ("<|begin_of_text|>", "<bos>", "<s>")
 _EOS = ("<|end_of_text|>", "<eos>", "</s>", "<|endoftext|>")

@@ -3,8 +3,14 @@
 The graph (quantize/onnx/decoder.py) uses GroupQueryAttention with its KV cache shared in place:
 every slot owns preallocated (1, n_kv, n_ctx, head_dim) key/value buffers, bound through IO binding
 as both `past_key_values.i.*` and `present.i.*`, so a step writes only the new rows and nothing is
-copied. The decode-step inputs (token, seqlens_k, total length) and the logits row are small
-preallocated buffers updated in place; Python per token is one `run_with_iobinding` and the sampler.
+copied. The decode-step inputs (the token, the attention mask: a view of one preallocated row of
+ones) and the logits row are small preallocated buffers updated in place; Python per token is one
+`run_with_iobinding` and the sampler.
+
+Folders exported by optimum (`edge-quantize convert` uses it for architectures our graph builder
+lacks; the manifest's `kv_cache` is "concat") have the Hugging Face interface instead: attention
+mask, position_ids, and a present cache one step longer than the past. `ConcatBatcher` runs them:
+each slot keeps its cache as numpy arrays and feeds each step's present back as the next past.
 
 `OnnxBatcher` implements edge.engine.scheduler.Batcher (slots run one after another in a step; each
 slot's prefix cache is just its buffer, `keep_prefix` only moves the length); `OnnxEngine` joins it
@@ -92,17 +98,22 @@ class OnnxBatcher:
         self.n_ctx = min(int(n_ctx or min(int(m.get("context_length") or limit), DEFAULT_CTX_CAP)), limit)
         self.n_batch = 512
         self.sess = self._session(n_threads, providers)
-        kv_shape = (1, int(m["n_kv_heads"]), self.n_ctx, int(m["head_dim"]))
         self.n_vocab = int(m["vocab_size"])
-        self.slots = [_SlotIO(self.sess, ort, int(m["n_layers"]), kv_shape, self.n_vocab) for _ in range(n_parallel)]
+        self.slots = self._make_slots(n_parallel)
         # decode-step inputs shared by all slots (steps run one slot at a time)
         self.ids1 = np.zeros((1, 1), dtype=np.int64)  # (1, 1) the token
-        self.seqlens = np.zeros((1,), dtype=np.int32)  # (1,) tokens in cache after the step - 1
-        self.total = np.zeros((), dtype=np.int32)  # () tokens in cache after the step
+        self.ones = np.ones((1, self.n_ctx), dtype=np.int64)  # (1, n_ctx) masks are views of its prefix
         self._ids1_ov = ort.OrtValue.ortvalue_from_numpy(self.ids1)
-        self._seqlens_ov = ort.OrtValue.ortvalue_from_numpy(self.seqlens)
-        self._total_ov = ort.OrtValue.ortvalue_from_numpy(self.total)
         self._rows: list[np.ndarray] = []
+
+    def _make_slots(self, n_parallel: int) -> list:
+        m = self.m
+        kv_shape = (1, int(m["n_kv_heads"]), self.n_ctx, int(m["head_dim"]))
+        return [_SlotIO(self.sess, self.ort, int(m["n_layers"]), kv_shape, self.n_vocab) for _ in range(n_parallel)]
+
+    def _mask(self, total: int):
+        """The (1, total) mask of ones as an OrtValue on the preallocated row (kept alive by `ones`)."""
+        return self.ort.OrtValue.ortvalue_from_numpy(self.ones[:, :total])
 
     def _session(self, n_threads: int, providers):
         ort = self.ort
@@ -177,38 +188,32 @@ class OnnxBatcher:
         if pos0 + n > self.n_ctx:
             raise EdgeError(f"the slot's context of {self.n_ctx} tokens is full")
         b = slot.binding
-        self.seqlens[0] = pos0 + n - 1
-        self.total[()] = pos0 + n
-        b.bind_ortvalue_input("seqlens_k", self._seqlens_ov)
-        b.bind_ortvalue_input("total_sequence_length", self._total_ov)
+        mask = self._mask(pos0 + n)
+        b.bind_ortvalue_input("attention_mask", mask)
         if n == 1:
             self.ids1[0, 0] = tokens[0]
             b.bind_ortvalue_input("input_ids", self._ids1_ov)
             b.bind_ortvalue_output("logits", slot.logits1_ov)
             self.sess.run_with_iobinding(b)
             return slot.logits1[0, 0]
+        return self._run_chunk(slot, tokens)[-1]
+
+    def _run_chunk(self, slot: _SlotIO, tokens: list[int]) -> np.ndarray:
+        """(n, vocab) logits of a chunk; the mask is bound already."""
         ids = np.asarray(tokens, dtype=np.int64)[None, :]  # (1, n)
-        logits = np.empty((1, n, self.n_vocab), dtype=np.float32)
+        logits = np.empty((1, len(tokens), self.n_vocab), dtype=np.float32)
         keep = (self.ort.OrtValue.ortvalue_from_numpy(ids), self.ort.OrtValue.ortvalue_from_numpy(logits))
-        b.bind_ortvalue_input("input_ids", keep[0])
-        b.bind_ortvalue_output("logits", keep[1])
-        self.sess.run_with_iobinding(b)
-        return logits[0, -1]
+        slot.binding.bind_ortvalue_input("input_ids", keep[0])
+        slot.binding.bind_ortvalue_output("logits", keep[1])
+        self.sess.run_with_iobinding(slot.binding)
+        return logits[0]
 
     def logits_all(self, seq: int, tokens: list[int], pos0: int) -> np.ndarray:
         """(n, vocab) logits of every token of a chunk (tests and evaluation)."""
         slot = self.slots[seq]
-        n = len(tokens)
-        self.seqlens[0], self.total[()] = pos0 + n - 1, pos0 + n
-        ids = np.asarray(tokens, dtype=np.int64)[None, :]
-        logits = np.empty((1, n, self.n_vocab), dtype=np.float32)
-        ovs = (self.ort.OrtValue.ortvalue_from_numpy(ids), self.ort.OrtValue.ortvalue_from_numpy(logits))
-        slot.binding.bind_ortvalue_input("seqlens_k", self._seqlens_ov)
-        slot.binding.bind_ortvalue_input("total_sequence_length", self._total_ov)
-        slot.binding.bind_ortvalue_input("input_ids", ovs[0])
-        slot.binding.bind_ortvalue_output("logits", ovs[1])
-        self.sess.run_with_iobinding(slot.binding)
-        return logits[0]
+        mask = self._mask(pos0 + len(tokens))
+        slot.binding.bind_ortvalue_input("attention_mask", mask)
+        return self._run_chunk(slot, tokens)
 
     def row_logits(self, row: int) -> np.ndarray:
         """(vocab,) logits of a row that the last decode() returned."""
@@ -223,6 +228,23 @@ class OnnxBatcher:
     def free(self) -> None:
         self.slots = []
         self.sess = None
+
+
+def batcher_class(folder: Path) -> type[OnnxBatcher]:
+    """OnnxBatcher for our graphs (KV shared in place), ConcatBatcher for optimum's (manifest `kv_cache`)."""
+    from edge.formats.onnx import read_manifest
+
+    model = read_manifest(folder)["model"]
+    if model.get("task", "text-generation") != "text-generation":
+        raise ModelFormatError(
+            f"{folder} holds an ONNX {model.get('task')} model; the ONNX backend serves text generation only "
+            "(serve an encoder for /v1/embeddings as GGUF: edge-quantize convert SRC --to f16)"
+        )
+    if model.get("kv_cache", "inplace") == "concat":
+        from edge.engine.onnx.concat import ConcatBatcher
+
+        return ConcatBatcher
+    return OnnxBatcher
 
 
 class OnnxEngine(SchedulerEngine):
@@ -242,7 +264,7 @@ class OnnxEngine(SchedulerEngine):
     ):
         t0 = time.perf_counter_ns()
         threads = n_threads or default_threads()
-        self._batcher = OnnxBatcher(
+        self._batcher = batcher_class(Path(folder))(
             Path(folder), n_ctx=n_ctx, n_parallel=n_parallel, n_threads=threads, providers=providers
         )
         self.info = self._batcher.model_info(name)
