@@ -16,7 +16,7 @@ import pytest
 
 from edge.errors import BadRequestError, ModelFormatError, NotFoundError
 from edge.formats.validate import validate_gguf_adapter
-from quantize.adapter import convert_adapter
+from quantize.adapter import convert_adapter, merge_adapter
 from tests.support.lora import LLAMA_LINEARS, PHI3_LINEARS, gguf_tensors, oracle_convert, random_adapter
 
 TARGETS = {"llama3": LLAMA_LINEARS, "phi3": PHI3_LINEARS, "gemma3": LLAMA_LINEARS}
@@ -164,7 +164,6 @@ def test_cli_writes_the_adapter_and_exits_nonzero_on_bad_input(adapters, tiny_ch
 @pytest.mark.parametrize("kind", ["llama3", "phi3", "gemma3"])
 def test_merge_equals_peft_merge_and_unload(kind, adapters, tiny_checkpoint, tmp_path):
     """--merge F32 against PEFT's merge_and_unload saved and converted the ordinary way; and a Q8_0 alongside."""
-    from quantize.adapter import merge_adapter
     from quantize.convert import convert
     from tests.support.lora import merged_model
 
@@ -194,7 +193,9 @@ def test_merge_equals_peft_merge_and_unload(kind, adapters, tiny_checkpoint, tmp
 @pytest.mark.parametrize("kind", ["llama3", "phi3", "gemma3"])
 def test_llama_cpp_with_our_adapter_matches_peft_merged_logits(kind, adapters, tiny_checkpoint, tiny_gguf, tmp_path):
     """Logits of llama.cpp with our GGUF adapter on the F32 base against PEFT's merged model in
-    transformers, within 1e-3 (of the std) of how far the two runtimes differ on the base alone."""
+    transformers, within 1e-3 (of the std) of how far the two runtimes differ on the merged weights
+    themselves (llama.cpp on our --merge output, which equals PEFT's merge to 1e-5): a random adapter
+    moves the logits far, and the runtimes' own difference grows with them (2-3x the base's here)."""
     import torch
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM
@@ -208,8 +209,8 @@ def test_llama_cpp_with_our_adapter_matches_peft_merged_logits(kind, adapters, t
     n_vocab = min(Llama(str(base_gguf), vocab_only=True, verbose=False).n_vocab(), merged.config.vocab_size)
     tokens = [int(t) for t in rng.integers(3, n_vocab, 24)]  # ids both runtimes know
 
-    def llama(lora: Path | None) -> np.ndarray:
-        llm = Llama(str(base_gguf), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True, verbose=False)
+    def llama(lora: Path | None, model: Path = base_gguf) -> np.ndarray:
+        llm = Llama(str(model), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True, verbose=False)
         llm.eval(tokens)
         return np.asarray(llm.scores[: len(tokens), :n_vocab], dtype=np.float64)  # (n_tokens, n_vocab)
 
@@ -221,11 +222,14 @@ def test_llama_cpp_with_our_adapter_matches_peft_merged_logits(kind, adapters, t
         return float(np.abs(a - b).max() / b.std())
 
     plain = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    runtimes = ratio(llama(None), hf(plain))
+    merged_gguf = merge_adapter(peft_dir, base, "f32", tmp_path / "merged", quiet=True)[0].path
     ours, want = llama(adapter), hf(merged)
+    runtimes = ratio(llama(None, merged_gguf), want)
     assert ratio(ours, hf(plain)) > 10 * (runtimes + 1e-3)  # the adapter changes the logits...
     assert ratio(ours, want) <= runtimes + 1e-3, (runtimes, ratio(ours, want))  # ...as PEFT's merge does
-    assert (ours.argmax(-1) == want.argmax(-1)).all()
+    top2 = np.sort(want, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * np.abs(ours - want).max()  # no near tie the difference can flip
+    assert clear.sum() >= len(tokens) // 2 and (ours.argmax(-1) == want.argmax(-1))[clear].all()
 
 
 def test_install_puts_a_validated_adapter_in_the_store(adapters, tiny_checkpoint, tiny_gguf, tmp_path, capsys):
