@@ -129,20 +129,7 @@ class Graph:
         scales = np.zeros((n, k_blocks), dtype=np.float32)  # (N, blocks)
         quant = C.quantize_matmul_4bits if wf.bits == 4 else C.quantize_matmul_8bits
         quant(packed, wt, scales, zeros, wf.block_size, n, k, wf.symmetric)
-        inputs = [x, self.const(name + ".qweight", packed), self.const(name + ".scales", scales)]
-        if not wf.symmetric:
-            inputs.append(self.const(name + ".zero_points", zeros))
-        return self.op(
-            "MatMulNBits",
-            inputs,
-            domain=MS,
-            outputs=outputs,
-            K=k,
-            N=n,
-            bits=wf.bits,
-            block_size=wf.block_size,
-            accuracy_level=wf.accuracy_level,
-        )[0]
+        return self._nbits_node(name, x, (packed, scales, zeros), k, n, wf, outputs)
 
     def _matmul_nbits_calibrated(self, name: str, x: str, wt: np.ndarray, outputs, wf: WeightFormat) -> str:
         """awq: W * s quantized with activation-weighted block scales, the input divided by s first;
@@ -164,6 +151,11 @@ class Graph:
         if not np.all(s == 1):
             x = self.op("Mul", [x, self.const(name + ".input_scale", (1 / s).astype(np.float32))])[0]
         k, n = wt.shape
+        return self._nbits_node(name, x, (packed, scales, zeros), k, n, wf, outputs)
+
+    def _nbits_node(self, name: str, x: str, blocks: tuple, k: int, n: int, wf: WeightFormat, outputs) -> str:
+        """The MatMulNBits node over packed blocks (N, blocks, blob), their scales and zero points."""
+        packed, scales, zeros = blocks
         inputs = [x, self.const(name + ".qweight", packed), self.const(name + ".scales", scales)]
         if not wf.symmetric:
             inputs.append(self.const(name + ".zero_points", zeros))
