@@ -7,7 +7,6 @@ and says so, except under CI (the CI variable set), where it must be installed a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from quantize.onnx.export import export_onnx
+from tests.support.live import greedy_ids
 
 N_GREEDY = 24
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,26 +44,6 @@ def _genai_greedy(folder: Path, prompt: list[int], n: int) -> list[int]:
         gen.generate_next_token()
         out.append(int(gen.get_next_tokens()[0]))
     return out
-
-
-def _our_greedy(folder: Path, prompt: list[int], n: int) -> list[int]:
-    """Greedy tokens of our ONNX engine (the scheduler's path; sampled ids read at the sampler)."""
-    from edge.engine import open_engine
-    from edge.engine.base import SamplingParams
-
-    async def run() -> list[int]:
-        engine = open_engine(folder, name="t", n_ctx=256, n_threads=1)
-        got: list[int] = []
-        orig = engine._batcher.sample
-        engine._batcher.sample = lambda s, row: got.append(orig(s, row)) or got[-1]
-        try:
-            async for _ in engine.generate(prompt, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)):
-                pass
-        finally:
-            engine.close()
-        return got[:n]
-
-    return asyncio.run(run())
 
 
 def _logits(folder: Path, ids: list[int]) -> np.ndarray:
@@ -101,7 +81,7 @@ def test_onnxruntime_genai_runs_our_folder_greedy_as_we_do(tiny_checkpoint, tmp_
     assert config["search"]["past_present_share_buffer"] is True
     manifest = json.loads((r.path / "edge_onnx.json").read_text())
     assert "genai_config.json" in manifest["files"]  # part of the folder: checked like the rest
-    ours = _our_greedy(r.path, PROMPT_IDS, N_GREEDY)
+    ours = greedy_ids(r.path, PROMPT_IDS, N_GREEDY)
     assert len(ours) == N_GREEDY
     assert _genai_greedy(r.path, PROMPT_IDS, N_GREEDY) == ours
 
@@ -137,11 +117,11 @@ def test_optimum_exports_what_our_builder_lacks_and_says_so(qwen2_folders):
     assert any(n.op_type == "MatMulNBits" for n in graph.node)
     assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]  # all quantized
     hf = _hf_greedy(src, PROMPT_IDS, N_GREEDY)
-    assert _our_greedy(out / "q-onnx-fp32", PROMPT_IDS, N_GREEDY) == hf
+    assert greedy_ids(out / "q-onnx-fp32", PROMPT_IDS, N_GREEDY) == hf
     ref, int8 = (_logits(out / f"q-onnx-{t}", PROMPT_IDS) for t in ("fp32", "int8"))  # (n, vocab) each
     assert np.corrcoef(ref.ravel(), int8.ravel())[0, 1] > 0.99
     assert (ref.argmax(-1) == int8.argmax(-1)).mean() >= 0.75
-    assert len(_our_greedy(out / "q-onnx-int4_bs32", PROMPT_IDS, 4)) == 4
+    assert len(greedy_ids(out / "q-onnx-int4_bs32", PROMPT_IDS, 4)) == 4
 
 
 @pytest.mark.slow

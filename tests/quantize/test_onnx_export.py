@@ -10,7 +10,6 @@ identical to transformers' generate(). Quantized types: top-1 agreement and KL w
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from edge.errors import ModelFormatError, OutputExistsError, UnknownTypeError, UnsupportedArchitectureError
 from quantize.onnx.export import export_onnx
+from tests.support.live import greedy_ids
 
 KINDS = ["llama3", "llama3-tied", "llama2", "phi3", "gemma", "gemma2", "gemma3"]
 REL_TOL = 2e-4  # of the reference logits' std
@@ -53,26 +53,6 @@ def _chunked_logits(b, ids: list[int]) -> np.ndarray:
     parts = [b.logits_all(0, ids[:10], 0), b.logits_all(0, ids[10:16], 10)]
     parts += [b.logits_all(0, [t], i) for i, t in enumerate(ids[16:], start=16)]
     return np.concatenate(parts)
-
-
-def _greedy(folder: Path, prompt: list[int], n: int) -> list[int]:
-    from edge.engine import open_engine
-    from edge.engine.base import Finish, SamplingParams
-
-    async def run() -> list[int]:
-        engine = open_engine(folder, name="t", n_ctx=256, n_threads=1)
-        got: list[int] = []
-        orig = engine._batcher.sample
-        engine._batcher.sample = lambda s, row: got.append(orig(s, row)) or got[-1]
-        try:
-            async for ev in engine.generate(prompt, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)):
-                if isinstance(ev, Finish):
-                    assert ev.completion_tokens == n
-        finally:
-            engine.close()
-        return got[:n]
-
-    return asyncio.run(run())
 
 
 def _ids(vocab: int, n: int = 24, seed: int = 0) -> list[int]:
@@ -113,7 +93,7 @@ def test_fp32_logits_and_greedy_match_transformers(kind, tiny_checkpoint, export
             torch.tensor([prompt]), max_new_tokens=N_GREEDY, min_new_tokens=N_GREEDY, do_sample=False, pad_token_id=0
         )
     want = out[0, len(prompt) :].tolist()
-    assert _greedy(folder, prompt, N_GREEDY) == want
+    assert greedy_ids(folder, prompt, N_GREEDY) == want
 
 
 def _agreement(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
@@ -143,7 +123,7 @@ def test_quantized_types_load_generate_and_agree(otype, exported):
     assert corr >= {"onnx:fp16": 0.9999, "onnx:int8": 0.995, "onnx:int8_dyn": 0.9}.get(otype, 0.7)
     if otype == "onnx:fp16":
         assert top1 == 1.0
-    assert len(_greedy(folder, ids[:8], 8)) == 8
+    assert len(greedy_ids(folder, ids[:8], 8)) == 8
 
 
 def test_manifest_lists_files_with_hashes(exported):
@@ -280,7 +260,7 @@ def test_smollm2_fp32_matches_transformers_and_quantized_agreement(smollm2_onnx)
     prompt = ids[:12]
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=N_GREEDY, min_new_tokens=N_GREEDY, do_sample=False)
-    assert _greedy(folders["onnx:fp32"], prompt, N_GREEDY) == out[0, len(prompt) :].tolist()
+    assert greedy_ids(folders["onnx:fp32"], prompt, N_GREEDY) == out[0, len(prompt) :].tolist()
 
     for otype in ("onnx:int8", "onnx:int4_bs32"):
         top1, kl = _agreement(got, _batcher(folders[otype]).logits_all(0, ids, 0))

@@ -141,5 +141,27 @@ class Oracle:
         return asyncio.run(run())
 
 
+def greedy_ids(folder: Path, prompt: list[int], n: int) -> list[int]:
+    """Exactly n greedy token ids from `edge.engine` on a model file or folder, end-of-generation
+    ignored (the scheduler's path; the ids are read where the sampler returns them)."""
+    from edge.engine import open_engine
+    from edge.engine.base import Finish, SamplingParams
+
+    async def run() -> list[int]:
+        engine = open_engine(folder, name="t", n_ctx=256, n_threads=1)
+        got: list[int] = []
+        orig = engine._batcher.sample
+        engine._batcher.sample = lambda s, row: got.append(orig(s, row)) or got[-1]
+        try:
+            async for ev in engine.generate(prompt, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)):
+                if isinstance(ev, Finish):
+                    assert ev.completion_tokens == n
+        finally:
+            engine.close()
+        return got[:n]
+
+    return asyncio.run(run())
+
+
 def chat_messages(question: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
