@@ -43,7 +43,8 @@ class StreamTiming:
         return self.t_first - self.t_sent
 
 
-def _body(run: Running, prompt: str, max_tokens: int, stream: bool) -> dict:
+def completion_body(run: Running, prompt: str, max_tokens: int, stream: bool) -> dict:
+    """A greedy /v1/completions body for `run`, with its server kind's extra fields."""
     body = {
         "model": run.model_id or "default",
         "prompt": prompt,
@@ -61,7 +62,7 @@ def complete(run: Running, prompt: str, max_tokens: int = 128, client: httpx.Cli
     client = client or httpx.Client(timeout=TIMEOUT)
     try:
         t0 = time.perf_counter()
-        r = client.post(run.url("/v1/completions"), json=_body(run, prompt, max_tokens, False))
+        r = client.post(run.url("/v1/completions"), json=completion_body(run, prompt, max_tokens, False))
         t1 = time.perf_counter()
     finally:
         if own:
@@ -87,7 +88,9 @@ def stream_first_token(run: Running, prompt: str, max_tokens: int = 2) -> Stream
     t_first = None
     with httpx.Client(timeout=TIMEOUT) as client:
         t0 = time.perf_counter()
-        with client.stream("POST", run.url("/v1/completions"), json=_body(run, prompt, max_tokens, True)) as r:
+        with client.stream(
+            "POST", run.url("/v1/completions"), json=completion_body(run, prompt, max_tokens, True)
+        ) as r:
             if r.status_code != 200:
                 raise RuntimeError(f"{run.kind.name} answered {r.status_code}: {r.read()[:500]!r}")
             for line in r.iter_lines():

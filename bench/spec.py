@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import client as bodies
 import common
 import servers
 
@@ -118,15 +119,7 @@ class Timed:
 
 
 def stream(run: servers.Running, prompt: str, max_tokens: int, client: httpx.Client) -> Timed:
-    body = {
-        "model": run.model_id or "default",
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        **run.kind.extra,
-    }
+    body = {**bodies.completion_body(run, prompt, max_tokens, True), "stream_options": {"include_usage": True}}
     parts, tokens, t_first, t_last = [], 0, 0.0, 0.0
     t0 = time.perf_counter()
     with client.stream("POST", run.url("/v1/completions"), json=body) as r:
