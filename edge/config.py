@@ -102,6 +102,12 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "EDGE_MEMORY_BUDGET",
         "memory the loaded models may use, e.g. 2GiB or 1500MB (default: the hardware profile's budget)",
     ),
+    Setting(
+        "embed_exact",
+        "EDGE_EMBED_EXACT",
+        "on: an input embeds to the same vector, bit for bit, alone or in any batch (about half the "
+        "throughput; default off: llama.cpp's own arithmetic, as llama-server)",
+    ),
     Setting("embed_max_inputs", "EDGE_EMBED_MAX_INPUTS", "most inputs in one embeddings request (default 256)"),
     Setting(
         "embed_max_tokens",
@@ -136,6 +142,7 @@ class Settings:
     keep_alive: float = DEFAULT_KEEP_ALIVE  # seconds; math.inf: forever
     pin: tuple[str, ...] = ()
     memory_budget: int | None = None  # bytes
+    embed_exact: bool = False  # the same embedding alone or in a batch (edge.engine.embed)
     embed_max_inputs: int = 256
     embed_max_tokens: int = 65536
     cache_ram: int = DEFAULT_CACHE_RAM_MIB  # per model; 0: no prompt cache
@@ -311,7 +318,12 @@ def parse_switch(value: Any, *, param: str) -> bool:
     raise BadRequestError(f"{param} must be on or off (true/false, 1/0), got {value!r}", param=param)
 
 
-_PARSERS = {"keep_alive": parse_duration, "memory_budget": parse_bytes, "spec": parse_switch}
+_PARSERS = {
+    "keep_alive": parse_duration,
+    "memory_budget": parse_bytes,
+    "spec": parse_switch,
+    "embed_exact": parse_switch,
+}
 
 
 def _valid(name: str, value: Any) -> bool:

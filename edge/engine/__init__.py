@@ -54,6 +54,7 @@ def open_engine(
     cache_ram_bytes: int = 0,
     cache_dir: Path | None = None,
     speculative: bool | SpecConfig = False,
+    embed_exact: bool = False,
     **backend_opts,
 ) -> Engine:
     """Load the model at `path` and start its scheduler. `engine.load_ns` tells how long it took.
@@ -81,6 +82,7 @@ def open_engine(
             cache_ram_bytes=cache_ram_bytes,
             cache_dir=cache_dir,
             spec=speculative if isinstance(speculative, SpecConfig) else SpecConfig() if speculative else None,
+            embed_exact=embed_exact,
             **backend_opts,
         )
     from edge.engine.onnx.backend import OnnxEngine  # validates the folder (external data, manifest) first

@@ -38,14 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from edge.config import parse_switch
 from edge.engine.base import Embeddings
 from edge.errors import BadRequestError, ContextOverflowError, DoesNotFitError, EdgeError, QueueFullError
 from edge.lightimport import llama_module
@@ -137,12 +135,10 @@ class LlamaCppEmbedder:
         encoder: bool,
         n_ctx: int,
         n_threads: int,
-        exact: bool | None = None,
+        exact: bool = False,
     ):
-        """`exact`: the same vector alone or in any batch (see the module's docstring); None reads
-        EDGE_EMBED_EXACT (default off: llama.cpp's own arithmetic, about twice as fast)."""
-        if exact is None:
-            exact = parse_switch(os.environ.get("EDGE_EMBED_EXACT", "off"), param="EDGE_EMBED_EXACT")
+        """`exact`: the same vector alone or in any batch (see the module's docstring; off: llama.cpp's
+        own arithmetic, about twice as fast)."""
         self.exact = exact
         self.align = ALIGN if exact else 1
         self.model = model

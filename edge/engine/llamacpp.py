@@ -522,10 +522,12 @@ class LlamaCppEngine(SchedulerEngine):
         cache_ram_bytes: int = 0,
         cache_dir: Path | None = None,
         spec: SpecConfig | None = None,
+        embed_exact: bool = False,
     ):
         """`cache_ram_bytes` > 0 keeps earlier prompts' KV states in memory (and under `cache_dir`, keyed by
         this file's sha256, across restarts): see edge.engine.prompt_cache. `spec`: prompt-lookup
-        speculation (edge.engine.speculative)."""
+        speculation (edge.engine.speculative). `embed_exact`: the same embedding alone or in any batch
+        (edge.engine.embed)."""
         t0 = time.perf_counter_ns()
         threads = n_threads or default_threads()
         self._batcher = LlamaCppBatcher(
@@ -542,6 +544,7 @@ class LlamaCppEngine(SchedulerEngine):
         )
         self.info = self._batcher.model_info(name)
         self.n_threads = threads
+        self.embed_exact = embed_exact
         cache = None
         if cache_ram_bytes > 0:
             from edge.engine.prompt_cache import PromptCache
@@ -610,6 +613,7 @@ class LlamaCppEngine(SchedulerEngine):
                 encoder=info.is_encoder,
                 n_ctx=info.n_ctx_train if info.is_encoder else min(info.n_ctx_train, info.n_ctx),
                 n_threads=self.n_threads,
+                exact=self.embed_exact,
             )
         return embed_tokens(self._embedder, inputs, truncate=truncate, dimensions=dimensions)
 

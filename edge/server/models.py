@@ -98,6 +98,7 @@ def open_target(opener: Callable[..., Engine], target: Target, settings: Setting
         cache_ram_bytes=settings.cache_ram << 20,
         cache_dir=settings.cache_dir or (settings.home or edge_home()) / "cache" / "prompts",
         speculative=settings.spec,
+        embed_exact=settings.embed_exact,
     )
 
 

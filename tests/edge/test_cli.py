@@ -89,13 +89,23 @@ def test_settings_defaults_env_and_flags():
     assert (s.host, s.port) == (DEFAULT_HOST, DEFAULT_PORT) == ("127.0.0.1", 11434)
     assert Settings.from_env({"EDGE_PORT": "8080", "EDGE_PARALLEL": "4"}).port == 8080
     assert Settings.from_env({"EDGE_PORT": "8080"}, port=9000).port == 9000  # a flag beats the environment
+    assert not s.embed_exact and Settings.from_env({"EDGE_EMBED_EXACT": "on"}).embed_exact
+
+
+def test_the_embedding_switch_reaches_the_engine(tmp_path):
+    from edge.server.models import Target, open_target
+
+    seen = {}
+    target = Target("m", tmp_path / "m.gguf", 0.0, 0)
+    open_target(lambda path, **kw: seen.update(kw), target, Settings.from_env({"EDGE_EMBED_EXACT": "yes"}))
+    assert seen["embed_exact"] is True
 
 
 def test_a_bad_environment_value_warns_and_falls_back(capsys):
-    s = Settings.from_env({"EDGE_PORT": "eleven", "EDGE_PARALLEL": "0"})
-    assert s.port == DEFAULT_PORT and s.parallel is None
+    s = Settings.from_env({"EDGE_PORT": "eleven", "EDGE_PARALLEL": "0", "EDGE_EMBED_EXACT": "maybe"})
+    assert s.port == DEFAULT_PORT and s.parallel is None and not s.embed_exact
     err = capsys.readouterr().err
-    assert "EDGE_PORT" in err and "parallel" in err
+    assert "EDGE_PORT" in err and "parallel" in err and "EDGE_EMBED_EXACT" in err
 
 
 def test_a_bad_flag_is_an_error():

@@ -135,13 +135,15 @@ def test_generative_model_embeds_with_last_token_pooling(smollm2_path, monkeypat
 @pytest.fixture(scope="module", params=["smollm2", "gemma3", "minilm-F32", "minilm-Q8_0"])
 def any_model(request, smollm2_path, gemma3_path, minilm_gguf):
     path = {"smollm2": smollm2_path, "gemma3": gemma3_path}.get(request.param)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGE_EMBED_EXACT", "on")  # read when the embedder is built, on the first embed
-        engine = open_engine(
-            path or minilm_gguf(request.param.split("-")[1]), name=request.param, n_ctx=1024, n_threads=2
-        )
-        yield engine
-        engine.close()
+    engine = open_engine(
+        path or minilm_gguf(request.param.split("-")[1]),
+        name=request.param,
+        n_ctx=1024,
+        n_threads=2,
+        embed_exact=True,
+    )
+    yield engine
+    engine.close()
 
 
 def test_an_input_alone_or_in_any_batch_gives_the_same_vector(any_model):
