@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge.errors import DoesNotFitError
 from edge.lightimport import gguf_constants
@@ -27,7 +28,11 @@ from profiles.plan.types import TYPES, QuantType, lookup
 from profiles.profile import GIB, Profile
 
 gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
-T = gguf.GGMLQuantizationType
+if TYPE_CHECKING:  # the same classes, named for the type checker (gguf_constants() is a plain module to it)
+    from gguf.constants import MODEL_TENSOR
+    from gguf.constants import GGMLQuantizationType as T
+else:
+    T = gguf.GGMLQuantizationType
 
 AS_IS = "AS_IS"  # not a quantization: the tensor types of an existing GGUF file
 LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
@@ -39,7 +44,7 @@ MIN_AUTO_CTX = 1024  # below this an automatic context is useless: refuse instea
 SPEED_AT_TOKENS = 512  # predicted speed is for generation at this position (short prompts, as llama-bench tg)
 
 
-def _name(t: gguf.MODEL_TENSOR) -> str:
+def _name(t: MODEL_TENSOR) -> str:
     return gguf.TENSOR_NAMES[t].split(".")[-1]
 
 
@@ -177,14 +182,14 @@ def tensor_types(shape: ModelShape, ftype: str, imatrix: bool | None = None) -> 
     `AS_IS` keeps the types the GGUF header declares: what serving that very file costs.
     `imatrix` (None: exactly when the type needs one) changes a few of llama.cpp's choices."""
     if ftype == AS_IS:
-        return [(t, t.ggml_type) for t in shape.tensors]
+        return [(t, T(t.ggml_type)) for t in shape.tensors]
     q = lookup(ftype)
     imatrix = q.needs_imatrix if imatrix is None else imatrix
     counters = _Counters(n_attn_v=sum(_category(t.name) == "attn_v" for t in shape.tensors), n_layer=shape.n_layer)
-    out = []
+    out: list[tuple[TensorInfo, T]] = []
     for t in shape.tensors:
         if not _quantizable(t):
-            out.append((t, T.F32 if t.ggml_type in (T.F16, T.BF16, T.F32) else t.ggml_type))
+            out.append((t, T.F32 if t.ggml_type in (T.F16, T.BF16, T.F32) else T(t.ggml_type)))
         elif q.is_float:
             out.append((t, q.ggml_type))
         else:
@@ -543,7 +548,7 @@ def plan(
     """Recommend the first of the profile's preferred types that fits, at `n_ctx` or, when none is
     given, at the largest context that fits up to min(model's own, profile's context).
     Raises DoesNotFitError (message: the numbers and a way out) when nothing preferred fits."""
-    kw = dict(
+    kw: dict[str, Any] = dict(
         budget_bytes=budget_bytes,
         n_parallel=n_parallel or profile.runtime.parallel,
         swa_full=swa_full,

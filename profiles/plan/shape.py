@@ -68,7 +68,7 @@ MAX_LAYER_ARRAY = 1024  # per-layer arrays in a GGUF header (head counts, SWA pa
 
 @dataclass
 class HFConfig:
-    """The config.json fields the planner reads; unknown keys ignored, derived ones in __post_init__."""
+    """The config.json fields the planner reads; unknown keys ignored; the properties resolve the optional ones."""
 
     model_type: str
     hidden_size: int
@@ -98,16 +98,23 @@ class HFConfig:
         except TypeError as exc:
             raise ModelFormatError(f"config.json lacks a field the planner needs: {exc}") from exc
 
-    def __post_init__(self):
-        self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
-        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
-        if self.tie_word_embeddings is None:  # transformers' default is True; Gemma ties, Llama-3.1-8B does not
-            self.tie_word_embeddings = True
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def tied(self) -> bool:
+        # transformers' default is True; Gemma ties, Llama-3.1-8B does not
+        return True if self.tie_word_embeddings is None else self.tie_word_embeddings
 
 
 def _hf_tensors(c: HFConfig, fused_qkv: bool, fused_up: bool, extra_norms) -> list[TensorInfo]:
-    E, F, V, hd = c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim
-    q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
+    E, F, V, hd = c.hidden_size, c.intermediate_size, c.vocab_size, c.head_size
+    q, kv = c.num_attention_heads * hd, c.kv_heads * hd
     n = gguf.TENSOR_NAMES
 
     def w(t, bid, *ne, type_=T.F16):
@@ -133,7 +140,7 @@ def _hf_tensors(c: HFConfig, fused_qkv: bool, fused_up: bool, extra_norms) -> li
             dim = hd if norm in (MT.ATTN_Q_NORM, MT.ATTN_K_NORM) else E
             out.append(w(norm, b, dim, type_=T.F32))
     out.append(w(MT.OUTPUT_NORM, None, E, type_=T.F32))
-    if not c.tie_word_embeddings:
+    if not c.tied:
         out.append(w(MT.OUTPUT, None, E, V))
     return out
 
@@ -165,13 +172,13 @@ def shape_from_hf_config(config: dict, *, source: str = "config.json") -> ModelS
         n_layer=c.num_hidden_layers,
         n_embd=c.hidden_size,
         n_head=c.num_attention_heads,
-        n_head_kv=c.num_key_value_heads,
-        head_dim_k=c.head_dim,
-        head_dim_v=c.head_dim,
+        n_head_kv=c.kv_heads,
+        head_dim_k=c.head_size,
+        head_dim_v=c.head_size,
         n_ff=c.intermediate_size,
         n_vocab=c.vocab_size,
         n_ctx_train=c.max_position_embeddings,
-        tied_embeddings=c.tie_word_embeddings,
+        tied_embeddings=c.tied,
         n_swa=swa,
         swa_layers=layers,
         tensors=tuple(_hf_tensors(c, fused_qkv, fused_up, norms)),
