@@ -69,8 +69,8 @@ def _native_no_op_log():
     """A C function usable as llama.cpp's log callback that does nothing, or None.
 
     Loading a model and creating its context log ~2,300 lines, nearly all debug chatter that
-    `_quiet_log` drops. Each line through a ctypes callback takes the GIL from the thread importing
-    the HTTP stack meanwhile, which doubles the load. libc's `abs` reads only its first argument (the
+    `_quiet_log` drops. Each line through a ctypes callback must take the GIL from the thread importing
+    the HTTP stack meanwhile, so the load stalls line after line. libc's `abs` reads only its first argument (the
     level, an int) and has no side effect; the C calling conventions llama.cpp runs on (x86-64 System V
     and Windows, AArch64, 32-bit ARM) leave the trailing arguments to the caller, so it serves as a
     native no-op without a compiler."""
