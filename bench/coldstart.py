@@ -14,6 +14,12 @@ For ours, each phase is timed from the lines `edge serve` prints on stderr, stam
   load    Popen -> "edge: ready in ..."   the model opened (in a thread, while the HTTP stack imports);
   first   Popen -> the first token.
 Goal: ours / llama-server <= 1.5 (medians).
+
+Python's compiled bytecode: an installed wheel carries it (pip compiles at install), and a source
+checkout writes it to __pycache__ on its first run; with PYTHONDONTWRITEBYTECODE set (as some shells
+and CI set it) every start would compile all of edge again, which no device does. So ours runs with
+that variable removed and its bytecode kept under the bench's work folder (PYTHONPYCACHEPREFIX), filled
+by the unmeasured first start; `--compile-each-start` keeps the caller's environment instead.
 """
 
 from __future__ import annotations
@@ -83,13 +89,22 @@ def first_token_when_up(run: servers.Running, log: StampedLog, timeout: float = 
     raise SystemExit(f"{run.kind.name}: no token after {timeout:.0f} s:\n{log.tail()}")
 
 
-def one_cold_start(kind_name: str, model: Path) -> dict[str, float]:
+def server_env(kind_name: str, compile_each_start: bool) -> dict[str, str]:
+    env = servers._env()
+    if kind_name == "ours" and not compile_each_start:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(common.work_dir() / "coldstart-pycache")
+    return env
+
+
+def one_cold_start(kind_name: str, model: Path, compile_each_start: bool = False) -> dict[str, float]:
     """Start a fresh server, wait for the first token, stop it; seconds from Popen per phase."""
     kind = servers.KINDS[kind_name]
     port = common.free_port()
     cmd = kind.command(model, port, 1, CTX)
+    env = server_env(kind_name, compile_each_start)
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=servers._env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     model_id = "" if kind_name == "ours" else "default"  # llama-server serves any name
     run = servers.Running(kind, proc, f"http://127.0.0.1:{port}", started, model_id=model_id)
     log = StampedLog(proc)
@@ -112,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", "-n", type=int, default=10, help="cold starts per server (default 10)")
     ap.add_argument("--model", choices=("smollm2", "gemma3"), default="smollm2")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    ap.add_argument(
+        "--compile-each-start",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE if set: ours compiles its modules at every start",
+    )
     args = ap.parse_args(argv)
     common.exit_cleanly_on_sigterm()
     model = common.bundled_model(args.model)
@@ -119,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     load = [common.warn_if_busy()]
     for kind in kinds:  # one unmeasured start each: the file and the libraries into the page cache
-        one_cold_start(kind, model)
+        one_cold_start(kind, model, args.compile_each_start)
     for i in range(args.samples):
         order = kinds if i % 2 == 0 else kinds[::-1]
         for kind in order:
-            samples[kind].append(one_cold_start(kind, model))
+            samples[kind].append(one_cold_start(kind, model, args.compile_each_start))
         ours, anchor = samples["ours"][-1], samples["llama-server"][-1]
         console.log(
             f"sample {i + 1}: ours {ours['first']:.3f} s (cli {ours['cli']:.3f}, bind {ours['bind']:.3f}, "
@@ -144,7 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     rows += [Row(f"  ours: {phase} (from process start)", "s", med["ours"][phase]) for phase in PHASES]
     if args.json:
-        print(common.rows_json(rows, ANCHORS, {"samples": samples, "medians": med, "load_average": load}))
+        print(
+            common.rows_json(
+                rows,
+                ANCHORS,
+                {
+                    "samples": samples,
+                    "medians": med,
+                    "load_average": load,
+                    "compile_each_start": args.compile_each_start,
+                },
+            )
+        )
     else:
         common.print_table(f"cold start, {model.name}", rows, ANCHORS)
     return 0

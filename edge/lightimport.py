@@ -27,6 +27,12 @@ _HINTS = {
 }
 
 
+# names a package's __init__ re-exports from one of its submodules, served from that submodule while the
+# __init__ has not run: uvicorn's lifespan does `from uvicorn import Config`, and uvicorn/__init__.py
+# imports its command line with it (click, multiprocessing, the reload supervisors)
+_REEXPORTS = {"uvicorn": {"Config": "config", "Server": "server"}}
+
+
 def _install_stub(package: str) -> None:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
@@ -38,6 +44,9 @@ def _install_stub(package: str) -> None:
     state = {"loaded": False}
 
     def __getattr__(name: str):
+        source = _REEXPORTS.get(package, {}).get(name)
+        if not state["loaded"] and source is not None:
+            return getattr(importlib.import_module(f"{package}.{source}"), name)
         if not state["loaded"] and importlib.util.find_spec(f"{package}.{name}") is not None:
             # a submodule (`from . import values` inside the package): imported alone as well
             return importlib.import_module(f"{package}.{name}")

@@ -215,8 +215,11 @@ def add_plugin_commands(args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        add_plugin_commands(sys.argv[1:] if argv is None else argv)
+        if _serve_quickly(args):
+            return
+        add_plugin_commands(args)
         rc = app(args=argv, standalone_mode=False, prog_name="edge")  # click's exit code for --help
     except SystemExit:
         raise
@@ -229,6 +232,29 @@ def main(argv: list[str] | None = None) -> None:
         report_and_exit(exc)
     if isinstance(rc, int) and rc:
         raise SystemExit(rc)
+
+
+def _serve_quickly(args: list[str]) -> bool:
+    """`edge serve` with a plain command line runs without typer's parsing (edge.cli.quickargs: the
+    same arguments, read from the same declarations); False for anything else, which typer parses,
+    so help and usage errors stay typer's."""
+    if not args or args[0] != "serve":
+        return False
+    from edge.cli.quickargs import quick_kwargs
+
+    kwargs = quick_kwargs(serve, args[1:])
+    if kwargs is None:
+        return False
+    try:  # what typer does with these when it runs the command
+        serve(**kwargs)
+    except EOFError as exc:
+        print(file=sys.stderr)
+        raise typer.Abort() from exc
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        raise SystemExit(1) from None
+    return True
 
 
 if __name__ == "__main__":

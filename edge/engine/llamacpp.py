@@ -11,6 +11,7 @@ one `llama_decode` per step for all slots (sequence id = slot), native sampler c
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -64,6 +65,69 @@ def _init_backend() -> None:
             _initialized = True
 
 
+def _native_no_op_log():
+    """A C function usable as llama.cpp's log callback that does nothing, or None.
+
+    Loading a model and creating its context log ~2,300 lines, nearly all debug chatter that
+    `_quiet_log` drops. Each line through a ctypes callback must take the GIL from the thread importing
+    the HTTP stack meanwhile, so the load stalls line after line. libc's `abs` reads only its first argument (the
+    level, an int) and has no side effect; the C calling conventions llama.cpp runs on (x86-64 System V
+    and Windows, AArch64, 32-bit ARM) leave the trailing arguments to the caller, so it serves as a
+    native no-op without a compiler."""
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        return L.llama_log_callback(ctypes.cast(libc.abs, ctypes.c_void_p).value)
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_NO_OP_LOG = None if _VERBOSE else _native_no_op_log()
+_muted: list = []  # while loads run with the log off: [(callback, user data) to restore] (under _init_lock)
+
+
+@contextlib.contextmanager
+def _log_muted():
+    """llama.cpp's log off while a model loads and its context is made (see _native_no_op_log). The log
+    is process-wide: it stays off until the last of concurrent loads ends, then the callback that was
+    set before (ours, or quantize.progress's) is set again."""
+    if _NO_OP_LOG is None:
+        yield
+        return
+    with _init_lock:
+        if not _muted:
+            before = (L.llama_log_callback(), ctypes.c_void_p())
+            L.llama_log_get(ctypes.byref(before[0]), ctypes.byref(before[1]))
+            _muted.append(before)
+            L.llama_log_set(_NO_OP_LOG, ctypes.c_void_p(0))
+        else:
+            _muted.append(_muted[0])
+    try:
+        yield
+    finally:
+        with _init_lock:
+            callback, user_data = _muted.pop()
+            if not _muted:
+                L.llama_log_set(callback, user_data)
+
+
+def _logged_if_null(call):
+    """`call()`; when it returns NULL while the log is off, once more with the log on, so llama.cpp's
+    own error lines reach stderr before we raise."""
+    result = call()
+    if result:
+        return result
+    with _init_lock:
+        if not _muted:
+            return result
+        L.llama_log_set(*_muted[0])
+        try:
+            return call()
+        finally:
+            L.llama_log_set(_NO_OP_LOG, ctypes.c_void_p(0))
+
+
 def default_threads() -> int:
     try:
         from profiles.cpu import physical_cores
@@ -110,30 +174,31 @@ class LlamaCppBatcher:
         if n_parallel < 1:
             raise BadRequestError(f"n_parallel must be >= 1, got {n_parallel}")
         self.path = path
-        self.model = self._load_model(path, use_mmap)
-        self.vocab = L.llama_model_get_vocab(self.model)
-        n_ctx_train = L.llama_model_n_ctx_train(self.model)
-        per_slot = n_ctx or min(n_ctx_train, DEFAULT_CTX_CAP)
-        # recurrent state cannot be rewound to an earlier position: no drafts to reject
-        rewindable = not (L.llama_model_is_recurrent(self.model) or L.llama_model_is_hybrid(self.model))
-        self.draft_max = max(0, draft_max) if rewindable else 0
-        self.ctx = self._new_context(
-            per_slot, n_parallel, n_threads, n_threads_batch, n_batch, kv_unified, flash_attn, 1 + self.draft_max
-        )
-        self.mem = L.llama_get_memory(self.ctx)
-        self.n_slots = n_parallel
-        self.n_ctx = L.llama_n_ctx_seq(self.ctx) if not kv_unified else per_slot
-        self.n_batch = L.llama_n_batch(self.ctx)
-        self.n_swa = L.llama_model_n_swa(self.model)
-        self.batch = L.llama_batch_init(self.n_batch, 0, 1)  # token/pos/seq_id/logits arrays of n_batch
-        self._pieces: dict[int, bytes] = {}
-        self._display: dict[int, bytes] = {}  # pieces with control tokens by name (logprob alternatives)
-        self._piece_buf = ctypes.create_string_buffer(256)
-        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self._argmax = _Argmax(self.n_vocab) if self.n_vocab >= FAST_GREEDY_MIN_VOCAB else None
-        self._loras: dict[str, object] = {}  # adapter path -> llama_adapter_lora (freed with the model)
-        self._lora_on: Adapter | None = None  # what the context applies now
-        self._warm_up()
+        with _log_muted():  # ~2,300 lines of debug chatter
+            self.model = self._load_model(path, use_mmap)
+            self.vocab = L.llama_model_get_vocab(self.model)
+            n_ctx_train = L.llama_model_n_ctx_train(self.model)
+            per_slot = n_ctx or min(n_ctx_train, DEFAULT_CTX_CAP)
+            # recurrent state cannot be rewound to an earlier position: no drafts to reject
+            rewindable = not (L.llama_model_is_recurrent(self.model) or L.llama_model_is_hybrid(self.model))
+            self.draft_max = max(0, draft_max) if rewindable else 0
+            self.ctx = self._new_context(
+                per_slot, n_parallel, n_threads, n_threads_batch, n_batch, kv_unified, flash_attn, 1 + self.draft_max
+            )
+            self.mem = L.llama_get_memory(self.ctx)
+            self.n_slots = n_parallel
+            self.n_ctx = L.llama_n_ctx_seq(self.ctx) if not kv_unified else per_slot
+            self.n_batch = L.llama_n_batch(self.ctx)
+            self.n_swa = L.llama_model_n_swa(self.model)
+            self.batch = L.llama_batch_init(self.n_batch, 0, 1)  # token/pos/seq_id/logits arrays of n_batch
+            self._pieces: dict[int, bytes] = {}
+            self._display: dict[int, bytes] = {}  # pieces with control tokens by name (logprob alternatives)
+            self._piece_buf = ctypes.create_string_buffer(256)
+            self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+            self._argmax = _Argmax(self.n_vocab) if self.n_vocab >= FAST_GREEDY_MIN_VOCAB else None
+            self._loras: dict[str, object] = {}  # adapter path -> llama_adapter_lora (freed with the model)
+            self._lora_on: Adapter | None = None  # what the context applies now
+            self._warm_up()
 
     def _warm_up(self) -> None:
         """One decode of one token, then the KV cache emptied, as llama-server does when it loads: the
@@ -153,7 +218,7 @@ class LlamaCppBatcher:
     def _load_model(path: Path, use_mmap: bool):
         params = L.llama_model_default_params()
         params.use_mmap = use_mmap
-        model = L.llama_model_load_from_file(str(path).encode(), params)
+        model = _logged_if_null(lambda: L.llama_model_load_from_file(str(path).encode(), params))
         if not model:
             raise ModelFormatError(
                 f"llama.cpp could not load {path}: the file is not a GGUF model this llama.cpp supports "
@@ -175,7 +240,7 @@ class LlamaCppBatcher:
         params.kv_unified = kv_unified
         params.flash_attn_type = flash_attn
         params.no_perf = True
-        ctx = L.llama_init_from_model(self.model, params)
+        ctx = _logged_if_null(lambda: L.llama_init_from_model(self.model, params))
         if not ctx:
             L.llama_model_free(self.model)
             raise DoesNotFitError(

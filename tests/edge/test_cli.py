@@ -123,3 +123,60 @@ def test_a_profile_supplies_threads_and_slots_the_flags_did_not(tmp_path, smollm
     assert fit_model(Settings(profile=profile.name, parallel=3), smollm2_path).settings.parallel == 3
     r = edge(tmp_path, "serve", "--profile", "no-such-board", "--port", "0")
     assert r.returncode == 3 and "no-such-board" in r.stderr
+
+
+def _typer_kwargs(args: list[str]) -> dict:
+    """What typer passes `edge serve` for `args` (the command's own declarations, typer's parsing)."""
+    import functools
+
+    import typer
+
+    import edge.cli
+
+    got: dict = {}
+
+    @functools.wraps(edge.cli.serve)
+    def capture(**kw):
+        got.update(kw)
+
+    one = typer.Typer()
+    one.command()(capture)
+    one(args=args, standalone_mode=False, prog_name="edge")
+    return got
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["smollm2"],
+        ["m.gguf", "--port", "8080", "--ctx=2048", "--no-spec", "--pin", "a", "--pin=b", "--request-timeout", "1.5"],
+        ["--models", "/tmp/x", "--force", "--no-tcp", "--uds", "/tmp/s", "--allow-host", "h", "--api-key-file", "k"],
+        ["--threads", "-2", "--read-timeout", "0", "--api-key", "k", "--keep-alive", "-1", "--cache-ram", "0"],
+    ],
+)
+def test_serve_reads_a_plain_command_line_as_typer_does(args):
+    """`edge serve` skips typer's per-option validators on a plain command line: same arguments."""
+    import edge.cli
+    from edge.cli.quickargs import quick_kwargs
+
+    assert quick_kwargs(edge.cli.serve, args) == _typer_kwargs(args)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["--port", "08"], ["--port"], ["a", "b"], ["--port", "1", "--port", "2"], ["-x"], ["--force=1"]]
+    + [["--bogus"], ["--port", "+5"], ["--models", ""], ["--", "a"], ["--parallel", "zero"], ["--ctx", "1e3"]],
+)
+def test_help_and_anything_unusual_on_the_serve_line_go_to_typer(args):
+    import edge.cli
+    from edge.cli.quickargs import quick_kwargs
+
+    assert quick_kwargs(edge.cli.serve, args) is None
+
+
+def test_serve_help_is_typers(tmp_path):
+    r = edge(tmp_path, "serve", "--help")
+    assert r.returncode == 0 and "Usage: edge serve [OPTIONS] [model]" in r.stdout and "--no-spec" in r.stdout
+    r = edge(tmp_path, "serve", "--bogus")
+    assert r.returncode == 2 and "No such option: --bogus" in r.stderr

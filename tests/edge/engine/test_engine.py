@@ -348,6 +348,52 @@ def test_backend_import_skips_the_high_level_package():
     assert out.strip() == "[]"
 
 
+_LOG_DURING_LOAD = """
+import json, sys
+from pathlib import Path
+import edge.engine.llamacpp as lc
+from edge.errors import ModelFormatError
+L = lc.L
+lc._init_backend()
+lines = []
+
+@L.llama_log_callback
+def keep(level, text, _user):
+    lines.append((level, text.decode("utf-8", "replace")))
+
+L.llama_log_set(keep, None)  # a callback of the caller's, as quantize.progress sets one
+lc.LlamaCppBatcher(Path(sys.argv[1]), n_ctx=256, n_parallel=1, n_threads=1, n_threads_batch=1).free()
+during = len(lines)
+try:
+    lc.LlamaCppBatcher(Path(sys.argv[2]), n_ctx=256, n_parallel=1, n_threads=1, n_threads_batch=1)
+except ModelFormatError:
+    pass
+print(json.dumps({"during_load": during, "after_failed_load": [t for lvl, t in lines[during:] if lvl == 4]}))
+"""
+
+
+def test_loading_keeps_the_log_out_of_python_but_a_failed_load_explains_itself(model_path, tmp_path):
+    """Cold start: llama.cpp's ~2,300 debug lines of a load never reach a Python callback (each one
+    would take the GIL from the thread importing the HTTP stack); the caller's callback is set again
+    afterwards, and a load that fails runs again with it, so llama.cpp's error reaches it."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "no-architecture.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)  # a valid empty header: llama.cpp itself refuses it
+    env = {k: v for k, v in os.environ.items() if k != "EDGE_LLAMA_LOG"}
+    out = subprocess.run(
+        [sys.executable, "-c", _LOG_DURING_LOAD, str(model_path), str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    assert got["during_load"] < 50, got  # ~2,300 with the Python callback on
+    assert any("unknown model architecture" in line for line in got["after_failed_load"]), got
+
+
 def test_a_non_streaming_generation_gets_its_text_in_one_piece(engine):
     """stream=False: no per-token wake-ups; the same text and counts, one Delta, then the Finish."""
     prompt = chat_prompt(engine, "Name three colours.")

@@ -30,3 +30,22 @@ print("ok")
 def test_serve_imports_fastapi_without_openapi_validators_or_pydantic_v1():
     r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+UVICORN_PROBE = """
+import sys
+from edge.lightimport import submodule
+config = submodule("uvicorn", "config")
+import uvicorn.lifespan.on  # what uvicorn's startup imports: `from uvicorn import Config`
+from uvicorn import Config, Server
+assert Config is config.Config and Server is submodule("uvicorn", "server").Server
+assert "uvicorn.main" not in sys.modules and "click" not in sys.modules, "uvicorn's command line was imported"
+import uvicorn
+assert callable(uvicorn.run) and "uvicorn.main" in sys.modules  # any other name: the real __init__
+print("ok")
+"""
+
+
+def test_uvicorn_starts_without_importing_its_command_line():
+    r = subprocess.run([sys.executable, "-c", UVICORN_PROBE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
