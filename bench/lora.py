@@ -1,19 +1,23 @@
 """Benchmark: LoRA adapters, ours against llama.cpp's own tools, in one run.
 
-    flock /work/tools/bench.lock python bench/lora.py [--rounds N]
+    python bench/lora.py [--rounds 15] [--convert-rounds 3] [--spec off|on] [--seed N]
 
 Setup (cached in the work folder): the bundled SmolLM2-135M Q4_1 unpacked to a Hugging Face folder,
 and a random PEFT LoRA on it (r 8 on the seven projections of every block).
   (a) conversion: `edge-quantize adapter` vs `convert_lora_to_gguf.py --outtype f32` on the same
       PEFT folder and base folder: wall time and peak RSS per process, interleaved A B A B;
-  (b) generation: 128-token greedy completions (one client, 2 threads) from `edge serve` naming
-      `smollm2:135m-q4_1+desk` vs `llama-server -m <Q4_1> --lora desk.gguf`, the same adapter file;
-      and each on the base alone (ours: the same server without `+desk`; llama-server: a second one
-      without `--lora`), which shows what applying the adapter costs llama.cpp itself. Requests
-      alternate between the servers, all loaded. Ours runs without speculative decoding by default
-      (`--spec off`), so both servers do the same decodes: the prompt's output under this random
-      adapter repeats one token, which prompt-lookup drafts would otherwise speed up far beyond
-      what the adapter path costs.
+  (b) generation, equal work: streamed greedy /v1/completions of exactly 128 tokens (ignore_eos; a
+      server that stops early fails the run), one client, 2 threads, one slot, ctx 2048 everywhere,
+      from `edge serve` naming `smollm2:135m-q4_1+desk` vs `llama-server -m <Q4_1> --lora desk.gguf`
+      (the same adapter file), and each on the base alone (ours: the same server without `+desk`;
+      llama-server: a second one without `--lora`), which shows what the adapter costs llama.cpp
+      itself. Each round sends one new prompt to all four, in an order rotated per round, so no
+      server reuses a cached prompt (ours cannot share KV across adapters; llama-server's two
+      servers each would). The figure is decode tokens/s = (tokens - 1) / (last chunk - first
+      chunk), on the client's clock; time to first token and wall tokens/s are printed beside it,
+      and llama-server's own `timings`. Ours runs without speculative decoding (`--spec off`), so
+      both do the same decodes: under this random adapter the output repeats one token, which
+      prompt-lookup drafts would speed up far beyond what the adapter path costs.
 Ratios are on medians.
 """
 
@@ -179,7 +183,7 @@ def report(res: dict, rounds: int, spec: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--convert-rounds", type=int, default=3)
     ap.add_argument("--spec", choices=["off", "on"], default="off", help="ours with speculative decoding")
     ap.add_argument("--seed", type=int, default=None, help="prompts' random seed (default: the clock)")
