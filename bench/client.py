@@ -33,6 +33,18 @@ class Completion:
 
 
 @dataclass
+class Timed:
+    """One streamed completion of a pinned token count, timed on the client's clock."""
+
+    ttft: float  # seconds from the request to the first chunk with text (prompt evaluation + 1 token)
+    decode_tps: float  # (tokens - 1) / (last chunk - first chunk): generation alone
+    wall_tps: float  # tokens / whole request
+    tokens: int
+    text: str
+    server_tps: float | None = None  # the server's own generation rate, when it reports one (llama-server)
+
+
+@dataclass
 class StreamTiming:
     t_sent: float
     t_first: float  # first chunk carrying text or a finish reason
@@ -100,6 +112,35 @@ def stream_first_token(run: Running, prompt: str, max_tokens: int = 2) -> Stream
     if t_first is None:
         raise RuntimeError(f"{run.kind.name} streamed no token for a {len(prompt)}-char prompt")
     return StreamTiming(t0, t_first, t1)
+
+
+def stream_timed(run: Running, prompt: str, max_tokens: int, client: httpx.Client) -> Timed:
+    """A streamed completion that must generate exactly `max_tokens` (the kind's extra fields pin the
+    count; a server that stops early raises): equal work on every server, split into prompt and decode."""
+    body = {**completion_body(run, prompt, max_tokens, True), "stream_options": {"include_usage": True}}
+    parts, tokens, t_first, t_last, server_tps = [], 0, 0.0, 0.0, None
+    t0 = time.perf_counter()
+    with client.stream("POST", run.url("/v1/completions"), json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{run.kind.name} answered {r.status_code}: {r.read()[:500]!r}")
+        for line in r.iter_lines():
+            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                continue
+            data = json.loads(line[5:])
+            text = "".join(c.get("text") or "" for c in data.get("choices") or [])
+            if text:
+                t_last = time.perf_counter()
+                t_first = t_first or t_last
+                parts.append(text)
+            if data.get("usage"):
+                tokens = int(data["usage"].get("completion_tokens", 0))
+            if data.get("timings"):
+                server_tps = data["timings"].get("predicted_per_second")
+    t1 = time.perf_counter()
+    if tokens != max_tokens:
+        raise RuntimeError(f"{run.kind.name} generated {tokens} tokens, not {max_tokens}: equal work failed")
+    decode = (tokens - 1) / max(t_last - t_first, 1e-9)
+    return Timed(t_first - t0, decode, tokens / (t1 - t0), tokens, "".join(parts), server_tps)
 
 
 def _carries_token(line: str) -> bool:

@@ -1,41 +1,50 @@
 """Benchmark: LoRA adapters, ours against llama.cpp's own tools, in one run.
 
-    flock /work/tools/bench.lock python bench/lora.py [--rounds N]
+    python bench/lora.py [--rounds 15] [--convert-rounds 3] [--spec off|on] [--seed N]
 
 Setup (cached in the work folder): the bundled SmolLM2-135M Q4_1 unpacked to a Hugging Face folder,
 and a random PEFT LoRA on it (r 8 on the seven projections of every block).
   (a) conversion: `edge-quantize adapter` vs `convert_lora_to_gguf.py --outtype f32` on the same
       PEFT folder and base folder: wall time and peak RSS per process, interleaved A B A B;
-  (b) generation: 128-token greedy completions (one client, 2 threads) from `edge serve` naming
-      `smollm2:135m-q4_1+desk` vs `llama-server -m <Q4_1> --lora desk.gguf`, the same adapter file;
-      and each on the base alone (ours: the same server without `+desk`; llama-server: a second one
-      without `--lora`), which shows what applying the adapter costs llama.cpp itself. Requests
-      alternate between the servers, all loaded. Ours runs without speculative decoding by default
-      (`--spec off`), so both servers do the same decodes: the prompt's output under this random
-      adapter repeats one token, which prompt-lookup drafts would otherwise speed up far beyond
-      what the adapter path costs.
+  (b) generation, equal work: streamed greedy /v1/completions of exactly 128 tokens (ignore_eos; a
+      server that stops early fails the run), one client, 2 threads, one slot, ctx 2048 everywhere,
+      from `edge serve` naming `smollm2:135m-q4_1+desk` vs `llama-server -m <Q4_1> --lora desk.gguf`
+      (the same adapter file), and each on the base alone (ours: the same server without `+desk`;
+      llama-server: a second one without `--lora`), which shows what the adapter costs llama.cpp
+      itself. Each round sends one new prompt to all four, in an order rotated per round, so no
+      server reuses a cached prompt (ours cannot share KV across adapters; llama-server's two
+      servers each would). The figure is decode tokens/s = (tokens - 1) / (last chunk - first
+      chunk), on the client's clock; time to first token and wall tokens/s are printed beside it,
+      and llama-server's own `timings`. Ours runs without speculative decoding (`--spec off`), so
+      both do the same decodes: under this random adapter the output repeats one token, which
+      prompt-lookup drafts would speed up far beyond what the adapter path costs.
 Ratios are on medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import random
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import client as bodies
 import common
+import servers
 from common import console, median
 
 THREADS = 2
+CTX = 2048
 N_TOKENS = 128
-PROMPT = "Count from 1 to 500, separated by commas: 1, 2, 3,"
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -79,85 +88,113 @@ def bench_convert(hf: Path, peft_dir: Path, work: Path, rounds: int) -> Path:
     return ours_out
 
 
-def _start(cmd: list, env: dict, url: str, log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{cmd[0]} exited: {log.read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    common.stop(proc)
-    raise SystemExit(f"{cmd[0]} not ready (log {log})")
+@dataclass
+class _Fixed(servers.ServerKind):
+    """A server started from a fixed command line; servers.start adds the port."""
+
+    argv: list = field(default_factory=list)
+
+    def command(self, model, port, parallel, ctx):
+        return [str(a) for a in self.argv] + ["--port", str(port)]
 
 
-def _tps(url: str, model: str) -> float:
-    body = {"model": model, "prompt": PROMPT, "max_tokens": N_TOKENS, "temperature": 0, "ignore_eos": True}
-    t0 = time.perf_counter()
-    r = httpx.post(url + "/v1/completions", json=body, timeout=300)
-    dt = time.perf_counter() - t0
-    r.raise_for_status()
-    return r.json()["usage"]["completion_tokens"] / dt
+def _prompt(r: random.Random) -> str:
+    """A new prompt each round (no server reuses an earlier prompt's KV); the token count is pinned anyway."""
+    n = r.randint(10, 900)
+    return f"Count from {n} to {n + 500}, separated by commas: {n}, {n + 1}, {n + 2},"
 
 
-def bench_serve(base: Path, adapter: Path, work: Path, rounds: int, spec: str) -> None:
+def bench_serve(base: Path, adapter: Path, work: Path, rounds: int, spec: str, seed: int) -> dict:
     home = work / "lora-home"
     shutil.rmtree(home, ignore_errors=True)
     (home / "adapters").mkdir(parents=True)
     shutil.copy(adapter, home / "adapters" / "desk.gguf")
-    p_ours, p_ref, p_plain = common.free_port(), common.free_port(), common.free_port()
-    ours_env = dict(os.environ, EDGE_HOME=str(home), EDGE_SPEC=spec)
-    ours_cmd = [common.venv_script("edge"), "serve", "--port", p_ours, "--threads", THREADS, "--ctx", 2048]
-    ref_cmd = [common.anchor_binary("llama-server"), "-m", base, "--lora", home / "adapters" / "desk.gguf"]
-    common_args = ["-t", THREADS, "-c", 2048, "-np", 1, "--no-webui", "--host", "127.0.0.1"]
-    ref_cmd += ["--port", p_ref, *common_args]
-    plain_cmd = [common.anchor_binary("llama-server"), "-m", base, "--port", p_plain, *common_args]
-    procs = []
+    pinned = {"ignore_eos": True}
+    ours_argv = [common.venv_script("edge"), "serve", "--host", "127.0.0.1", "--threads", THREADS, "--ctx", CTX]
+    ours_argv += ["--parallel", 1, "--spec" if spec == "on" else "--no-spec"]
+    llama = [common.anchor_binary("llama-server"), "-m", base, "-t", THREADS, "-c", CTX, "-np", 1, "--no-webui"]
+    llama += ["--host", "127.0.0.1"]
+    kinds = {
+        "ours": _Fixed("ours", "/health", pinned, argv=ours_argv),
+        "llama-server --lora": _Fixed("llama-server-lora", "/health", pinned, argv=[*llama, "--lora", adapter]),
+        "llama-server base": _Fixed("llama-server-base", "/health", pinned, argv=llama),
+    }
+    started: list[servers.Running] = []
     try:
-        procs.append(_start(ours_cmd, ours_env, f"http://127.0.0.1:{p_ours}", work / "lora-ours.log"))
-        procs.append(_start(ref_cmd, dict(os.environ), f"http://127.0.0.1:{p_ref}", work / "lora-ref.log"))
-        procs.append(_start(plain_cmd, dict(os.environ), f"http://127.0.0.1:{p_plain}", work / "lora-plain.log"))
-        u_o, u_r, u_p = (f"http://127.0.0.1:{p}" for p in (p_ours, p_ref, p_plain))
+        for kind in kinds.values():
+            env = {"EDGE_HOME": str(home)} if kind.name == "ours" else None
+            started.append(servers.start(kind, base, ctx=CTX, env=env))
+        ours, ref, plain = started
         runs = {
-            "ours+adapter": (u_o, "smollm2:135m-q4_1+desk"),
-            "llama-server --lora": (u_r, "x"),
-            "ours base": (u_o, "smollm2:135m-q4_1"),
-            "llama-server base": (u_p, "x"),
+            "ours+adapter": dataclasses.replace(ours, model_id="smollm2:135m-q4_1+desk"),
+            "llama-server --lora": ref,
+            "ours base": dataclasses.replace(ours, model_id="smollm2:135m-q4_1"),
+            "llama-server base": plain,
         }
-        for url, model in runs.values():
-            _tps(url, model)  # warm-up
-        got: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(rounds):
-            for k, (url, model) in runs.items():
-                got[k].append(_tps(url, model))
+        got: dict[str, list[bodies.Timed]] = {k: [] for k in runs}
+        r = random.Random(seed)
+        with httpx.Client(timeout=300) as client:
+            for run in runs.values():
+                bodies.stream_timed(run, _prompt(r), N_TOKENS, client)  # warm-up
+            for rnd in range(rounds):
+                prompt, k = _prompt(r), rnd % len(runs)
+                for label in list(runs)[k:] + list(runs)[:k]:  # each server first in turn
+                    got[label].append(bodies.stream_timed(runs[label], prompt, N_TOKENS, client))
+                console.log(
+                    f"round {rnd} decode t/s: " + ", ".join(f"{lb} {v[-1].decode_tps:.1f}" for lb, v in got.items())
+                )
     finally:
-        for proc in procs:
-            common.stop(proc)
-    a, r, b, p = (median(got[k]) for k in runs)
+        for run in started:
+            common.stop(run.proc)
+    return {
+        lb: {
+            "decode_tps": median([t.decode_tps for t in ts]),
+            "ttft_ms": 1000 * median([t.ttft for t in ts]),
+            "wall_tps": median([t.wall_tps for t in ts]),
+            "server_tps": median([t.server_tps for t in ts]) if all(t.server_tps for t in ts) else None,
+        }
+        for lb, ts in got.items()
+    }
+
+
+def report(res: dict, rounds: int, spec: str) -> None:
+    d = {lb: v["decode_tps"] for lb, v in res.items()}
+    a, r, b, p = d["ours+adapter"], d["llama-server --lora"], d["ours base"], d["llama-server base"]
     console.print(
-        f"(b) tokens/s, {N_TOKENS}-token completions, median of {rounds} (ours with speculation {spec}): "
-        f"ours with adapter {a:.1f}, llama-server --lora {r:.1f} -> ours/llama-server {a / r:.2f}; "
-        f"base alone: ours {b:.1f}, llama-server {p:.1f} ({b / p:.2f}); the adapter's own cost: "
-        f"ours {a / b:.2f}x, llama-server {r / p:.2f}x"
+        f"(b) {N_TOKENS}-token streamed completions, a new prompt each round, median of {rounds} "
+        f"(ours with speculation {spec}):"
+    )
+    for lb, v in res.items():
+        own = f", server's own {v['server_tps']:.1f}" if v["server_tps"] else ""
+        console.print(
+            f"    {lb:20s} decode {v['decode_tps']:6.1f} t/s   first token {v['ttft_ms']:5.0f} ms   "
+            f"wall {v['wall_tps']:6.1f} t/s{own}"
+        )
+    console.print(
+        f"  decode, ours with adapter / llama-server --lora {a / r:.2f} (goal >= 0.97); base alone {b / p:.2f}; "
+        f"the adapter's own cost: ours {a / b:.2f}x its base, llama-server {r / p:.2f}x"
+    )
+    w = {lb: v["wall_tps"] for lb, v in res.items()}
+    console.print(
+        f"  wall (prompt included), ours/llama-server: with adapter "
+        f"{w['ours+adapter'] / w['llama-server --lora']:.2f}, base {w['ours base'] / w['llama-server base']:.2f}"
     )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--convert-rounds", type=int, default=3)
-    ap.add_argument("--spec", choices=["off", "on"], default="off", help="ours with speculative decoding (EDGE_SPEC)")
+    ap.add_argument("--spec", choices=["off", "on"], default="off", help="ours with speculative decoding")
+    ap.add_argument("--seed", type=int, default=None, help="prompts' random seed (default: the clock)")
     args = ap.parse_args()
     common.warn_if_busy()
     work = common.work_dir()
     base, hf, peft_dir = setup(work)
     adapter = bench_convert(hf, peft_dir, work, args.convert_rounds)
-    bench_serve(base, adapter, work, args.rounds, args.spec)
+    seed = args.seed if args.seed is not None else time.time_ns() % 1_000_000
+    console.log(f"prompt seed {seed}")
+    report(bench_serve(base, adapter, work, args.rounds, args.spec, seed), args.rounds, args.spec)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -109,43 +108,10 @@ def register(anchor_spec: list[str]) -> dict[str, str]:
     return {label: k.name for label, k in kinds.items()}
 
 
-@dataclass
-class Timed:
-    ttft: float  # seconds from the request to the first chunk with text (prompt evaluation + 1 token)
-    decode_tps: float  # (tokens - 1) / (last chunk - first chunk)
-    wall_tps: float  # tokens / whole request
-    tokens: int
-    text: str
-
-
-def stream(run: servers.Running, prompt: str, max_tokens: int, client: httpx.Client) -> Timed:
-    body = {**bodies.completion_body(run, prompt, max_tokens, True), "stream_options": {"include_usage": True}}
-    parts, tokens, t_first, t_last = [], 0, 0.0, 0.0
-    t0 = time.perf_counter()
-    with client.stream("POST", run.url("/v1/completions"), json=body) as r:
-        if r.status_code != 200:
-            raise RuntimeError(f"{run.kind.name} answered {r.status_code}: {r.read()[:500]!r}")
-        for line in r.iter_lines():
-            if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                continue
-            data = json.loads(line[5:])
-            text = "".join(c.get("text") or "" for c in data.get("choices") or [])
-            if text:
-                t_last = time.perf_counter()
-                t_first = t_first or t_last
-                parts.append(text)
-            if data.get("usage"):
-                tokens = int(data["usage"].get("completion_tokens", 0))
-    t1 = time.perf_counter()
-    if tokens != max_tokens:
-        raise RuntimeError(f"{run.kind.name} generated {tokens} tokens, not {max_tokens}: equal work failed")
-    return Timed(t_first - t0, (tokens - 1) / max(t_last - t_first, 1e-9), tokens / (t1 - t0), tokens, "".join(parts))
-
-
 def measure(model: Path, labels: dict[str, str], rounds: int, max_tokens: int, seed: int) -> dict:
     runs = {label: servers.start(kind, model, ctx=4096) for label, kind in labels.items()}
     kinds = [*KINDS, "chat"]
-    got: dict[str, dict[str, list[Timed]]] = {kind: {label: [] for label in runs} for kind in kinds}
+    got: dict[str, dict[str, list[bodies.Timed]]] = {kind: {label: [] for label in runs} for kind in kinds}
     same, total = 0, 0
     r = random.Random(seed)
     try:
@@ -156,7 +122,7 @@ def measure(model: Path, labels: dict[str, str], rounds: int, max_tokens: int, s
                     k = (rnd + i) % len(runs)
                     order = list(runs)[k:] + list(runs)[:k]
                     for label in order:
-                        got[kind][label].append(stream(runs[label], prompt, max_tokens, client))
+                        got[kind][label].append(bodies.stream_timed(runs[label], prompt, max_tokens, client))
                     total += 1
                     same += got[kind]["ours+spec"][-1].text == got[kind]["ours"][-1].text
                     if got[kind]["ours+spec"][-1].text != got[kind]["ours"][-1].text:
@@ -200,7 +166,8 @@ def measure_chat4(model: Path, labels: dict[str, str], rounds: int, max_tokens: 
             for lb in order:
                 t0 = time.perf_counter()
                 with ThreadPoolExecutor(4) as pool:
-                    done = list(pool.map(lambda pc: stream(runs[lb], pc[0], max_tokens, pc[1]), zip(prompts, clients)))  # noqa: B023
+                    one = lambda pc, run=runs[lb]: bodies.stream_timed(run, pc[0], max_tokens, pc[1])  # noqa: E731
+                    done = list(pool.map(one, zip(prompts, clients)))
                 tps[lb].append(sum(t.tokens for t in done) / (time.perf_counter() - t0))
     finally:
         for c in clients:

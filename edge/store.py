@@ -416,6 +416,21 @@ def _combined(base: ModelEntry, adapter: str, path: Path, scale: float) -> Model
     )  # fmt: skip
 
 
+def adapter_record(adapter: Path) -> dict:
+    """What `edge-quantize adapter --install` recorded beside an adapter (NAME.json: the base it was
+    checked against, its source); {} for an adapter put in place by hand or an unreadable record."""
+    record = adapter.with_suffix(".json")
+    try:
+        if record.stat().st_size > MAX_ALIAS_FILE_BYTES:
+            return {}
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return (
+        {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
+    )
+
+
 def _latest_for(name: str) -> str | None:
     return next((b.latest_for for b in _BUNDLED if b.name == name), None)
 

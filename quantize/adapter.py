@@ -382,6 +382,13 @@ def merge_adapter(
     from .convert import convert
 
     base_dir = Path(base_dir)
+    asked = types.split(",") if isinstance(types, str) else types
+    onnx = [t.strip() for t in asked if t.strip().lower().startswith("onnx")]
+    if onnx:  # the ONNX exporter reads the HF folder itself, not the merged checkpoint
+        raise BadRequestError(
+            f"--merge writes GGUF types only, not {', '.join(onnx)}: merge to a GGUF type, or merge with PEFT "
+            "(merge_and_unload), save the Hugging Face folder and convert that to ONNX"
+        )
     if not base_dir.is_dir() or not any(base_dir.glob("*.safetensors")):
         raise BadRequestError(
             f"--merge needs the base model's Hugging Face folder with its weights, not {base_dir}; "

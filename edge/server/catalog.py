@@ -15,6 +15,7 @@ from edge.engine.base import ModelInfo
 from edge.errors import EdgeError
 from edge.formats.gguf import cached_gguf_meta
 from edge.lightimport import gguf_constants
+from edge.store import adapter_record
 
 gguf = gguf_constants()  # the enums and tables only: no reader, writer or numpy (edge.lightimport)
 
@@ -63,6 +64,30 @@ def capabilities(facts: FileFacts) -> list[str]:
     """Ollama's capabilities: "tools" when the template itself takes tools (any model can use the
     generic format, but only these were trained for calls)."""
     return ["completion", "tools"] if tool_format(facts) != "generic" else ["completion"]
+
+
+def adapter_facts(adapter: Path, scale: float, base_name: str | None) -> dict:
+    """model_info keys of a LoRA adapter on its base (Ollama shows GGUF keys there): its name and file,
+    the base and scale a request gets, rank and alpha from the adapter's header, and the base the
+    adapter was checked against when `edge-quantize adapter --install` put it in the store."""
+    info = {
+        "adapter.name": adapter.stem.lower(),
+        "adapter.file": str(adapter),
+        "adapter.base": base_name or "",
+        "adapter.scale": scale,
+    }
+    try:
+        meta = cached_gguf_meta(adapter)
+    except EdgeError:
+        meta = None
+    if meta is not None:
+        info["adapter.lora.alpha"] = meta.kv.get(gguf.Keys.Adapter.LORA_ALPHA)
+        ranks = [min(t.shape) for t in meta.tensors or () if t.name.endswith(".lora_a") and t.shape]
+        info["adapter.lora.rank"] = max(ranks) if ranks else None
+    installed = adapter_record(adapter).get("base")
+    if installed:
+        info["adapter.installed_for"] = installed
+    return info
 
 
 @dataclass(frozen=True)

@@ -320,9 +320,18 @@ class ModelManager:
         name: the primary model, else the store's default. A 404 lists what is available."""
         if not name:
             return self.primary or resolve_target(None, self.store)
-        for t in [*self.pinned.values(), *(m.target for m in self.models.values())]:
+        kept = [*self.pinned.values(), *(m.target for m in self.models.values())]
+        for t in kept:
             if name in (t.name, t.path.stem, str(t.path)):
                 return t
+        base, plus, spec = name.partition("+")
+        onnx = next((t for t in kept if base in (t.name, t.path.stem, str(t.path)) and t.path.is_dir()), None)
+        if plus and onnx is not None:  # the store refuses its own ONNX folders alike (ModelStore.resolve)
+            raise BadRequestError(
+                f"{onnx.name} is an ONNX model: LoRA adapters apply to GGUF models only; "
+                f"serve {spec.partition('@')[0]!r} on the GGUF form of the model",
+                param="model",
+            )
         try:  # a store name only: a request never names a path on this machine
             entry = self.store.resolve(name)
         except ModelNotFoundError as exc:

@@ -378,13 +378,16 @@ def show(body: ShowRequest, request: Request):
     facts = _facts(state, path, fmt)
     params = "\n".join(f"stop {json.dumps(s)}" for s in _stop_tokens(state, path))
     modelfile, details, info = f"# edge serves this file as is\nFROM {path}\n", catalog.details(facts), facts.model_info
+    adapters = []
     if t.adapter is not None:  # Ollama's Modelfile spelling: FROM the base, ADAPTER the LoRA
         modelfile += f"ADAPTER {t.adapter}\n"
         details = {**details, "parent_model": t.base_name or ""}
-        info = {**info, "adapter.base": t.base_name, "adapter.file": str(t.adapter), "adapter.scale": t.adapter_scale}
+        info = {**info, **catalog.adapter_facts(t.adapter, t.adapter_scale, t.base_name)}
+        adapters = [{"id": 0, "path": str(t.adapter), "scale": t.adapter_scale}]  # llama-server's /lora-adapters
     return JSONResponse(
         {
             "modelfile": modelfile,
+            "adapters": adapters,
             "parameters": params,
             "template": facts.chat_template or "",
             "details": details,

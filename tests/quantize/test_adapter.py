@@ -161,6 +161,12 @@ def test_cli_writes_the_adapter_and_exits_nonzero_on_bad_input(adapters, tiny_ch
     assert not (tmp_path / "b.gguf").exists()
 
 
+def test_merge_to_an_onnx_type_is_refused_and_nothing_written(adapters, tiny_checkpoint, tmp_path):
+    with pytest.raises(BadRequestError, match="GGUF types only, not onnx:int4"):
+        merge_adapter(adapters("llama3"), tiny_checkpoint("llama3"), "q8_0,onnx:int4", tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("kind", ["llama3", "phi3", "gemma3"])
 def test_merge_equals_peft_merge_and_unload(kind, adapters, tiny_checkpoint, tmp_path):
     """--merge F32 against PEFT's merge_and_unload saved and converted the ordinary way; and a Q8_0 alongside."""

@@ -126,6 +126,9 @@ def test_openai_client_streams_from_edge_serve(smollm2_int4, tmp_path):
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none")
         with pytest.raises(openai.BadRequestError, match="does not compute embeddings"):  # a chat-only model
             client.embeddings.create(model=smollm2_int4.name, input="hello")
+        for name in (smollm2_int4.name + "+desk", smollm2_int4.name + "+desk@0.5"):  # LoRA: GGUF models only
+            with pytest.raises(openai.BadRequestError, match="ONNX model: LoRA adapters apply to GGUF models only"):
+                client.completions.create(model=name, prompt="Hi", max_tokens=2)
         stream = client.chat.completions.create(
             model=smollm2_int4.name, messages=messages, temperature=0, max_tokens=24, stream=True
         )

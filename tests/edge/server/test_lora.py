@@ -23,7 +23,8 @@ STEPS = 32
 
 @pytest.fixture(scope="module")
 def lora_setup(smollm2_path, tmp_path_factory):
-    from quantize.adapter import convert_adapter
+    from edge.store import ModelStore
+    from quantize.adapter_install import install_adapter
     from quantize.convert import convert
     from quantize.unpack import unpack
     from tests.support.lora import train_adapter
@@ -37,7 +38,8 @@ def lora_setup(smollm2_path, tmp_path_factory):
     (home / "adapters").mkdir()
     shutil.copy(f32, home / "models" / "smollm2-f32.gguf")
     shutil.copy(q8, home / "models" / "smollm2-q8_0.gguf")
-    convert_adapter(peft_dir, home / "models" / "smollm2-f32.gguf", home / "adapters" / "desk.gguf")
+    install_adapter(peft_dir, home / "models" / "smollm2-f32.gguf", "desk", store=ModelStore(home))  # + desk.json
+    (home / "aliases.toml").write_text('"support" = "smollm2:q8_0+desk@0.8"\n')  # base, adapter, scale fixed
     return {"hf": hf, "peft": peft_dir, "home": home, "f32": home / "models" / "smollm2-f32.gguf"}
 
 
@@ -143,15 +145,29 @@ def test_two_clients_with_and_without_the_adapter_get_their_single_client_output
     assert together == [alone[m] for m in models]
 
 
-def test_adapter_is_listed_and_shown_with_base_and_scale(server):
+def test_adapter_is_listed_and_shown_with_base_and_scale(server, lora_setup):
+    import ollama
+    import openai
+
+    ids = [m.id for m in openai.OpenAI(base_url=server.url + "/v1", api_key="none").models.list()]
+    o = ollama.Client(host=server.url, timeout=300)
+    tags = [m.model for m in o.list().models]
+    for names in (ids, tags):
+        assert {"smollm2:f32+desk", "smollm2:q8_0+desk"} <= set(names)
+    show = o.show("smollm2:f32+desk@0.5")
+    assert show.details.parent_model == "smollm2:f32" and "ADAPTER" in show.modelfile
+    info = show.modelinfo
+    assert (info["adapter.name"], info["adapter.base"], info["adapter.scale"]) == ("desk", "smollm2:f32", 0.5)
+    assert (info["adapter.lora.rank"], info["adapter.lora.alpha"]) == (8, 16.0)  # tests.support.lora's config
+    assert info["adapter.installed_for"] == str((lora_setup["home"] / "models" / "smollm2-f32.gguf").resolve())
+    alias = o.show("support")  # the alias fixes base, adapter and scale
+    assert (alias.details.parent_model, alias.modelinfo["adapter.scale"]) == ("smollm2:q8_0", 0.8)
     with server.client() as c:
-        ids = [m["id"] for m in c.get("/v1/models").json()["data"]]
-        tags = [m["name"] for m in c.get("/api/tags").json()["models"]]
-        show = c.post("/api/show", json={"model": "smollm2:f32+desk@0.5"}).json()
+        raw = c.post("/api/show", json={"model": "smollm2:f32+desk"}).json()
+        plain = c.post("/api/show", json={"model": "smollm2:f32"}).json()
         missing = c.post("/v1/completions", json={"model": "smollm2:f32+nope", "prompt": "x", "max_tokens": 1})
-    assert "smollm2:f32+desk" in ids and "smollm2:f32+desk" in tags
-    assert show["details"]["parent_model"] == "smollm2:f32"
-    assert show["model_info"]["adapter.scale"] == 0.5 and "ADAPTER" in show["modelfile"]
+    assert raw["adapters"] == [{"id": 0, "path": info["adapter.file"], "scale": 1.0}]  # llama-server's /lora-adapters
+    assert plain["adapters"] == [] and "adapter.name" not in plain["model_info"]
     assert missing.status_code == 404 and "desk" in missing.json()["error"]["message"]
 
 
