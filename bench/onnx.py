@@ -135,9 +135,10 @@ def prepare(
     missing = [t for t in types if not files[t].exists()]
     if missing:  # one call: the calibrated types share one calibration pass
         export_onnx(hf, missing, work, name=model, quiet=True, calib=CalibOptions(calib_text))
-    if not genai.exists():
+    cfg_path = genai / "genai_config.json"
+    if not cfg_path.exists():
         py = genai_python(venv)
-        subprocess.run(
+        built = subprocess.run(
             [
                 str(py),
                 "-m",
@@ -153,11 +154,11 @@ def prepare(
                 "-c",
                 str(work / "genai-cache"),
             ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
-    cfg_path = genai / "genai_config.json"
+        if not cfg_path.exists():  # the builder can exit 0 after an error
+            raise SystemExit(f"onnxruntime-genai's builder wrote no {cfg_path}:\n{built.stderr[-2000:]}")
     cfg = json.loads(cfg_path.read_text())
     cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
     cfg_path.write_text(json.dumps(cfg, indent=2))
