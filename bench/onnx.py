@@ -1,16 +1,19 @@
-"""ONNX quality and speed: our int8 / int4 / calibrated int4 SmolLM2 vs onnxruntime-genai's int4.
+"""ONNX quality and speed: our int8 / int4 / calibrated int4 vs onnxruntime-genai's int4.
 
-    .venv/bin/python bench/onnx.py [--tokens 128] [--rounds 3] [--threads 2] [--chunks 14] [--prepare]
+    .venv/bin/python bench/onnx.py [--model smollm2|gemma3] [--types onnx:int8,...] [--tokens 128]
+        [--rounds 3] [--threads 2] [--chunks 14] [--prepare | --no-speed | --no-quality]
 
-Every side gets the same checkpoint (the bundled SmolLM2-135M-Instruct GGUF unpacked to HF by
-edge-quantize). Quality: KL divergence and same-top-token % against the F32 GGUF on the ladder's
-text and chunks (quantize.eval, docs/ladder.md), for GGUF Q8_0 / Q4_0, our ONNX onnx:int8,
-onnx:int4 (round-to-nearest) and onnx:int4_awq (calibrated on --calib-text, by default licence
-texts other than the evaluation's GPL-3), and onnxruntime-genai's int4 folder (its model.onnx run
-chunk by chunk in onnxruntime). Speed: every ONNX variant and onnxruntime-genai's int4 (block 32,
-symmetric, accuracy level 4: its CPU default), greedy with end-of-sequence ignored, same prompt,
-same thread count. `--prepare` builds every file and stops (run it under tools/heavy, then the
-measurement under tools/quiet). onnxruntime-genai's
+Every side gets the same checkpoint (the bundled SmolLM2-135M-Instruct Q4_1 or Gemma-3-270M Q4_K_M
+GGUF unpacked to HF by edge-quantize; that checkpoint's F32 GGUF is the reference). Quality: KL
+divergence and same-top-token % against the F32 GGUF on the ladder's text and chunks
+(quantize.eval, docs/ladder.md), for GGUF Q8_0 / Q4_0, our ONNX types (`--types`, by default
+onnx:int8, onnx:int4 (round-to-nearest), onnx:int4_awq and onnx:int4_gptq, the calibrated ones on
+--calib-text, by default licence texts other than the evaluation's GPL-3), and onnxruntime-genai's
+int4 folder (its model.onnx run chunk by chunk in onnxruntime). Speed: every ONNX type and
+onnxruntime-genai's int4 (block 32, symmetric, accuracy level 4: its CPU default), greedy with
+end-of-sequence ignored, same prompt, same thread count. `--prepare` builds every file and stops
+(run it under tools/heavy); `--no-speed` measures quality only (CPU-heavy, tools/heavy);
+`--no-quality` measures speed only (tools/quiet). onnxruntime-genai's
 builder needs transformers 5, so it lives in its own venv (created here on first use, $GENAI_VENV,
 default /tmp/genai-venv; torch is borrowed from the project's venv through a .pth file instead of
 downloading it again). Runs are separate processes, interleaved A/B/A/B; tokens/s counts decode
@@ -32,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # this file is named onnx.py: keep its folder off the path, or it would shadow the onnx package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 PROMPT = "Write a short story about a robot who learns to paint."
-OURS_TYPES = ("onnx:int8", "onnx:int4", "onnx:int4_awq")
+OURS_TYPES = ("onnx:int8", "onnx:int4", "onnx:int4_awq", "onnx:int4_gptq")
+MODELS = {"smollm2": ("smollm2:135m-q4_1", "SmolLM2-135M"), "gemma3": ("gemma3:270m-q4_k_m", "Gemma-3-270M")}
 CALIB_LICENCES = ("Apache-2.0", "MPL-2.0", "CC0-1.0", "Artistic")  # not the evaluation's GPL-3
 
 OURS = (
@@ -100,24 +104,25 @@ def genai_python(venv: Path) -> Path:
     return py
 
 
-def prepare(work: Path, venv: Path, threads: int, calib_text: Path | None) -> dict[str, Path]:
+def prepare(
+    model: str, types: list[str], work: Path, venv: Path, threads: int, calib_text: Path | None
+) -> dict[str, Path]:
     """Every file measured: label -> GGUF file or ONNX folder (built once, kept in `work`)."""
     sys.path.insert(0, str(ROOT))
     from edge.store import bundled_models, materialize
 
     work.mkdir(parents=True, exist_ok=True)
-    hf, genai = work / "smollm2-hf", work / "genai-int4"
+    hf, genai = work / f"{model}-hf", work / f"{model}-genai-int4"
     if not hf.exists():
         from quantize.unpack import unpack
 
-        entry = next(e for e in bundled_models(work / "cache") if e.name == "smollm2:135m-q4_1")
+        entry = next(e for e in bundled_models(work / "cache") if e.name == MODELS[model][0])
         unpack(materialize(entry).path, hf, quiet=True)
-    files = {t: work / f"smollm2-{t.replace(':', '-')}" for t in ("f32", "q8_0", "q4_0")}
-    files = {t: p.with_suffix(".gguf") for t, p in files.items()}
+    files = {t: work / f"{model}-{t}.gguf" for t in ("f32", "q8_0", "q4_0")}
     if not all(p.exists() for p in files.values()):
         from quantize.convert import convert
 
-        convert(hf, list(files), work, name="smollm2", quiet=True, force=True)
+        convert(hf, list(files), work, name=model, quiet=True, force=True)
     from quantize.onnx.calib import CalibOptions
     from quantize.onnx.export import export_onnx
     from quantize.onnx.quant import parse_onnx_type
@@ -125,13 +130,15 @@ def prepare(work: Path, venv: Path, threads: int, calib_text: Path | None) -> di
     if calib_text is None:
         calib_text = work / "calib.txt"
         calib_text.write_bytes(b"".join(Path("/usr/share/common-licenses", n).read_bytes() for n in CALIB_LICENCES))
-    for t in OURS_TYPES:
-        files[t] = work / f"smollm2-onnx-{parse_onnx_type(t).name}"
-        if not files[t].exists():
-            export_onnx(hf, [t], work, name="smollm2", quiet=True, calib=CalibOptions(calib_text))
-    if not genai.exists():
+    for t in types:
+        files[t] = work / f"{model}-onnx-{parse_onnx_type(t).name}"
+    missing = [t for t in types if not files[t].exists()]
+    if missing:  # one call: the calibrated types share one calibration pass
+        export_onnx(hf, missing, work, name=model, quiet=True, calib=CalibOptions(calib_text))
+    cfg_path = genai / "genai_config.json"
+    if not cfg_path.exists():
         py = genai_python(venv)
-        subprocess.run(
+        built = subprocess.run(
             [
                 str(py),
                 "-m",
@@ -147,11 +154,11 @@ def prepare(work: Path, venv: Path, threads: int, calib_text: Path | None) -> di
                 "-c",
                 str(work / "genai-cache"),
             ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
-    cfg_path = genai / "genai_config.json"
+        if not cfg_path.exists():  # the builder can exit 0 after an error
+            raise SystemExit(f"onnxruntime-genai's builder wrote no {cfg_path}:\n{built.stderr[-2000:]}")
     cfg = json.loads(cfg_path.read_text())
     cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
     cfg_path.write_text(json.dumps(cfg, indent=2))
@@ -233,17 +240,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--chunks", type=int, default=14, help="evaluation chunks of 512 tokens (the ladder's 14)")
     ap.add_argument("--calib-text", type=Path, default=None)
+    ap.add_argument("--model", choices=sorted(MODELS), default="smollm2", help="the bundled checkpoint")
+    ap.add_argument("--types", default="", help=f"comma list of ONNX types (default {','.join(OURS_TYPES)})")
     ap.add_argument("--prepare", action="store_true", help="build every file, measure nothing")
+    ap.add_argument("--no-speed", action="store_true", help="quality only (CPU-heavy: run under tools/heavy)")
+    ap.add_argument("--no-quality", action="store_true", help="speed only")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edge-bench-onnx"))
     ap.add_argument("--genai-venv", type=Path, default=Path("/tmp/genai-venv"))
     args = ap.parse_args()
-    files = prepare(args.work, args.genai_venv, args.threads, args.calib_text)
+    types = args.types.split(",") if args.types else list(OURS_TYPES)
+    files = prepare(args.model, types, args.work, args.genai_venv, args.threads, args.calib_text)
     if args.prepare:
         return
+    med = {} if args.no_speed else speed(files, types, args)
+    if not args.no_quality:
+        report_quality(files, med, args.chunks, args.threads)
+
+
+def speed(files: dict[str, Path], types: list[str], args: argparse.Namespace) -> dict[str, float]:
     gpy = genai_python(args.genai_venv)
     cmds = {
-        t: [sys.executable, "-c", OURS, str(files[t]), str(args.tokens), str(args.threads), str(ROOT)]
-        for t in OURS_TYPES
+        t: [sys.executable, "-c", OURS, str(files[t]), str(args.tokens), str(args.threads), str(ROOT)] for t in types
     }
     cmds["genai int4"] = [str(gpy), "-c", GENAI, str(files["genai int4"]), str(args.tokens)]
     tps: dict[str, list[float]] = {k: [] for k in cmds}
@@ -253,19 +270,26 @@ def main() -> None:
         log(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in tps.items()) + " t/s")
     med = {k: statistics.median(v) for k, v in tps.items()}
     base = med["genai int4"]
-    print(f"SmolLM2-135M, {args.tokens} tokens, {args.threads} threads, median of {args.rounds} (tokens/s):")
+    print(f"{MODELS[args.model][1]}, {args.tokens} tokens, {args.threads} threads, median of {args.rounds} (tokens/s):")
     for k, v in med.items():
         print(
             f"  {k:16s} {v:6.1f} t/s  {v / base:.2f}x genai int4" + ("" if k.startswith("genai") else " (goal >= 0.9x)")
         )
-    rows = quality(files, args.chunks, args.threads)
-    print(f"quality against F32 on the ladder's text ({args.chunks} chunks x 512):")
-    print("| variant | KLD mean | KLD p99 | same top % | PPL | tokens/s |")
-    print("|---|---|---|---|---|---|")
+    return med
+
+
+def report_quality(files: dict[str, Path], med: dict[str, float], chunks: int, threads: int) -> None:
+    rows = quality(files, chunks, threads)
+    base = med.get("genai int4")
+    print(f"quality against F32 on the ladder's text ({chunks} chunks x 512):")
+    print("| variant | KLD mean | KLD p99 | same top % | PPL | tokens/s | x genai int4 |")
+    print("|---|---|---|---|---|---|---|")
     for label, f in rows:
-        speed = f"{med[label]:.1f}" if label in med else "-"
+        tps = f"{med[label]:.1f}" if label in med else "-"
+        ratio = f"{med[label] / base:.2f}" if label in med and base else "-"
         print(
-            f"| {label} | {f['kld_mean']:.4f} | {f['kld_p99']:.4f} | {f['same_top_pct']:.2f} | {f['ppl']:.3f} | {speed} |"
+            f"| {label} | {f['kld_mean']:.4f} | {f['kld_p99']:.4f} | {f['same_top_pct']:.2f} | {f['ppl']:.3f} "
+            f"| {tps} | {ratio} |"
         )
 
 

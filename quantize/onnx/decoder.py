@@ -157,8 +157,9 @@ def _lengths(g: Graph) -> None:
 
 
 def _head_format(wf):
-    """`_head8` types keep the output projection (the most quantization-sensitive matrix, tied to the
-    embedding in small models) at 8 bits: MatMulNBits bits=8, same block size."""
+    """n-bit types keep the output projection (the most quantization-sensitive matrix, tied to the
+    embedding in small models) at 8 bits unless `_head4` asks for 4: MatMulNBits bits=8, same block
+    size (llama.cpp's Q4_0 likewise writes it as Q6_K or Q8_0)."""
     return replace(wf, bits=8) if wf.kind == "nbits" and wf.head_bits == 8 else wf
 
 

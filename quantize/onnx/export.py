@@ -117,7 +117,7 @@ def _calibration(src: Path, otypes: list[OnnxType], text: CalibText | None, out_
     todo = text.chunks(src)  # a text too short fails here, before any output
     tmp = temp_name(out_dir / name, "calib-")
     try:
-        _export_one(src, parse_onnx_type("onnx:int8"), tmp, bars, EXTERNAL_DATA_BYTES, True)
+        _export_one(src, parse_onnx_type("onnx:int8_acc1"), tmp, bars, EXTERNAL_DATA_BYTES, True)
         task = bars.add("calibration (activations)", total=len(todo))
         full = any(t.weights.method == "gptq" for t in otypes)
         yield collect(tmp, todo, full=full, progress=lambda done, total: bars.update(task, completed=done, total=total))

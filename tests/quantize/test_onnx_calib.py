@@ -1,9 +1,11 @@
 """Weight-only int8 and calibrated int4 (onnx:int4_awq, onnx:int4_gptq) ONNX exports, checked against the fp32 export.
 
-Tolerances (measured on these fixtures, logits' std ~2-3): weight-only int8 logits differ from fp32
-by at most 7 % of the logits' std (root mean square over positions; measured 1.2-5.0 %, the tiny
-random models amplify small weight errors), with KL <= 0.01 (measured <= 0.0063) and top-1
-agreement >= 85 % (measured 90-100 %; random weights have near-ties). On a checkpoint with planted
+Tolerances (measured on these fixtures, logits' std ~2-3; the tiny random models amplify small
+errors and have near-ties): weight-only int8 with float activations (`onnx:int8_acc1`) differs from
+fp32 by at most 7 % of the logits' std (root mean square over positions; measured 1.2-5.0 %), KL
+<= 0.01 (measured <= 0.0063), top-1 agreement >= 85 % (measured 90-100 %); `onnx:int8` (int8
+activations per block of 32 inside the kernel) by at most 11 % (measured 2.4-7.7 %), KL <= 0.03
+(measured <= 0.017), top-1 >= 75 % (measured 81-100 %). A broken packing gives ~100 %. On a checkpoint with planted
 activation outliers (a few channels of each norm scaled up 32x, the weights reading them scaled down
 as much: the same function, the outlier pattern of real models), round-to-nearest int4 loses those
 channels' small weights; AWQ must cut RTN's KL divergence at least in half (measured 0.32x) and GPTQ
@@ -25,7 +27,7 @@ from quantize.onnx.calib import CalibOptions
 from quantize.onnx.export import export_onnx
 
 KINDS = ["llama3", "llama3-tied", "llama2", "phi3", "gemma", "gemma2", "gemma3"]
-INT8_TOL = 0.07  # rms difference, of the fp32 logits' std
+INT8_TOL = {"onnx:int8_acc1": (0.07, 0.01, 0.85), "onnx:int8": (0.11, 0.03, 0.75)}  # rms / std, KL, top-1
 OUTLIERS = (3, 40, 77, 101)  # hidden channels made outliers
 OUTLIER_GAIN = 32.0
 CTX = 64
@@ -61,20 +63,22 @@ def calib_file(module_tmp) -> Path:
     return path
 
 
+@pytest.mark.parametrize("otype", sorted(INT8_TOL))
 @pytest.mark.parametrize("kind", KINDS)
-def test_int8_logits_agree_with_fp32(kind, tiny_checkpoint, tmp_path):
-    ref_r, int8_r = export_onnx(tiny_checkpoint(kind), ["onnx:fp32", "onnx:int8"], tmp_path, quiet=True, name=kind)
+def test_int8_logits_agree_with_fp32(kind, otype, tiny_checkpoint, tmp_path):
+    ref_r, int8_r = export_onnx(tiny_checkpoint(kind), ["onnx:fp32", otype], tmp_path, quiet=True, name=kind)
     ids = _ids()
     ref = _batcher(ref_r.path).logits_all(0, ids, 0)
     got = _batcher(int8_r.path).logits_all(0, ids, 0)
     err = float(np.sqrt(np.mean((got - ref) ** 2)))
     print(
-        f"{kind}: int8 rms |int8 - fp32| = {err:.3g}, max {np.abs(got - ref).max():.3g}, "
+        f"{kind} {otype}: rms |int8 - fp32| = {err:.3g}, max {np.abs(got - ref).max():.3g}, "
         f"logits std {ref.std():.2f}, KL {_kl(ref, got):.5f}, top1 {(ref.argmax(-1) == got.argmax(-1)).mean():.3f}"
     )
-    assert err <= INT8_TOL * ref.std()
-    assert _kl(ref, got) <= 0.01
-    assert (ref.argmax(-1) == got.argmax(-1)).mean() >= 0.85
+    rms_tol, kl_tol, top1_tol = INT8_TOL[otype]
+    assert err <= rms_tol * ref.std()
+    assert _kl(ref, got) <= kl_tol
+    assert (ref.argmax(-1) == got.argmax(-1)).mean() >= top1_tol
 
 
 def _planted(src: Path, dst: Path) -> Path:

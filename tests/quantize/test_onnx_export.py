@@ -19,6 +19,7 @@ import pytest
 
 from edge.errors import ModelFormatError, OutputExistsError, UnknownTypeError, UnsupportedArchitectureError
 from quantize.onnx.export import export_onnx
+from quantize.onnx.quant import parse_onnx_type
 from tests.support.live import greedy_ids
 
 KINDS = ["llama3", "llama3-tied", "llama2", "phi3", "gemma", "gemma2", "gemma3"]
@@ -106,7 +107,7 @@ def _agreement(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize(
-    "otype", ["onnx:fp16", "onnx:int8", "onnx:int8_dyn", "onnx:int4", "onnx:int4_bs128_asym_acc1_head8"]
+    "otype", ["onnx:fp16", "onnx:int8", "onnx:int8_dyn", "onnx:int4", "onnx:int4_bs128_asym_acc1_head4"]
 )
 def test_quantized_types_load_generate_and_agree(otype, exported):
     ref_folder = exported("llama3")
@@ -181,6 +182,40 @@ def test_corrupt_model_and_missing_manifest(exported, tmp_path):
     (bare / "edge_onnx.json").unlink()
     with pytest.raises(ModelFormatError, match="edge_onnx.json"):
         _batcher(bare)
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "fmt"),
+    [
+        # (bits, block, symmetric, accuracy level, head bits, method)
+        ("onnx:int8", "int8", (8, 32, True, 4, 8, "rtn")),  # int8 compute: the fast 8-bit kernel
+        ("onnx:int8_acc1", "int8_acc1", (8, 32, True, 1, 8, "rtn")),
+        ("onnx:int8_bs64_asym", "int8_bs64_asym", (8, 64, False, 4, 8, "rtn")),
+        ("onnx:int4", "int4_bs32", (4, 32, True, 4, 8, "rtn")),  # the head at 8 bits, as Q4_0 keeps it higher
+        ("onnx:int4_head8", "int4_bs32", (4, 32, True, 4, 8, "rtn")),
+        ("onnx:int4_head4", "int4_bs32_head4", (4, 32, True, 4, 4, "rtn")),
+        ("onnx:int4_bs128_asym_acc1", "int4_bs128_asym_acc1", (4, 128, False, 1, 8, "rtn")),
+        ("onnx:int4_gptq", "int4_bs32_gptq", (4, 32, True, 4, 8, "gptq")),
+    ],
+)
+def test_type_table(text, name, fmt):
+    t = parse_onnx_type(text)
+    w = t.weights
+    assert (t.name, (w.bits, w.block_size, w.symmetric, w.accuracy_level, w.head_bits, w.method)) == (name, fmt)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("onnx:int8_awq", "unknown int8 option"),
+        ("onnx:int8_head4", "unknown int8 option"),
+        ("onnx:int4_acc5", "0..4"),
+        ("onnx:int8_bs128", "int8 block size 128"),
+    ],
+)
+def test_unknown_type_options_are_refused(text, words):
+    with pytest.raises(UnknownTypeError, match=words):
+        parse_onnx_type(text)
 
 
 def test_bad_requests_are_clear(tiny_checkpoint, tmp_path):
