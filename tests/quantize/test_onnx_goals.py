@@ -12,11 +12,11 @@ Goals, as assertions:
   than the evaluation's): KLD <= 0.7x Q4_0's;
 - round-to-nearest `onnx:int4`: no worse than Q4_0 (KLD <= RTN_MARGIN x Q4_0's).
 
-The evaluation uses EVAL_CHUNKS of the ladder's 14 chunks and the calibration CALIB_CHUNKS chunks,
-to keep the file short. Measured on these chunks: Q8_0 KLD 0.0043, onnx:int8 0.0016 (0.37x, same
-top token 97.9 %); Q4_0 0.269, onnx:int4_gptq 0.113 (0.42x); round-to-nearest int4 with the output
-projection at 8 bits, Q4_0's grid, matches Q4_0 to rounding (0.2906 against 0.2899 on all 14
-chunks), hence RTN_MARGIN.
+The evaluation uses EVAL_CHUNKS of the ladder's 14 chunks (510 tokens scored) and the calibration
+CALIB_CHUNKS chunks, to keep the file short; the GPTQ export (its numpy row loop) takes most of it.
+Measured on these chunks: Q8_0 KLD 0.0044, onnx:int8 0.0016 (0.37x; on 4 chunks same top token
+97.9 %); Q4_0 0.266, onnx:int4_gptq 0.109 (0.41x); round-to-nearest int4 with the output projection
+at 8 bits (Q4_0's grid) 0.272 (1.02x; 0.2906 against 0.2899 on all 14 chunks), hence RTN_MARGIN.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-EVAL_CHUNKS = 4  # of the ladder's 14 chunks of 512 tokens
+EVAL_CHUNKS = 2  # of the ladder's 14 chunks of 512 tokens
 CALIB_CHUNKS = 4  # chunks of 512 tokens of calibration text
 CALIB_LICENCES = ("Apache-2.0", "MPL-2.0", "CC0-1.0", "Artistic")  # not the evaluation's GPL-3
 GGUF_TYPES = ("f32", "q8_0", "q4_0")
