@@ -87,8 +87,9 @@ class DecodeCost:
         if not self.learn or n < 1 or n > self.n_max or seconds <= 0:
             return
         old = self._mean.get(n)
-        if old is None:
-            self._mean[n] = seconds
+        if old is None:  # a first call of a size may pay for a new graph: at most twice what is expected
+            one = self._mean.get(1)
+            self._mean[n] = seconds if one is None or n == 1 else min(seconds, 2 * one * self.ratio(n))
         else:  # one stall (another process, a page fault) moves the mean a little, not a lot
             self._mean[n] = old + self.weight * (min(seconds, 3 * old) - old)
 

@@ -91,6 +91,8 @@ def test_decode_cost_learns_online_and_interpolates():
     assert cost.ratio(5) == pytest.approx(3.0)  # extended along the largest measured size below it
     cost.record(3, 10.0)  # one stall moves the mean by a bounded step
     assert cost.ratio(3) < 2.5
+    cost.record(6, 1.0)  # a first call of a size (a new graph) counts at most twice the expected time
+    assert cost.ratio(6) == pytest.approx(2 * 3.5)
     assert DecodeCost(learn=False).snapshot() == {}
 
 
