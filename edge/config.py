@@ -78,7 +78,7 @@ SETTINGS_HELP: tuple[Setting, ...] = (
         "spec",
         "EDGE_SPEC",
         "speculative decoding with drafts copied from the request's own prompt and output: on or off "
-        "(default on; it turns itself off per request when its drafts are rarely accepted)",
+        "(default on; a request drafts only when its own acceptance and the measured cost of longer decodes say the draft pays)",
     ),
     Setting(
         "request_timeout",

@@ -23,7 +23,9 @@ owns everything else:
   a request without them takes none of that path.
 - Optional prompt-lookup speculation (edge.engine.speculative) on a backend that can verify drafts
   (`draft_max` > 0, `discard`): a generating slot feeds its last token plus a draft copied from its own
-  context, the sampler runs on each position in turn, and the KV of rejected positions is dropped.
+  context, the sampler runs on each position in turn, and the KV of rejected positions is dropped. A
+  draft is sent only when it pays: every decode call of sampled tokens only is timed into a
+  `DecodeCost`, and each slot's drafter weighs its acceptance against that cost.
 - Events reach each request's asyncio queue through `loop.call_soon_threadsafe`.
 """
 
@@ -40,7 +42,7 @@ from typing import Any, Protocol
 from edge.engine.base import Adapter, Delta, Engine, Event, Finish, FinishReason, SamplingParams, TokenLogprob
 from edge.engine.detok import AlignedTextStream, TextStream
 from edge.engine.prompt_cache import PromptCache, common_prefix
-from edge.engine.speculative import Drafter, SpecConfig
+from edge.engine.speculative import DecodeCost, Drafter, SpecConfig
 from edge.errors import BadRequestError, ContextOverflowError, EdgeError, QueueFullError, UnavailableError
 
 IDLE_WAKE_S = 1.0  # an idle loop still beats this often (the watchdog reads `heartbeat`)
@@ -154,8 +156,10 @@ class Scheduler:
         name: str = "edge-decode",
         prompt_cache: PromptCache | None = None,
         spec: SpecConfig | None = None,
+        cost: DecodeCost | None = None,
     ):
-        """`spec`: draft-free speculation, used when the backend can verify drafts (`SpecBatcher`)."""
+        """`spec`: draft-free speculation, used when the backend can verify drafts (`SpecBatcher`);
+        `cost`: what its decode calls cost by size (default: learned from this scheduler's own calls)."""
         if queue_size < 0:
             raise BadRequestError(f"queue_size must be >= 0, got {queue_size}")
         self.b = batcher
@@ -164,6 +168,7 @@ class Scheduler:
         can_verify = hasattr(batcher, "discard") and getattr(batcher, "draft_max", 0) > 0
         draft_max = min(getattr(batcher, "draft_max", 0), spec.draft_max) if spec is not None and can_verify else 0
         self.spec = replace(spec, draft_max=draft_max) if spec is not None and draft_max > 0 else None
+        self.cost = cost if cost is not None else DecodeCost(n_max=batcher.n_slots * (1 + draft_max))
         self.queue_size = queue_size
         self.slots = [_Slot(seq=i) for i in range(batcher.n_slots)]
         self.heartbeat = time.monotonic()  # last loop iteration (monotonic seconds)
@@ -268,11 +273,14 @@ class Scheduler:
         plan = self._plan()
         if not plan:
             return
+        t0 = time.perf_counter()
         try:
             rows = self.b.decode([(s.seq, chunk, len(s.cached), out) for s, chunk, out in plan])
         except Exception as exc:  # a failed decode fails the requests in it, not the server
             self._fail([s for s, _, _ in plan], exc)
             return
+        if self.spec is not None and all(out == len(chunk) for _, chunk, out in plan):  # no prompt chunk in it
+            self.cost.record(sum(len(chunk) for _, chunk, _ in plan), time.perf_counter() - t0)
         at = 0
         for slot, chunk, n_out in plan:
             if n_out > 1:
@@ -304,8 +312,16 @@ class Scheduler:
         generating = [s for s in active if s.t_first]
         drafting = self.spec is not None and len(active) <= self.spec.max_busy
         budget -= len(generating)
+        n_step, gain = len(generating), float(len(generating))  # tokens decoded, tokens expected back
         for slot in generating:  # exactly one token to feed back, and maybe a draft after it
-            draft = self._draft(slot, budget) if drafting and slot.drafter is not None else []
+            draft: list[int] = []
+            if slot.drafter is not None:
+                limit = self._draft_limit(slot, budget)
+                if drafting:
+                    draft, expected = slot.drafter.draft(limit, self.cost, n_base=n_step, gain_base=gain)
+                    n_step, gain = n_step + len(draft), gain + expected
+                else:
+                    slot.drafter.watch(limit)
             budget -= len(draft)
             plan.append((slot, slot.todo[:1] + draft, 1 + len(draft)))
         for slot in sorted((s for s in active if not s.t_first), key=lambda s: s.req.t_submit if s.req else 0):
@@ -317,14 +333,14 @@ class Scheduler:
         return plan
 
     # ---- speculation (edge.engine.speculative) ---------------------------------------------------
-    def _draft(self, slot: _Slot, budget: int) -> list[int]:
-        """A draft for a generating slot, short enough that every token it could add stays within the
+    def _draft_limit(self, slot: _Slot, budget: int) -> int:
+        """The longest draft for a generating slot such that every token it could add stays within the
         request's max_tokens and the slot's context."""
-        assert slot.req is not None and slot.drafter is not None and self.spec is not None
+        assert slot.req is not None and self.spec is not None
         limit = min(budget, self.spec.draft_max, self.b.n_ctx - 1 - len(slot.cached))
         if slot.req.params.max_tokens is not None:
             limit = min(limit, slot.req.params.max_tokens - slot.n_generated - 1)
-        return slot.drafter.draft(limit)
+        return limit
 
     def _verify(self, slot: _Slot, chunk: list[int], rows: list[int]) -> None:
         """Sample each drafted position in turn while the sampler agrees with the draft; keep the KV of
@@ -343,9 +359,7 @@ class Scheduler:
         sb.discard(slot.seq, len(slot.cached) + 1 + n_accepted)
         self.counters["spec_drafted"] += len(draft)
         self.counters["spec_accepted"] += n_accepted
-        if not drafter.record(len(draft), n_accepted):
-            slot.drafter = None
-            self.counters["spec_turned_off"] += 1
+        drafter.record(len(draft), n_accepted)
         slot.cached.append(chunk[0])
         slot.todo = []
         for i, (token, row) in enumerate(picked):
@@ -492,6 +506,8 @@ class Scheduler:
             eval_ns=now - first,
             queued_ns=slot.t_start - req.t_submit,
         )
+        if slot.drafter is not None and slot.drafter.turned_off:
+            self.counters["spec_turned_off"] += 1
         self._release(slot)  # before the Finish goes out: whoever sees it sees the slot free
         req.emit(finish)
         # a prompt the cache did not hold is kept now (after the answer went out), so that a later

@@ -13,9 +13,16 @@ token from the very distribution plain decoding would draw it from (penalties, g
 state advance exactly as they would), and a drafted token only saves the decode that would have
 produced the same token. With a fixed seed the output is the same token for token.
 
-A draft costs the logits rows of its tokens even when they are rejected, so a request whose drafts are
-rarely accepted stops drafting (`Drafter.record`), and the scheduler drafts only while few slots are
-busy (a full batch already keeps the cores busy).
+A draft pays only when enough of it is accepted: verifying k drafted tokens makes the decode call
+longer (on a small CPU one call of 2 tokens can cost 1.7 times one of a single token), and a rejected
+token is paid for and thrown away. So every draft is priced. `DecodeCost` learns, from the decode calls
+the scheduler makes anyway, what a call of n tokens costs against one of a single token; each request's
+`Drafter` learns its own per-token acceptance probability p, from its verified drafts and from the
+drafts it proposed but did not send (checked against the tokens that came next, at no cost). Under a
+geometric model a draft of k tokens adds E[k] = p + p^2 + ... + p^k accepted tokens, and `choose`
+drafts the k that maximises tokens per unit of time, only when that beats not drafting by `min_gain`.
+A request with nothing to copy therefore stops drafting (and starts again when it starts copying), and
+on a machine where longer calls are nearly free it drafts long.
 """
 
 from __future__ import annotations
@@ -26,19 +33,101 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class SpecConfig:
     draft_max: int = 8  # most tokens drafted for one slot in one step (logits rows reserved per slot)
-    draft_start: int = 4  # the first draft's length; it grows by 2 after a fully accepted draft, shrinks by 1 otherwise
     ngram_max: int = 3  # the longest suffix looked up; a longer match is tried first
     ngram_min: int = 2  # the shortest (a single token matches too often to predict the next)
-    min_accept: float = 0.3  # a request whose drafts are accepted less often than this stops drafting...
-    probe: int = 24  # ...once it has drafted this many tokens
+    min_gain: float = 1.05  # draft only when the expected tokens per second beat no draft by this factor
+    memory: float = 0.97  # per observed draft token, older acceptance evidence fades by this factor
     max_busy: int = 2  # draft only while at most this many slots hold a request
 
 
+def expected_accepted(p: float, k: int) -> float:
+    """E[accepted tokens] of a k-token draft when each token is accepted with probability p, in order:
+    p + p^2 + ... + p^k."""
+    if p >= 1.0:
+        return float(k)
+    return p * (1.0 - p**k) / (1.0 - p)
+
+
+def choose(
+    p: float, limit: int, cost: DecodeCost, *, n_base: int = 1, gain_base: float = 1.0, min_gain: float = 1.0
+) -> tuple[int, float]:
+    """The draft length k <= limit that maximises expected tokens per unit of time, and its expected
+    accepted tokens; (0, 0.0) when no draft beats plain decoding by `min_gain`.
+
+    The step already decodes `n_base` tokens expected to give `gain_base` tokens (one per generating
+    slot, plus drafts chosen before this one); a k-token draft makes it n_base + k tokens long."""
+    base = gain_base / cost.ratio(n_base)
+    best, best_k, best_e = base * min_gain, 0, 0.0
+    for k in range(1, limit + 1):
+        e = expected_accepted(p, k)
+        rate = (gain_base + e) / cost.ratio(n_base + k)
+        if rate > best:
+            best, best_k, best_e = rate, k, e
+    return best_k, best_e
+
+
+class DecodeCost:
+    """Time of one decode call by its number of tokens, learned online: an exponentially weighted mean
+    per size, so `ratio(n)` = time(n tokens) / time(1 token) follows the machine as it is (other load,
+    thermal state) without a benchmark at start.
+
+    A size not measured yet is read off the line through (1, 1) and the largest measured size, or
+    `prior_slope` per extra token before any: optimistic enough that a request that copies well tries a
+    draft, whose call then measures the real cost. `learn=False` keeps the prior (tests, fixed models)."""
+
+    def __init__(self, prior_slope: float = 0.5, *, weight: float = 0.1, learn: bool = True, n_max: int = 64):
+        self.prior_slope = prior_slope
+        self.weight = weight  # share of a new sample in its size's mean
+        self.learn = learn
+        self.n_max = n_max
+        self._mean: dict[int, float] = {}  # tokens in the call -> mean seconds
+
+    def record(self, n: int, seconds: float) -> None:
+        """One decode call of n tokens, all of them sampled (no prompt chunk in it), took `seconds`."""
+        if not self.learn or n < 1 or n > self.n_max or seconds <= 0:
+            return
+        old = self._mean.get(n)
+        if old is None:  # a first call of a size may pay for a new graph: at most twice what is expected
+            one = self._mean.get(1)
+            self._mean[n] = seconds if one is None or n == 1 else min(seconds, 2 * one * self.ratio(n))
+        else:  # one stall (another process, a page fault) moves the mean a little, not a lot
+            self._mean[n] = old + self.weight * (min(seconds, 3 * old) - old)
+
+    def ratio(self, n: int) -> float:
+        """What a call of n tokens costs against one of a single token."""
+        if n <= 1:
+            return 1.0
+        one = self._mean.get(1)
+        if one is not None and n in self._mean:
+            return max(1.0, self._mean[n] / one)
+        return 1.0 + self._slope(n, one) * (n - 1)
+
+    def _slope(self, n: int, one: float | None) -> float:
+        """Cost per extra token from the measured sizes nearest to n (below first), else the prior."""
+        if one is None:
+            return self.prior_slope
+        sizes = [m for m in self._mean if m > 1]
+        if not sizes:
+            return self.prior_slope
+        below = [m for m in sizes if m < n]
+        m = max(below) if below else min(sizes)
+        return max(0.0, (self._mean[m] / one - 1.0) / (m - 1))
+
+    def snapshot(self) -> dict[int, float]:
+        """The measured ratio per size (for logs and tests)."""
+        one = self._mean.get(1)
+        return {n: t / one for n, t in sorted(self._mean.items())} if one else {}
+
+
 class Drafter:
-    """The n-gram index of one request's context and its draft statistics (decode thread only).
+    """The n-gram index of one request's context and its acceptance evidence (decode thread only).
 
     For each suffix length n, `_follow[n]` maps an n-gram to the position right after its latest
-    occurrence that already has a token after it, so a lookup never finds the context's own suffix."""
+    occurrence that already has a token after it, so a lookup never finds the context's own suffix.
+
+    Acceptance evidence is a count of hits among trials (one trial per drafted token checked, up to and
+    including the first miss), each older trial fading by `memory`, so p follows what the request does
+    now: p = (hits + 1/2) / (trials + 1)."""
 
     def __init__(self, config: SpecConfig, prompt: list[int]):
         self.config = config
@@ -46,14 +135,27 @@ class Drafter:
         self._follow: dict[int, dict[tuple[int, ...], int]] = {
             n: {} for n in range(config.ngram_min, config.ngram_max + 1)
         }
-        self.k = config.draft_start
-        self.drafted = 0
-        self.accepted = 0
+        self.drafted = 0  # tokens drafted and verified
+        self.accepted = 0  # of them accepted
+        self.verified = 0  # drafts verified
+        self.declined = 0  # proposals the cost rule did not send (counted per step)
+        self.hits = 0.0
+        self.trials = 0.0
+        self._shadow: list[int] = []  # a proposal not sent for verification, checked against what comes next
         for token in prompt:
             self.push(token)
 
+    @property
+    def p(self) -> float:
+        """The estimated probability that the next drafted token is accepted."""
+        return (self.hits + 0.5) / (self.trials + 1.0)
+
     def push(self, token: int) -> None:
         """Append a token of the context (a prompt token, or one the request generated)."""
+        if self._shadow:
+            hit = token == self._shadow[0]
+            self._observe(hit)
+            self._shadow = self._shadow[1:] if hit else []
         tokens = self.tokens
         end = len(tokens)
         for n, follow in self._follow.items():
@@ -61,10 +163,9 @@ class Drafter:
                 follow[tuple(tokens[end - n :])] = end
         tokens.append(token)
 
-    def draft(self, limit: int) -> list[int]:
-        """Up to min(limit, the current draft length) tokens that followed the context's suffix earlier."""
-        k = min(limit, self.k)
-        if k <= 0:
+    def propose(self, limit: int) -> list[int]:
+        """Up to `limit` tokens that followed the context's suffix at its latest earlier occurrence."""
+        if limit <= 0:
             return []
         tokens = self.tokens
         for n in range(self.config.ngram_max, self.config.ngram_min - 1, -1):
@@ -72,16 +173,51 @@ class Drafter:
                 continue
             start = self._follow[n].get(tuple(tokens[-n:]))
             if start is not None:
-                return tokens[start : start + k]
+                return tokens[start : start + limit]
         return []
 
-    def record(self, drafted: int, accepted: int) -> bool:
-        """Count one verified draft; False when this request should stop drafting."""
+    def draft(
+        self, limit: int, cost: DecodeCost, *, n_base: int = 1, gain_base: float = 1.0
+    ) -> tuple[list[int], float]:
+        """The draft worth verifying in a step that already decodes `n_base` tokens expected to give
+        `gain_base` (see `choose`), and its expected accepted tokens. A proposal not worth it is kept as a
+        shadow, so the tokens that follow still teach p; ([], 0.0) then."""
+        proposal = self.propose(limit)
+        if not proposal:
+            return [], 0.0
+        k, expected = choose(
+            self.p, len(proposal), cost, n_base=n_base, gain_base=gain_base, min_gain=self.config.min_gain
+        )
+        if k == 0:
+            self.declined += 1
+            self.watch(limit, proposal)
+            return [], 0.0
+        self._shadow = []  # the draft itself is checked now
+        return proposal[:k], expected
+
+    def watch(self, limit: int, proposal: list[int] | None = None) -> None:
+        """Keep a proposal as a shadow only (a step that does not draft), to learn p at no cost; one
+        shadow at a time, checked to its end or first miss."""
+        if not self._shadow:
+            self._shadow = proposal if proposal is not None else self.propose(limit)
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """Count one verified draft: `accepted` hits, then a miss if not all of it was accepted."""
+        self.verified += 1
         self.drafted += drafted
         self.accepted += accepted
-        if accepted == drafted:
-            self.k = min(self.config.draft_max, self.k + 2)
-        else:
-            self.k = max(1, self.k - 1)
-        cfg = self.config
-        return self.drafted < cfg.probe or self.accepted >= cfg.min_accept * self.drafted
+        for _ in range(accepted):
+            self._observe(True)
+        if accepted < drafted:
+            self._observe(False)
+
+    @property
+    def turned_off(self) -> bool:
+        """Drafting did not pay for this request: it passed up a proposal in more steps than its drafts
+        spared steps (accepted tokens)."""
+        return self.declined > self.accepted
+
+    def _observe(self, hit: bool) -> None:
+        m = self.config.memory
+        self.hits = self.hits * m + hit
+        self.trials = self.trials * m + 1.0

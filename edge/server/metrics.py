@@ -33,7 +33,11 @@ PROMPT_CACHE_COUNTERS = (
 SPEC_COUNTERS = (
     ("spec_drafted", "edge_spec_drafted_tokens", "tokens drafted from the requests' own context and verified"),
     ("spec_accepted", "edge_spec_accepted_tokens", "drafted tokens accepted (each spared one decode step)"),
-    ("spec_turned_off", "edge_spec_turned_off_requests", "requests that stopped drafting: too few drafts accepted"),
+    (
+        "spec_turned_off",
+        "edge_spec_turned_off_requests",
+        "requests whose drafts did not pay (more drafts declined than tokens accepted)",
+    ),
 )
 PROMPT_CACHE_GAUGES = (
     ("cache_bytes", "edge_prompt_cache_bytes", "bytes of prompt states held in memory"),
