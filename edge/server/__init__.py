@@ -64,21 +64,6 @@ def import_fastapi() -> None:
     finally:
         defaults["defer_build"] = False
     _skip_v1_checks()
-    _quiet_deferred_body_schemas()
-
-
-def _quiet_deferred_body_schemas() -> None:
-    """FastAPI wraps each route's body type in a TypeAdapter of `Annotated[Model, Body(alias=...)]`, whose
-    alias pydantic warns has no effect there; FastAPI silences that warning while it makes the adapter.
-    A deferred model's schema is made later, at the first request, outside that silence, so the
-    server's first request would print the warning: silence it for the process as FastAPI does."""
-    import warnings
-
-    try:
-        from pydantic.warnings import UnsupportedFieldAttributeWarning
-    except ImportError:  # pydantic without this warning
-        return
-    warnings.filterwarnings("ignore", category=UnsupportedFieldAttributeWarning)
 
 
 def _skip_v1_checks() -> None:

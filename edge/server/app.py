@@ -59,6 +59,20 @@ def routes(state: ServerState) -> list[tuple[str, str, Callable, bool]]:
     ]
 
 
+def _quiet_deferred_body_schemas() -> None:
+    """FastAPI wraps each route's body type in a TypeAdapter of `Annotated[Model, Body(alias=...)]`, whose
+    alias pydantic warns has no effect there; FastAPI silences that warning while it makes the adapter.
+    A deferred model's schema is made later, at the first request, outside that silence, so the
+    server's first request would print the warning: silence it for the process as FastAPI does."""
+    import warnings
+
+    try:
+        from pydantic.warnings import UnsupportedFieldAttributeWarning
+    except ImportError:  # pydantic without this warning
+        return
+    warnings.filterwarnings("ignore", category=UnsupportedFieldAttributeWarning)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -72,6 +86,7 @@ def create_app(
     """Resolve the models to keep loaded now (a wrong name fails before any socket is bound): the one
     `settings.model` names (or `target`), then `settings.pin`; they load after startup. Every other
     model in the store loads when a request names it (edge.server.models)."""
+    _quiet_deferred_body_schemas()
     if store is None:
         from edge.store import ModelStore
 
