@@ -135,9 +135,7 @@ class Drafter:
         self._follow: dict[int, dict[tuple[int, ...], int]] = {
             n: {} for n in range(config.ngram_min, config.ngram_max + 1)
         }
-        self.drafted = 0  # tokens drafted and verified
-        self.accepted = 0  # of them accepted
-        self.verified = 0  # drafts verified
+        self.accepted = 0  # drafted tokens accepted
         self.declined = 0  # proposals the cost rule did not send (counted per step)
         self.hits = 0.0
         self.trials = 0.0
@@ -203,8 +201,6 @@ class Drafter:
 
     def record(self, drafted: int, accepted: int) -> None:
         """Count one verified draft: `accepted` hits, then a miss if not all of it was accepted."""
-        self.verified += 1
-        self.drafted += drafted
         self.accepted += accepted
         for _ in range(accepted):
             self._observe(True)
