@@ -44,7 +44,7 @@ import importlib.util
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edge.config import edge_home
@@ -318,10 +318,43 @@ class ModelStore:
                 out.add(f"{model}:latest")
         return sorted(out)
 
+    def alias_entries(self, entries: builtins.list[ModelEntry]) -> builtins.list[ModelEntry]:
+        """An entry per alias, under the alias's name, for the listings: its target among `entries` (and
+        their `model:latest` shortcuts), with the adapter and scale an alias like `base+adapter@0.8` fixes.
+        An alias whose target is missing or looped is left out (asking for it gives the error); nothing
+        is materialized."""
+        aliases, adapters = self.aliases(), None
+        by_name = {e.name: e for e in entries}
+        out = []
+        for alias in aliases:
+            try:
+                key = self._follow(alias, aliases)
+            except BadRequestError:
+                continue
+            base_name, plus, spec = key.partition("+")
+            base = by_name.get(base_name)
+            if base is None and base_name.endswith(":latest"):
+                base = self._latest(base_name.split(":")[0], entries)
+            if base is None:
+                continue
+            if plus:
+                adapter, _, scale_text = spec.partition("@")
+                adapters = self.adapters() if adapters is None else adapters
+                try:
+                    scale = float(scale_text) if scale_text else 1.0
+                except ValueError:
+                    continue
+                if adapter not in adapters or base.format != "gguf" or not abs(scale) <= ADAPTER_SCALE_MAX:
+                    continue
+                base = _combined(base, adapter, adapters[adapter], scale)
+            out.append(replace(base, name=alias))
+        return out
+
     # resolution
 
-    def resolve(self, name: str) -> ModelEntry:
-        key, aliases = canonical(name), self.aliases()
+    def _follow(self, name: str, aliases: dict[str, str]) -> str:
+        """The canonical name an alias chain ends at (`name` itself when it is no alias)."""
+        key = canonical(name)
         seen: builtins.list[str] = []
         while key in aliases:
             if key in seen or len(seen) >= MAX_ALIAS_HOPS:
@@ -330,6 +363,10 @@ class ModelStore:
                 )
             seen.append(key)
             key = aliases[key]
+        return key
+
+    def resolve(self, name: str) -> ModelEntry:
+        key = self._follow(name, self.aliases())
         if "+" in key:
             return self._with_adapter(name, key)
         entries = self.list()

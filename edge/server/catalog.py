@@ -103,10 +103,13 @@ class Servable:
 
 def servable(state) -> list[Servable]:
     """Every model in the store, after any file the server keeps loaded from outside it
-    (`edge serve PATH`): each can be asked for by name."""
+    (`edge serve PATH`): each can be asked for by name. `model+adapter` names follow the models, then
+    the aliases (an alias that shadows a model's name replaces its row, as asking for it does)."""
     rows, seen = [], set()
     entries = state.store.list()
-    for e in entries + state.store.with_adapters(entries):  # `model+adapter` names after the models
+    named = state.store.alias_entries(entries)
+    shadowed = {e.name for e in named}
+    for e in [e for e in entries + state.store.with_adapters(entries) if e.name not in shadowed] + named:
         rows.append(Servable(e.name, Path(e.path), e.format, e.size_bytes, e.modified))
         seen.add(str(Path(e.path).resolve()))
     outside = [t for k, t in state.models.pinned.items() if k not in seen]

@@ -63,6 +63,24 @@ def test_alias_can_fix_base_adapter_and_scale(store, tmp_path):
     assert (e.base, e.adapter_scale) == ("tiny:llama", 0.8)
 
 
+def test_aliases_are_listed_under_their_own_names_with_what_they_fix(store, tmp_path):
+    (tmp_path / "aliases.toml").write_text(
+        '"support" = "tiny:llama+desk@0.8"\n"gpt-4o" = "tiny:gemma"\n'
+        '"gone" = "tiny:nothing"\n"odd" = "tiny:llama+nope"\n"loop" = "loop2"\n"loop2" = "loop"\n'
+    )
+    listed = {e.name: e for e in store.alias_entries(store.list())}
+    assert set(listed) == {"support:latest", "gpt-4o:latest"}  # missing targets and loops are left out
+    support = listed["support:latest"]
+    assert (support.base, support.adapter, support.adapter_scale) == (
+        "tiny:llama",
+        tmp_path / "adapters" / "Desk.gguf",
+        0.8,
+    )
+    assert listed["gpt-4o:latest"].path == store.resolve("tiny:gemma").path and listed["gpt-4o:latest"].adapter is None
+    with pytest.raises(ModelNotFoundError):
+        store.resolve("gone")  # asking for a left-out alias still says why
+
+
 def test_bad_adapter_names_are_clear_errors(store):
     with pytest.raises(ModelNotFoundError, match="no LoRA adapter 'nope'.*adapters: desk"):
         store.resolve("tiny:llama+nope")

@@ -153,7 +153,7 @@ def test_adapter_is_listed_and_shown_with_base_and_scale(server, lora_setup):
     o = ollama.Client(host=server.url, timeout=300)
     tags = [m.model for m in o.list().models]
     for names in (ids, tags):
-        assert {"smollm2:f32+desk", "smollm2:q8_0+desk"} <= set(names)
+        assert {"smollm2:f32+desk", "smollm2:q8_0+desk", "support:latest"} <= set(names)  # and the alias
     show = o.show("smollm2:f32+desk@0.5")
     assert show.details.parent_model == "smollm2:f32" and "ADAPTER" in show.modelfile
     info = show.modelinfo
