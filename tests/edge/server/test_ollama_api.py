@@ -135,6 +135,8 @@ def test_list_shows_details(client):
     assert m.details.parameter_size == "134.52M" and m.details.quantization_level == "Q4_1"
     assert m.size > 90_000_000 and len(m.digest) == 64
     assert "gemma3:270m-q4_k_m" in models  # the store's other bundled model is listed, as Ollama lists disk
+    alias = models["llama3.1:8b"]  # the alias the home maps, listed under its own name like `ollama cp`
+    assert (alias.details, alias.digest, alias.size) == (m.details, m.digest, m.size)
 
 
 def test_show_describes_the_model(client):
