@@ -41,7 +41,7 @@ from .archs import get_arch, get_arch_for_gguf
 from .archs.base import ArchSpec, TensorRule
 from .checkpoint import Checkpoint, read_header
 from .gguf_out import OutTensor, to_storage, write_gguf
-from .outputs import read_json_object
+from .outputs import read_json_object, split_types
 
 T = gguf.MODEL_TENSOR
 Q = gguf.GGMLQuantizationType
@@ -382,8 +382,7 @@ def merge_adapter(
     from .convert import convert
 
     base_dir = Path(base_dir)
-    asked = types.split(",") if isinstance(types, str) else types
-    onnx = [t.strip() for t in asked if t.strip().lower().startswith("onnx")]
+    _gguf_types, onnx = split_types(types)
     if onnx:  # the ONNX exporter reads the HF folder itself, not the merged checkpoint
         raise BadRequestError(
             f"--merge writes GGUF types only, not {', '.join(onnx)}: merge to a GGUF type, or merge with PEFT "
