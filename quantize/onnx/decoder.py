@@ -20,7 +20,7 @@ Graph interface (B = batch, S = new tokens, T = KV buffer length chosen by the r
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -133,9 +133,7 @@ def build(spec: DecoderSpec, lay: Layout, ld: Loader, g: Graph, on_block=lambda 
     assert h is not None, "a decoder has at least one block"
     h, _ = g.skip_rms_norm(h, residual, _norm_weight(g, ld, w.final_norm, lay), lay.eps)
     head = ld.get(w.lm_head) if ld.has(w.lm_head) else ld.get(w.embed)
-    logits = g.linear(
-        "lm_head", h, head[: lay.vocab], out=None if lay.final_softcap else "logits", wf=_head_format(g.wf)
-    )
+    logits = g.linear("lm_head", h, head[: lay.vocab], out=None if lay.final_softcap else "logits", wf=g.wf.head())
     if lay.final_softcap:
         cap = g.const("final_softcap", np.array(lay.final_softcap, dtype=np.float32))
         t = g.op("Tanh", [g.op("Div", [logits, cap])[0]])[0]
@@ -154,13 +152,6 @@ def _lengths(g: Graph) -> None:
     g.op("Cast", [last], outputs=["seqlens_k"], to=TensorProto.INT32)
     width = g.op("Gather", [g.op("Shape", ["attention_mask"])[0], g.const("index_1", np.array(1, dtype=np.int64))])[0]
     g.op("Cast", [width], outputs=["total_sequence_length"], to=TensorProto.INT32)
-
-
-def _head_format(wf):
-    """n-bit types keep the output projection (the most quantization-sensitive matrix, tied to the
-    embedding in small models) at 8 bits unless `_head4` asks for 4: MatMulNBits bits=8, same block
-    size (llama.cpp's Q4_0 likewise writes it as Q6_K or Q8_0)."""
-    return replace(wf, bits=8) if wf.kind == "nbits" and wf.head_bits == 8 else wf
 
 
 def _embed(g: Graph, lay: Layout, ld: Loader, w: Weights) -> str:

@@ -9,7 +9,7 @@ GroupQueryAttention, MatMulNBits, SkipSimplifiedLayerNormalization, SimplifiedLa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -32,6 +32,12 @@ class WeightFormat:
     accuracy_level: int = 4  # MatMulNBits: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
     head_bits: int = 4  # bits of the output projection (8 keeps it near-lossless)
     method: str = "rtn"  # "rtn": onnxruntime's round-to-nearest; "awq": activation-aware (blockquant.py)
+
+    def head(self) -> WeightFormat:
+        """The output projection's format: n-bit types keep it (the most quantization-sensitive matrix,
+        tied to the embedding in small models) at 8 bits unless `_head4` asks for 4: MatMulNBits bits=8,
+        same block size (llama.cpp's Q4_0 likewise writes it as Q6_K or Q8_0)."""
+        return replace(self, bits=8) if self.kind == "nbits" and self.head_bits == 8 else self
 
 
 class Graph:

@@ -114,11 +114,13 @@ def _finish_graph(src: Path, dst: Path, wf: WeightFormat) -> int:
 
 
 def _quantize_matmuls(model, wf: WeightFormat) -> None:
-    """MatMul(x, W) with W a 2-D float initializer (K, N) -> MatMulNBits, packed by Graph.linear."""
+    """MatMul(x, W) with W a 2-D float initializer (K, N) -> MatMulNBits, packed by Graph.linear; the
+    MatMul that writes a graph output (the logits) is the output projection, at `wf.head()`'s bits."""
     from onnx import TensorProto, numpy_helper
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
     nodes, used = [], set()
     for node in g.node:
         w = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
@@ -128,7 +130,8 @@ def _quantize_matmuls(model, wf: WeightFormat) -> None:
             continue
         part = Graph("part", wf)  # no sink: the packed tensors stay in part.inits
         part._n = len(nodes)
-        part.linear(node.name or node.output[0], node.input[0], numpy_helper.to_array(w).T, out=node.output[0])
+        head = wf.head() if node.output[0] in outputs else wf
+        part.linear(node.name or node.output[0], node.input[0], numpy_helper.to_array(w).T, out=node.output[0], wf=head)
         nodes.extend(part.nodes)
         g.initializer.extend(part.inits.values())
         used.add(w.name)

@@ -122,6 +122,11 @@ def test_optimum_exports_what_our_builder_lacks_and_says_so(qwen2_folders):
     assert np.corrcoef(ref.ravel(), int8.ravel())[0, 1] > 0.99
     assert (ref.argmax(-1) == int8.argmax(-1)).mean() >= 0.75
     assert len(greedy_ids(out / "q-onnx-int4_bs32", PROMPT_IDS, 4)) == 4
+    int4 = onnx.load(str(out / "q-onnx-int4_bs32" / "model.onnx")).graph
+    bits = {
+        n.output[0]: next(a.i for a in n.attribute if a.name == "bits") for n in int4.node if n.op_type == "MatMulNBits"
+    }
+    assert bits.pop("logits") == 8 and set(bits.values()) == {4}  # the output projection kept at 8 bits, as ours
 
 
 @pytest.mark.slow
