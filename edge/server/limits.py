@@ -66,6 +66,10 @@ class Deadline:
         task = self._waiter = asyncio.current_task()
         try:
             return await self._events.__anext__()
+        except StopAsyncIteration:
+            if self._timer is not None:
+                self._timer.cancel()  # the stream ended in time: the timer goes now, not at the deadline
+            raise
         except asyncio.CancelledError:
             # our timer's cancellation (and nobody else's: uncancel counts them) becomes the timeout
             if self._fired and task is not None and _uncancel(task) == 0:
