@@ -198,20 +198,26 @@ class LlamaCppBatcher:
             self._argmax = _Argmax(self.n_vocab) if self.n_vocab >= FAST_GREEDY_MIN_VOCAB else None
             self._loras: dict[str, object] = {}  # adapter path -> llama_adapter_lora (freed with the model)
             self._lora_on: Adapter | None = None  # what the context applies now
-            self._warm_up()
 
-    def _warm_up(self) -> None:
+    def warm_up(self) -> None:
         """One decode of one token, then the KV cache emptied, as llama-server does when it loads: the
         first decode of a context faults in every page of the memory-mapped weights and sets up the
-        compute graph (longer than evaluating a whole short prompt), so it happens here, in the
-        loader's thread, and not in the first request."""
+        compute graph (longer than evaluating a whole short prompt), so it happens before the first
+        request.
+
+        The scheduler calls it on the decode thread, the only thread that runs this context's graphs.
+        ggml's OpenMP (libgomp) keeps a pool of worker threads per thread that starts parallel work;
+        a pool left behind in the loader's thread (a long-lived executor thread) counts as busy, and
+        libgomp then sees more threads than CPUs and stops spinning at barriers: every op's barrier
+        becomes a futex sleep and wake, which on 2 cores costs more than the small model's matmuls."""
         bos = L.llama_vocab_bos(self.vocab)
-        L.llama_set_warmup(self.ctx, True)
-        try:
-            self.decode([(0, [bos if bos >= 0 else 0], 0, 1)])
-        finally:
-            L.llama_set_warmup(self.ctx, False)
-            L.llama_memory_clear(self.mem, True)
+        with _log_muted():  # the graph reserve's debug lines
+            L.llama_set_warmup(self.ctx, True)
+            try:
+                self.decode([(0, [bos if bos >= 0 else 0], 0, 1)])
+            finally:
+                L.llama_set_warmup(self.ctx, False)
+                L.llama_memory_clear(self.mem, True)
 
     # ---- loading ------------------------------------------------------------------------------
     @staticmethod

@@ -250,6 +250,12 @@ class Scheduler:
 
     # ---- decode thread ----------------------------------------------------------------------
     def _loop(self) -> None:
+        warm_up = getattr(self.b, "warm_up", None)  # optional: a first decode, on this thread (LlamaCppBatcher)
+        if warm_up is not None:
+            try:
+                warm_up()
+            except Exception:  # a failed warm-up leaves the first request slower, nothing else
+                logging.getLogger("edge.engine.scheduler").exception("warm-up failed")
         while True:
             self.heartbeat = time.monotonic()
             with self._cond:

@@ -42,29 +42,65 @@ def deadline_of(t0: float, timeout: float) -> float | None:
 
 class Deadline:
     """Wraps an engine's event stream: an event not arrived by `deadline` cancels the generation
-    (closing the inner stream frees the slot) and raises RequestTimeoutError."""
+    (closing the inner stream frees the slot) and raises RequestTimeoutError.
+
+    One timer serves the whole request: when it fires it cancels the task waiting for the next event,
+    and that wait turns into the timeout. (asyncio.wait_for per event would make a task and a timer
+    for every token, on the event loop that shares the CPU with llama.cpp's threads.)"""
 
     def __init__(self, events: EventStream, deadline: float, timeout: float):
         self._events, self._deadline, self._timeout = events, deadline, timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Task | None = None  # the task waiting for the next event, while it waits
+        self._fired = False
 
     def __aiter__(self) -> Deadline:
         return self
 
     async def __anext__(self) -> Event:
-        left = self._deadline - time.perf_counter()
+        if time.perf_counter() >= self._deadline:
+            await self._expire()
+        if self._timer is None:
+            left = self._deadline - time.perf_counter()
+            self._timer = asyncio.get_running_loop().call_later(max(left, 0.0), self._fire)
+        task = self._waiter = asyncio.current_task()
         try:
-            if left <= 0:
-                raise asyncio.TimeoutError
-            return await asyncio.wait_for(self._events.__anext__(), left)
-        except asyncio.TimeoutError:
-            await self.aclose()
-            raise RequestTimeoutError(
-                f"the request took longer than {self._timeout:g} s (the server's --request-timeout); ask for fewer "
-                "tokens (max_tokens / options.num_predict) or a shorter prompt, or raise the limit"
-            ) from None
+            return await self._events.__anext__()
+        except StopAsyncIteration:
+            if self._timer is not None:
+                self._timer.cancel()  # the stream ended in time: the timer goes now, not at the deadline
+            raise
+        except asyncio.CancelledError:
+            # our timer's cancellation (and nobody else's: uncancel counts them) becomes the timeout
+            if self._fired and task is not None and _uncancel(task) == 0:
+                await self._expire()
+            raise
+        finally:
+            self._waiter = None
+
+    def _fire(self) -> None:
+        if self._waiter is not None:
+            self._fired = True
+            self._waiter.cancel()
+        # otherwise the consumer is busy elsewhere: its next __anext__ finds the deadline passed
+
+    async def _expire(self) -> None:
+        await self.aclose()
+        raise RequestTimeoutError(
+            f"the request took longer than {self._timeout:g} s (the server's --request-timeout); ask for fewer "
+            "tokens (max_tokens / options.num_predict) or a shorter prompt, or raise the limit"
+        ) from None
 
     async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         await self._events.aclose()
+
+
+def _uncancel(task: asyncio.Task) -> int:
+    """Task.uncancel() (Python 3.11+); 0 before it, where cancellations are not counted."""
+    uncancel = getattr(task, "uncancel", None)
+    return uncancel() if uncancel is not None else 0
 
 
 def _keep_alive(value: Any) -> float | None:
