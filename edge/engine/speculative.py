@@ -140,13 +140,21 @@ class Drafter:
         self.hits = 0.0
         self.trials = 0.0
         self._shadow: list[int] = []  # a proposal not sent for verification, checked against what comes next
-        for token in prompt:
-            self.push(token)
+        self._index(prompt)
 
     @property
     def p(self) -> float:
         """The estimated probability that the next drafted token is accepted."""
         return (self.hits + 0.5) / (self.trials + 1.0)
+
+    def _index(self, prompt: list[int]) -> None:
+        """The prompt's n-grams in one pass per n (what pushing its tokens one by one gives, built by
+        `zip` and `dict` in C: the index of a long system prompt is made while the other slots wait)."""
+        self.tokens = list(prompt)
+        end = len(prompt) - 1  # the last token has no follower yet
+        for n, follow in self._follow.items():
+            # the n-gram starting at s maps to s + n (a later occurrence overwrites an earlier one)
+            follow.update(zip(zip(*(prompt[j:end] for j in range(n))), range(n, end + 1)))
 
     def push(self, token: int) -> None:
         """Append a token of the context (a prompt token, or one the request generated)."""

@@ -41,6 +41,24 @@ def test_drafter_never_matches_its_own_suffix_and_needs_two_tokens():
     assert d.propose(4) == [3, 1, 2]  # tokens pushed later extend the index and the copy
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_prompt_index_drafts_as_pushing_the_prompt_token_by_token(seed):
+    """The prompt is indexed in one pass; every later proposal must be the one a drafter that saw the
+    prompt token by token makes (a small vocabulary, so n-grams repeat and later ones overwrite)."""
+    import random
+
+    r = random.Random(seed)
+    prompt = [r.randrange(6) for _ in range(r.randrange(0, 300))]
+    bulk, pushed = Drafter(SpecConfig(), prompt), Drafter(SpecConfig(), [])
+    for token in prompt:
+        pushed.push(token)
+    for _ in range(50):
+        assert bulk.propose(8) == pushed.propose(8)
+        token = r.randrange(6)
+        bulk.push(token)
+        pushed.push(token)
+
+
 # ---- the cost rule ------------------------------------------------------------------------------------
 
 # Measured on a 2-core VM (SmolLM2 Q4_1): a decode call of 2 tokens costs 1.74 single-token calls, 9 cost 6.3
