@@ -7,7 +7,7 @@ Every side gets the same checkpoint (the bundled SmolLM2-135M-Instruct Q4_1 or G
 GGUF unpacked to HF by edge-quantize; that checkpoint's F32 GGUF is the reference). Quality: KL
 divergence and same-top-token % against the F32 GGUF on the ladder's text and chunks
 (quantize.eval, docs/ladder.md), for GGUF Q8_0 / Q4_0, our ONNX types (`--types`, by default
-onnx:int8, onnx:int4 (round-to-nearest), onnx:int4_awq and onnx:int4_gptq, the calibrated ones on
+onnx:int8, onnx:int4 (data-free scale search), onnx:int4_awq and onnx:int4_gptq, the calibrated ones on
 --calib-text, by default licence texts other than the evaluation's GPL-3), and onnxruntime-genai's
 int4 folder (its model.onnx run chunk by chunk in onnxruntime). Speed: every ONNX type and
 onnxruntime-genai's int4 (block 32, symmetric, accuracy level 4: its CPU default), greedy with
@@ -81,6 +81,30 @@ print(json.dumps({"tokens": n, "tps": (n - 1) / dt}))
 )
 
 
+# onnxruntime-genai's builder (0.18) reads Gemma-3's RoPE from transformers 4's flat config fields
+# (rope_parameters["rope_type"], rope_theta, rope_local_base_freq); transformers 5 nests them per
+# layer type ({"full_attention": {...}, "sliding_attention": {...}}), and the builder stops with
+# KeyError 'rope_type' before writing anything. The builder runs with the config's own values put
+# back where it looks for them (global RoPE flat, the sliding layers' theta as rope_local_base_freq).
+GENAI_BUILD = r"""
+import runpy, sys
+import transformers
+load = transformers.AutoConfig.from_pretrained
+def flat_rope(*args, **kwargs):
+    config = load(*args, **kwargs)
+    rope = getattr(config, "rope_parameters", None)
+    if isinstance(rope, dict) and "full_attention" in rope:
+        config.rope_parameters = dict(rope["full_attention"])
+        config.rope_theta = config.rope_parameters["rope_theta"]
+        if "sliding_attention" in rope:
+            config.rope_local_base_freq = rope["sliding_attention"]["rope_theta"]
+    return config
+transformers.AutoConfig.from_pretrained = flat_rope
+sys.argv[0] = "builder"
+runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__", alter_sys=True)
+"""
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -141,8 +165,8 @@ def prepare(
         built = subprocess.run(
             [
                 str(py),
-                "-m",
-                "onnxruntime_genai.models.builder",
+                "-c",
+                GENAI_BUILD,
                 "-i",
                 str(hf),
                 "-o",
@@ -168,7 +192,9 @@ def prepare(
 
 class GenaiLogits:
     """onnxruntime-genai's folder as a quantize.eval LogitsModel: its model.onnx run in onnxruntime,
-    one chunk from position 0 with an empty KV cache (no generation loop needed for logits)."""
+    one chunk from position 0 with an empty KV cache (no generation loop needed for logits). Its
+    Gemma-3 graph (sliding-window GroupQueryAttention) refuses an empty cache ("KV cache capacity (0)
+    must be at least local_window_size (512)"): that row is then reported as not evaluated."""
 
     def __init__(self, folder: Path, threads: int):
         import numpy as np
@@ -219,6 +245,9 @@ def quality(files: dict[str, Path], chunks: int, threads: int) -> list[tuple[str
                 model = GenaiLogits(path, threads)
                 try:
                     fig = ev.run_model(model, path, label)  # type: ignore[arg-type]
+                except Exception as e:  # onnxruntime refuses the graph's inputs: say why, keep the other rows
+                    log(f"{label}: not evaluated: {str(e).splitlines()[-1][:300]}")
+                    continue
                 finally:
                     model.close()
             else:

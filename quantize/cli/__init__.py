@@ -37,7 +37,7 @@ def convert(
         "--to",
         "-t",
         help="Comma list of types, e.g. f16,q8_0,q4_k_m (gguf: prefix ok), onnx:fp32,onnx:fp16,onnx:int8,onnx:int4 "
-        "(int8/int4 options: _bs16/32/64 (int4 also 128), _asym, _acc0-4; int4 also _head4, _awq, _gptq).",
+        "(int8/int4 options: _bs16/32/64 (int4 also 128), _asym, _acc0-4; int4 also _head4, _rtn, _awq, _gptq).",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output folder; files are <name>-<type>.gguf, ONNX folders <name>-onnx-<type>/."

@@ -22,12 +22,36 @@ from __future__ import annotations
 
 import numpy as np
 
-CANDIDATES = np.linspace(-0.9, 0.9, 19)  # offsets to the number of steps across a block's range
+CANDIDATES = np.linspace(-0.9, 0.9, 19, dtype=np.float32)  # offsets to the number of steps across a block's range
 ALPHAS = (0.0, 0.25, 0.5, 0.75)  # AWQ exponents tried per tensor
 AWQ_COLUMNS = 256  # output columns the exponent is chosen on
 
 
-SLICE_BYTES = 1 << 24  # float32 bytes of the columns quantized at once: bounds the temporaries
+SLICE_BYTES = 1 << 22  # float32 bytes of the columns quantized at once: bounds the temporaries
+
+# Each candidate's block error needs no third pass over the weights: with the least-squares scale
+# s = num / den (num = sum imp w d, den = sum imp d^2, d the levels relative to the zero point),
+# sum imp (w - s d)^2 = sum imp w^2 - num^2 / den. Only the winning candidate's levels are rebuilt.
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, kb, block) . (n, kb, block) or (kb, block) -> (n, kb) float64 (the error's small sums)."""
+    return np.einsum("nbk,nbk->nb" if b.ndim == 3 else "nbk,bk->nb", a, b).astype(np.float64)
+
+
+def _lsq_error(sww: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Weighted squared error of a block at its least-squares scale (den 0: every level 0)."""
+    return sww - np.where(den > 0, num * num / np.where(den > 0, den, 1), 0)
+
+
+def _fit(w: np.ndarray, imp: np.ndarray, d: np.ndarray, fallback: np.ndarray | float = 0.0):
+    """The least-squares scale (n, kb, 1) of levels d for w (`fallback` where every level is 0),
+    and its weighted error (n, kb, 1)."""
+    iw = imp * w
+    num, den = _dot(d, iw)[..., None], _dot(d * d, imp)[..., None]
+    s = np.where(den > 0, num / np.where(den > 0, den, 1), fallback).astype(np.float32)
+    err = (imp * (w - s * d) ** 2).sum(axis=-1, keepdims=True)
+    return s, err
 
 
 def _sym(w: np.ndarray, imp: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,21 +59,22 @@ def _sym(w: np.ndarray, imp: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndar
     Returns (q - zp, scale, weighted error) per block."""
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     m = np.take_along_axis(w, np.argmax(np.abs(w), axis=-1)[..., None], axis=-1)  # (n, kb, 1) signed extreme
-    safe = np.where(m == 0, 1.0, m)
-    best_q, best_s, best_err = np.zeros_like(w), np.zeros_like(m), np.full(m.shape, np.inf, np.float32)
+    safe = np.where(m == 0, np.float32(1), m)
+    iw = imp * w  # (n, kb, block)
+    sww = _dot(iw, w)  # (n, kb)
+    best_inv, best_err = np.zeros(sww.shape, np.float32), np.full(sww.shape, np.inf)
+    q = np.empty_like(w)  # (n, kb, block) levels of the candidate
     for c in CANDIDATES:
-        q = np.clip(np.rint(w * ((lo + c) / safe)), lo, hi)  # the extreme lands on lo + c steps
-        iq = imp * q
-        num, den = (iq * w).sum(axis=-1, keepdims=True), (iq * q).sum(axis=-1, keepdims=True)
-        s = np.where(den > 0, num / np.where(den > 0, den, 1), 0).astype(np.float32)  # least squares
-        err = (imp * (w - s * q) ** 2).sum(axis=-1, keepdims=True)
+        inv = (lo + c) / safe  # (n, kb, 1): the extreme lands on lo + c steps
+        np.clip(np.rint(np.multiply(w, inv, out=q), out=q), lo, hi, out=q)
+        num = _dot(q, iw)
+        den = _dot(np.multiply(q, q, out=q), imp)
+        err = _lsq_error(sww, num, den)
         better = err < best_err
-        best_err, best_s, best_q = (
-            np.where(better, err, best_err),
-            np.where(better, s, best_s),
-            np.where(better, q, best_q),
-        )
-    return best_q, best_s, best_err
+        best_err, best_inv = np.where(better, err, best_err), np.where(better, inv[..., 0], best_inv)
+    q = np.clip(np.rint(w * best_inv[..., None]), lo, hi)
+    s, err = _fit(w, imp, q)
+    return q, s, err
 
 
 def _asym(w: np.ndarray, imp: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -57,21 +82,26 @@ def _asym(w: np.ndarray, imp: np.ndarray, bits: int) -> tuple[np.ndarray, np.nda
     top = 2**bits - 1
     lo = np.minimum(w.min(axis=-1, keepdims=True), 0)
     rng = np.maximum(w.max(axis=-1, keepdims=True), 0) - lo
-    rng = np.where(rng > 0, rng, 1.0)
-    best = [np.zeros_like(w), np.zeros_like(lo), np.zeros_like(lo)]
-    best_err = np.full(lo.shape, np.inf, np.float32)
+    rng = np.where(rng > 0, rng, np.float32(1))
+    iw = imp * w
+    sww = _dot(iw, w)
+    best_s, best_err = np.zeros(sww.shape, np.float32), np.full(sww.shape, np.inf)
+    d = np.empty_like(w)  # (n, kb, block) levels relative to the zero point
     for c in CANDIDATES:
-        s = rng / (top + c)
+        s = rng / (top + c)  # (n, kb, 1)
         zp = np.clip(np.rint(-lo / s), 0, top)
-        q = np.clip(np.rint(w / s) + zp, 0, top)
-        d = q - zp
-        num, den = (imp * w * d).sum(axis=-1, keepdims=True), (imp * d * d).sum(axis=-1, keepdims=True)
-        s2 = np.where(den > 0, num / np.where(den > 0, den, 1), s).astype(np.float32)
-        err = (imp * (w - s2 * d) ** 2).sum(axis=-1, keepdims=True)
+        np.clip(np.rint(np.divide(w, s, out=d), out=d) + zp, 0, top, out=d)
+        np.subtract(d, zp, out=d)
+        num = _dot(d, iw)
+        den = _dot(np.multiply(d, d, out=d), imp)
+        err = np.where(den > 0, _lsq_error(sww, num, den), sww)  # den 0: the candidate's own scale, d all 0
         better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best = [np.where(better, q, best[0]), np.where(better, s2, best[1]), np.where(better, zp, best[2])]
-    return best[0], best[1], best[2], best_err
+        best_err, best_s = np.where(better, err, best_err), np.where(better, s[..., 0], best_s)
+    s = best_s[..., None]
+    zp = np.clip(np.rint(-lo / s), 0, top)
+    q = np.clip(np.rint(w / s) + zp, 0, top)
+    s2, err = _fit(w, imp, q - zp, fallback=s)  # no level off the zero point: the candidate's scale
+    return q, s2, zp, err
 
 
 def quantize_blocks(

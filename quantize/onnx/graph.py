@@ -31,7 +31,8 @@ class WeightFormat:
     symmetric: bool = True
     accuracy_level: int = 4  # MatMulNBits: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute
     head_bits: int = 4  # bits of the output projection (8 keeps it near-lossless)
-    method: str = "rtn"  # "rtn": onnxruntime's round-to-nearest; "awq": activation-aware (blockquant.py)
+    # "rtn": onnxruntime's round-to-nearest; "search": data-free scale search; "awq", "gptq": calibrated
+    method: str = "rtn"
 
     def head(self) -> WeightFormat:
         """The output projection's format: n-bit types keep it (the most quantization-sensitive matrix,
@@ -124,6 +125,11 @@ class Graph:
         from onnxruntime.capi import _pybind_state as C
 
         k, n = wt.shape
+        if wf.method == "search":
+            from .blockquant import quantize_blocks
+
+            packed, scales, zeros, _ = quantize_blocks(wt, wf.bits, wf.block_size, wf.symmetric)
+            return self._nbits_node(name, x, (packed, scales, zeros), k, n, wf, outputs)
         if wf.method != "rtn":
             return self._matmul_nbits_calibrated(name, x, wt, outputs, wf)
         k_blocks = -(-k // wf.block_size)

@@ -110,7 +110,7 @@ def planted(tiny_checkpoint, module_tmp):
 def test_calibration_cuts_rtn_error_on_outliers(method, planted, calib_file, tmp_path, monkeypatch):
     calib = CalibOptions(calib_file, CTX)
     fp32, rtn, cal = export_onnx(
-        planted, ["onnx:fp32", "onnx:int4", f"onnx:int4_{method}"], tmp_path, quiet=True, name="p", calib=calib
+        planted, ["onnx:fp32", "onnx:int4_rtn", f"onnx:int4_{method}"], tmp_path, quiet=True, name="p", calib=calib
     )
     ids = _ids()
     ref = _batcher(fp32.path).logits_all(0, ids, 0)

@@ -191,10 +191,13 @@ def test_corrupt_model_and_missing_manifest(exported, tmp_path):
         ("onnx:int8", "int8", (8, 32, True, 4, 8, "rtn")),  # int8 compute: the fast 8-bit kernel
         ("onnx:int8_acc1", "int8_acc1", (8, 32, True, 1, 8, "rtn")),
         ("onnx:int8_bs64_asym", "int8_bs64_asym", (8, 64, False, 4, 8, "rtn")),
-        ("onnx:int4", "int4_bs32", (4, 32, True, 4, 8, "rtn")),  # the head at 8 bits, as Q4_0 keeps it higher
-        ("onnx:int4_head8", "int4_bs32", (4, 32, True, 4, 8, "rtn")),
-        ("onnx:int4_head4", "int4_bs32_head4", (4, 32, True, 4, 4, "rtn")),
-        ("onnx:int4_bs128_asym_acc1", "int4_bs128_asym_acc1", (4, 128, False, 1, 8, "rtn")),
+        ("onnx:int4", "int4_bs32", (4, 32, True, 4, 8, "search")),  # the head at 8 bits, as Q4_0 keeps it higher
+        ("onnx:int4_head8", "int4_bs32", (4, 32, True, 4, 8, "search")),
+        ("onnx:int4_search", "int4_bs32", (4, 32, True, 4, 8, "search")),
+        ("onnx:int4_head4", "int4_bs32_head4", (4, 32, True, 4, 4, "search")),
+        ("onnx:int4_bs128_asym_acc1", "int4_bs128_asym_acc1", (4, 128, False, 1, 8, "search")),
+        ("onnx:int4_rtn", "int4_bs32_rtn", (4, 32, True, 4, 8, "rtn")),  # onnxruntime's round-to-nearest
+        ("onnx:int4_asym_rtn", "int4_bs32_asym_rtn", (4, 32, False, 4, 8, "rtn")),
         ("onnx:int4_gptq", "int4_bs32_gptq", (4, 32, True, 4, 8, "gptq")),
     ],
 )

@@ -10,14 +10,17 @@ Goals, as assertions:
 - `onnx:int8` (weight-only): KLD <= 2x Q8_0's, same top token >= 93 %;
 - the best calibrated int4 (`onnx:int4_gptq`, blocks of 32, calibrated on licence texts other
   than the evaluation's): KLD <= 0.7x Q4_0's;
-- round-to-nearest `onnx:int4`: no worse than Q4_0 (KLD <= RTN_MARGIN x Q4_0's).
+- round-to-nearest `onnx:int4_rtn`: no worse than Q4_0 (KLD <= RTN_MARGIN x Q4_0's).
 
 The evaluation uses EVAL_CHUNKS of the ladder's 14 chunks (510 tokens scored) and the calibration
 CALIB_CHUNKS chunks, to keep the file short; the GPTQ export (AWQ scales and GPTQ in numpy, about
 4.5 minutes on one core) takes most of its time.
-Measured on these chunks: Q8_0 KLD 0.0044, onnx:int8 0.0016 (0.37x; on 4 chunks same top token
-97.9 %); Q4_0 0.266, onnx:int4_gptq 0.109 (0.41x); round-to-nearest int4 with the output projection
-at 8 bits (Q4_0's grid) 0.272 (1.02x; 0.2906 against 0.2899 on all 14 chunks), hence RTN_MARGIN.
+Measured on these chunks: Q8_0 KLD 0.0045, onnx:int8 0.0046 (1.02x, same top token 95.3 %); Q4_0
+0.2705, onnx:int4_gptq 0.0926 (0.34x); round-to-nearest int4 (`onnx:int4_rtn`, Q4_0's grid, output
+projection at 8 bits) 0.2697 (1.00x; 0.2906 against 0.2892 on all 14 chunks), hence RTN_MARGIN.
+The default `onnx:int4` (data-free scale search) is not asserted here: 0.2866 on these two chunks,
+0.2848 on all 14; its gain is in each tensor's squared error (tests/quantize/test_onnx_blockquant.py),
+too small in KLD for two chunks to show.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ EVAL_CHUNKS = 2  # of the ladder's 14 chunks of 512 tokens
 CALIB_CHUNKS = 4  # chunks of 512 tokens of calibration text
 CALIB_LICENCES = ("Apache-2.0", "MPL-2.0", "CC0-1.0", "Artistic")  # not the evaluation's GPL-3
 GGUF_TYPES = ("f32", "q8_0", "q4_0")
-ONNX_TYPES = ("onnx:int8", "onnx:int4", "onnx:int4_gptq")
+ONNX_TYPES = ("onnx:int8", "onnx:int4", "onnx:int4_rtn", "onnx:int4_gptq")
 RTN_MARGIN = 1.05  # round-to-nearest int4 on Q4_0's grid matches Q4_0 to rounding (0.2906 vs 0.2899)
 
 
@@ -89,5 +92,5 @@ def test_calibrated_int4_beats_q4_0(figures):
 
 
 def test_round_to_nearest_int4_no_worse_than_q4_0(figures):
-    q4, rtn = figures["q4_0"], figures["onnx:int4_bs32"]
+    q4, rtn = figures["q4_0"], figures["onnx:int4_bs32_rtn"]
     assert rtn["kld_mean"] <= RTN_MARGIN * q4["kld_mean"], (rtn, q4)
