@@ -69,6 +69,7 @@ def measured(times: dict[int, float]) -> DecodeCost:
     cost = DecodeCost()
     for n, t in times.items():
         cost.record(n, t / 100)
+        cost.record(n, t / 100)  # the first call of a size is not a measurement
     return cost
 
 
@@ -110,9 +111,43 @@ def test_decode_cost_learns_online_and_interpolates():
     cost.record(3, 10.0)  # one stall moves the mean by a bounded step
     assert cost.ratio(3) < 2.5
     expected = cost.ratio(6)
-    cost.record(6, 1.0)  # a first call of a size (a new graph) counts at most twice the expected time
-    assert cost.ratio(6) == pytest.approx(2 * expected)
+    cost.record(6, 1.0)  # the first call of a size (llama.cpp builds its graph) is not a measurement
+    assert cost.ratio(6) == pytest.approx(expected)
+    cost.record(6, 0.030)
+    assert cost.ratio(6) == pytest.approx(3.0)
     assert DecodeCost(learn=False).snapshot() == {}
+
+
+def test_the_dear_first_step_is_not_extended_to_longer_drafts():
+    """One token to two is a CPU's dearest step (measured: Gemma-3 Q4_K_M 1.83x, then 3.44x at 8 tokens):
+    with only 2 measured, a longer draft is priced at no more than the prior's slope beyond it, so it is
+    tried and measured; then sizes in between lie on the measured chord."""
+    cost = measured({1: 1.0, 2: 1.83})
+    assert cost.ratio(8) == pytest.approx(1.83 + 0.5 * 6)  # not 1 + 0.83 * 7 = 6.8
+    k, _ = choose(0.9, 8, cost, min_gain=1.05)
+    assert k > 2
+    cost = measured({1: 1.0, 2: 1.83, 8: 3.44})
+    assert cost.ratio(5) == pytest.approx(1.83 + (3.44 - 1.83) * 3 / 6)
+    assert cost.ratio(12) == pytest.approx(3.44 + (3.44 - 1.83) / 6 * 4)  # along the two largest
+    assert choose(0.9, 8, cost, min_gain=1.05)[0] >= 6
+
+
+def test_a_size_judged_too_dear_is_tried_again_later():
+    """Drafting stops when the cost says it cannot pay, and with it the calls that would measure the cost
+    again: a size not called for `stale` calls is forgotten, so one slow sample is not final."""
+    cost = DecodeCost(prior_slope=0.5, stale=200)
+    cost.record(1, 0.010)
+    for _ in range(2):
+        cost.record(2, 0.050)  # a stall, or the graph of a new size: 5x a single token
+    assert cost.ratio(2) == pytest.approx(5.0)
+    assert choose(0.95, 8, cost, min_gain=1.05)[0] == 0  # no draft pays at that price
+    for _ in range(199):
+        cost.record(1, 0.010)
+    assert cost.ratio(2) == pytest.approx(5.0)  # not yet stale
+    for _ in range(64):
+        cost.record(1, 0.010)
+    assert cost.ratio(2) == pytest.approx(1.5)  # forgotten: the prior again, and a draft is tried
+    assert choose(0.95, 8, cost, min_gain=1.05)[0] > 0
 
 
 def test_drafter_learns_p_from_drafts_it_did_not_send():
