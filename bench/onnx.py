@@ -192,9 +192,14 @@ def prepare(
 
 class GenaiLogits:
     """onnxruntime-genai's folder as a quantize.eval LogitsModel: its model.onnx run in onnxruntime,
-    one chunk from position 0 with an empty KV cache (no generation loop needed for logits). Its
-    Gemma-3 graph (sliding-window GroupQueryAttention) refuses an empty cache ("KV cache capacity (0)
-    must be at least local_window_size (512)"): that row is then reported as not evaluated."""
+    one chunk from position 0 as a first prompt (no generation loop needed for logits). GroupQueryAttention
+    takes a prompt as the first one (no past) when its length equals the attention mask's (seqlens_k + 1 ==
+    sequence length) and then reads nothing from the past buffers, but its sliding-window layers (Gemma-3,
+    `sliding_window_cache`) refuse a buffer smaller than the window ("KV cache capacity (0) must be at
+    least local_window_size (512)"): those layers get a zero buffer of max(window, chunk) positions (never
+    read: the logits are the same with random values in it), the others an empty one as before. Checked
+    on Gemma-3: bit-identical to onnxruntime-genai's own prompt logits (512 and 600 tokens), and its
+    greedy decode from a chat prompt picks the argmax of these logits at every generated position."""
 
     def __init__(self, folder: Path, threads: int):
         import numpy as np
@@ -208,6 +213,9 @@ class GenaiLogits:
         so.log_severity_level = 3
         self.sess = ort.InferenceSession(str(folder / dec["filename"]), so, providers=["CPUExecutionProvider"])
         self.kv = (int(dec["num_key_value_heads"]), int(dec["head_size"]))
+        sliding = dec.get("sliding_window") or {}
+        self.window = int(sliding.get("window_size", 0))
+        self.sliding = {int(i) for i in sliding.get("layers", [])} if self.window else set()
         self.n_vocab, self.n_params = int(cfg["vocab_size"]), 0
 
     def chunk_logits(self, tokens, first: int):
@@ -222,7 +230,8 @@ class GenaiLogits:
                 feeds[i.name] = np.arange(n, dtype=np.int64)[None, :]
             elif i.name.startswith("past_key_values"):
                 dtype = np.float16 if "float16" in i.type else np.float32
-                feeds[i.name] = np.zeros((1, self.kv[0], 0, self.kv[1]), dtype)  # (1, n_kv, 0, head_size)
+                cap = max(self.window, n) if int(i.name.split(".")[1]) in self.sliding else 0
+                feeds[i.name] = np.zeros((1, self.kv[0], cap, self.kv[1]), dtype)  # (1, n_kv, cap, head_size)
         [logits] = self.sess.run(["logits"], feeds)
         return logits[0, first:].astype(np.float32)  # (n - first, vocab)
 
