@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import pytest
 
@@ -109,27 +110,53 @@ def test_encoder_refuses_generation(f32):
         f32.generate([101, 102], SamplingParams(max_tokens=1))
 
 
-def test_generative_model_embeds_with_last_token_pooling(smollm2_path, monkeypatch):
+@pytest.fixture(scope="module")
+def smollm2_f32(smollm2_path, module_tmp):
+    """The bundled SmolLM2 at F32 (unpacked, converted back): float matmuls, whose rounding does not
+    hide an error in how a long input is cut into chunks."""
+    from quantize.convert import convert
+    from quantize.unpack import unpack
+
+    work = module_tmp("smollm2-f32")
+    unpack(smollm2_path, work / "hf", quiet=True)
+    [result] = convert(work / "hf", ["f32"], work, name="s", quiet=True)
+    return Path(result.path)
+
+
+def test_generative_model_embeds_with_last_token_pooling(smollm2_path, smollm2_f32, monkeypatch):
     engine = open_engine(smollm2_path, name="smollm2", n_ctx=1024, n_threads=2)
     try:
         assert not engine.info.is_encoder
         texts = [SENTENCES[0], SENTENCES[2], "word " * 300]
-        batched = _embed(engine, texts).vectors
+        vectors = _embed(engine, texts).vectors
         assert engine._embedder.pooling == "last" and engine._embedder.n_batch >= 300
-        assert _cos(batched[0], batched[1]) < 0.95  # different texts, different vectors
+        assert _cos(vectors[0], vectors[1]) < 0.95  # different texts, different vectors
     finally:
         engine.close()
-    # a budget that forces n_batch down to 32: the long input is decoded in chunks, same vector
+    # a budget that forces n_batch down to 32: the long input is decoded in chunks, the same vector up to
+    # rounding. On F32, since with Q4_1 weights 32-token and 300-token matmuls round activations
+    # differently (cosine 0.989 on an AMD EPYC), which would hide a chunking error of that size.
+    engine = open_engine(smollm2_f32, name="smollm2-f32", n_ctx=1024, n_threads=2)
+    try:
+        batched = _embed(engine, texts).vectors
+        assert engine._embedder.n_batch >= 300
+    finally:
+        engine.close()
     monkeypatch.setattr(embed_mod, "LOGITS_BUDGET", 1)
-    engine = open_engine(smollm2_path, name="smollm2", n_ctx=1024, n_threads=2)
+    engine = open_engine(smollm2_f32, name="smollm2-f32", n_ctx=1024, n_threads=2)
     try:
         chunked = _embed(engine, texts).vectors
         assert engine._embedder.n_batch == embed_mod.MIN_CAUSAL_BATCH
     finally:
         engine.close()
-    # 32-token matmuls round Q4_1 activations differently again; an F32 model would tell noise from error
-    for a, b in zip(chunked, batched):
-        assert _cos(a, b) > 0.99
+    cosines = [_cos(a, b) for a, b in zip(chunked, batched)]
+    print("chunked / batched cosines", cosines)
+    assert min(cosines[:2]) > 0.99999  # short inputs: one chunk either way
+    # The long one still differs by llama.cpp's flash attention, whose CPU kernel rounds differently in
+    # 32-token batches: in llama.cpp alone, this F32 model's last logits for the same 300 tokens have
+    # cosine 0.99934 between n_ubatch 32 and 512 with flash attention, and are identical without it.
+    # Measured here 0.996; a chunk lost or misplaced gives far less.
+    assert cosines[2] > 0.99
 
 
 @pytest.fixture(scope="module", params=["smollm2", "gemma3", "minilm-F32", "minilm-Q8_0"])
