@@ -338,15 +338,11 @@ class ModelStore:
             if base is None:
                 continue
             if plus:
-                adapter, _, scale_text = spec.partition("@")
                 adapters = self.adapters() if adapters is None else adapters
                 try:
-                    scale = float(scale_text) if scale_text else 1.0
-                except ValueError:
+                    base = self._adapted(base, alias, spec, adapters)
+                except (BadRequestError, ModelNotFoundError):
                     continue
-                if adapter not in adapters or base.format != "gguf" or not abs(scale) <= ADAPTER_SCALE_MAX:
-                    continue
-                base = _combined(base, adapter, adapters[adapter], scale)
             out.append(replace(base, name=alias))
         return out
 
@@ -379,17 +375,21 @@ class ModelStore:
 
     def _with_adapter(self, asked: str, key: str) -> ModelEntry:
         base_name, _, spec = key.partition("+")
+        return self._adapted(self.resolve(base_name), asked, spec, self.adapters())
+
+    def _adapted(self, base: ModelEntry, asked: str, spec: str, adapters: dict[str, Path]) -> ModelEntry:
+        """`base` under the adapter `spec` names (`adapter` or `adapter@scale`), or the error asking for
+        `asked` gives: an ONNX base, an adapter not installed, a scale that is no number in range."""
         adapter, _, scale_text = spec.partition("@")
-        base = self.resolve(base_name)
         if base.format != "gguf":
             raise BadRequestError(
                 f"{base.name} is an ONNX model: LoRA adapters apply to GGUF models only; "
                 f"serve {adapter!r} on the GGUF form of the model",
                 param="model",
             )
-        path = self.adapters().get(adapter)
+        path = adapters.get(adapter)
         if path is None:
-            have = ", ".join(sorted(self.adapters())) or "none"
+            have = ", ".join(sorted(adapters)) or "none"
             raise ModelNotFoundError(
                 f"model {asked!r}: no LoRA adapter {adapter!r} in {self.home / 'adapters'} (adapters: {have})",
                 param="model",

@@ -109,7 +109,7 @@ class DecodeCost:
         old = self._mean.get(n)
         if old is not None:  # one stall (another process, a page fault) moves the mean a little, not a lot
             self._mean[n] = old + self.weight * (min(seconds, 3 * old) - old)
-        elif n == 1 or not first:  # the first call of a size > 1 built its graph: not a measurement
+        elif n == 1 or not first:  # the first call of a size > 1 may pay for one-off work: not a measurement
             self._mean[n] = seconds
         if self._calls % 64 == 0:
             self._forget()
