@@ -7,7 +7,8 @@ Every side gets the same checkpoint (the bundled SmolLM2-135M-Instruct Q4_1 or G
 GGUF unpacked to HF by edge-quantize; that checkpoint's F32 GGUF is the reference). Quality: KL
 divergence and same-top-token % against the F32 GGUF on the ladder's text and chunks
 (quantize.eval, docs/ladder.md), for GGUF Q8_0 / Q4_0, our ONNX types (`--types`, by default
-onnx:int8, onnx:int4 (data-free scale search), onnx:int4_awq and onnx:int4_gptq, the calibrated ones on
+onnx:int8, onnx:int4 (data-free scale search, output projection at 8 bits), onnx:int4_head4 and
+onnx:int4_head4_gptq (every weight at 4 bits, as genai's int4), onnx:int4_awq and onnx:int4_gptq, the calibrated ones on
 --calib-text, by default licence texts other than the evaluation's GPL-3), and onnxruntime-genai's
 int4 folder (its model.onnx run chunk by chunk in onnxruntime). Speed: every ONNX type and
 onnxruntime-genai's int4 (block 32, symmetric, accuracy level 4: its CPU default), greedy with
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # this file is named onnx.py: keep its folder off the path, or it would shadow the onnx package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 PROMPT = "Write a short story about a robot who learns to paint."
-OURS_TYPES = ("onnx:int8", "onnx:int4", "onnx:int4_awq", "onnx:int4_gptq")
+OURS_TYPES = ("onnx:int8", "onnx:int4", "onnx:int4_head4", "onnx:int4_awq", "onnx:int4_gptq", "onnx:int4_head4_gptq")
 MODELS = {"smollm2": ("smollm2:135m-q4_1", "SmolLM2-135M"), "gemma3": ("gemma3:270m-q4_k_m", "Gemma-3-270M")}
 CALIB_LICENCES = ("Apache-2.0", "MPL-2.0", "CC0-1.0", "Artistic")  # not the evaluation's GPL-3
 
@@ -310,10 +311,31 @@ def speed(files: dict[str, Path], types: list[str], args: argparse.Namespace) ->
     base = med["genai int4"]
     print(f"{MODELS[args.model][1]}, {args.tokens} tokens, {args.threads} threads, median of {args.rounds} (tokens/s):")
     for k, v in med.items():
+        if k.startswith("genai"):
+            print(f"  {k:20s} {v:6.1f} t/s")
+            continue
+        lo, mid, hi, below = paired(tps[k], tps["genai int4"], goal=0.9)
         print(
-            f"  {k:16s} {v:6.1f} t/s  {v / base:.2f}x genai int4" + ("" if k.startswith("genai") else " (goal >= 0.9x)")
+            f"  {k:20s} {v:6.1f} t/s  {v / base:.2f}x genai int4 (goal >= 0.9x); per round: median {mid:.3f}, "
+            f"bootstrap 90 % {lo:.3f}-{hi:.3f}, P(median < 0.9) {below:.3f}"
         )
     return med
+
+
+def paired(ours: list[float], anchor: list[float], *, goal: float, n: int = 4000) -> tuple[float, float, float, float]:
+    """Ratios of the runs of one round (run back to back, so a slow spell of the machine hits both):
+    their median, a bootstrap 90 % interval of that median, and the bootstrap probability that it is
+    below `goal`. Fixed seed: the same runs give the same figures."""
+    import numpy as np
+
+    r = np.asarray(ours) / np.asarray(anchor)
+    boot = np.median(np.random.default_rng(0).choice(r, size=(n, len(r))), axis=1)
+    return (
+        float(np.quantile(boot, 0.05)),
+        float(np.median(r)),
+        float(np.quantile(boot, 0.95)),
+        float((boot < goal).mean()),
+    )
 
 
 def report_quality(files: dict[str, Path], med: dict[str, float], chunks: int, threads: int) -> None:

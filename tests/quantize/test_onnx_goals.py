@@ -8,16 +8,19 @@ second half of each scored), as bench/onnx.py does with all 14 chunks.
 
 Goals, as assertions:
 - `onnx:int8` (weight-only): KLD <= 2x Q8_0's, same top token >= 93 %;
-- the best calibrated int4 (`onnx:int4_gptq`, blocks of 32, calibrated on licence texts other
-  than the evaluation's): KLD <= 0.7x Q4_0's;
+- calibrated int4 (GPTQ, blocks of 32, calibrated on licence texts other than the evaluation's):
+  KLD <= 0.7x Q4_0's, asserted on `onnx:int4_head4_gptq`, whose output projection is at 4 bits too
+  (the whole model at 4 bits, as onnxruntime-genai's int4 and as fast: bench/onnx.py), so a harder
+  case than `onnx:int4_gptq` with its 8-bit head (0.0737 against 0.0850 on all 14 chunks);
 - round-to-nearest `onnx:int4_rtn`: no worse than Q4_0 (KLD <= RTN_MARGIN x Q4_0's).
 
 The evaluation uses EVAL_CHUNKS of the ladder's 14 chunks (510 tokens scored) and the calibration
-CALIB_CHUNKS chunks, to keep the file short; the GPTQ export (AWQ scales and GPTQ in numpy, about
-4.5 minutes on one core) takes most of its time.
+CALIB_CHUNKS chunks, to keep the file short; the exports take most of its time (57 s of 74 on an
+AMD EPYC, 2 cores).
 Measured on these chunks: Q8_0 KLD 0.0045, onnx:int8 0.0046 (1.02x, same top token 95.3 %); Q4_0
-0.2705, onnx:int4_gptq 0.0926 (0.34x); round-to-nearest int4 (`onnx:int4_rtn`, Q4_0's grid, output
-projection at 8 bits) 0.2697 (1.00x; 0.2906 against 0.2892 on all 14 chunks), hence RTN_MARGIN.
+0.2705, onnx:int4_head4_gptq 0.1087 (0.40x; `onnx:int4_gptq` 0.0926, 0.34x); round-to-nearest int4
+(`onnx:int4_rtn`, Q4_0's grid, output projection at 8 bits) 0.2697 (1.00x; 0.2906 against 0.2892 on
+all 14 chunks), hence RTN_MARGIN.
 The default `onnx:int4` (data-free scale search) is not asserted here: 0.2866 on these two chunks,
 0.2848 on all 14; its gain is in each tensor's squared error (tests/quantize/test_onnx_blockquant.py),
 too small in KLD for two chunks to show.
@@ -36,7 +39,7 @@ EVAL_CHUNKS = 2  # of the ladder's 14 chunks of 512 tokens
 CALIB_CHUNKS = 4  # chunks of 512 tokens of calibration text
 CALIB_LICENCES = ("Apache-2.0", "MPL-2.0", "CC0-1.0", "Artistic")  # not the evaluation's GPL-3
 GGUF_TYPES = ("f32", "q8_0", "q4_0")
-ONNX_TYPES = ("onnx:int8", "onnx:int4", "onnx:int4_rtn", "onnx:int4_gptq")
+ONNX_TYPES = ("onnx:int8", "onnx:int4", "onnx:int4_rtn", "onnx:int4_head4_gptq")
 RTN_MARGIN = 1.05  # round-to-nearest int4 on Q4_0's grid matches Q4_0 to rounding (0.2906 vs 0.2899)
 
 
@@ -87,7 +90,7 @@ def test_int8_is_near_lossless(figures):
 
 
 def test_calibrated_int4_beats_q4_0(figures):
-    q4, gptq = figures["q4_0"], figures["onnx:int4_bs32_gptq"]
+    q4, gptq = figures["q4_0"], figures["onnx:int4_bs32_head4_gptq"]
     assert gptq["kld_mean"] <= 0.7 * q4["kld_mean"], (gptq, q4)
 
 
