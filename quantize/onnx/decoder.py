@@ -156,9 +156,11 @@ def _lengths(g: Graph) -> None:
 
 def _embed(g: Graph, lay: Layout, ld: Loader, w: Weights) -> str:
     table = ld.get(w.embed)[: lay.vocab]  # (vocab, hidden)
-    if g.wf.kind == "fp32":
+    # tied to the output projection: its quantized blocks serve both (no table of its own)
+    x = None if ld.has(w.lm_head) else g.gather_rows("lm_head", table, "input_ids", g.wf.head())
+    if x is None and g.wf.kind == "fp32":
         x = g.op("Gather", [g.const("embed_tokens", table), "input_ids"])[0]
-    else:  # half the bytes; only the gathered rows are widened
+    elif x is None:  # half the bytes; only the gathered rows are widened
         x = g.op("Gather", [g.const("embed_tokens", table.astype(np.float16)), "input_ids"])[0]
         x = g.op("Cast", [x], to=FLOAT)[0]
     if lay.embed_scale != 1.0:

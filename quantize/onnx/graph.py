@@ -55,6 +55,7 @@ class Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, TensorProto] = {}
         self._written: set[str] = set()  # names the sink wrote inline (not in `inits`)
+        self._shared: dict[str, tuple] = {}  # linear name -> its blocks, quantized early by gather_rows
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._n = 0
@@ -122,16 +123,32 @@ class Graph:
         return y
 
     def _matmul_nbits(self, name: str, x: str, wt: np.ndarray, outputs, wf: WeightFormat) -> str:
-        from onnxruntime.capi import _pybind_state as C
-
         k, n = wt.shape
+        blocks, s = self._shared.pop(name, None) or self._nbits_blocks(name, wt, wf)
+        if s is not None:  # calibrated: the weights are W * s, so the input is divided by s first
+            x = self.op("Mul", [x, self.const(name + ".input_scale", (1 / s).astype(np.float32))])[0]
+        return self._nbits_node(name, x, blocks, k, n, wf, outputs)
+
+    def _nbits_blocks(self, name: str, wt: np.ndarray, wf: WeightFormat) -> tuple[tuple, np.ndarray | None]:
+        """The blocks (packed (N, blocks, blob), scales (N, blocks), zero points) of wt (K, N) in `wf`,
+        and the per-input-channel scales s the blocks were quantized with (W * s; None: W itself)."""
         if wf.method == "search":
             from .blockquant import quantize_blocks
 
             packed, scales, zeros, _ = quantize_blocks(wt, wf.bits, wf.block_size, wf.symmetric)
-            return self._nbits_node(name, x, (packed, scales, zeros), k, n, wf, outputs)
-        if wf.method != "rtn":
-            return self._matmul_nbits_calibrated(name, x, wt, outputs, wf)
+            got: tuple[tuple, np.ndarray | None] = ((packed, scales, zeros), None)
+        elif wf.method != "rtn":
+            got = self._calibrated_blocks(name, wt, wf)
+        else:
+            got = (self._rtn_blocks(wt, wf), None)
+        return got
+
+    @staticmethod
+    def _rtn_blocks(wt: np.ndarray, wf: WeightFormat) -> tuple:
+        """onnxruntime's own C++ round-to-nearest."""
+        from onnxruntime.capi import _pybind_state as C
+
+        k, n = wt.shape
         k_blocks = -(-k // wf.block_size)
         if k_blocks * wf.block_size != k:
             wt = np.pad(wt, ((0, k_blocks * wf.block_size - k), (0, 0)))
@@ -141,10 +158,10 @@ class Graph:
         scales = np.zeros((n, k_blocks), dtype=np.float32)  # (N, blocks)
         quant = C.quantize_matmul_4bits if wf.bits == 4 else C.quantize_matmul_8bits
         quant(packed, wt, scales, zeros, wf.block_size, n, k, wf.symmetric)
-        return self._nbits_node(name, x, (packed, scales, zeros), k, n, wf, outputs)
+        return packed, scales, zeros
 
-    def _matmul_nbits_calibrated(self, name: str, x: str, wt: np.ndarray, outputs, wf: WeightFormat) -> str:
-        """awq: W * s quantized with activation-weighted block scales, the input divided by s first;
+    def _calibrated_blocks(self, name: str, wt: np.ndarray, wf: WeightFormat) -> tuple[tuple, np.ndarray | None]:
+        """awq: W * s quantized with activation-weighted block scales (the input is divided by s);
         gptq: the same scaling, then GPTQ on W * s with the input's Hessian (rescaled by s); without
         the scaling GPTQ cannot recover channels whose activations dwarf the rest (their small weights
         round to zero in blocks scaled by the others). Statistics: quantize/onnx/calib.py."""
@@ -156,14 +173,38 @@ class Graph:
             want = "the input's Hessian (K, K)" if wf.method == "gptq" else "activation statistics (K,)"
             raise ValueError(f"{name}: {wf.method} needs {want} with K = {k}: calibrate first")
         act = np.ascontiguousarray(np.diagonal(st) if st.ndim == 2 else st, dtype=np.float32)
-        s, (packed, scales, zeros) = awq_scales(wt, wf.bits, wf.block_size, wf.symmetric, act)
+        s, blocks = awq_scales(wt, wf.bits, wf.block_size, wf.symmetric, act)
         if wf.method == "gptq":
             h = np.asarray(st, dtype=np.float64) / np.outer(s, s)  # (K, K) Hessian of x / s
-            packed, scales, zeros = gptq(wt * s[:, None], wf.bits, wf.block_size, wf.symmetric, h)
-        if not np.all(s == 1):
+            blocks = gptq(wt * s[:, None], wf.bits, wf.block_size, wf.symmetric, h)
+        return blocks, None if np.all(s == 1) else s
+
+    def gather_rows(self, name: str, w: np.ndarray, ids: str, wf: WeightFormat) -> str | None:
+        """Rows `ids` of w (N, K) read from the MatMulNBits blocks that `linear(name, ..., w, wf=wf)`
+        multiplies by (GatherBlockQuantized over the same initializers, as onnxruntime-genai does for
+        tied embeddings): a tied embedding table then costs no bytes of its own. Dequantized exactly as
+        MatMulNBits does (default zero point), so only symmetric blocks that tile K exactly; None when
+        `wf` cannot (the caller stores the table itself)."""
+        n, k = w.shape
+        if wf.kind != "nbits" or not wf.symmetric or k % wf.block_size:
+            return None
+        got = self._nbits_blocks(name, np.ascontiguousarray(w.T, dtype=np.float32), wf)
+        self._shared[name] = got  # kept until `linear(name, ...)` takes it: quantized once, both read it
+        (packed, scales, _), s = got
+        rows = self.const(name + ".rows_shape", np.array([n, k * wf.bits // 8], dtype=np.int64))
+        flat = self.op("Reshape", [self.const(name + ".qweight", packed), rows])[0]  # (N, K * bits / 8)
+        x = self.op(
+            "GatherBlockQuantized",
+            [flat, ids, self.const(name + ".scales", scales)],
+            domain=MS,
+            bits=wf.bits,
+            block_size=wf.block_size,
+            gather_axis=0,
+            quantize_axis=1,
+        )[0]
+        if s is not None:
             x = self.op("Mul", [x, self.const(name + ".input_scale", (1 / s).astype(np.float32))])[0]
-        k, n = wt.shape
-        return self._nbits_node(name, x, (packed, scales, zeros), k, n, wf, outputs)
+        return x
 
     def _nbits_node(self, name: str, x: str, blocks: tuple, k: int, n: int, wf: WeightFormat, outputs) -> str:
         """The MatMulNBits node over packed blocks (N, blocks, blob), their scales and zero points."""
