@@ -20,7 +20,7 @@ Graph interface (B = batch, S = new tokens, T = KV buffer length chosen by the r
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -156,8 +156,12 @@ def _lengths(g: Graph) -> None:
 
 def _embed(g: Graph, lay: Layout, ld: Loader, w: Weights) -> str:
     table = ld.get(w.embed)[: lay.vocab]  # (vocab, hidden)
-    # tied to the output projection: its quantized blocks serve both (no table of its own)
-    x = None if ld.has(w.lm_head) else g.gather_rows("lm_head", table, "input_ids", g.wf.head())
+    if not ld.has(w.lm_head):  # tied to the output projection: its quantized blocks serve both
+        x = g.gather_rows("lm_head", table, "input_ids", g.wf.head())
+    else:  # a table of its own, in 8-bit blocks (round-to-nearest: the rows are only looked up)
+        x = g.gather_rows(
+            "embed_tokens", table, "input_ids", replace(g.wf, bits=8, symmetric=True, method="rtn"), shared=False
+        )
     if x is None and g.wf.kind == "fp32":
         x = g.op("Gather", [g.const("embed_tokens", table), "input_ids"])[0]
     elif x is None:  # half the bytes; only the gathered rows are widened

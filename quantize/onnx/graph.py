@@ -179,17 +179,18 @@ class Graph:
             blocks = gptq(wt * s[:, None], wf.bits, wf.block_size, wf.symmetric, h)
         return blocks, None if np.all(s == 1) else s
 
-    def gather_rows(self, name: str, w: np.ndarray, ids: str, wf: WeightFormat) -> str | None:
-        """Rows `ids` of w (N, K) read from the MatMulNBits blocks that `linear(name, ..., w, wf=wf)`
-        multiplies by (GatherBlockQuantized over the same initializers, as onnxruntime-genai does for
-        tied embeddings): a tied embedding table then costs no bytes of its own. Dequantized exactly as
-        MatMulNBits does (default zero point), so only symmetric blocks that tile K exactly; None when
-        `wf` cannot (the caller stores the table itself)."""
+    def gather_rows(self, name: str, w: np.ndarray, ids: str, wf: WeightFormat, *, shared: bool = True) -> str | None:
+        """Rows `ids` of w (N, K) from n-bit blocks (GatherBlockQuantized). `shared`: the very blocks
+        that `linear(name, ..., w, wf=wf)` then multiplies by (over the same initializers, as
+        onnxruntime-genai does for tied embeddings), so a tied embedding costs no bytes of its own;
+        else a table of its own. Dequantized exactly as MatMulNBits does (default zero point), so only
+        symmetric blocks that tile K exactly; None when `wf` cannot (the caller stores the table)."""
         n, k = w.shape
         if wf.kind != "nbits" or not wf.symmetric or k % wf.block_size:
             return None
         got = self._nbits_blocks(name, np.ascontiguousarray(w.T, dtype=np.float32), wf)
-        self._shared[name] = got  # kept until `linear(name, ...)` takes it: quantized once, both read it
+        if shared:
+            self._shared[name] = got  # kept until `linear(name, ...)` takes it: quantized once, both read it
         (packed, scales, _), s = got
         rows = self.const(name + ".rows_shape", np.array([n, k * wf.bits // 8], dtype=np.int64))
         flat = self.op("Reshape", [self.const(name + ".qweight", packed), rows])[0]  # (N, K * bits / 8)

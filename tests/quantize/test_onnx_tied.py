@@ -3,7 +3,8 @@
 Small models tie the embedding to the output projection (SmolLM2, every Gemma), and that matrix is
 most of a small model (Gemma-3-270M: 262144 x 640). An n-bit export gathers the embedding's rows
 from the MatMulNBits blocks of the head (GatherBlockQuantized over the same initializers, as
-onnxruntime-genai does) instead of storing the table again in float16.
+onnxruntime-genai does) instead of storing the table again in float16; an untied embedding (Llama
+3.1, Phi-3) is a table of its own in 8-bit blocks.
 """
 
 from __future__ import annotations
@@ -76,13 +77,19 @@ def test_formats_that_cannot_share_keep_their_own_table():
         assert Graph("t", wf).gather_rows("lm_head", w, "ids", wf) is None
 
 
-@pytest.mark.parametrize(("kind", "shared"), [("llama3-tied", True), ("llama3", False), ("gemma3", True)])
-def test_export_stores_a_tied_table_once(kind, shared, tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize(
+    ("kind", "table"), [("llama3-tied", "lm_head"), ("llama3", "embed_tokens"), ("gemma3", "lm_head")]
+)
+def test_export_stores_the_embedding_in_blocks(kind, table, tiny_checkpoint, tmp_path):
+    """Tied: the output projection's blocks, nothing else; untied: a table of its own in 8-bit blocks."""
     from quantize.onnx.export import export_onnx
 
     (r,) = export_onnx(tiny_checkpoint(kind), ["onnx:int4_head4"], tmp_path, quiet=True, name=kind)
     model = onnx.load(str(r.path / "model.onnx"), load_external_data=False)
     names = {i.name for i in model.graph.initializer}
-    ops = {n.op_type for n in model.graph.node}
-    assert ("embed_tokens" not in names) is shared
-    assert ("GatherBlockQuantized" in ops) is shared
+    assert "embed_tokens" not in names  # no float table
+    (gather,) = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    (reshape,) = [n for n in model.graph.node if n.output[0] == gather.input[0]]
+    assert reshape.input[0] == f"{table}.qweight"
+    bits = next(a.i for a in gather.attribute if a.name == "bits")
+    assert bits == (4 if table == "lm_head" else 8)
