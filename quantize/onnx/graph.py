@@ -125,9 +125,14 @@ class Graph:
     def _matmul_nbits(self, name: str, x: str, wt: np.ndarray, outputs, wf: WeightFormat) -> str:
         k, n = wt.shape
         blocks, s = self._shared.pop(name, None) or self._nbits_blocks(name, wt, wf)
-        if s is not None:  # calibrated: the weights are W * s, so the input is divided by s first
-            x = self.op("Mul", [x, self.const(name + ".input_scale", (1 / s).astype(np.float32))])[0]
-        return self._nbits_node(name, x, blocks, k, n, wf, outputs)
+        return self._nbits_node(name, self._unscaled(name, x, s), blocks, k, n, wf, outputs)
+
+    def _unscaled(self, name: str, x: str, s: np.ndarray | None) -> str:
+        """x divided by the per-input-channel scales s that `name`'s blocks were quantized with (W * s):
+        a linear's input before its MatMulNBits, a gathered row after; x itself when s is None."""
+        if s is None:
+            return x
+        return self.op("Mul", [x, self.const(name + ".input_scale", (1 / s).astype(np.float32))])[0]
 
     def _nbits_blocks(self, name: str, wt: np.ndarray, wf: WeightFormat) -> tuple[tuple, np.ndarray | None]:
         """The blocks (packed (N, blocks, blob), scales (N, blocks), zero points) of wt (K, N) in `wf`,
@@ -136,12 +141,10 @@ class Graph:
             from .blockquant import quantize_blocks
 
             packed, scales, zeros, _ = quantize_blocks(wt, wf.bits, wf.block_size, wf.symmetric)
-            got: tuple[tuple, np.ndarray | None] = ((packed, scales, zeros), None)
-        elif wf.method != "rtn":
-            got = self._calibrated_blocks(name, wt, wf)
-        else:
-            got = (self._rtn_blocks(wt, wf), None)
-        return got
+            return (packed, scales, zeros), None
+        if wf.method != "rtn":
+            return self._calibrated_blocks(name, wt, wf)
+        return self._rtn_blocks(wt, wf), None
 
     @staticmethod
     def _rtn_blocks(wt: np.ndarray, wf: WeightFormat) -> tuple:
@@ -203,9 +206,7 @@ class Graph:
             gather_axis=0,
             quantize_axis=1,
         )[0]
-        if s is not None:
-            x = self.op("Mul", [x, self.const(name + ".input_scale", (1 / s).astype(np.float32))])[0]
-        return x
+        return self._unscaled(name, x, s)
 
     def _nbits_node(self, name: str, x: str, blocks: tuple, k: int, n: int, wf: WeightFormat, outputs) -> str:
         """The MatMulNBits node over packed blocks (N, blocks, blob), their scales and zero points."""
