@@ -32,10 +32,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SpecConfig:
-    draft_max: int = 8  # most tokens drafted for one slot in one step (logits rows reserved per slot)
-    ngram_max: int = 3  # the longest suffix looked up; a longer match is tried first
+    draft_max: int = 16  # most tokens drafted for one slot in one step (logits rows reserved per slot)
+    draft_short: int = 8  # most tokens drafted from a match shorter than `long_ngram`
+    ngram_max: int = 3  # the longest suffix looked up for a short match; a longer match is tried first
     ngram_min: int = 2  # the shortest (a single token matches too often to predict the next)
+    long_ngram: int = 8  # a suffix of this many tokens found earlier: a verbatim copy, with its own evidence
     min_gain: float = 1.05  # draft only when the expected tokens per second beat no draft by this factor
+    explore_p: float = 0.8  # from this acceptance on, a call size not measured yet is priced optimistically
     memory: float = 0.97  # per observed draft token, older acceptance evidence fades by this factor
     max_busy: int = 2  # draft only while at most this many slots hold a request
 
@@ -49,18 +52,26 @@ def expected_accepted(p: float, k: int) -> float:
 
 
 def choose(
-    p: float, limit: int, cost: DecodeCost, *, n_base: int = 1, gain_base: float = 1.0, min_gain: float = 1.0
+    p: float,
+    limit: int,
+    cost: DecodeCost,
+    *,
+    n_base: int = 1,
+    gain_base: float = 1.0,
+    min_gain: float = 1.0,
+    explore: bool = False,
 ) -> tuple[int, float]:
     """The draft length k <= limit that maximises expected tokens per unit of time, and its expected
     accepted tokens; (0, 0.0) when no draft beats plain decoding by `min_gain`.
 
     The step already decodes `n_base` tokens expected to give `gain_base` tokens (one per generating
-    slot, plus drafts chosen before this one); a k-token draft makes it n_base + k tokens long."""
+    slot, plus drafts chosen before this one); a k-token draft makes it n_base + k tokens long.
+    `explore` prices the call sizes not measured yet optimistically (`DecodeCost.ratio`)."""
     base = gain_base / cost.ratio(n_base)
     best, best_k, best_e = base * min_gain, 0, 0.0
     for k in range(1, limit + 1):
         e = expected_accepted(p, k)
-        rate = (gain_base + e) / cost.ratio(n_base + k)
+        rate = (gain_base + e) / cost.ratio(n_base + k, optimistic=explore)
         if rate > best:
             best, best_k, best_e = rate, k, e
     return best_k, best_e
@@ -120,8 +131,15 @@ class DecodeCost:
                 self._mean.pop(n, None)
                 del self._last[n]
 
-    def ratio(self, n: int) -> float:
-        """What a call of n tokens costs against one of a single token."""
+    def ratio(self, n: int, *, optimistic: bool = False) -> float:
+        """What a call of n tokens costs against one of a single token.
+
+        `optimistic` prices a size not measured yet as the largest measured size of 2 tokens or more
+        below it, so that it is tried and measured. The cost of a call is not smooth in its size: a
+        CPU's kernels multiply in tiles of columns (repacked Q4_K four at a time), and on Gemma-3 Q4_K_M
+        here a call of 8 tokens costs 3.0 single ones, one of 5 costs 3.2, one of 4 costs 2.0. A chord
+        between measured sizes would never find the cheap ones; the scheduler explores only for a
+        request that copies well, whose exploratory calls still pay for most of their cost."""
         if n <= 1:
             return 1.0
         one = self._mean.get(1)
@@ -136,6 +154,8 @@ class DecodeCost:
                 lo = (m, r)
             elif hi is None:
                 hi = (m, r)
+        if optimistic and lo[0] > 1:
+            return lo[1]
         if hi is not None:  # between two measured sizes: on the chord
             return lo[1] + (hi[1] - lo[1]) * (n - lo[0]) / (hi[0] - lo[0])
         return lo[1] + self._slope_above(known) * (n - lo[0])
@@ -166,6 +186,13 @@ class Drafter:
     For each suffix length n, `_follow[n]` maps an n-gram to the position right after its latest
     occurrence that already has a token after it, so a lookup never finds the context's own suffix.
 
+    A match of `long_ngram` tokens is looked up first: the context repeats a whole stretch (a list copied
+    line by line, a record, a loop the model fell into), and what followed it there is likely to follow
+    again for many tokens, as llama.cpp's ngram-simple assumes (12 tokens, drafts of 48). Such a match
+    drafts up to `draft_max` tokens and keeps acceptance evidence of its own; a short match (`ngram_max`
+    down to `ngram_min` tokens) drafts up to `draft_short`. Mixing the two would price every long copy at
+    the acceptance of the short guesses between them.
+
     Acceptance evidence is a count of hits among trials (one trial per drafted token checked, up to and
     including the first miss), each older trial fading by `memory`, so p follows what the request does
     now: p = (hits + 1/2) / (trials + 1)."""
@@ -173,20 +200,29 @@ class Drafter:
     def __init__(self, config: SpecConfig, prompt: list[int]):
         self.config = config
         self.tokens: list[int] = []
-        self._follow: dict[int, dict[tuple[int, ...], int]] = {
-            n: {} for n in range(config.ngram_min, config.ngram_max + 1)
-        }
+        sizes = set(range(config.ngram_min, config.ngram_max + 1))
+        if config.long_ngram > config.ngram_max:
+            sizes.add(config.long_ngram)
+        self._sizes = sorted(sizes, reverse=True)  # lookup order: the longest first
+        self._follow: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self._sizes}
         self.accepted = 0  # drafted tokens accepted
         self.declined = 0  # proposals the cost rule did not send (counted per step)
-        self.hits = 0.0
-        self.trials = 0.0
+        self.hits, self.trials = 0.0, 0.0  # evidence of short matches
+        self.hits_long, self.trials_long = 0.0, 0.0  # evidence of long matches
+        self.long = False  # whether the latest proposal came from a long match
         self._shadow: list[int] = []  # a proposal not sent for verification, checked against what comes next
+        self._shadow_long = False
         self._index(prompt)
 
     @property
     def p(self) -> float:
-        """The estimated probability that the next drafted token is accepted."""
+        """The estimated probability that the next drafted token of a short match is accepted."""
         return (self.hits + 0.5) / (self.trials + 1.0)
+
+    @property
+    def p_long(self) -> float:
+        """The same for a long match."""
+        return (self.hits_long + 0.5) / (self.trials_long + 1.0)
 
     def _index(self, prompt: list[int]) -> None:
         """The prompt's n-grams in one pass per n (what pushing its tokens one by one gives, built by
@@ -201,7 +237,7 @@ class Drafter:
         """Append a token of the context (a prompt token, or one the request generated)."""
         if self._shadow:
             hit = token == self._shadow[0]
-            self._observe(hit)
+            self._observe(hit, self._shadow_long)
             self._shadow = self._shadow[1:] if hit else []
         tokens = self.tokens
         end = len(tokens)
@@ -211,15 +247,20 @@ class Drafter:
         tokens.append(token)
 
     def propose(self, limit: int) -> list[int]:
-        """Up to `limit` tokens that followed the context's suffix at its latest earlier occurrence."""
+        """Up to `limit` tokens that followed the context's suffix at its latest earlier occurrence (at
+        most `draft_short` after a short match); sets `long`."""
+        self.long = False
         if limit <= 0:
             return []
         tokens = self.tokens
-        for n in range(self.config.ngram_max, self.config.ngram_min - 1, -1):
+        for n in self._sizes:
             if len(tokens) <= n:
                 continue
             start = self._follow[n].get(tuple(tokens[-n:]))
             if start is not None:
+                self.long = n >= self.config.long_ngram
+                if not self.long:
+                    limit = min(limit, self.config.draft_short)
                 return tokens[start : start + limit]
         return []
 
@@ -232,8 +273,15 @@ class Drafter:
         proposal = self.propose(limit)
         if not proposal:
             return [], 0.0
+        p = self.p_long if self.long else self.p
         k, expected = choose(
-            self.p, len(proposal), cost, n_base=n_base, gain_base=gain_base, min_gain=self.config.min_gain
+            p,
+            len(proposal),
+            cost,
+            n_base=n_base,
+            gain_base=gain_base,
+            min_gain=self.config.min_gain,
+            explore=p >= self.config.explore_p,
         )
         if k == 0:
             self.declined += 1
@@ -247,14 +295,16 @@ class Drafter:
         shadow at a time, checked to its end or first miss."""
         if not self._shadow:
             self._shadow = proposal if proposal is not None else self.propose(limit)
+            self._shadow_long = self.long
 
     def record(self, drafted: int, accepted: int) -> None:
-        """Count one verified draft: `accepted` hits, then a miss if not all of it was accepted."""
+        """Count one verified draft (the latest proposal's): `accepted` hits, then a miss if not all of it
+        was accepted."""
         self.accepted += accepted
         for _ in range(accepted):
-            self._observe(True)
+            self._observe(True, self.long)
         if accepted < drafted:
-            self._observe(False)
+            self._observe(False, self.long)
 
     @property
     def turned_off(self) -> bool:
@@ -262,7 +312,11 @@ class Drafter:
         spared steps (accepted tokens)."""
         return self.declined > self.accepted
 
-    def _observe(self, hit: bool) -> None:
+    def _observe(self, hit: bool, long: bool) -> None:
         m = self.config.memory
-        self.hits = self.hits * m + hit
-        self.trials = self.trials * m + 1.0
+        if long:
+            self.hits_long = self.hits_long * m + hit
+            self.trials_long = self.trials_long * m + 1.0
+        else:
+            self.hits = self.hits * m + hit
+            self.trials = self.trials * m + 1.0

@@ -132,6 +132,57 @@ def test_the_dear_first_step_is_not_extended_to_longer_drafts():
     assert choose(0.9, 8, cost, min_gain=1.05)[0] >= 6
 
 
+def test_a_request_that_copies_well_tries_the_sizes_a_chord_prices_out():
+    """Measured on Gemma-3 Q4_K_M (2 cores): 4 tokens cost 2.0 single calls, 5 cost 3.2, 9 cost 4.1 (the
+    CPU multiplies in tiles of columns). Known 2, 5 and 9, the chord prices 4 at 2.2 and no draft of 3
+    is sent; a drafter whose acceptance is high prices the unmeasured sizes as the largest measured one
+    below them, tries 4, and then keeps the measured price."""
+    cost = measured({1: 1.0, 2: 1.64, 5: 3.16, 9: 4.12})
+    assert cost.ratio(4) == pytest.approx(1.64 + (3.16 - 1.64) * 2 / 3)
+    assert cost.ratio(4, optimistic=True) == pytest.approx(1.64)
+    assert cost.ratio(8, optimistic=True) == pytest.approx(3.16)
+    assert cost.ratio(9, optimistic=True) == pytest.approx(4.12)  # a measured size keeps its price
+    assert measured({1: 1.0}).ratio(5, optimistic=True) == pytest.approx(3.0)  # nothing to go by: the prior
+    assert choose(0.9, 8, cost, min_gain=1.05)[0] != 3
+    assert choose(0.9, 8, cost, min_gain=1.05, explore=True)[0] == 3
+    # the drafter explores only from `explore_p` on
+    text = list(range(10, 40))
+    for p_high in (True, False):
+        d = Drafter(SpecConfig(), text + text[:3])
+        d.hits, d.trials = (9.0, 10.0) if p_high else (5.0, 10.0)
+        draft, _ = d.draft(8, cost)
+        assert (len(draft) == 3) == p_high, (d.p, draft)
+    for _ in range(2):
+        cost.record(4, 0.0204)
+    assert cost.ratio(4, optimistic=True) == pytest.approx(2.04)
+
+
+def test_a_long_match_drafts_long_with_evidence_of_its_own():
+    """A suffix of `long_ngram` tokens found earlier is a verbatim copy: it proposes up to draft_max
+    tokens and is priced by what long matches earned; a short match proposes at most draft_short and
+    keeps its own record, so short misses do not price long copies out."""
+    cfg = SpecConfig()
+    stretch = list(range(100, 140))
+    context = stretch + [7, 8] + stretch[:10]  # the last 10 tokens repeat the stretch's start
+    d = Drafter(cfg, context)
+    assert d.propose(32) == context[10 : 10 + 32] and d.long
+    short = Drafter(cfg, stretch + [7, 8] + stretch[:3])  # only 3 tokens repeat
+    assert short.propose(32) == stretch[3 : 3 + cfg.draft_short] and not short.long
+    for _ in range(10):  # short guesses keep missing
+        short.record(4, 0)
+    d.hits, d.trials = short.hits, short.trials
+    assert d.p < 0.2 and d.p_long == pytest.approx(0.5)
+    for _ in range(5):
+        d.propose(16)
+        d.record(16, 16)
+    assert d.p_long > 0.95 and d.p < 0.2
+    flat = DecodeCost(0.1, learn=False)
+    draft, _ = d.draft(cfg.draft_max, flat)
+    assert len(draft) == cfg.draft_max
+    short.hits, short.trials = 50.0, 50.0  # a short match at high acceptance still stops at draft_short
+    assert len(short.draft(cfg.draft_max, flat)[0]) == cfg.draft_short
+
+
 def test_a_size_judged_too_dear_is_tried_again_later():
     """Drafting stops when the cost says it cannot pay, and with it the calls that would measure the cost
     again: a size not called for `stale` calls is forgotten, so one slow sample is not final."""
