@@ -132,8 +132,11 @@ def build(spec: DecoderSpec, lay: Layout, ld: Loader, g: Graph, on_block=lambda 
         on_block(i)
     assert h is not None, "a decoder has at least one block"
     h, _ = g.skip_rms_norm(h, residual, _norm_weight(g, ld, w.final_norm, lay), lay.eps)
-    head = ld.get(w.lm_head) if ld.has(w.lm_head) else ld.get(w.embed)
-    logits = g.linear("lm_head", h, head[: lay.vocab], out=None if lay.final_softcap else "logits", wf=g.wf.head())
+    out = None if lay.final_softcap else "logits"
+    logits = g.shared_linear("lm_head", h, out=out)  # a tied embedding's blocks, made by _embed
+    if logits is None:
+        head = ld.get(w.lm_head) if ld.has(w.lm_head) else ld.get(w.embed)
+        logits = g.linear("lm_head", h, head[: lay.vocab], out=out, wf=g.wf.head())
     if lay.final_softcap:
         cap = g.const("final_softcap", np.array(lay.final_softcap, dtype=np.float32))
         t = g.op("Tanh", [g.op("Div", [logits, cap])[0]])[0]

@@ -55,7 +55,8 @@ class Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, TensorProto] = {}
         self._written: set[str] = set()  # names the sink wrote inline (not in `inits`)
-        self._shared: dict[str, tuple] = {}  # linear name -> its blocks, quantized early by gather_rows
+        # linear name -> ((its blocks, input scales), format), quantized early by gather_rows
+        self._shared: dict[str, tuple] = {}
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._n = 0
@@ -124,8 +125,19 @@ class Graph:
 
     def _matmul_nbits(self, name: str, x: str, wt: np.ndarray, outputs, wf: WeightFormat) -> str:
         k, n = wt.shape
-        blocks, s = self._shared.pop(name, None) or self._nbits_blocks(name, wt, wf)
+        blocks, s = self._nbits_blocks(name, wt, wf)
         return self._nbits_node(name, self._unscaled(name, x, s), blocks, k, n, wf, outputs)
+
+    def shared_linear(self, name: str, x: str, *, out: str | None = None) -> str | None:
+        """x @ W.T over the blocks `gather_rows(name, ...)` quantized for a tied embedding, without the
+        weights (the caller need not load or transpose them again); None when `name` has none."""
+        got = self._shared.pop(name, None)
+        if got is None:
+            return None
+        (blocks, s), wf = got
+        n, k_blocks = blocks[1].shape  # scales (N, blocks); gather_rows shares only blocks that tile K
+        k = k_blocks * wf.block_size
+        return self._nbits_node(name, self._unscaled(name, x, s), blocks, k, n, wf, [out] if out else None)
 
     def _unscaled(self, name: str, x: str, s: np.ndarray | None) -> str:
         """x divided by the per-input-channel scales s that `name`'s blocks were quantized with (W * s):
@@ -193,7 +205,7 @@ class Graph:
             return None
         got = self._nbits_blocks(name, np.ascontiguousarray(w.T, dtype=np.float32), wf)
         if shared:
-            self._shared[name] = got  # kept until `linear(name, ...)` takes it: quantized once, both read it
+            self._shared[name] = (got, wf)  # kept until `shared_linear(name, ...)`: quantized once, both read it
         (packed, scales, _), s = got
         rows = self.const(name + ".rows_shape", np.array([n, k * wf.bits // 8], dtype=np.int64))
         flat = self.op("Reshape", [self.const(name + ".qweight", packed), rows])[0]  # (N, K * bits / 8)

@@ -32,7 +32,8 @@ def _rows_and_columns(wf: WeightFormat, stats=None) -> tuple[np.ndarray, np.ndar
     rows = g.gather_rows("lm_head", w, "ids", wf)
     assert rows is not None
     g.op("Identity", [rows], outputs=["rows"])
-    g.linear("lm_head", "x", w, out="cols")
+    assert g.shared_linear("lm_head", "x", out="cols") == "cols"  # from the blocks alone, no weights passed
+    assert g.shared_linear("lm_head", "x") is None  # taken once
     g.output("rows", TensorProto.FLOAT, [V, K])
     g.output("cols", TensorProto.FLOAT, [K, V])
     model = g.model()
