@@ -1,7 +1,7 @@
-"""ONNX quality and speed: our int8 / int4 / calibrated int4 vs onnxruntime-genai's int4.
+"""ONNX quality and speed: our int8 / int4 / calibrated int4 vs onnxruntime-genai's int4 (and its int8).
 
     .venv/bin/python bench/onnx.py [--model smollm2|gemma3] [--types onnx:int8,...] [--tokens 128]
-        [--rounds 3] [--threads 2] [--chunks 14] [--prepare | --no-speed | --no-quality]
+        [--rounds 3] [--threads 2] [--chunks 14] [--genai int4,int8] [--prepare | --no-speed | --no-quality]
 
 Every side gets the same checkpoint (the bundled SmolLM2-135M-Instruct Q4_1 or Gemma-3-270M Q4_K_M
 GGUF unpacked to HF by edge-quantize; that checkpoint's F32 GGUF is the reference). Quality: KL
@@ -19,7 +19,9 @@ builder needs transformers 5, so it lives in its own venv (created here on first
 default /tmp/genai-venv; torch is borrowed from the project's venv through a .pth file instead of
 downloading it again). Runs are separate processes, interleaved A/B/A/B; tokens/s counts decode
 steps after the first token (prompt evaluation excluded). Prints each run, the medians and the
-ratio of each of ours / genai (goal >= 0.9), then the quality table.
+ratio of each of ours / genai (goal >= 0.9), then the quality table. `--genai int4,int8` also builds and
+measures onnxruntime-genai's int8 (8-bit MatMulNBits): what its own builder's int8 costs against its int4
+on this machine, and our int8 against it.
 """
 
 from __future__ import annotations
@@ -130,14 +132,20 @@ def genai_python(venv: Path) -> Path:
 
 
 def prepare(
-    model: str, types: list[str], work: Path, venv: Path, threads: int, calib_text: Path | None
+    model: str,
+    types: list[str],
+    work: Path,
+    venv: Path,
+    threads: int,
+    calib_text: Path | None,
+    genai_precisions: tuple[str, ...] = ("int4",),
 ) -> dict[str, Path]:
     """Every file measured: label -> GGUF file or ONNX folder (built once, kept in `work`)."""
     sys.path.insert(0, str(ROOT))
     from edge.store import bundled_models, materialize
 
     work.mkdir(parents=True, exist_ok=True)
-    hf, genai = work / f"{model}-hf", work / f"{model}-genai-int4"
+    hf = work / f"{model}-hf"
     if not hf.exists():
         from quantize.unpack import unpack
 
@@ -160,35 +168,25 @@ def prepare(
     missing = [t for t in types if not files[t].exists()]
     if missing:  # one call: the calibrated types share one calibration pass
         export_onnx(hf, missing, work, name=model, quiet=True, calib=CalibOptions(calib_text))
+    for precision in genai_precisions:
+        files[f"genai {precision}"] = genai_folder(hf, work, venv, threads, precision)
+    return files
+
+
+def genai_folder(hf: Path, work: Path, venv: Path, threads: int, precision: str) -> Path:
+    """onnxruntime-genai's builder's folder of `hf` at `precision` (built once, kept in `work`)."""
+    genai = work / f"{hf.name.removesuffix('-hf')}-genai-{precision}"
     cfg_path = genai / "genai_config.json"
     if not cfg_path.exists():
         py = genai_python(venv)
-        built = subprocess.run(
-            [
-                str(py),
-                "-c",
-                GENAI_BUILD,
-                "-i",
-                str(hf),
-                "-o",
-                str(genai),
-                "-p",
-                "int4",
-                "-e",
-                "cpu",
-                "-c",
-                str(work / "genai-cache"),
-            ],
-            capture_output=True,
-            text=True,
-        )
+        cmd = [str(py), "-c", GENAI_BUILD, "-i", str(hf), "-o", str(genai), "-p", precision, "-e", "cpu"]
+        built = subprocess.run([*cmd, "-c", str(work / "genai-cache")], capture_output=True, text=True)
         if not cfg_path.exists():  # the builder can exit 0 after an error
             raise SystemExit(f"onnxruntime-genai's builder wrote no {cfg_path}:\n{built.stderr[-2000:]}")
     cfg = json.loads(cfg_path.read_text())
     cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
     cfg_path.write_text(json.dumps(cfg, indent=2))
-    files["genai int4"] = genai
-    return files
+    return genai
 
 
 class GenaiLogits:
@@ -286,9 +284,15 @@ def main() -> None:
     ap.add_argument("--no-quality", action="store_true", help="speed only")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edge-bench-onnx"))
     ap.add_argument("--genai-venv", type=Path, default=Path("/tmp/genai-venv"))
+    ap.add_argument(
+        "--genai",
+        default="int4",
+        help="onnxruntime-genai builder precisions measured beside ours (comma list; int4 is the anchor, e.g. int4,int8)",
+    )
     args = ap.parse_args()
     types = args.types.split(",") if args.types else list(OURS_TYPES)
-    files = prepare(args.model, types, args.work, args.genai_venv, args.threads, args.calib_text)
+    precisions = tuple(dict.fromkeys(["int4", *args.genai.split(",")]))
+    files = prepare(args.model, types, args.work, args.genai_venv, args.threads, args.calib_text, precisions)
     if args.prepare:
         return
     med = {} if args.no_speed else speed(files, types, args)
@@ -301,7 +305,8 @@ def speed(files: dict[str, Path], types: list[str], args: argparse.Namespace) ->
     cmds = {
         t: [sys.executable, "-c", OURS, str(files[t]), str(args.tokens), str(args.threads), str(ROOT)] for t in types
     }
-    cmds["genai int4"] = [str(gpy), "-c", GENAI, str(files["genai int4"]), str(args.tokens)]
+    for label in [k for k in files if k.startswith("genai")]:
+        cmds[label] = [str(gpy), "-c", GENAI, str(files[label]), str(args.tokens)]
     tps: dict[str, list[float]] = {k: [] for k in cmds}
     for i in range(args.rounds):
         for label, cmd in cmds.items():  # interleaved: each round runs every variant once
@@ -311,7 +316,7 @@ def speed(files: dict[str, Path], types: list[str], args: argparse.Namespace) ->
     base = med["genai int4"]
     print(f"{MODELS[args.model][1]}, {args.tokens} tokens, {args.threads} threads, median of {args.rounds} (tokens/s):")
     for k, v in med.items():
-        if k.startswith("genai"):
+        if k == "genai int4":
             print(f"  {k:20s} {v:6.1f} t/s")
             continue
         lo, mid, hi, below = paired(tps[k], tps["genai int4"], goal=0.9)
@@ -319,6 +324,9 @@ def speed(files: dict[str, Path], types: list[str], args: argparse.Namespace) ->
             f"  {k:20s} {v:6.1f} t/s  {v / base:.2f}x genai int4 (goal >= 0.9x); per round: median {mid:.3f}, "
             f"bootstrap 90 % {lo:.3f}-{hi:.3f}, P(median < 0.9) {below:.3f}"
         )
+    for k in [t for t in types if t.startswith("onnx:int8")] if "genai int8" in tps else []:
+        lo, mid, hi, _ = paired(tps[k], tps["genai int8"], goal=0.9)
+        print(f"  {k} / genai int8: per round median {mid:.3f}, bootstrap 90 % {lo:.3f}-{hi:.3f}")
     return med
 
 
