@@ -4,10 +4,11 @@ Four modes of one kiosk (museum guide, ticket desk, ...), each a ~700-token syst
 visited in turn with a new question each visit, one slot, context 4096, on both servers at once
 (requests alternate between them, never overlap). The first round fills the caches and is not
 counted; later rounds are the measure (llama-server restores from its `--cache-ram` RAM cache, we
-from ours). Then our server restarts on the same cache folder and answers a known mode first:
-that time against a warm hit, and against evaluating the prompt.
+from ours). Then our server restarts on the same cache folder (--restarts times) and answers a known
+mode first: the median of those times against a warm hit, and against evaluating the prompt; and per
+restart, against a RAM hit of the same mode in the same process.
 
-    python bench/kiosk.py [--model smollm2] [--rounds 4]
+    python bench/kiosk.py [--model smollm2] [--rounds 4] [--restarts 5]
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ QUESTIONS = (
 )
 
 
+RESTART_QUESTIONS = (
+    "Where is the lift?",
+    "When do you open today?",
+    "Can I pay by phone?",
+    "Is there a toilet?",
+    "Where can I leave my bag?",
+    "Do you sell tickets?",
+    "Where is the cafe?",
+)
+
+
 def system_prompt(mode: str) -> str:
     rules = " ".join(
         f"Rule {j}: when a visitor asks about topic {j} of the {mode}, answer in one short, kind sentence."
@@ -56,6 +68,7 @@ def ttft_ms(run, text: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="smollm2 or gemma3 (a bundled model)")
+    ap.add_argument("--restarts", type=int, default=5, help="restarts on the same cache folder (median)")
     ap.add_argument("--rounds", type=int, default=4, help="measured rounds over the four modes (after one warm-up)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -79,12 +92,27 @@ def main() -> None:
     finally:
         common.stop(anchor.proc)
         common.stop(ours.proc)
-    time.sleep(0.5)
-    restarted = servers.start("ours", model, ctx=4096)  # same EDGE_HOME: the cache folder survives
-    try:
-        after_restart = ttft_ms(restarted, prompt(MODES[0], "Is the museum open on Monday?"))
-    finally:
-        common.stop(restarted.proc)
+    # Restarts on the same cache folder: each answers a known mode first (its state read from disk),
+    # then another mode (from disk too), then the first mode again (a RAM hit in the same process).
+    after: list[float] = []
+    paired: list[float] = []
+    for r in range(args.restarts):
+        time.sleep(0.5)
+        restarted = servers.start("ours", model, ctx=4096)  # same EDGE_HOME: the cache folder survives
+        try:
+            # questions not asked before (a cached state of the whole prompt would spare their tokens),
+            # of the kiosk rounds' length (which sets the tokens evaluated after the restore)
+            mode, other = MODES[r % len(MODES)], MODES[(r + 1) % len(MODES)]
+            question = RESTART_QUESTIONS[r % len(RESTART_QUESTIONS)]
+            from_disk = ttft_ms(restarted, prompt(mode, question))
+            ttft_ms(restarted, prompt(other, question))
+            from_ram = ttft_ms(restarted, prompt(mode, question))  # the same work, the state from memory
+        finally:
+            common.stop(restarted.proc)
+        after.append(from_disk)
+        paired.append(from_disk / from_ram)
+        common.console.log(f"restart {r}: first answer {from_disk:.1f} ms, RAM hit {from_ram:.1f} ms")
+    after_restart = common.median(after)
     med = {k: common.median(v) for k, v in samples.items()}
     fresh = common.median(first["ours"])
     result = {
@@ -94,7 +122,9 @@ def main() -> None:
         "kiosk_ratio": med["ours"] / med["llama-server"],
         "first_visit_ms": {k: common.median(v) for k, v in first.items()},
         "after_restart_ms": after_restart,
+        "after_restart_samples_ms": [round(x, 1) for x in after],
         "restart_vs_warm": after_restart / med["ours"],
+        "restart_vs_ram_hit_paired": common.median(paired),
         "fresh_vs_restart": fresh / after_restart,
     }
     if args.json:
@@ -110,8 +140,9 @@ def main() -> None:
         f"  first visits: ours {fresh:.0f} ms, llama-server {result['first_visit_ms']['llama-server']:.0f} ms (evaluated)"
     )
     c.print(
-        f"  after a restart: {after_restart:.1f} ms = {result['restart_vs_warm']:.2f}x a warm hit (goal <= 1.5), "
-        f"{result['fresh_vs_restart']:.1f}x faster than evaluating (goal >= 10)"
+        f"  after a restart (median of {len(after)}): {after_restart:.1f} ms = {result['restart_vs_warm']:.2f}x a warm "
+        f"hit of the kiosk rounds (goal <= 1.5); {result['restart_vs_ram_hit_paired']:.2f}x a RAM hit of the same "
+        f"process (median per restart); {result['fresh_vs_restart']:.1f}x faster than evaluating (goal >= 10)"
     )
 
 

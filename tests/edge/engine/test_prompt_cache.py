@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -111,10 +112,30 @@ def test_entries_survive_a_restart(sched_with_cache, tmp_path):
 
     fb2, sched2, _ = sched_with_cache(directory=tmp_path)
     cache2 = sched2.cache
-    cache2._disk_ready.wait(5)
+    assert cache2._preloaded.wait(5)
+    # both states were read (and verified) in the background before any request: a restart's first
+    # question restores from memory
+    assert sched2.stats()["disk_loads"] == 2 and all(e.state is not None for e in cache2.entries.values())
     again, fin = run(sched2, a)
     assert again == text_a and fin.cached_tokens == len(a) - 1 and fb2.loads == 1
-    assert sched2.stats()["disk_loads"] == 1
+    assert sched2.stats()["disk_loads"] == 2
+
+
+def test_a_restart_preloads_the_newest_states_the_budget_holds(sched_with_cache, tmp_path):
+    _, sched, _ = sched_with_cache(directory=tmp_path)
+    for tag in (1, 2, 3):
+        run(sched, prompt(tag))
+    sched.close()
+    for age, tag in enumerate((3, 2, 1)):  # file times: 1 the oldest
+        (f,) = [f for f in (tmp_path / "m1").glob("*.kv") if f'"tokens": [{tag}001,' in f.read_bytes()[:200].decode()]
+        os.utime(f, (1e9 - age, 1e9 - age))
+    size = len(json.dumps(prompt(1) + [0, 0]).encode())
+    _, sched2, _ = sched_with_cache(directory=tmp_path, budget=2 * size + size // 2)  # two states fit, not three
+    assert sched2.cache._preloaded.wait(5)
+    held = {e.tokens[0] // 1000 for e in sched2.cache.entries.values() if e.state is not None}
+    assert held == {2, 3} and sched2.stats()["disk_loads"] == 2  # the oldest stays on disk
+    _, fin = run(sched2, prompt(1))  # and is read when asked for
+    assert fin.cached_tokens == len(prompt(1)) - 1 and sched2.stats()["disk_loads"] == 3
 
 
 def test_foreign_truncated_and_tampered_files_are_ignored(sched_with_cache, tmp_path, caplog):
@@ -140,7 +161,7 @@ def test_foreign_truncated_and_tampered_files_are_ignored(sched_with_cache, tmp_
     (tmp_path / "m1" / "junk.kv").write_bytes(b"not a cache file at all")
 
     fb2, sched2, _ = sched_with_cache(directory=tmp_path)
-    sched2.cache._disk_ready.wait(5)
+    sched2.cache._preloaded.wait(5)
     for tag in (1, 2, 3):
         _, fin = run(sched2, prompt(tag))
         assert fin.cached_tokens == 0, "no damaged or foreign state may be restored"
@@ -230,7 +251,9 @@ def test_restored_state_gives_the_same_greedy_output(model, request):
 
         # a restart: the first visit restores from disk, and answers the same
         with engine(256 << 20) as restarted:
-            restarted.scheduler.cache._disk_ready.wait(30)
+            assert restarted.scheduler.cache._preloaded.wait(30)
+            loads = restarted.stats()["disk_loads"]
+            assert loads >= len(prompts)  # read from disk, in the background, before the question
             text, fin = asyncio.run(_greedy(restarted, prompts[0]))
             assert text == reference[0] and fin.cached_tokens == fin.prompt_tokens - 1
-            assert restarted.stats()["disk_loads"] == 1
+            assert restarted.stats()["disk_loads"] == loads and restarted.stats()["hits"] == 1
