@@ -262,7 +262,9 @@ class PromptCache:
             with self._lock:
                 if state is None:
                     self.entries.pop(e.name, None)
-                elif e.state is None and self.entries.get(e.name) is e:
+                    continue
+                held = sum(x.size for x in self.entries.values() if x.state is not None)
+                if e.state is None and self.entries.get(e.name) is e and held + e.size <= self.budget:
                     e.state = state  # last_used stays 0: the first to go when room is needed
 
     def _read_header(self, path: Path) -> dict | None:
