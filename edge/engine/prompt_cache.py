@@ -183,8 +183,12 @@ class PromptCache:
             except queue.Full:
                 log.warning("prompt cache: the disk writer is behind; this entry stays in memory only")
 
+    def _held_locked(self) -> int:
+        """Bytes of the states in memory (the lock held)."""
+        return sum(e.size for e in self.entries.values() if e.state is not None)
+
     def _evict_locked(self, keep: str) -> None:
-        held = sum(e.size for e in self.entries.values() if e.state is not None)
+        held = self._held_locked()
         for e in sorted(self.entries.values(), key=lambda e: e.last_used):
             if held <= self.budget:
                 break
@@ -199,7 +203,7 @@ class PromptCache:
 
     def stats(self) -> dict:
         with self._lock:
-            held = sum(e.size for e in self.entries.values() if e.state is not None)
+            held = self._held_locked()
             n = len(self.entries)
         return {"cache_entries": n, "cache_bytes": held, "cache_budget_bytes": self.budget, **self.counters}
 
@@ -255,16 +259,15 @@ class PromptCache:
             on_disk = [e for e in self.entries.values() if e.state is None and e.file is not None]
         for e in sorted(on_disk, key=lambda e: _mtime(e.file), reverse=True):
             with self._lock:
-                held = sum(x.size for x in self.entries.values() if x.state is not None)
-                if held + e.size > self.budget:
+                if self._held_locked() + e.size > self.budget:
                     return
             state = self._read_state(e)
             with self._lock:
                 if state is None:
                     self.entries.pop(e.name, None)
                     continue
-                held = sum(x.size for x in self.entries.values() if x.state is not None)
-                if e.state is None and self.entries.get(e.name) is e and held + e.size <= self.budget:
+                fits = self._held_locked() + e.size <= self.budget
+                if e.state is None and self.entries.get(e.name) is e and fits:
                     e.state = state  # last_used stays 0: the first to go when room is needed
 
     def _read_header(self, path: Path) -> dict | None:

@@ -196,7 +196,7 @@ class Graph:
 
     def gather_rows(self, name: str, w: np.ndarray, ids: str, wf: WeightFormat, *, shared: bool = True) -> str | None:
         """Rows `ids` of w (N, K) from n-bit blocks (GatherBlockQuantized). `shared`: the very blocks
-        that `linear(name, ..., w, wf=wf)` then multiplies by (over the same initializers, as
+        that `shared_linear(name, ...)` then multiplies by (over the same initializers, as
         onnxruntime-genai does for tied embeddings), so a tied embedding costs no bytes of its own;
         else a table of its own. Dequantized exactly as MatMulNBits does (default zero point), so only
         symmetric blocks that tile K exactly; None when `wf` cannot (the caller stores the table)."""
